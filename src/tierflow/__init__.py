@@ -1,0 +1,12 @@
+"""tierflow: one generative model across device, edge and cloud.
+
+Importing tierflow has no side effects; the public names are below.
+"""
+
+from tierflow.errors import TierflowError, UserError
+from tierflow.runtime.lm import CausalLM, SamplingConfig
+from tierflow.types import Tier
+
+__version__ = "0.1.0"
+
+__all__ = ["CausalLM", "SamplingConfig", "Tier", "TierflowError", "UserError", "__version__"]

@@ -1,0 +1,34 @@
+"""``tierflow models``: the bundled models, their paths and sizes."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from tierflow.cli._common import console, spinner
+from tierflow.model.registry import BUNDLED
+
+
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the bundled models (demo-lm, demo-image, demo-vision) with their paths and sizes."""
+    rows = []
+    with spinner("preparing bundled models"):
+        for m in BUNDLED.values():
+            path = m.ensure()
+            rows.append(
+                {"name": m.name, "kind": m.kind, "path": str(path), "size_bytes": path.stat().st_size,
+                 "description": m.description}
+            )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "kind", "size", "path", "description")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], f"{r['size_bytes'] / 1e6:.1f} MB", r["path"], r["description"])
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models")(models)

@@ -1,0 +1,102 @@
+"""The one error tree of tierflow.
+
+Every error tierflow raises on purpose derives from :class:`TierflowError`.
+Two branches tell a caller what to do next:
+
+* :class:`UserError` -- the input is wrong (a bad model file, an unknown
+  target, a malformed request). Retrying the same call will fail again; the
+  CLI prints the message on one line and exits with code 2, HTTP maps it to 4xx.
+* :class:`RecoverableError` -- the environment failed (a tier is down, a link
+  dropped, a frame was rejected). The same call may succeed later or on another
+  tier; the planner and router react to these.
+
+Transport and node layers map these to wire status codes with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+
+class TierflowError(Exception):
+    """Base of every error tierflow raises on purpose."""
+
+
+# --- user mistakes -----------------------------------------------------------
+
+
+class UserError(TierflowError):
+    """The caller gave something tierflow cannot use. Not worth retrying."""
+
+
+class ModelNotFoundError(UserError):
+    """A model path or bundled model name does not exist."""
+
+
+class InvalidModelError(UserError):
+    """A file is not a valid ONNX model, or not a model tierflow can drive."""
+
+
+class UnsupportedModelError(InvalidModelError):
+    """A valid ONNX model whose inputs/outputs tierflow does not know how to drive."""
+
+
+class TokenizerError(UserError):
+    """Text could not be encoded or decoded, or the model carries no tokenizer."""
+
+
+class InvalidInputError(UserError):
+    """A tensor or request argument has the wrong shape, dtype or value."""
+
+
+class PackageError(InvalidModelError):
+    """A unified model package (.tfm) is corrupt, tampered with or of an unknown version."""
+
+
+class UnknownTargetError(UserError):
+    """A target name (phone/edge/cloud or a custom one) is not in the package."""
+
+
+class ConfigError(UserError):
+    """A configuration file or value is invalid."""
+
+
+class ExportError(UserError):
+    """A PyTorch / Hugging Face model could not be exported to ONNX."""
+
+
+class MissingExtraError(UserError):
+    """An optional dependency (for example the ``export`` extra) is not installed."""
+
+
+class FidelityError(UserError):
+    """A compiled target falls below its configured fidelity floor."""
+
+
+class PlanError(UserError):
+    """No split plan can satisfy the constraints (memory, reachable tiers)."""
+
+
+class ContextError(UserError):
+    """A context id is unknown or has expired."""
+
+
+class FrameError(TierflowError):
+    """A secure tensor frame was rejected (tampered, replayed, truncated, wrong key or shape)."""
+
+
+# --- failures of the environment --------------------------------------------
+
+
+class RecoverableError(TierflowError):
+    """Something outside the caller's control failed; retry later or elsewhere."""
+
+
+class TierUnavailableError(RecoverableError):
+    """A tier (node) cannot be reached or died during a request."""
+
+
+class TransportError(RecoverableError):
+    """A connection failed or timed out."""
+
+
+class ProxyUnavailableError(RecoverableError):
+    """The cloud proxy has no reachable cloud node to delegate to."""

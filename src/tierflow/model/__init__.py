@@ -1,0 +1,1 @@
+"""Models: the LM contract, tokenizers, bundled models, export and (later) the unified package."""

@@ -1,0 +1,1 @@
+"""Builders and training scripts of the bundled demo models."""

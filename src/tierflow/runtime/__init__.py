@@ -1,0 +1,1 @@
+"""Executing models on ONNX Runtime: providers, sessions, generation."""

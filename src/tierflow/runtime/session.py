@@ -1,0 +1,59 @@
+"""Open ONNX models as ONNX Runtime sessions with clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from tierflow.errors import InvalidModelError, ModelNotFoundError
+from tierflow.model.lm_contract import TensorSpec
+from tierflow.runtime.providers import ranked_providers
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How a session runs. ``intra_op_threads=0`` lets ONNX Runtime choose."""
+
+    intra_op_threads: int = 0
+    providers: tuple[str, ...] | None = None  # None: best available
+
+
+def open_session(model: str | Path | bytes, options: SessionOptions | None = None) -> ort.InferenceSession:
+    """Open ``model`` (a path or the serialized bytes) on the best available provider."""
+    options = options or SessionOptions()
+    if isinstance(model, str | Path):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelNotFoundError(f"model file not found: {path}")
+        source: str | bytes = str(path)
+        label = str(path)
+    else:
+        source, label = model, "<in-memory model>"
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if options.intra_op_threads:
+        so.intra_op_num_threads = options.intra_op_threads
+    providers = list(options.providers) if options.providers else ranked_providers()
+    try:
+        return ort.InferenceSession(source, sess_options=so, providers=providers)
+    except Exception as exc:  # ORT raises its own exception types, all opaque
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidModelError(f"{label} is not a valid ONNX model: {first_line}") from exc
+
+
+def input_specs(session: ort.InferenceSession) -> list[TensorSpec]:
+    return [TensorSpec(i.name, i.type, tuple(i.shape)) for i in session.get_inputs()]
+
+
+def output_specs(session: ort.InferenceSession) -> list[TensorSpec]:
+    return [TensorSpec(o.name, o.type, tuple(o.shape)) for o in session.get_outputs()]
+
+
+def metadata(session: ort.InferenceSession) -> dict[str, str]:
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def active_provider(session: ort.InferenceSession) -> str:
+    return str(session.get_providers()[0])
