@@ -93,8 +93,9 @@ class LMSignature:
             raise UnsupportedModelError("model has no past_key_values.N.key/value inputs: no KV cache to drive")
         num_layers = max(layers) + 1
         for i in range(num_layers):
-            if layers.get(i) != {"key", "value"}:
-                raise UnsupportedModelError(f"model is missing past_key_values.{i}.key or .value")
+            for kind in ("key", "value"):
+                if kind not in layers.get(i, set()):
+                    raise UnsupportedModelError(f"model is missing input {past_name(i, kind)}")
         out_names = {t.name for t in outputs}
         if LOGITS not in out_names:
             raise UnsupportedModelError("model has no 'logits' output")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,7 @@ def open_session(model: str | Path | bytes, options: SessionOptions | None = Non
     try:
         return ort.InferenceSession(source, sess_options=so, providers=providers)
     except Exception as exc:  # ORT raises its own exception types, all opaque
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidModelError(f"{label} is not a valid ONNX model: {first_line}") from exc
+        raise InvalidModelError(f"{label} is not a valid ONNX model: {_ort_reason(exc)}") from exc
 
 
 def input_specs(session: ort.InferenceSession) -> list[TensorSpec]:
@@ -57,3 +57,10 @@ def metadata(session: ort.InferenceSession) -> dict[str, str]:
 
 def active_provider(session: ort.InferenceSession) -> str:
     return str(session.get_providers()[0])
+
+
+def _ort_reason(exc: Exception) -> str:
+    """The useful part of an ONNX Runtime error, on one line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    return re.sub(r"^Load model from .*? failed:\s*", "", text)
