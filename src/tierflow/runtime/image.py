@@ -1,0 +1,194 @@
+"""Image generation on ONNX Runtime for models with the image-generator contract of ``demo-image``.
+
+The contract (see :mod:`tierflow.model.demo.image`):
+
+inputs
+  ``noise``  float32 [1, latent_channels, h, w]  -- a latent at 1/``latent_factor`` of the output side
+  ``cond``   float32 [1, cond_dim]               -- a text embedding (zeros = unconditioned)
+outputs
+  ``image``  float32 [1, 3, H, W] in [-1, 1]
+  ``refined_image`` (optional, the ``tierflow.refiner_output`` metadata) -- the refiner stage
+
+A generator without the refiner output (a phone target, say) still runs; asking
+it to refine is an :class:`~tierflow.errors.InvalidInputError`.
+
+The text encoder here, :func:`encode_prompt`, is a stand-in for a real one
+(CLIP, T5): it hashes words and word pairs into a fixed random direction
+each and sums them. Equal prompts give equal vectors, prompts sharing words
+give similar vectors, and it needs no download -- that is all a generator with
+random weights can use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from tierflow.errors import InvalidInputError, UnsupportedModelError
+from tierflow.runtime.session import SessionOptions, active_provider, metadata, open_session
+
+NOISE = "noise"
+COND = "cond"
+IMAGE = "image"
+DEFAULT_REFINER_OUTPUT = "refined_image"
+DEFAULT_LATENT_FACTOR = 8
+MIN_RESOLUTION = 64
+MAX_RESOLUTION = 4096  # 16 Mpx: the full-resolution activations of demo-image then take ~1 GB each
+
+_WORD = re.compile(r"\w+")
+
+
+def encode_prompt(prompt: str | None, dim: int = 64) -> np.ndarray:
+    """A deterministic [1, dim] float32 embedding of ``prompt`` (None or blank -> all zeros).
+
+    Each lower-cased word, and each pair of neighbouring words (weight 1/2),
+    picks a Gaussian direction seeded by its BLAKE2 hash; the sum is scaled to
+    unit variance per element.
+    """
+    words = _WORD.findall(prompt.lower()) if prompt else []
+    if not words:
+        return np.zeros((1, dim), np.float32)
+    features = [(w, 1.0) for w in words] + [(f"{a} {b}", 0.5) for a, b in zip(words, words[1:], strict=False)]
+    vec = np.zeros(dim, np.float64)
+    for feature, weight in features:
+        seed = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
+        vec += weight * np.random.default_rng(seed).standard_normal(dim)
+    vec *= np.sqrt(dim) / np.linalg.norm(vec)
+    return vec.astype(np.float32)[None, :]
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """[1, 3, H, W] floats in [-1, 1] -> H x W x 3 uint8."""
+    pixels = (np.clip(image[0], -1.0, 1.0) + 1.0) * 127.5
+    return np.ascontiguousarray(np.rint(pixels).astype(np.uint8).transpose(1, 2, 0))
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One generated image and how it was made."""
+
+    pixels: np.ndarray  # uint8, H x W x 3
+    prompt: str | None
+    resolution: int
+    refined: bool
+    seed: int  # the noise seed: generate(..., seed=seed) reproduces this image
+    provider: str
+    elapsed_s: float  # ONNX Runtime time only
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    def to_png_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(self.pixels, "RGB").save(buf, format="PNG")
+        return buf.getvalue()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the image as PNG to ``path``."""
+        path = Path(path)
+        try:
+            path.write_bytes(self.to_png_bytes())
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return path
+
+
+class ImageGenerator:
+    """Drives an ONNX image generator: prompt + seed + resolution -> :class:`ImageResult`."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        inputs = {i.name: i for i in session.get_inputs()}
+        outputs = [o.name for o in session.get_outputs()]
+        if NOISE not in inputs or COND not in inputs or IMAGE not in outputs:
+            have = ", ".join(inputs)
+            raise UnsupportedModelError(
+                f"not an image generator: needs inputs {NOISE}, {COND} and output {IMAGE} (inputs: {have})"
+            )
+        noise_shape, cond_shape = inputs[NOISE].shape, inputs[COND].shape
+        if len(noise_shape) != 4 or not isinstance(noise_shape[1], int) or len(cond_shape) != 2 \
+                or not isinstance(cond_shape[1], int):
+            raise UnsupportedModelError(
+                f"image generator inputs must be noise [1, C, h, w], cond [1, D]: {noise_shape}, {cond_shape}"
+            )
+        meta = metadata(session)
+        self.latent_channels: int = noise_shape[1]
+        self.cond_dim: int = cond_shape[1]
+        self.latent_factor = int(meta.get("tierflow.latent_factor", DEFAULT_LATENT_FACTOR))
+        refiner = meta.get("tierflow.refiner_output", DEFAULT_REFINER_OUTPUT)
+        self.refiner_output: str | None = refiner if refiner in outputs else None
+        self.resolutions = tuple(int(r) for r in meta.get("tierflow.resolutions", "").split(",") if r.strip())
+
+    @classmethod
+    def open(cls, model: str | Path | bytes, options: SessionOptions | None = None) -> ImageGenerator:
+        return cls(open_session(model, options))
+
+    @property
+    def has_refiner(self) -> bool:
+        return self.refiner_output is not None
+
+    @property
+    def provider(self) -> str:
+        return active_provider(self.session)
+
+    def check_resolution(self, resolution: int) -> int:
+        """``resolution`` if the generator can make it, else a one-line :class:`InvalidInputError`."""
+        if isinstance(resolution, bool) or not isinstance(resolution, int | np.integer):
+            raise InvalidInputError(f"resolution must be an integer number of pixels, got {resolution!r}")
+        if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+            raise InvalidInputError(
+                f"resolution {resolution} is out of range: {MIN_RESOLUTION}..{MAX_RESOLUTION} px"
+            )
+        if resolution % self.latent_factor:
+            raise InvalidInputError(
+                f"resolution {resolution} is not a multiple of {self.latent_factor} (the latent factor)"
+            )
+        return int(resolution)
+
+    def generate(
+        self, prompt: str | None, resolution: int, refine: bool = False, seed: int | None = None
+    ) -> ImageResult:
+        """Paint ``prompt`` (None: unconditioned) at ``resolution`` x ``resolution`` pixels."""
+        resolution = self.check_resolution(resolution)
+        if refine and self.refiner_output is None:
+            raise InvalidInputError("this image generator has no refiner stage; run it without refine")
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % 2**63)  # type: ignore[operator]
+        side = resolution // self.latent_factor
+        noise = np.random.default_rng(seed).standard_normal(
+            (1, self.latent_channels, side, side), dtype=np.float32
+        )
+        feeds = {NOISE: noise, COND: encode_prompt(prompt, self.cond_dim)}
+        output = self.refiner_output if refine and self.refiner_output else IMAGE
+        start = time.perf_counter()
+        (image,) = self.session.run([output], feeds)  # ORT runs only the nodes this output needs
+        elapsed = time.perf_counter() - start
+        if image.shape != (1, 3, resolution, resolution):
+            raise UnsupportedModelError(
+                f"image generator returned shape {list(image.shape)} for resolution {resolution}"
+            )
+        return ImageResult(
+            pixels=to_uint8(image), prompt=prompt, resolution=resolution, refined=refine, seed=seed,
+            provider=self.provider, elapsed_s=elapsed,
+        )
+
+
+def is_image_generator(session: ort.InferenceSession) -> bool:
+    """Whether ``session`` looks like an image generator (by metadata kind or by its input names)."""
+    if metadata(session).get("tierflow.kind") == "image-generator":
+        return True
+    names = {i.name for i in session.get_inputs()}
+    return {NOISE, COND} <= names and IMAGE in {o.name for o in session.get_outputs()}
