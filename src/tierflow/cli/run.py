@@ -26,6 +26,8 @@ def run(
     refine: bool = typer.Option(False, "--refine", help="Run the refiner stage (image generator)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the output (PNG for images)."),
     threads: int = typer.Option(0, "--threads", min=0, help="ONNX Runtime intra-op threads (0 = auto)."),
+    inputs: list[str] | None = typer.Option(
+        None, "--input", "-i", help="NAME=FILE.npy: an input array for a non-LM model (repeatable)."),
 ) -> None:
     """Run MODEL with ONNX Runtime and print which execution provider ran it and how fast."""
     path = resolve_model(model)
@@ -39,7 +41,8 @@ def run(
         return
     from tierflow.cli import run_other  # image generator and generic models
 
-    run_other.run_non_text(session, path, prompt=prompt, resolution=resolution, refine=refine, seed=seed, out=out)
+    run_other.run_non_text(session, path, prompt=prompt, resolution=resolution, refine=refine, seed=seed,
+                           out=out, inputs=inputs or [])
 
 
 def _run_lm(lm: CausalLM, prompt: str | None, config: SamplingConfig) -> None:
