@@ -83,6 +83,30 @@ class FrameError(TierflowError):
     """A secure tensor frame was rejected (tampered, replayed, truncated, wrong key or shape)."""
 
 
+class FrameFormatError(FrameError):
+    """A frame is truncated, malformed, of an unknown version or beyond the receiver's limits."""
+
+
+class TamperedFrameError(FrameError):
+    """A frame failed authentication: altered in transit, sealed under another key or session."""
+
+
+class ReplayedFrameError(FrameError):
+    """A frame's sequence number was already accepted or has fallen behind the replay window."""
+
+
+class FrameShapeError(FrameError):
+    """A frame carries a shape or dtype other than the one the receiver expects."""
+
+
+class KeyAgreementError(FrameError):
+    """A peer's key share or identity binding for a secure channel was rejected."""
+
+
+class PrivacyBudgetError(UserError):
+    """Releasing another tensor would exceed the configured differential-privacy budget."""
+
+
 # --- failures of the environment --------------------------------------------
 
 
