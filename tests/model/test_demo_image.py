@@ -16,7 +16,7 @@ from tierflow.errors import InvalidInputError, UnsupportedModelError
 from tierflow.model.demo import image as demo_image
 from tierflow.model.onnx_build import count_macs, node_macs, parameter_count, with_input_shapes
 from tierflow.runtime.image import ImageGenerator, encode_prompt, to_uint8
-from tierflow.runtime.session import SessionOptions
+from tierflow.runtime.session import SessionOptions, open_session
 
 ONE_THREAD = SessionOptions(intra_op_threads=1)
 
@@ -122,6 +122,17 @@ def test_generate_is_reproducible_and_conditioned(generator: ImageGenerator) -> 
         assert np.abs(other.pixels.astype(int) - first.pixels).mean() > 5
     refined = generator.generate("a red car", 256, refine=True, seed=7)
     assert refined.refined and np.abs(refined.pixels.astype(int) - first.pixels).mean() > 2
+
+
+def test_unrefined_images_skip_the_refiner(model: onnx.ModelProto, generator: ImageGenerator) -> None:
+    # ORT runs every node of a graph, so an unrefined image runs a graph cut before the refiner
+    base = generator.session_for(refine=False)
+    assert [o.name for o in base.get_outputs()] == ["image"]
+    assert generator.session_for(refine=True) is generator.session
+    direct = ImageGenerator(open_session(model.SerializeToString(), ONE_THREAD))  # no model: one session
+    assert direct.session_for(refine=False) is direct.session
+    same = direct.generate("a", 64, seed=2).pixels
+    np.testing.assert_array_equal(same, generator.generate("a", 64, seed=2).pixels)
 
 
 def test_random_seed_is_reported(generator: ImageGenerator) -> None:

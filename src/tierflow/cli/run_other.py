@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 from rich.table import Table
 
@@ -33,7 +34,7 @@ def run_non_text(
     inputs: Sequence[str] = (),
 ) -> None:
     if is_image_generator(session):
-        _run_image(ImageGenerator(session), path, prompt, resolution, refine, seed, out)
+        _run_image(ImageGenerator(session, onnx.load(str(path))), path, prompt, resolution, refine, seed, out)
     else:
         if prompt is not None:
             err_console.print("[dim]--prompt is ignored: this model takes no text[/]")

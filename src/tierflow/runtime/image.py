@@ -12,6 +12,11 @@ outputs
 A generator without the refiner output (a phone target, say) still runs; asking
 it to refine is an :class:`~tierflow.errors.InvalidInputError`.
 
+ONNX Runtime executes every node of a graph whatever outputs are asked for, so
+an unrefined image from a model that has a refiner runs on a second session of
+the graph cut before the refiner (made on first use, when the model itself is
+known); otherwise the refiner's cost would be paid for nothing.
+
 The text encoder here, :func:`encode_prompt`, is a stand-in for a real one
 (CLIP, T5): it hashes words and word pairs into a fixed random direction
 each and sums them. Equal prompts give equal vectors, prompts sharing words
@@ -29,10 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from PIL import Image
 
 from tierflow.errors import InvalidInputError, UnsupportedModelError
+from tierflow.model.partition import GraphCutter
 from tierflow.runtime.session import SessionOptions, active_provider, metadata, open_session
 
 NOISE = "noise"
@@ -109,8 +116,11 @@ class ImageResult:
 class ImageGenerator:
     """Drives an ONNX image generator: prompt + seed + resolution -> :class:`ImageResult`."""
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, model: onnx.ModelProto | None = None) -> None:
+        """``session`` runs ``model``; without ``model``, unrefined images also pay for the refiner."""
         self.session = session
+        self._model = model
+        self._base_session: ort.InferenceSession | None = None
         inputs = {i.name: i for i in session.get_inputs()}
         outputs = [o.name for o in session.get_outputs()]
         if NOISE not in inputs or COND not in inputs or IMAGE not in outputs:
@@ -134,7 +144,21 @@ class ImageGenerator:
 
     @classmethod
     def open(cls, model: str | Path | bytes, options: SessionOptions | None = None) -> ImageGenerator:
-        return cls(open_session(model, options))
+        session = open_session(model, options)  # first: it gives the one-line error for a bad file
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+        return cls(session, proto)
+
+    def session_for(self, refine: bool) -> ort.InferenceSession:
+        """The full session to refine; else, when the model is known, one of the graph without the refiner."""
+        if refine or self.refiner_output is None or self._model is None:
+            return self.session
+        if self._base_session is None:
+            base = GraphCutter(self._model).extract([NOISE, COND], [IMAGE])
+            full = self.session.get_session_options()
+            options = SessionOptions(intra_op_threads=full.intra_op_num_threads,
+                                     providers=tuple(self.session.get_providers()))
+            self._base_session = open_session(base.SerializeToString(), options)
+        return self._base_session
 
     @property
     def has_refiner(self) -> bool:
@@ -173,8 +197,9 @@ class ImageGenerator:
         )
         feeds = {NOISE: noise, COND: encode_prompt(prompt, self.cond_dim)}
         output = self.refiner_output if refine and self.refiner_output else IMAGE
+        session = self.session_for(refine)
         start = time.perf_counter()
-        (image,) = self.session.run([output], feeds)  # ORT runs only the nodes this output needs
+        (image,) = session.run([output], feeds)
         elapsed = time.perf_counter() - start
         if image.shape != (1, 3, resolution, resolution):
             raise UnsupportedModelError(
@@ -182,7 +207,7 @@ class ImageGenerator:
             )
         return ImageResult(
             pixels=to_uint8(image), prompt=prompt, resolution=resolution, refined=refine, seed=seed,
-            provider=self.provider, elapsed_s=elapsed,
+            provider=active_provider(session), elapsed_s=elapsed,
         )
 
 
