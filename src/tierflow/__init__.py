@@ -5,8 +5,9 @@ Importing tierflow has no side effects; the public names are below.
 
 from tierflow.errors import TierflowError, UserError
 from tierflow.runtime.lm import CausalLM, SamplingConfig
+from tierflow.runtime.loader import load
 from tierflow.types import Tier
 
 __version__ = "0.1.0"
 
-__all__ = ["CausalLM", "SamplingConfig", "Tier", "TierflowError", "UserError", "__version__"]
+__all__ = ["CausalLM", "SamplingConfig", "Tier", "TierflowError", "UserError", "__version__", "load"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -28,8 +29,18 @@ def run(
     threads: int = typer.Option(0, "--threads", min=0, help="ONNX Runtime intra-op threads (0 = auto)."),
     inputs: list[str] | None = typer.Option(
         None, "--input", "-i", help="NAME=FILE.npy: an input array for a non-LM model (repeatable)."),
+    target: Annotated[str | None, typer.Option("--target", help="Target of a .tfm package to run.")] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", help="Loader policy YAML (.tfm).")] = None,
 ) -> None:
     """Run MODEL with ONNX Runtime and print which execution provider ran it and how fast."""
+    from tierflow.cli.run_package import is_package, run_package
+
+    if is_package(model):
+        config = SamplingConfig(
+            max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        run_package(model, target=target, policy=policy, prompt=prompt, config=config, resolution=resolution,
+                    refine=refine, seed=seed, out=out, threads=threads, inputs=inputs or [])
+        return
     path = resolve_model(model)
     options = SessionOptions(intra_op_threads=threads)
     with spinner(f"loading {path.name}"):

@@ -227,6 +227,7 @@ class ImagePyramid(Pyramid):
         self.refiner = refiner if refiner in source.outputs else None
         self.base_outputs = [o for o in source.outputs if o != self.refiner]
         sizes = [int(r) for r in source.meta.get(META_RESOLUTIONS, "").split(",") if r.strip().isdigit()]
+        self.resolutions = sorted(sizes)
         self.max_resolution = max(sizes) if sizes else None
 
     def info(self) -> dict[str, int | None]:
@@ -251,7 +252,8 @@ class ImagePyramid(Pyramid):
         cap = [v for v in (spec.max_resolution, self.max_resolution) if v is not None]
         max_res = min(cap) if cap else None
         if max_res is not None:
-            _set_meta(model, {META_MAX_RESOLUTION: str(max_res)})
+            sizes = [r for r in self.resolutions if r <= max_res] or [max_res]
+            _set_meta(model, {META_MAX_RESOLUTION: str(max_res), META_RESOLUTIONS: ",".join(map(str, sizes))})
         quality = "generator + refiner" if "refiner" in layers else "base generator, no refiner"
         if max_res is not None:
             quality += f", up to {max_res} px"
