@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -67,7 +68,7 @@ class GraphBuilder:
         """A float32 initialiser drawn from N(0, std^2) with the builder's generator."""
         return self.const(name, (self.rng.standard_normal(tuple(shape)) * std).astype(np.float32))
 
-    def node(self, op: str, inputs: Sequence[str], name: str, out: str | None = None, **attrs: object) -> str:
+    def node(self, op: str, inputs: Sequence[str], name: str, out: str | None = None, **attrs: Any) -> str:
         """Add one node called ``name``; returns its (single) output tensor name."""
         output = out or name
         self._unique(name)
