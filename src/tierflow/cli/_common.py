@@ -37,7 +37,10 @@ def run_cli(app: typer.Typer) -> None:
 
 @contextmanager
 def spinner(description: str) -> Iterator[None]:
-    """A transient progress line for steps that take more than a second."""
+    """A transient progress line for steps that take more than a second (terminals only)."""
+    if not err_console.is_terminal:
+        yield
+        return
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
