@@ -1,0 +1,1 @@
+"""Reproducible measurements behind ``tierflow bench``; each returns plain dicts a CLI can print as JSON."""

@@ -1,0 +1,295 @@
+"""Quantize tensors for the wire and back.
+
+Modes:
+
+* ``raw`` -- the tensor's own bytes, any supported dtype.
+* ``fp16`` -- float32 is cast to float16 (values beyond +-65504 become +-inf, as in any FP16 cast).
+* ``int8`` -- one scale for the whole tensor.
+* ``int8_channel`` -- one scale per slice along ``axis`` (e.g. the hidden dimension).
+
+Integer modes are symmetric by default (int8 payload, ``q = round(x / scale)``, ``scale = absmax / 127``)
+or asymmetric (uint8 payload with a zero point, ``q = round(x / scale) + zero``, ``scale = (max - min) / 255``
+over a range that includes 0, as ONNX's DynamicQuantizeLinear). Either way the dequantized value is within
+``scale / 2`` of the input. Rounding is half to even; the heavy lifting runs in ONNX Runtime (see _kernels).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tierflow.errors import InvalidInputError
+from tierflow.wire import _kernels
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+class QuantMode(enum.IntEnum):
+    """How a tensor's values travel; the value is the mode's code in the frame header."""
+
+    RAW = 0
+    FP16 = 1
+    INT8 = 2
+    INT8_CHANNEL = 3
+
+    @classmethod
+    def parse(cls, value: QuantMode | str) -> QuantMode:
+        if isinstance(value, QuantMode):
+            return value
+        try:
+            return cls[str(value).strip().upper().replace("-", "_")]
+        except KeyError:
+            names = ", ".join(m.name.lower() for m in cls)
+            raise InvalidInputError(f"unknown quantization mode {value!r} (one of: {names})") from None
+
+    @property
+    def is_int8(self) -> bool:
+        return self in (QuantMode.INT8, QuantMode.INT8_CHANNEL)
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """What the receiver needs to undo the quantization; all of it travels in the frame header."""
+
+    mode: QuantMode
+    axis: int = 0  # INT8_CHANNEL only, counted from the front (>= 0)
+    asymmetric: bool = False  # INT8 modes: uint8 payload with zero points
+    scales: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))  # float32
+    zero_points: np.ndarray | None = None  # uint8, asymmetric only
+
+
+@dataclass(frozen=True)
+class Quantized:
+    payload: np.ndarray  # C-contiguous, dtype given by payload_dtype()
+    params: QuantParams
+    dtype: np.dtype  # the original tensor's dtype
+    shape: tuple[int, ...]
+
+
+def payload_dtype(mode: QuantMode, asymmetric: bool, dtype: np.dtype) -> np.dtype:
+    """The element type of the payload for a tensor of ``dtype`` sent in ``mode``."""
+    if mode.is_int8:
+        return np.dtype(np.uint8 if asymmetric else np.int8)
+    if mode is QuantMode.FP16:
+        return np.dtype(np.float16)
+    return np.dtype(dtype)
+
+
+def channel_count(mode: QuantMode, shape: tuple[int, ...], axis: int) -> int:
+    """How many scales a header of this mode carries."""
+    if mode is QuantMode.INT8:
+        return 1
+    if mode is QuantMode.INT8_CHANNEL:
+        return shape[axis]
+    return 0
+
+
+def quantize(
+    x: np.ndarray, mode: QuantMode | str = QuantMode.INT8, *, axis: int = -1, asymmetric: bool = False
+) -> Quantized:
+    """Quantize ``x`` for the wire. Raises InvalidInputError for dtypes the mode cannot carry or NaN/Inf."""
+    mode = QuantMode.parse(mode)
+    if not isinstance(x, np.ndarray | np.generic):
+        raise InvalidInputError(f"expected a numpy array, got {type(x).__name__}")
+    x = np.asarray(x)
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)  # (this would turn a 0-d array into shape (1,))
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
+    dtype, shape = x.dtype, tuple(int(d) for d in x.shape)
+    if mode is QuantMode.RAW:
+        return Quantized(x.reshape(-1), QuantParams(mode), dtype, shape)
+    if dtype not in FLOAT_DTYPES:
+        raise InvalidInputError(
+            f"mode {mode.name.lower()} needs a float32 or float16 tensor, got {dtype}; use mode raw"
+        )
+    if asymmetric and not mode.is_int8:
+        raise InvalidInputError(f"mode {mode.name.lower()} has no asymmetric form")
+    if mode is QuantMode.FP16:
+        return Quantized(_to_f16(x.reshape(-1)), QuantParams(mode), dtype, shape)
+    x32 = _to_f32(x.reshape(-1))
+    if mode is QuantMode.INT8:
+        payload, scales, zeros = _quantize_tensor(x32, asymmetric)
+        return Quantized(payload, QuantParams(mode, 0, asymmetric, scales, zeros), dtype, shape)
+    if not shape:
+        raise InvalidInputError("mode int8_channel needs a tensor of rank >= 1")
+    if not -len(shape) <= axis < len(shape):
+        raise InvalidInputError(f"axis {axis} is out of range for a tensor of rank {len(shape)}")
+    axis %= len(shape)
+    payload, scales, zeros = _quantize_channels(x32.reshape(_acb(shape, axis)), asymmetric)
+    return Quantized(payload.reshape(-1), QuantParams(mode, axis, asymmetric, scales, zeros), dtype, shape)
+
+
+def dequantize(
+    payload: np.ndarray, params: QuantParams, dtype: np.dtype, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Undo :func:`quantize`: a new array of ``dtype`` and ``shape`` from a flat ``payload``.
+
+    The caller guarantees consistency (the frame decoder has validated every field).
+    """
+    dtype = np.dtype(dtype)
+    mode = params.mode
+    if mode is QuantMode.RAW:
+        return payload.reshape(shape)
+    if mode is QuantMode.FP16:
+        return (payload if dtype == np.float16 else _f16_to_f32(payload)).reshape(shape)
+    n = payload.size
+    out32 = np.empty(n, np.float32)
+    if n:
+        suffix = "u8" if params.asymmetric else "s8"
+        zeros = _zero_points(params, len(params.scales))
+        if mode is QuantMode.INT8:
+            inputs = {"q": payload, "s": params.scales.reshape(()), "z": zeros.reshape(())}
+            _kernels.run(f"dq_tensor_{suffix}", inputs, {"y": out32})
+        else:
+            acb = _acb(shape, params.axis)
+            y3 = out32.reshape(acb)
+            q3 = payload.reshape(acb)
+            if acb[2] >= _AXIS_KERNEL_MIN_STRIDE:
+                _kernels.run(f"dq_axis_{suffix}", {"q": q3, "s": params.scales, "z": zeros}, {"y": y3})
+            else:
+                inputs = {"q": q3, "s": params.scales.reshape(1, -1, 1)}
+                if params.asymmetric:
+                    inputs["zf"] = zeros.astype(np.float32).reshape(1, -1, 1)
+                _kernels.run(f"dq_bcast_{suffix}", inputs, {"y": y3})
+    return (out32 if dtype == np.float32 else _f32_to_f16(out32)).reshape(shape)
+
+
+# --- internals -----------------------------------------------------------------------------------
+
+# Per-axis QuantizeLinear in ORT is fast only when each channel's run of elements is long; below this
+# the broadcast (multiply, then per-tensor quantize) kernels win by orders of magnitude.
+_AXIS_KERNEL_MIN_STRIDE = 16
+_TWO_PASS_MAX = 1 << 21  # elements: up to 8 MiB, min and max in two passes hit the cache
+_CHUNK = 1 << 16  # elements per chunk when one pass over memory computes both
+
+
+def _acb(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
+    before = int(np.prod(shape[:axis], dtype=np.int64))
+    after = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+    return before, shape[axis], after
+
+
+def _to_f32(flat: np.ndarray) -> np.ndarray:
+    return flat if flat.dtype == np.float32 else _f16_to_f32(flat)
+
+
+def _to_f16(flat: np.ndarray) -> np.ndarray:
+    if flat.dtype == np.float16:
+        return flat
+    out = np.empty(flat.size, np.float16)
+    if flat.size:
+        _kernels.run("cast_f32_f16", {"x": flat}, {"y": out})
+    return out
+
+
+def _f16_to_f32(flat: np.ndarray) -> np.ndarray:
+    out = np.empty(flat.size, np.float32)
+    if flat.size:
+        _kernels.run("cast_f16_f32", {"x": flat.reshape(-1)}, {"y": out})
+    return out
+
+
+def _f32_to_f16(flat: np.ndarray) -> np.ndarray:
+    return _to_f16(flat)
+
+
+def _zero_points(params: QuantParams, count: int) -> np.ndarray:
+    if params.asymmetric and params.zero_points is not None:
+        return params.zero_points
+    return np.zeros(count, np.uint8 if params.asymmetric else np.int8)
+
+
+def _minmax(flat: np.ndarray) -> tuple[float, float]:
+    """Min and max of a float32 vector; NaN propagates (numpy's reductions do, ORT's do not)."""
+    if flat.size <= _TWO_PASS_MAX:
+        return float(flat.min()), float(flat.max())
+    starts = range(0, flat.size, _CHUNK)
+    lows = np.empty(len(starts), np.float32)
+    highs = np.empty(len(starts), np.float32)
+    for i, start in enumerate(starts):
+        chunk = flat[start : start + _CHUNK]  # read from memory once, reduced twice from cache
+        lows[i] = chunk.min()
+        highs[i] = chunk.max()
+    return float(lows.min()), float(highs.max())
+
+
+def _check_finite(lo: np.ndarray | float, hi: np.ndarray | float) -> None:
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise InvalidInputError("cannot quantize a tensor holding NaN or Inf to int8; use mode fp16 or raw")
+
+
+def _scales(lo: np.ndarray, hi: np.ndarray, asymmetric: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scales (float32, > 0) and zero points (uint8 or None) from per-slice ranges (float64)."""
+    if asymmetric:
+        lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+        scales = ((hi - lo) / 255.0).astype(np.float32)
+    else:
+        scales = (np.maximum(hi, -lo) / 127.0).astype(np.float32)
+    # An all-zero slice gets scale 1; a range so small that 1/scale would overflow gets the smallest
+    # normal float32 (its values then round to 0 or +-1, still within scale / 2).
+    tiny = np.finfo(np.float32).tiny
+    scales = np.where(scales > 0, np.maximum(scales, tiny), np.float32(1.0)).astype(np.float32)
+    if not asymmetric:
+        return scales, None
+    zeros = np.clip(np.rint(-lo / scales.astype(np.float64)), 0, 255).astype(np.uint8)
+    return scales, zeros
+
+
+def _quantize_tensor(x: np.ndarray, asymmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    qtype = np.uint8 if asymmetric else np.int8
+    if not x.size:
+        return np.empty(0, qtype), np.ones(1, np.float32), (np.zeros(1, np.uint8) if asymmetric else None)
+    lo, hi = _minmax(x)
+    _check_finite(lo, hi)
+    scales, zeros = _scales(np.array([lo]), np.array([hi]), asymmetric)
+    out = np.empty(x.size, qtype)
+    z = zeros if zeros is not None else np.zeros(1, np.int8)
+    suffix = "u8" if asymmetric else "s8"
+    _kernels.run(f"q_tensor_{suffix}", {"x": x, "s": scales.reshape(()), "z": z.reshape(())}, {"y": out})
+    return out, scales, zeros
+
+
+def _channel_minmax(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    before, channels, after = x3.shape
+    if after == 1:
+        x2 = x3.reshape(before, channels)
+        # numpy reduces over rows fast only when rows are long: fold k rows into one when channels are few.
+        k = max(1, min(before, 4096 // max(channels, 1)))
+        main = before - before % k
+        parts_lo = [x2[:main].reshape(main // k, k * channels).min(axis=0).reshape(k, channels).min(axis=0)]
+        parts_hi = [x2[:main].reshape(main // k, k * channels).max(axis=0).reshape(k, channels).max(axis=0)]
+        if main < before:
+            parts_lo.append(x2[main:].min(axis=0))
+            parts_hi.append(x2[main:].max(axis=0))
+        lo, hi = np.min(parts_lo, axis=0), np.max(parts_hi, axis=0)
+        _check_finite(lo, hi)
+        return lo.astype(np.float64), hi.astype(np.float64)
+    lo32, hi32 = np.empty(channels, np.float32), np.empty(channels, np.float32)
+    _kernels.run("reduce_axis", {"x": x3}, {"mx": hi32, "mn": lo32})
+    flat = x3.reshape(-1)
+    _check_finite(*_minmax(flat))  # ORT's reductions may skip NaN
+    return lo32.astype(np.float64), hi32.astype(np.float64)
+
+
+def _quantize_channels(x3: np.ndarray, asymmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    qtype = np.uint8 if asymmetric else np.int8
+    channels = x3.shape[1]
+    if not x3.size:
+        zeros0 = np.zeros(channels, np.uint8) if asymmetric else None
+        return np.empty(x3.shape, qtype), np.ones(channels, np.float32), zeros0
+    lo, hi = _channel_minmax(x3)
+    scales, zeros = _scales(lo, hi, asymmetric)
+    out = np.empty(x3.shape, qtype)
+    suffix = "u8" if asymmetric else "s8"
+    if x3.shape[2] >= _AXIS_KERNEL_MIN_STRIDE:
+        z = zeros if zeros is not None else np.zeros(channels, np.int8)
+        _kernels.run(f"q_axis_{suffix}", {"x": x3, "s": scales, "z": z}, {"y": out})
+    else:
+        inputs = {"x": x3, "inv": (1.0 / scales.astype(np.float64)).astype(np.float32).reshape(1, -1, 1)}
+        if zeros is not None:
+            inputs["zf"] = zeros.astype(np.float32).reshape(1, -1, 1)
+        _kernels.run(f"q_bcast_{suffix}", inputs, {"y": out})
+    return out, scales, zeros
