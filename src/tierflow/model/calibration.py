@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from tierflow.errors import ConfigError
+from tierflow.errors import ConfigError, TokenizerError
 from tierflow.model.tokenizer import Tokenizer
 
 Feeds = dict[str, np.ndarray]
@@ -113,7 +113,11 @@ def load_feeds(path: Path, session: ort.InferenceSession) -> list[Feeds]:
 def calibration_text(source: str) -> str:
     """A text file's content, or ``source`` itself when it is not a file."""
     path = Path(source)
-    if path.is_file():
+    try:
+        is_file = "\n" not in source and path.is_file()
+    except OSError:  # literal text too long to be a file name
+        is_file = False
+    if is_file:
         try:
             return path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
@@ -134,7 +138,12 @@ def lm_windows(
     """``count`` windows of ``window`` token ids, and a label of where they came from."""
     if tokenizer is not None:
         source = text if text is not None else default_text()
-        ids = [i for i in tokenizer.encode(source) if i < vocab]
+        try:
+            ids = [i for i in tokenizer.encode(source) if i < vocab]
+        except TokenizerError:  # e.g. an exported model whose tokenizer has an empty vocabulary
+            if text is not None:
+                raise
+            ids = []
         if len(ids) >= window + 1:
             usable = min(count, len(ids) // window)
             return [ids[k * window : (k + 1) * window] for k in range(usable)], (

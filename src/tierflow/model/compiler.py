@@ -37,6 +37,7 @@ from tierflow.model.extract import (
     TargetGraph,
     pyramid_for,
     set_metadata,
+    strip_debug_info,
 )
 from tierflow.model.fidelity import below_floor, lm_fidelity, open_cpu, tensor_fidelity
 from tierflow.model.package import (
@@ -110,6 +111,8 @@ def compile_model(
 
     # every cut first: a config that asks for layers the model lacks fails before any slow work
     graphs = {t: pyramid.cut(t, spec) for t, spec in cfg.targets.items()}
+    for graph in graphs.values():
+        strip_debug_info(graph.model)
     base, edge_layers, cloud_layers = pyramid.groups(graphs)
     source_bytes = path.read_bytes()
     checker = _Checker(src, source_bytes, cfg, calibration)
@@ -203,7 +206,7 @@ def _convert(
     if spec.precision == "fp32":
         out = onnx.ModelProto()
         out.CopyFrom(model)
-        return out, "FP32 as is"
+        return out, "FP32"
     if spec.precision == "fp16":
         return to_fp16(model), "FP16, FP32 I/O"
     if kind != lc.KIND_CAUSAL_LM and has_conv(model):

@@ -344,6 +344,23 @@ def _drop_meta(model: onnx.ModelProto, key: str) -> None:
         entry.key, entry.value = k, v
 
 
+def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop per-node doc strings and metadata (exporters put stack traces there); model metadata stays."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        graph.doc_string = ""
+        for node in graph.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                graphs.extend([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)
+        for vi in [*graph.input, *graph.output, *graph.value_info]:
+            vi.doc_string = ""
+        del graph.metadata_props[:]
+    return model
+
+
 def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
     """Set (add or replace) metadata entries of ``model``."""
     _set_meta(model, values)
