@@ -80,10 +80,14 @@ def test_header_fields_are_authenticated_even_when_consistent() -> None:
 
 def test_limits_are_enforced_before_allocation() -> None:
     _, receiver = make_pair(ChannelConfig(limits=fr.FrameLimits(max_rank=3, max_elements=1000)))
-    big_rank = fr._FIXED.pack(b"TW", 1, 0, 0, 1, 4, 0, 0, 0, receiver.session_id) + struct.pack("<4I", 1, 1, 1, 1)
+    big_rank = fr._FIXED.pack(b"TW", 1, 0, 0, 1, 4, 0, 0, 0, receiver.session_id) + struct.pack(
+        "<4I", 1, 1, 1, 1
+    )
     with pytest.raises(FrameFormatError, match="rank 4"):
         receiver.open(big_rank + bytes(20))
-    huge = fr._FIXED.pack(b"TW", 1, 0, 0, 1, 2, 0, 0, 0, receiver.session_id) + struct.pack("<2I", 2**32 - 1, 2**32 - 1)
+    huge = fr._FIXED.pack(b"TW", 1, 0, 0, 1, 2, 0, 0, 0, receiver.session_id) + struct.pack(
+        "<2I", 2**32 - 1, 2**32 - 1
+    )
     with pytest.raises(FrameFormatError, match="elements"):
         receiver.open(huge + bytes(16))
 
@@ -104,10 +108,10 @@ def test_limits_are_enforced_before_allocation() -> None:
 )
 def test_malformed_fixed_headers(fields, match) -> None:
     values = {"magic": b"TW", "version": 1, "flags": 0, "mode": 0, "dtype": 1, "axis": 0} | fields
+    v = values
     head = fr._FIXED.pack(
-        values["magic"], values["version"], values["flags"], values["mode"], values["dtype"], 2, values["axis"],
-        0, 0, bytes(16),
-    )  # fmt: skip
+        v["magic"], v["version"], v["flags"], v["mode"], v["dtype"], 2, v["axis"], 0, 0, bytes(16)
+    )
     with pytest.raises(FrameFormatError, match=match):
         fr.parse_frame(head + struct.pack("<2I", 1, 1) + bytes(64), fr.FrameLimits())
 
@@ -186,8 +190,8 @@ def plausible_frames(draw: st.DrawFn) -> bytes:
         draw(st.integers(0, 4)), draw(st.integers(0, 3)), draw(st.integers(0, 2**64 - 1)),
         draw(st.sampled_from([_RECEIVER.session_id, bytes(16)])),
     )  # fmt: skip
-    dims = struct.pack(f"<{rank}I", *draw(st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 5), min_size=rank,
-                                                    max_size=rank)))  # fmt: skip
+    dim = st.integers(0, 2**32 - 1) | st.integers(0, 5)
+    dims = struct.pack(f"<{rank}I", *draw(st.lists(dim, min_size=rank, max_size=rank)))
     return head + dims + tail
 
 

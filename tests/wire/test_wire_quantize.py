@@ -14,7 +14,9 @@ from tierflow.wire.quantize import QuantMode, dequantize, quantize
 SHAPES_AXES = [((64, 256), -1), ((4, 8, 32, 16), 1), ((3, 5, 7), 0), ((2, 3, 4, 5), 2), ((1000,), 0)]
 
 
-def _round_trip(x: np.ndarray, mode: str, axis: int = -1, asymmetric: bool = False) -> tuple[np.ndarray, object]:
+def _round_trip(
+    x: np.ndarray, mode: str, axis: int = -1, asymmetric: bool = False
+) -> tuple[np.ndarray, object]:
     q = quantize(x, mode, axis=axis, asymmetric=asymmetric)
     return dequantize(q.payload, q.params, q.dtype, q.shape), q
 
@@ -50,7 +52,9 @@ def test_int8_error_is_within_half_a_scale(dtype, asymmetric, mode, shape, axis)
 
 
 def test_per_channel_scales_follow_each_channel() -> None:
-    x = np.random.default_rng(2).standard_normal((50, 4)).astype(np.float32) * np.array([1, 10, 100, 1000], np.float32)
+    x = np.random.default_rng(2).standard_normal((50, 4)).astype(np.float32) * np.array(
+        [1, 10, 100, 1000], np.float32
+    )
     y, q = _round_trip(x, "int8_channel", axis=1)
     absmax = np.abs(x).max(axis=0)
     np.testing.assert_allclose(q.params.scales, absmax / 127, rtol=1e-6)
@@ -69,7 +73,8 @@ def test_fp16_mode(dtype) -> None:
 
 
 @pytest.mark.parametrize(
-    "dtype", [np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16, np.int32, np.int64, np.uint64, bool]
+    "dtype",
+    [np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16, np.int32, np.int64, np.uint64, bool],
 )
 def test_raw_mode_is_exact_for_every_dtype(dtype) -> None:
     x = (np.random.default_rng(4).standard_normal((5, 6)) * 100).astype(dtype)

@@ -15,7 +15,7 @@ from tierflow.wire.privacy import (
     analytic_sigma,
     classic_sigma,
 )
-from tierflow.wire.quantize import QuantMode, QuantParams, Quantized, dequantize, quantize
+from tierflow.wire.quantize import Quantized, QuantMode, QuantParams, dequantize, quantize
 from tierflow.wire.replay import ReplayWindow
 
 __all__ = [
