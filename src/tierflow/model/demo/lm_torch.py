@@ -18,7 +18,9 @@ torch is only needed to train and export; tierflow runs the ONNX file.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +34,7 @@ class LMConfig:
     d_model: int = 192
     n_heads: int = 6
     n_layers: int = 6
-    d_ff: int = 768
+    d_ff: int = 576
     exit_layer: int = 3  # the exit head reads the output of blocks[exit_layer - 1]
     dropout: float = 0.1
 
@@ -53,20 +55,20 @@ class LMConfig:
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: LMConfig) -> None:
         super().__init__()
-        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.n_heads, self.head_dim, self.d_model = cfg.n_heads, cfg.head_dim, cfg.d_model
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.dropout = cfg.dropout
 
     def forward(self, x: Tensor, past_k: Tensor, past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        batch, seq, d = x.shape
+        batch, seq, d = x.shape[0], x.shape[1], self.d_model
         q, k, v = self.qkv(x).split(d, dim=2)
         q, k, v = (t.reshape(batch, seq, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         k = torch.cat([past_k, k], dim=2)
         v = torch.cat([past_v, v], dim=2)
         if self.training:
             # Training never has a past: the fused kernel with a plain causal mask is fastest.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout)
+            # (No attention dropout: on CPU it forces the slow unfused path.)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             # Query i sits at position past + i and may see keys 0 .. past + i.
             past_len = k.shape[2] - seq
@@ -87,7 +89,9 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model)
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, past_k: Tensor, past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -154,3 +158,101 @@ class DemoLM(nn.Module):
         main = F.cross_entropy(out[0].reshape(-1, vocab), targets.reshape(-1))
         exit_ = F.cross_entropy(out[-1].reshape(-1, vocab), targets.reshape(-1))
         return main, exit_
+
+
+# --- ONNX export -------------------------------------------------------------
+
+
+def onnx_names(n_layers: int) -> tuple[list[str], list[str]]:
+    """Input and output names of the exported graph, in the order ``forward`` uses."""
+    kv = [(i, kind) for i in range(n_layers) for kind in ("key", "value")]
+    inputs = ["input_ids", "position_ids"] + [f"past_key_values.{i}.{kind}" for i, kind in kv]
+    outputs = ["logits"] + [f"present.{i}.{kind}" for i, kind in kv] + ["exit_logits"]
+    return inputs, outputs
+
+
+def export_onnx(model: DemoLM, path: str, metadata: dict[str, str], opset: int = 17) -> None:
+    """Write ``model`` in tierflow's LM contract to ``path`` with ``metadata`` as metadata_props."""
+    import onnx
+
+    cfg = model.cfg
+    model.eval()
+    inputs, outputs = onnx_names(cfg.n_layers)
+    # Trace with a non-empty past so the Concat of past and new keys stays in the graph;
+    # every axis that varies at run time is declared dynamic below.
+    past_len, seq = 2, 3
+    ids = torch.randint(0, cfg.vocab_size, (1, seq))
+    pos = torch.arange(past_len, past_len + seq).unsqueeze(0)
+    past = [torch.randn(1, cfg.n_heads, past_len, cfg.head_dim) for _ in range(2 * cfg.n_layers)]
+    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "seq"} for n in inputs[:2]}
+    axes.update({n: {0: "batch", 2: "past"} for n in inputs[2:]})
+    axes.update({n: {0: "batch", 2: "total"} for n in outputs[1:-1]})
+    axes.update({"logits": {0: "batch", 1: "seq"}, "exit_logits": {0: "batch", 1: "seq"}})
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is wanted: cleaner graph
+        torch.onnx.export(
+            model, (ids, pos, *past), path, input_names=inputs, output_names=outputs,
+            dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True,
+        )
+    proto = onnx.load(path)
+    _tidy_names(proto.graph)
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = "tierflow demo-lm: decoder-only transformer with KV cache and an early-exit head"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, path)
+
+
+def max_export_error(model: DemoLM, path: str, threads: int = 2) -> float:
+    """Largest |ORT - torch| over all outputs for a few batch / past / sequence shapes."""
+    import numpy as np
+    import onnxruntime as ort
+
+    cfg = model.cfg
+    model.eval()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    inputs, _ = onnx_names(cfg.n_layers)
+    gen = torch.Generator().manual_seed(123)
+    worst = 0.0
+    for batch, past_len, seq in ((1, 0, 7), (1, 5, 1), (2, 9, 4), (1, 0, cfg.max_seq_len)):
+        ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen)
+        pos = torch.arange(past_len, past_len + seq).expand(batch, seq)
+        past = [torch.randn(batch, cfg.n_heads, past_len, cfg.head_dim, generator=gen)
+                for _ in range(2 * cfg.n_layers)]
+        with torch.no_grad():
+            expected = [t.numpy() for t in model(ids, pos, *past)]
+        got = sess.run(None, dict(zip(inputs, [t.numpy() for t in (ids, pos, *past)], strict=True)))
+        worst = max(worst, *(float(np.abs(e - g).max()) for e, g in zip(expected, got, strict=True)))
+    return worst
+
+
+def _tidy_names(graph: Any) -> None:  # an onnx.GraphProto (onnx is imported lazily)
+    """Name the two heads' MatMuls and the exporter's ``onnx::MatMul_N`` weights after their layer."""
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.name.startswith("/MatMul"):
+            src = producers.get(node.input[0])
+            from_exit = src is not None and src.name.startswith("/ln_exit/")
+            node.name = "/exit_head/MatMul" if from_exit else "/lm_head/MatMul"
+    initializers = {init.name: init for init in graph.initializer}
+    renames: dict[str, str] = {}
+    for node in graph.node:
+        weight = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else ""
+        if weight.startswith("onnx::") and weight in initializers and weight not in renames:
+            parts: list[str] = []
+            for part in node.name.strip("/").split("/")[:-1]:  # "/blocks.0/mlp/mlp.0/MatMul"
+                if parts and part.startswith(parts[-1] + "."):
+                    part = part[len(parts[-1]) + 1:]
+                parts.append(part)
+            if parts[0] in ("exit_head", "lm_head"):
+                parts = ["lm_head"]  # one matrix for both heads: the embedding, transposed
+            renames[weight] = ".".join(parts) + ".weight_t"  # stored transposed: [in, out]
+    for old, new in renames.items():
+        initializers[old].name = new
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
