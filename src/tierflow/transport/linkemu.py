@@ -184,6 +184,10 @@ class _Endpoint(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # asyncio skips this for sockets accepted from a proto-0 listener
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # timing is ours, not Nagle's
         if self._on_connect is not None:
             self._on_connect(self)
 
@@ -509,7 +513,7 @@ class _Core:
         host = self.listen[0]
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         except OSError as exc:
             raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         try:
