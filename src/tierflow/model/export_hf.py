@@ -15,6 +15,7 @@ imports without them; a missing one raises :class:`MissingExtraError`.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import logging
 import os
@@ -171,8 +172,7 @@ def _causal_check(config: Any, label: str) -> None:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the warnings and log lines torch/transformers print while tracing."""
-    from transformers.utils import logging as hf_logging
-
+    hf_logging: Any = importlib.import_module("transformers.utils.logging")  # untyped module
     loggers = [logging.getLogger(n) for n in ("torch", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     hf_level, hf_bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -214,6 +214,7 @@ def _load_model(directory: Path, label: str) -> Any:
     _causal_check(config, label)
     major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
     dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"  # fp32: the contract's KV type
+    model: Any
     try:
         with _quiet():
             model = AutoModelForCausalLM.from_pretrained(
