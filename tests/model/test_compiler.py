@@ -22,7 +22,9 @@ from tierflow.model.registry import ASSETS
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions, open_session
 
-FAST = {"fidelity": {"samples": 2, "resolution": 32, "lm_window": 24, "lm_windows": 2}}
+FAST = {
+    "fidelity": {"calibration_samples": 2, "samples": 2, "resolution": 32, "lm_window": 24, "lm_windows": 2}
+}
 ONE_THREAD = SessionOptions(intra_op_threads=1, providers=("CPUExecutionProvider",))
 
 

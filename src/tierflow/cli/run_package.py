@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tierflow.cli._common import err_console, spinner
-from tierflow.errors import InvalidInputError
+from rich.table import Table
+
+from tierflow.cli._common import console, err_console, spinner
 from tierflow.model import lm_contract as lc
+from tierflow.runtime.generic import GenericRunner, load_npy_inputs
+from tierflow.runtime.image import ImageResult
 from tierflow.runtime.lm import SamplingConfig
-from tierflow.runtime.loader import CloudProxy, load
+from tierflow.runtime.loader import CloudProxy, TierSession, load
+from tierflow.runtime.providers import short_name
 
 
 def is_package(model: str) -> bool:
@@ -42,21 +46,56 @@ def run_package(
         assert session.lm is not None
         _run_lm(session.lm, prompt, config)
         return
-    cap = session.spec.max_resolution
-    if cap is not None and resolution > cap:
-        raise InvalidInputError(
-            f"target {session.target} makes images up to {cap} px; asked for {resolution}"
-        )
-    from tierflow.cli import run_other
+    if session.kind == "image-generator":
+        _run_image(session, model, prompt, resolution, refine, seed, out)
+    else:
+        if prompt is not None:
+            err_console.print("[dim]--prompt is ignored: this model takes no text[/]")
+        _run_generic(session, inputs, seed)
 
-    label = Path(model).with_name(f"{Path(model).stem}-{session.target}.tfm")
-    run_other.run_non_text(
-        session.session,
-        label,
-        prompt=prompt,
-        resolution=resolution,
-        refine=refine,
-        seed=seed,
-        out=out,
-        inputs=inputs,
+
+def _run_image(
+    session: TierSession,
+    model: str,
+    prompt: str | None,
+    resolution: int,
+    refine: bool,
+    seed: int | None,
+    out: Path | None,
+) -> None:
+    # without --refine the target decides: the cloud target refines, the others have no refiner
+    result = session.generate(prompt, resolution=resolution, refine=True if refine else None, seed=seed)
+    assert isinstance(result, ImageResult)
+    target = out if out is not None else Path.cwd() / f"{Path(model).stem}-{session.target}-{resolution}.png"
+    result.save(target)
+    console.print(
+        f"provider={short_name(result.provider)} resolution={result.width}x{result.height} "
+        f"refined={'yes' if result.refined else 'no'} seed={result.seed} time={result.elapsed_s:.2f}s "
+        f"-> {target}",
+        highlight=False,
+        soft_wrap=True,
     )
+
+
+def _run_generic(session: TierSession, inputs: Sequence[str], seed: int | None) -> None:
+    result = GenericRunner(session.session).run(load_npy_inputs(inputs), seed=seed if seed is not None else 0)
+    table = Table("", "name", "shape", "dtype", "min", "max", "mean")
+    for role, rows in (("in", result.inputs), ("out", result.outputs)):
+        for s in rows:
+            table.add_row(
+                role,
+                s.name,
+                "x".join(map(str, s.shape)) or "scalar",
+                s.dtype,
+                _num(s.min),
+                _num(s.max),
+                _num(s.mean),
+            )
+    console.print(table)
+    console.print(
+        f"provider={short_name(result.provider)} time={result.elapsed_s * 1000:.1f}ms", highlight=False
+    )
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"

@@ -244,7 +244,7 @@ class _Checker:
         feeds = self._given or generated_feeds(
             self._full,
             self.src.meta,
-            max(self.settings.samples, 8),
+            self.settings.calibration_samples,
             self.settings.seed + 1,
             self.settings.resolution,
         )

@@ -60,7 +60,7 @@ def perplexity(logits: Sequence[np.ndarray], windows: Sequence[Sequence[int]]) -
 
 def agreement(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
     same = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in zip(a, b, strict=True))
-    total = sum(x.shape[0] for x in a)
+    total = sum(int(x.shape[0]) for x in a)
     return same / max(total, 1)
 
 

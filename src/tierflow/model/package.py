@@ -83,8 +83,8 @@ class TargetManifest(_Strict):
 
 
 class Manifest(_Strict):
-    format: Literal["tierflow.package"] = FORMAT
-    version: Literal[1] = MANIFEST_VERSION
+    format: Literal["tierflow.package"] = "tierflow.package"
+    version: Literal[1] = 1
     created_by: str
     model: ModelInfo
     base: LayerGroup  # the shared backbone every target runs

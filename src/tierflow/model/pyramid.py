@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -37,8 +37,8 @@ class _Frozen(BaseModel):
 class Requirements(_Frozen):
     """What a machine needs to run a target (the loader's default policy checks these)."""
 
-    min_memory_gb: float = Field(0.0, ge=0)  # total memory of the machine
-    min_cpu_cores: int = Field(1, ge=1)  # physical cores
+    min_memory_gb: Annotated[float, Field(ge=0)] = 0.0  # total memory of the machine
+    min_cpu_cores: Annotated[int, Field(ge=1)] = 1  # physical cores
     accelerator: bool = False  # needs an accelerator execution provider (anything but CPU)
     providers: tuple[str, ...] = ()  # needs one of these providers (empty: any)
 
@@ -51,11 +51,11 @@ class FidelityFloor(_Frozen):
     full FP32 model (what the pyramid cut costs, not just the precision).
     """
 
-    top1: float | None = Field(None, ge=0, le=1)  # min top-1 agreement (LMs, classifiers)
-    top1_vs_full: float | None = Field(None, ge=0, le=1)  # min top-1 agreement with the full model
-    ppl_ratio: float | None = Field(None, ge=1)  # max perplexity / own FP32 perplexity (LMs)
+    top1: Annotated[float | None, Field(ge=0, le=1)] = None  # min top-1 agreement (LMs, classifiers)
+    top1_vs_full: Annotated[float | None, Field(ge=0, le=1)] = None  # min top-1 agreement with the full model
+    ppl_ratio: Annotated[float | None, Field(ge=1)] = None  # max perplexity / own FP32 perplexity (LMs)
     psnr_db: float | None = None  # min PSNR of image outputs
-    max_abs_error: float | None = Field(None, ge=0)  # max |target - FP32| over every output
+    max_abs_error: Annotated[float | None, Field(ge=0)] = None  # max |target - FP32| over every output
 
 
 class TargetConfig(_Frozen):
@@ -67,8 +67,8 @@ class TargetConfig(_Frozen):
     # none), "all" = every layer, an integer = exactly that many (must be an exit point or all).
     layers: int | Literal["exit", "all"] = "all"
     cloud_layers: bool = False  # keep cloud-only layers (the image generator's refiner)
-    max_seq_len: int | None = Field(None, ge=2)  # LMs: context cap (None: the model's own)
-    max_resolution: int | None = Field(None, ge=8)  # image generators: side cap in pixels
+    max_seq_len: Annotated[int | None, Field(ge=2)] = None  # LMs: context cap (None: the model's own)
+    max_resolution: Annotated[int | None, Field(ge=8)] = None  # image generators: side cap in pixels
     outputs: tuple[str, ...] | None = None  # any model: cut here; these tensors become the outputs
     requires: Requirements = Requirements()
     floor: FidelityFloor = FidelityFloor()
@@ -84,10 +84,11 @@ class TargetConfig(_Frozen):
 class FidelitySettings(_Frozen):
     """What the compiler runs to measure fidelity (kept small so a compile takes seconds)."""
 
-    samples: int = Field(4, ge=1)  # generated inputs per check (images, classifiers, generic)
-    resolution: int = Field(64, ge=8)  # image generators are checked at this side (pixels)
-    lm_window: int = Field(128, ge=2)  # tokens per LM window (capped by the target's context)
-    lm_windows: int = Field(4, ge=1)  # windows of held-back text (or random tokens)
+    samples: Annotated[int, Field(ge=1)] = 4  # generated inputs per check (images, classifiers, generic)
+    calibration_samples: Annotated[int, Field(ge=1)] = 8  # generated inputs to calibrate static INT8 with
+    resolution: Annotated[int, Field(ge=8)] = 64  # image generators are checked at this side (pixels)
+    lm_window: Annotated[int, Field(ge=2)] = 128  # tokens per LM window (capped by the target's context)
+    lm_windows: Annotated[int, Field(ge=1)] = 4  # windows of held-back text (or random tokens)
     seed: int = 0
 
 
@@ -163,7 +164,7 @@ DEFAULT_PYRAMID: dict[str, Any] = {
             "cloud_layers": True,
             "max_seq_len": None,
             "max_resolution": 2048,
-            "requires": {"min_memory_gb": 16, "min_cpu_cores": 4, "accelerator": True},
+            "requires": {"min_memory_gb": 32, "min_cpu_cores": 4, "accelerator": True},
             "floor": {},
         },
     },

@@ -48,7 +48,7 @@ def to_fp16(model: onnx.ModelProto, max_retries: int = 8) -> onnx.ModelProto:
     blocked: list[str] = []
     for _ in range(max_retries):
         with _quiet():
-            converted = convert_float_to_float16(
+            converted: onnx.ModelProto = convert_float_to_float16(
                 _clone(model), keep_io_types=True, op_block_list=blocked or None, disable_shape_infer=False
             )
         reason = _cpu_load_error(converted)

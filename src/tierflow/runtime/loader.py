@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 import yaml
@@ -108,7 +108,7 @@ class Rule(_Frozen):
 class Policy(_Frozen):
     rules: tuple[Rule, ...] = ()  # empty: the default policy (most capable target that fits)
     require_fit: bool = True  # a rule's target must also fit the machine, else the next rule is tried
-    memory_headroom: float = Field(2.0, ge=1.0)  # free memory needed = artifact size x this
+    memory_headroom: Annotated[float, Field(ge=1.0)] = 2.0  # free memory needed = artifact size x this
 
 
 DEFAULT_POLICY = Policy()
