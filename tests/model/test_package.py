@@ -204,7 +204,7 @@ def test_write_is_atomic_when_interrupted(tmp_path: Path) -> None:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(zipfile.ZipFile, "writestr", failing)
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(PackageError, match="cannot write the package to .*disk full"):
             write_package(path, manifest, artifacts)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tfm"]
@@ -285,3 +285,14 @@ def test_inspect_bad_packages(
         fragment = "is missing"
     code, _, err = cli(capsys, monkeypatch, "inspect", str(path))
     assert_one_line_error(code, err, fragment)
+
+
+def test_write_to_a_directory_or_unwritable_place(tmp_path: Path) -> None:
+    manifest = Manifest.model_validate(manifest_doc())
+    artifacts = {artifact_name(n): d for n, d in ARTIFACTS.items()}
+    with pytest.raises(PackageError, match="is a directory"):
+        write_package(tmp_path, manifest, artifacts)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PackageError, match="cannot write the package"):
+        write_package(blocker / "sub" / "m.tfm", manifest, artifacts)

@@ -208,7 +208,12 @@ def write_package(path: str | Path, manifest: Manifest, artifacts: Mapping[str, 
             raise PackageError(f"no artifact given for target {name} ({spec.artifact})")
         if len(data) != spec.size_bytes or sha256_hex(data) != spec.sha256:
             raise PackageError(f"artifact of target {name} does not match its manifest entry")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise PackageError(f"cannot write the package: {path} is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PackageError(f"cannot write the package to {path}: {exc.strerror or exc}") from exc
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with zipfile.ZipFile(tmp, "w") as zf:
@@ -219,9 +224,11 @@ def write_package(path: str | Path, manifest: Manifest, artifacts: Mapping[str, 
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError):
+            raise PackageError(f"cannot write the package to {path}: {exc.strerror or exc}") from exc
         raise
     return path
 
