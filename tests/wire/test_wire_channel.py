@@ -7,6 +7,9 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from tierflow.errors import (
     ConfigError,
@@ -208,3 +211,33 @@ def test_sender_refuses_tensors_beyond_the_frame_limits() -> None:
     with pytest.raises(InvalidInputError, match="elements"):
         a.seal(np.zeros((11, 10), np.float32))
     assert a.next_seq == 0  # refused tensors use no sequence number
+
+
+_A, _B = make_pair(ChannelConfig(rotate_after_frames=7))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    x=hnp.arrays(
+        st.sampled_from([np.float32, np.float16]),
+        hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=8),
+        elements=st.floats(-1000, 1000, width=16),
+    ),
+    mode=st.sampled_from(["int8", "int8_channel", "fp16", "raw"]),
+    asymmetric=st.booleans(),
+)
+def test_random_tensors_survive_the_channel(x: np.ndarray, mode: str, asymmetric: bool) -> None:
+    if mode == "int8_channel" and x.ndim == 0:
+        mode = "int8"
+    asymmetric = asymmetric and mode.startswith("int8")
+    frame = _A.seal(x, mode=mode, axis=0, asymmetric=asymmetric)
+    y, header = _B.open_with_header(frame, expect_shape=x.shape, expect_dtype=x.dtype)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    if mode in ("raw", "fp16"):
+        np.testing.assert_array_equal(y, x)  # float16-representable values: fp16 is exact too
+    elif x.size:
+        per_slice = (-1,) + (1,) * (x.ndim - 1) if mode == "int8_channel" else ()
+        scales = header.params.scales.astype(np.float64).reshape(per_slice)
+        err = np.abs(y.astype(np.float64) - x.astype(np.float64))
+        bound = scales / 2 + np.abs(x.astype(np.float64)) * (2**-10 if x.dtype == np.float16 else 1e-6)
+        assert np.all(err <= bound)

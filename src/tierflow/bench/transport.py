@@ -14,6 +14,7 @@ import os
 import pickle
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -51,15 +52,15 @@ def measure_frames(
         inner = max(1, _BATCH_BYTES // size)
         contenders: dict[str, Callable[[], object]] = {
             "aesgcm": _aesgcm_round_trip(x),
-            "pickle": lambda x=x: pickle.loads(pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL)),
-            "npsave": lambda x=x: _npsave_round_trip(x),
+            "pickle": partial(_pickle_round_trip, x),
+            "npsave": partial(_npsave_round_trip, x),
         }
         frames: dict[QuantMode, tuple[int, float]] = {}
         for mode in mode_list:
             sender, receiver = _channel_pair(mode)
             frame = sender.seal(x)
             frames[mode] = (len(frame), float(np.max(np.abs(receiver.open(frame) - x))))
-            contenders[mode.name.lower()] = lambda s=sender, r=receiver, x=x: r.open(s.seal(x))
+            contenders[mode.name.lower()] = partial(_secure_round_trip, sender, receiver, x)
         best = _race(contenders, repeats, inner)
         for mode in mode_list:
             secure = size * inner / best[mode.name.lower()] / 1e9
@@ -96,7 +97,7 @@ def _channel_pair(mode: QuantMode) -> tuple[SecureChannel, SecureChannel]:
 
 def _aesgcm_round_trip(x: np.ndarray) -> Callable[[], object]:
     aead = AESGCM(os.urandom(32))
-    data = memoryview(x.reshape(-1).view(np.uint8))
+    data = x.reshape(-1).view(np.uint8).data
     counter = iter(range(1 << 62))
 
     def run() -> object:
@@ -106,7 +107,15 @@ def _aesgcm_round_trip(x: np.ndarray) -> Callable[[], object]:
     return run
 
 
-def _npsave_round_trip(x: np.ndarray) -> np.ndarray:
+def _secure_round_trip(sender: SecureChannel, receiver: SecureChannel, x: np.ndarray) -> np.ndarray:
+    return receiver.open(sender.seal(x))
+
+
+def _pickle_round_trip(x: np.ndarray) -> object:
+    return pickle.loads(pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _npsave_round_trip(x: np.ndarray) -> object:
     buf = io.BytesIO()
     np.save(buf, x, allow_pickle=False)
     buf.seek(0)

@@ -17,6 +17,7 @@ use from one sending and one receiving thread at once.
 from __future__ import annotations
 
 import hmac
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -169,7 +170,7 @@ class SecureChannel:
             )
         if any(d > _MAX_DIM for d in shape):
             raise InvalidInputError(f"a dimension of {shape} exceeds the frame limit of {_MAX_DIM}")
-        if int(np.prod(shape, dtype=object)) > limits.max_elements:
+        if math.prod(shape) > limits.max_elements:
             raise InvalidInputError(
                 f"tensor {shape} exceeds the frame limit of {limits.max_elements} elements"
             )

@@ -131,7 +131,7 @@ def encode_header(h: FrameHeader) -> bytes:
 def seal(aead: AESGCM, header: FrameHeader, payload: np.ndarray) -> bytes:
     """Encrypt the flat, C-contiguous ``payload`` under ``aead`` with ``header`` as associated data."""
     aad = encode_header(header)
-    data = memoryview(payload.reshape(-1).view(np.uint8))
+    data = payload.reshape(-1).view(np.uint8).data
     return aad + aead.encrypt(nonce(header.epoch, header.seq), data, aad)
 
 
@@ -141,7 +141,7 @@ def open_payload(aead: AESGCM, parsed: ParsedFrame) -> np.ndarray:
     p = h.params
     out = np.empty(h.payload_len, np.uint8)
     try:
-        aead.decrypt_into(nonce(h.epoch, h.seq), parsed.body, parsed.aad, memoryview(out))
+        aead.decrypt_into(nonce(h.epoch, h.seq), parsed.body, parsed.aad, out.data)
     except InvalidTag:
         raise TamperedFrameError(
             "frame failed authentication (tampered, or sealed under another key)"

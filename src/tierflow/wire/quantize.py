@@ -16,6 +16,7 @@ over a range that includes 0, as ONNX's DynamicQuantizeLinear). Either way the d
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -221,35 +222,54 @@ def _check_finite(lo: np.ndarray | float, hi: np.ndarray | float) -> None:
         raise InvalidInputError("cannot quantize a tensor holding NaN or Inf to int8; use mode fp16 or raw")
 
 
+_TINY = float(np.finfo(np.float32).tiny)
+
+
 def _scales(lo: np.ndarray, hi: np.ndarray, asymmetric: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Scales (float32, > 0) and zero points (uint8 or None) from per-slice ranges (float64)."""
     if asymmetric:
         lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
-        scales = ((hi - lo) / 255.0).astype(np.float32)
+        exact = (hi - lo) / 255.0
     else:
-        scales = (np.maximum(hi, -lo) / 127.0).astype(np.float32)
+        exact = np.maximum(hi, -lo) / 127.0
+    # round up to float32 so the range never overshoots 255 (or +-127) steps: no value saturates
+    scales = exact.astype(np.float32)
+    scales = np.where(scales < exact, np.nextafter(scales, np.float32(np.inf)), scales)
     # An all-zero slice gets scale 1; a range so small that 1/scale would overflow gets the smallest
     # normal float32 (its values then round to 0 or +-1, still within scale / 2).
-    tiny = np.finfo(np.float32).tiny
-    scales = np.where(scales > 0, np.maximum(scales, tiny), np.float32(1.0)).astype(np.float32)
+    scales = np.where(scales > 0, np.maximum(scales, _TINY), np.float32(1.0)).astype(np.float32)
     if not asymmetric:
         return scales, None
     zeros = np.clip(np.rint(-lo / scales.astype(np.float64)), 0, 255).astype(np.uint8)
     return scales, zeros
 
 
+def _tensor_scale(lo: float, hi: float, asymmetric: bool) -> tuple[float, int]:
+    """:func:`_scales` for one slice in plain floats: the per-tensor path is called per frame."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        _check_finite(lo, hi)
+    if asymmetric:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        exact = (hi - lo) / 255.0
+    else:
+        exact = max(hi, -lo) / 127.0
+    scale32 = np.float32(exact)
+    if scale32 < exact:
+        scale32 = np.nextafter(scale32, np.float32(np.inf))
+    scale = max(float(scale32), _TINY) if scale32 > 0 else 1.0
+    zero = min(255, max(0, round(-lo / scale))) if asymmetric else 0  # round(): half to even, as np.rint
+    return scale, zero
+
+
 def _quantize_tensor(x: np.ndarray, asymmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     qtype = np.uint8 if asymmetric else np.int8
-    if not x.size:
-        return np.empty(0, qtype), np.ones(1, np.float32), (np.zeros(1, np.uint8) if asymmetric else None)
-    lo, hi = _minmax(x)
-    _check_finite(lo, hi)
-    scales, zeros = _scales(np.array([lo]), np.array([hi]), asymmetric)
+    scale, zero = _tensor_scale(*_minmax(x), asymmetric) if x.size else (1.0, 0)
     out = np.empty(x.size, qtype)
-    z = zeros if zeros is not None else np.zeros(1, np.int8)
-    suffix = "u8" if asymmetric else "s8"
-    _kernels.run(f"q_tensor_{suffix}", {"x": x, "s": scales.reshape(()), "z": z.reshape(())}, {"y": out})
-    return out, scales, zeros
+    if x.size:
+        inputs = {"x": x, "s": np.array(scale, np.float32), "z": np.array(zero, qtype)}
+        _kernels.run("q_tensor_u8" if asymmetric else "q_tensor_s8", inputs, {"y": out})
+    zeros = np.array([zero], np.uint8) if asymmetric else None
+    return out, np.array([scale], np.float32), zeros
 
 
 def _channel_minmax(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

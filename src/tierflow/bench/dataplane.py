@@ -1,0 +1,277 @@
+"""Round-trip overhead of the secure data plane between two processes on loopback.
+
+:func:`measure_loopback_overhead` spawns this module as an echo server process (``serve``), then
+from this process times, one request at a time:
+
+* ``tcp_rtt_ms`` -- a bare TCP ping-pong of the same payload (blocking sockets, TCP_NODELAY, a
+  thread echoing on the other side): what the kernel's loopback costs;
+* ``grpc_rtt_ms`` -- the same bytes echoed on a mutual-TLS gRPC bidirectional stream with no
+  tierflow layer (a breakdown: what gRPC + TLS cost);
+* ``loopback_rtt_ms`` -- a :class:`StageRequest` with one tensor of that size (float32, raw)
+  echoed through :class:`DataPlaneServer` / :class:`DataPlaneClient`: sealed header and tensor
+  frames, request ids, metrics;
+* ``sync_rtt_ms`` -- the same through :class:`SyncDataPlaneClient` from a plain thread.
+
+``loopback_rtt_overhead_ms = loopback_rtt_ms - tcp_rtt_ms``: the framework's cost per round trip.
+Every figure is a median over ``n`` round trips after a warm-up.
+
+Run: ``python -m tierflow.bench.dataplane [--n 2000] [--payload-bytes 1024]`` (prints JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from tierflow.errors import InvalidInputError, TransportError
+from tierflow.transport.certs import init_pki
+from tierflow.transport.dataplane import (
+    DataPlaneClient,
+    DataPlaneServer,
+    SyncDataPlaneClient,
+    grpc_options,
+)
+from tierflow.transport.messages import ErrorCode, PeerInfo, StageRequest, StageResponse
+from tierflow.transport.tls import channel_credentials, load_identity, server_credentials
+
+_RAW_SERVICE, _RAW_METHOD = "tierflow.bench.Echo", "Stream"
+_WARMUP = 100
+_SERVER_START_TIMEOUT_S = 60.0
+
+
+async def echo_handler(request: StageRequest, peer: PeerInfo) -> StageResponse:
+    """``echo``: the inputs back (only ``outputs`` if named) with the meta; ``fail``: a typed error."""
+    if request.op == "echo":
+        names = request.outputs or list(request.inputs)
+        missing = [n for n in names if n not in request.inputs]
+        if missing:
+            return StageResponse.failure(request.request_id, ErrorCode.INVALID_INPUT, f"no input named {missing[0]}")
+        return StageResponse(
+            request.request_id,
+            outputs={n: request.inputs[n] for n in names},
+            meta={**request.meta, "peer": peer.name, "session": peer.session_id},
+        )
+    if request.op == "fail":
+        raise InvalidInputError(str(request.meta.get("message", "asked to fail")))
+    return StageResponse.failure(request.request_id, ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}")
+
+
+# --- the server process -------------------------------------------------------------------------
+
+
+def _tcp_echo(listener: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=_tcp_echo_conn, args=(conn,), daemon=True).start()
+
+
+def _tcp_echo_conn(conn: socket.socket) -> None:
+    with conn:
+        while data := conn.recv(1 << 16):
+            conn.sendall(data)
+
+
+async def _raw_echo(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+    async for data in requests:
+        yield data
+
+
+async def serve(pki: Path, name: str = "cloud", host: str = "127.0.0.1") -> None:
+    """Echo servers for the benchmark and multi-process tests; prints one JSON line of ports, runs until
+    stdin closes."""
+    identity = load_identity(pki, name)
+    server = DataPlaneServer(identity, echo_handler)
+    port = await server.start(f"{host}:0")
+    raw = grpc.aio.server(options=grpc_options())
+    raw.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        _RAW_SERVICE, {_RAW_METHOD: grpc.stream_stream_rpc_method_handler(_raw_echo)}),))  # fmt: skip
+    raw_port = raw.add_secure_port(f"{host}:0", server_credentials(identity))
+    await raw.start()
+    listener = socket.create_server((host, 0))
+    threading.Thread(target=_tcp_echo, args=(listener,), daemon=True).start()
+    print(json.dumps({"port": port, "grpc_port": raw_port, "tcp_port": listener.getsockname()[1],
+                      "pid": os.getpid()}), flush=True)  # fmt: skip
+    await asyncio.to_thread(sys.stdin.read)  # the parent closes our stdin to stop us
+    listener.close()
+    await raw.stop(None)
+    await server.stop(None)
+
+
+class EchoServerProcess:
+    """``serve`` in a child process; ``with EchoServerProcess(pki) as p: p.port ...``."""
+
+    def __init__(self, pki: Path, name: str = "cloud") -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "GRPC_VERBOSITY": "ERROR"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tierflow.bench.dataplane", "serve", str(pki), "--name", name],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        ports = self._read_ports()
+        self.port: int = ports["port"]
+        self.grpc_port: int = ports["grpc_port"]
+        self.tcp_port: int = ports["tcp_port"]
+        self.pid: int = ports["pid"]
+
+    def _read_ports(self) -> dict[str, int]:
+        assert self.proc.stdout is not None
+        result: dict[str, Any] = {}
+        reader = threading.Thread(target=lambda: result.update(line=self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(_SERVER_START_TIMEOUT_S)
+        line = result.get("line", b"")
+        if not line:
+            self.close()
+            raise TransportError("the echo server process did not start")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> EchoServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- the measuring side -------------------------------------------------------------------------
+
+
+def _median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def _tcp_rtt(port: int, payload: bytes, n: int) -> list[float]:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray(len(payload))
+        samples = []
+        for i in range(_WARMUP + n):
+            start = time.perf_counter()
+            sock.sendall(payload)
+            view, got = memoryview(buf), 0
+            while got < len(payload):
+                k = sock.recv_into(view[got:])
+                if not k:
+                    raise TransportError("tcp echo closed")
+                got += k
+            if i >= _WARMUP:
+                samples.append(time.perf_counter() - start)
+        return samples
+
+
+async def _grpc_rtt(port: int, pki: Path, payload: bytes, n: int) -> list[float]:
+    identity = load_identity(pki, "device")
+    options = [*grpc_options(), ("grpc.ssl_target_name_override", "cloud")]
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(identity), options) as channel:
+        call = channel.stream_stream(f"/{_RAW_SERVICE}/{_RAW_METHOD}")()
+        samples = []
+        for i in range(_WARMUP + n):
+            start = time.perf_counter()
+            await call.write(payload)
+            await call.read()
+            if i >= _WARMUP:
+                samples.append(time.perf_counter() - start)
+        await call.done_writing()
+        return samples
+
+
+async def _dataplane_rtt(port: int, pki: Path, x: np.ndarray, n: int) -> list[float]:
+    client = DataPlaneClient(f"127.0.0.1:{port}", load_identity(pki, "device"), "cloud")
+    async with client:
+        samples = []
+        for i in range(_WARMUP + n):
+            start = time.perf_counter()
+            response = await client.call(StageRequest("echo", inputs={"x": x}))
+            if i >= _WARMUP:
+                samples.append(time.perf_counter() - start)
+            response.raise_for_error()
+        return samples
+
+
+def _sync_rtt(port: int, pki: Path, x: np.ndarray, n: int) -> list[float]:
+    with SyncDataPlaneClient(f"127.0.0.1:{port}", load_identity(pki, "device"), "cloud") as client:
+        samples = []
+        for i in range(_WARMUP + n):
+            start = time.perf_counter()
+            client.call(StageRequest("echo", inputs={"x": x})).raise_for_error()
+            if i >= _WARMUP:
+                samples.append(time.perf_counter() - start)
+        return samples
+
+
+def measure_loopback_overhead(n: int = 2000, payload_bytes: int = 1024) -> dict[str, float | int]:
+    """Median round trips (ms) of a ``payload_bytes`` echo: bare TCP, gRPC+mTLS, the data plane.
+
+    Returns ``loopback_rtt_ms``, ``tcp_rtt_ms``, ``loopback_rtt_overhead_ms`` (their difference),
+    ``grpc_rtt_ms``, ``sync_rtt_ms``, ``loopback_rtt_p90_ms``, ``n`` and ``payload_bytes``.
+    """
+    if n < 1:
+        raise InvalidInputError(f"n must be >= 1, got {n}")
+    if payload_bytes < 4 or payload_bytes % 4:
+        raise InvalidInputError(f"payload_bytes must be a positive multiple of 4, got {payload_bytes}")
+    x = np.random.default_rng(0).standard_normal(payload_bytes // 4).astype(np.float32)
+    payload = x.tobytes()
+    with tempfile.TemporaryDirectory(prefix="tierflow-bench-") as tmp:
+        pki = Path(tmp)
+        init_pki(pki, ["cloud", "device"])
+        with EchoServerProcess(pki) as server:
+            tcp = _tcp_rtt(server.tcp_port, payload, n)
+            grpc_samples = asyncio.run(_grpc_rtt(server.grpc_port, pki, payload, n))
+            secure = asyncio.run(_dataplane_rtt(server.port, pki, x, n))
+            sync = _sync_rtt(server.port, pki, x, n)
+    loopback, tcp_ms = _median_ms(secure), _median_ms(tcp)
+    return {
+        "loopback_rtt_ms": round(loopback, 4),
+        "tcp_rtt_ms": round(tcp_ms, 4),
+        "loopback_rtt_overhead_ms": round(loopback - tcp_ms, 4),
+        "grpc_rtt_ms": round(_median_ms(grpc_samples), 4),
+        "sync_rtt_ms": round(_median_ms(sync), 4),
+        "loopback_rtt_p90_ms": round(float(np.percentile(secure, 90)) * 1e3, 4),
+        "n": n,
+        "payload_bytes": payload_bytes,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tierflow.bench.dataplane", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    serve_p = sub.add_parser("serve", help="run the echo servers (used by the benchmark and tests)")
+    serve_p.add_argument("pki", type=Path)
+    serve_p.add_argument("--name", default="cloud")
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--payload-bytes", type=int, default=1024)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        asyncio.run(serve(args.pki, args.name))
+        return
+    print(json.dumps(measure_loopback_overhead(args.n, args.payload_bytes), indent=2))
+
+
+if __name__ == "__main__":
+    main()
