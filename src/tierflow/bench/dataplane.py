@@ -59,7 +59,9 @@ async def echo_handler(request: StageRequest, peer: PeerInfo) -> StageResponse:
         names = request.outputs or list(request.inputs)
         missing = [n for n in names if n not in request.inputs]
         if missing:
-            return StageResponse.failure(request.request_id, ErrorCode.INVALID_INPUT, f"no input named {missing[0]}")
+            return StageResponse.failure(
+                request.request_id, ErrorCode.INVALID_INPUT, f"no input named {missing[0]}"
+            )
         return StageResponse(
             request.request_id,
             outputs={n: request.inputs[n] for n in names},
@@ -101,14 +103,23 @@ async def serve(pki: Path, name: str = "cloud", host: str = "127.0.0.1") -> None
     server = DataPlaneServer(identity, echo_handler)
     port = await server.start(f"{host}:0")
     raw = grpc.aio.server(options=grpc_options())
-    raw.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        _RAW_SERVICE, {_RAW_METHOD: grpc.stream_stream_rpc_method_handler(_raw_echo)}),))  # fmt: skip
+    raw.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                _RAW_SERVICE, {_RAW_METHOD: grpc.stream_stream_rpc_method_handler(_raw_echo)}
+            ),
+        )
+    )
     raw_port = raw.add_secure_port(f"{host}:0", server_credentials(identity))
     await raw.start()
     listener = socket.create_server((host, 0))
     threading.Thread(target=_tcp_echo, args=(listener,), daemon=True).start()
-    print(json.dumps({"port": port, "grpc_port": raw_port, "tcp_port": listener.getsockname()[1],
-                      "pid": os.getpid()}), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {"port": port, "grpc_port": raw_port, "tcp_port": listener.getsockname()[1], "pid": os.getpid()}
+        ),
+        flush=True,
+    )
     await asyncio.to_thread(sys.stdin.read)  # the parent closes our stdin to stop us
     listener.close()
     await raw.stop(None)
@@ -122,8 +133,10 @@ class EchoServerProcess:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "GRPC_VERBOSITY": "ERROR"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tierflow.bench.dataplane", "serve", str(pki), "--name", name],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
         ports = self._read_ports()
         self.port: int = ports["port"]
         self.grpc_port: int = ports["grpc_port"]
@@ -188,7 +201,9 @@ def _tcp_rtt(port: int, payload: bytes, n: int) -> list[float]:
 async def _grpc_rtt(port: int, pki: Path, payload: bytes, n: int) -> list[float]:
     identity = load_identity(pki, "device")
     options = [*grpc_options(), ("grpc.ssl_target_name_override", "cloud")]
-    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(identity), options) as channel:
+    async with grpc.aio.secure_channel(
+        f"127.0.0.1:{port}", channel_credentials(identity), options
+    ) as channel:
         call = channel.stream_stream(f"/{_RAW_SERVICE}/{_RAW_METHOD}")()
         samples = []
         for i in range(_WARMUP + n):
@@ -259,7 +274,9 @@ def measure_loopback_overhead(n: int = 2000, payload_bytes: int = 1024) -> dict[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tierflow.bench.dataplane", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tierflow.bench.dataplane", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command")
     serve_p = sub.add_parser("serve", help="run the echo servers (used by the benchmark and tests)")
     serve_p.add_argument("pki", type=Path)

@@ -78,9 +78,7 @@ def init_pki(
         raise ConfigError("'ca' is reserved for the certificate authority")
     ca_cert_path, ca_key_path = directory / CA_CERT, directory / CA_KEY
     if not force and (ca_cert_path.exists() or ca_key_path.exists()):
-        raise ConfigError(
-            f"a CA already exists in {directory}; pass --force to replace it"
-        )
+        raise ConfigError(f"a CA already exists in {directory}; pass --force to replace it")
     directory.mkdir(parents=True, exist_ok=True)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -142,9 +140,15 @@ def _make_ca(key: ec.EllipticCurvePrivateKey, days: int) -> x509.Certificate:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -185,9 +189,15 @@ def _make_node_cert(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=True, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )

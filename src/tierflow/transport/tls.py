@@ -114,10 +114,7 @@ def verify_server_cert(cert_der: bytes, ca_pem: bytes, server_name: str) -> x509
         except ValueError:
             subject = x509.DNSName(server_name)
         verifier = (
-            PolicyBuilder()
-            .store(Store([ca]))
-            .time(dt.datetime.now(dt.UTC))
-            .build_server_verifier(subject)
+            PolicyBuilder().store(Store([ca])).time(dt.datetime.now(dt.UTC)).build_server_verifier(subject)
         )
         verifier.verify(cert, [])
     except VerificationError as exc:

@@ -1,0 +1,138 @@
+"""The messages of the data plane: a stage request, its response, and who the peer is.
+
+Tensors travel as secure frames (see :mod:`tierflow.transport.envelope`);
+everything else here is a small header that is authenticated with them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from tierflow.errors import (
+    FrameError,
+    InvalidInputError,
+    RecoverableError,
+    TierflowError,
+    TransportError,
+    UserError,
+)
+
+MetaValue = str | int | float | bool
+# How float tensors travel (tierflow.wire.QuantMode by name); other dtypes always go raw.
+Quant = Literal["raw", "fp16", "int8", "int8_channel"]
+QUANT_MODES: tuple[str, ...] = ("raw", "fp16", "int8", "int8_channel")
+
+
+class ErrorCode:
+    """The ``code`` of a :class:`StageResponse` error. Frame codes are also the metrics reasons."""
+
+    # The request could not be trusted or read; set by the data plane itself.
+    FRAME_REJECTED = "frame_rejected"  # message: the wire reason (tampered, replayed, ...)
+    BAD_REQUEST = "bad_request"  # authenticated, but malformed (shape mismatch, bad header)
+    # Set by the handler (the node) or on its behalf.
+    INVALID_INPUT = "invalid_input"
+    UNKNOWN_MODEL = "unknown_model"
+    UNKNOWN_OP = "unknown_op"
+    INTERNAL = "internal"  # the handler raised something that is not a tierflow error
+    UNAVAILABLE = "unavailable"  # a recoverable failure behind the handler
+    # Set on the client when the stream broke before a reply came.
+    DISCONNECTED = "disconnected"
+
+
+@dataclass
+class StageRequest:
+    """Run ``op`` of ``model`` on ``inputs`` and return ``outputs`` (empty list: all of them).
+
+    ``quant`` picks how the float input tensors travel: ``raw`` (exact, the
+    default), ``fp16``, ``int8`` (one scale) or ``int8_channel`` (a scale per
+    slice of the last axis) for bandwidth; other dtypes always travel raw. ``response_quant`` asks the
+    server to send the outputs that way (default: the same as ``quant``).
+    ``request_id`` is set by the client when sending.
+    """
+
+    op: str
+    model: str = ""
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    meta: dict[str, MetaValue] = field(default_factory=dict)
+    quant: Quant = "raw"
+    response_quant: Quant | None = None
+    request_id: int = 0
+
+
+@dataclass(frozen=True)
+class StageError:
+    code: str  # an ErrorCode
+    message: str
+    reason: str = ""  # FRAME_REJECTED: why (tampered, replayed, stale, shape, ...), as in the metrics
+
+
+@dataclass
+class StageResponse:
+    """The outputs of a request, or an error. ``quant`` is how the outputs travel back."""
+
+    request_id: int
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    error: StageError | None = None
+    meta: dict[str, MetaValue] = field(default_factory=dict)
+    quant: Quant = "raw"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def failure(cls, request_id: int, code: str, message: str, reason: str = "") -> StageResponse:
+        return cls(request_id=request_id, error=StageError(code, message, reason))
+
+    def raise_for_error(self) -> StageResponse:
+        """Return ``self`` if it succeeded, else raise the tierflow error its code stands for."""
+        if self.error is None:
+            return self
+        code, message = self.error.code, self.error.message
+        text = f"remote stage failed ({code}): {message}"
+        if code == ErrorCode.FRAME_REJECTED:
+            raise FrameError(text)
+        if code in (ErrorCode.INVALID_INPUT, ErrorCode.BAD_REQUEST):
+            raise InvalidInputError(text)
+        if code in (ErrorCode.UNKNOWN_MODEL, ErrorCode.UNKNOWN_OP):
+            raise UserError(text)
+        if code == ErrorCode.DISCONNECTED:
+            raise TransportError(text)
+        if code == ErrorCode.UNAVAILABLE:
+            raise RecoverableError(text)
+        raise TierflowError(text)
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """Who is on the other end of a stream, as proven by its TLS certificate."""
+
+    name: str  # the certificate's common name (the node name)
+    fingerprint: bytes  # SHA-256 of its DER certificate
+    address: str  # the transport address gRPC reports (through a proxy: the proxy's side)
+    session_id: int  # which stream (session) on this server the request came on
+
+
+def check_quant(mode: str) -> Quant:
+    if mode not in QUANT_MODES:
+        raise InvalidInputError(f"unknown quantization mode {mode!r}; use one of {', '.join(QUANT_MODES)}")
+    return mode  # type: ignore[return-value]
+
+
+def check_meta(meta: dict[str, MetaValue]) -> dict[str, MetaValue]:
+    """Meta is a flat map of string keys to str/int/float/bool; anything else is a caller bug."""
+    for key, value in meta.items():
+        if not isinstance(key, str):
+            raise InvalidInputError(f"meta keys must be strings, got {key!r}")
+        if not isinstance(value, str | int | float | bool):
+            raise InvalidInputError(
+                f"meta value for {key!r} must be str, int, float or bool, not {type(value).__name__}"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInputError(f"meta value for {key!r} must be finite, got {value}")
+    return meta
