@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -11,7 +13,21 @@ from hypothesis.extra import numpy as hnp
 from tierflow.errors import InvalidInputError
 from tierflow.wire.quantize import QuantMode, dequantize, quantize
 
-SHAPES_AXES = [((64, 256), -1), ((4, 8, 32, 16), 1), ((3, 5, 7), 0), ((2, 3, 4, 5), 2), ((1000,), 0)]
+# small tensors take numpy paths; larger ones each ONNX Runtime kernel (per tensor, per axis with a
+# long channel stride, broadcast for channels-last / short strides, the ORT per-channel reduction)
+quantize_module = importlib.import_module("tierflow.wire.quantize")  # the package re-exports the function
+
+SHAPES_AXES = [
+    ((64, 256), -1),
+    ((4, 8, 32, 16), 1),
+    ((3, 5, 7), 0),
+    ((2, 3, 4, 5), 2),
+    ((1000,), 0),
+    ((64, 512), -1),
+    ((4, 64, 128), 1),
+    ((2, 2048, 8), 1),
+    ((3, 40000), 0),
+]
 
 
 def _round_trip(
@@ -175,3 +191,20 @@ def test_random_tensors_round_trip(x, mode, asymmetric, axis_seed) -> None:
             np.testing.assert_array_equal(y, x.astype(np.float16).astype(np.float32))
     else:
         assert np.all(np.abs(y.astype(np.float64) - x) <= _scale_bound(x, q))
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+@pytest.mark.parametrize(("shape", "axis"), [((64, 512), -1), ((4, 64, 128), 1), ((2, 2048, 8), 1)])
+@pytest.mark.parametrize("mode", ["int8", "int8_channel"])
+def test_numpy_and_onnxruntime_kernels_agree(monkeypatch, mode, shape, axis, asymmetric) -> None:
+    x = np.random.default_rng(8).standard_normal(shape).astype(np.float32) * 4
+    via_ort = quantize(x, mode, axis=axis, asymmetric=asymmetric)
+    monkeypatch.setattr(quantize_module, "_SMALL_INT8", 1 << 30)
+    via_numpy = quantize(x, mode, axis=axis, asymmetric=asymmetric)
+    np.testing.assert_array_equal(via_ort.params.scales, via_numpy.params.scales)
+    diff = np.abs(via_ort.payload.astype(np.int16) - via_numpy.payload.astype(np.int16))
+    assert diff.max() <= 1 and np.count_nonzero(diff) <= x.size // 1000  # only at rounding ties
+    back_numpy = dequantize(via_ort.payload, via_ort.params, via_ort.dtype, via_ort.shape)
+    monkeypatch.setattr(quantize_module, "_SMALL_INT8", 0)
+    back_ort = dequantize(via_ort.payload, via_ort.params, via_ort.dtype, via_ort.shape)
+    np.testing.assert_allclose(back_ort, back_numpy, rtol=1e-6, atol=1e-7)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -105,6 +106,7 @@ def nonce(epoch: int, seq: int) -> bytes:
     return epoch.to_bytes(4, "big") + seq.to_bytes(8, "big")
 
 
+@cache
 def dtype_code(dtype: np.dtype) -> int:
     code = DTYPE_CODES.get(np.dtype(dtype).newbyteorder("<"))
     if code is None:

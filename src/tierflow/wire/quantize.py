@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
@@ -25,6 +26,8 @@ from tierflow.errors import InvalidInputError
 from tierflow.wire import _kernels
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+_NO_SCALES = np.ones(0, np.float32)
+_NO_SCALES.flags.writeable = False
 
 
 class QuantMode(enum.IntEnum):
@@ -47,7 +50,7 @@ class QuantMode(enum.IntEnum):
 
     @property
     def is_int8(self) -> bool:
-        return self in (QuantMode.INT8, QuantMode.INT8_CHANNEL)
+        return self is QuantMode.INT8 or self is QuantMode.INT8_CHANNEL
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class QuantParams:
     mode: QuantMode
     axis: int = 0  # INT8_CHANNEL only, counted from the front (>= 0)
     asymmetric: bool = False  # INT8 modes: uint8 payload with zero points
-    scales: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))  # float32
+    scales: np.ndarray = field(default_factory=lambda: _NO_SCALES)  # float32
     zero_points: np.ndarray | None = None  # uint8, asymmetric only
 
 
@@ -69,6 +72,7 @@ class Quantized:
     shape: tuple[int, ...]
 
 
+@cache
 def payload_dtype(mode: QuantMode, asymmetric: bool, dtype: np.dtype) -> np.dtype:
     """The element type of the payload for a tensor of ``dtype`` sent in ``mode``."""
     if mode.is_int8:
@@ -112,15 +116,20 @@ def quantize(
         return Quantized(_to_f16(x.reshape(-1)), QuantParams(mode), dtype, shape)
     x32 = _to_f32(x.reshape(-1))
     if mode is QuantMode.INT8:
-        payload, scales, zeros = _quantize_tensor(x32, asymmetric)
-        return Quantized(payload, QuantParams(mode, 0, asymmetric, scales, zeros), dtype, shape)
-    if not shape:
-        raise InvalidInputError("mode int8_channel needs a tensor of rank >= 1")
-    if not -len(shape) <= axis < len(shape):
-        raise InvalidInputError(f"axis {axis} is out of range for a tensor of rank {len(shape)}")
-    axis %= len(shape)
-    payload, scales, zeros = _quantize_channels(x32.reshape(_acb(shape, axis)), asymmetric)
-    return Quantized(payload.reshape(-1), QuantParams(mode, axis, asymmetric, scales, zeros), dtype, shape)
+        axis, x3 = 0, x32.reshape(1, 1, -1)
+        scale, zero = _tensor_scale(*_minmax(x32), asymmetric) if x32.size else (1.0, 0)
+        scales = np.array([scale], np.float32)
+        zeros = np.array([zero], np.uint8) if asymmetric else None
+    else:
+        if not shape:
+            raise InvalidInputError("mode int8_channel needs a tensor of rank >= 1")
+        if not -len(shape) <= axis < len(shape):
+            raise InvalidInputError(f"axis {axis} is out of range for a tensor of rank {len(shape)}")
+        axis %= len(shape)
+        x3 = x32.reshape(_acb(shape, axis))
+        scales, zeros = _scales(*_channel_minmax(x3), asymmetric)
+    payload = _quantize3(x3, scales, zeros, per_tensor=mode is QuantMode.INT8)
+    return Quantized(payload, QuantParams(mode, axis, asymmetric, scales, zeros), dtype, shape)
 
 
 def dequantize(
@@ -136,25 +145,9 @@ def dequantize(
         return payload.reshape(shape)
     if mode is QuantMode.FP16:
         return (payload if dtype == np.float16 else _f16_to_f32(payload)).reshape(shape)
-    n = payload.size
-    out32 = np.empty(n, np.float32)
-    if n:
-        suffix = "u8" if params.asymmetric else "s8"
-        zeros = _zero_points(params, len(params.scales))
-        if mode is QuantMode.INT8:
-            inputs = {"q": payload, "s": params.scales.reshape(()), "z": zeros.reshape(())}
-            _kernels.run(f"dq_tensor_{suffix}", inputs, {"y": out32})
-        else:
-            acb = _acb(shape, params.axis)
-            y3 = out32.reshape(acb)
-            q3 = payload.reshape(acb)
-            if acb[2] >= _AXIS_KERNEL_MIN_STRIDE:
-                _kernels.run(f"dq_axis_{suffix}", {"q": q3, "s": params.scales, "z": zeros}, {"y": y3})
-            else:
-                inputs = {"q": q3, "s": params.scales.reshape(1, -1, 1)}
-                if params.asymmetric:
-                    inputs["zf"] = zeros.astype(np.float32).reshape(1, -1, 1)
-                _kernels.run(f"dq_bcast_{suffix}", inputs, {"y": y3})
+    per_tensor = mode is QuantMode.INT8
+    acb = (1, 1, payload.size) if per_tensor else _acb(shape, params.axis)
+    out32 = _dequantize3(payload.reshape(acb), params, per_tensor)
     return (out32 if dtype == np.float32 else _f32_to_f16(out32)).reshape(shape)
 
 
@@ -165,12 +158,16 @@ def dequantize(
 _AXIS_KERNEL_MIN_STRIDE = 16
 _TWO_PASS_MAX = 1 << 21  # elements: up to 8 MiB, min and max in two passes hit the cache
 _CHUNK = 1 << 16  # elements per chunk when one pass over memory computes both
+# Below these sizes numpy's few ufunc calls beat an ONNX Runtime call (~20 us of binding overhead):
+# decode-step activations (1 x 1 x hidden) are this small, and there is one per token.
+_SMALL_INT8 = 1 << 14
+_SMALL_CAST = 1 << 12
+_TINY = float(np.finfo(np.float32).tiny)
 
 
 def _acb(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
-    before = int(np.prod(shape[:axis], dtype=np.int64))
-    after = int(np.prod(shape[axis + 1 :], dtype=np.int64))
-    return before, shape[axis], after
+    """(elements before ``axis``, channels, elements after): any tensor reshapes to it without a copy."""
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
 
 
 def _to_f32(flat: np.ndarray) -> np.ndarray:
@@ -180,27 +177,25 @@ def _to_f32(flat: np.ndarray) -> np.ndarray:
 def _to_f16(flat: np.ndarray) -> np.ndarray:
     if flat.dtype == np.float16:
         return flat
+    if flat.size <= _SMALL_CAST:
+        with np.errstate(over="ignore"):  # beyond +-65504 becomes +-inf, as documented
+            return flat.astype(np.float16)
     out = np.empty(flat.size, np.float16)
-    if flat.size:
-        _kernels.run("cast_f32_f16", {"x": flat}, {"y": out})
+    _kernels.run("cast_f32_f16", {"x": flat}, {"y": out})
     return out
 
 
 def _f16_to_f32(flat: np.ndarray) -> np.ndarray:
+    flat = flat.reshape(-1)
+    if flat.size <= _SMALL_CAST:
+        return flat.astype(np.float32)
     out = np.empty(flat.size, np.float32)
-    if flat.size:
-        _kernels.run("cast_f16_f32", {"x": flat.reshape(-1)}, {"y": out})
+    _kernels.run("cast_f16_f32", {"x": flat}, {"y": out})
     return out
 
 
 def _f32_to_f16(flat: np.ndarray) -> np.ndarray:
     return _to_f16(flat)
-
-
-def _zero_points(params: QuantParams, count: int) -> np.ndarray:
-    if params.asymmetric and params.zero_points is not None:
-        return params.zero_points
-    return np.zeros(count, np.uint8 if params.asymmetric else np.int8)
 
 
 def _minmax(flat: np.ndarray) -> tuple[float, float]:
@@ -222,9 +217,6 @@ def _check_finite(lo: np.ndarray | float, hi: np.ndarray | float) -> None:
         raise InvalidInputError("cannot quantize a tensor holding NaN or Inf to int8; use mode fp16 or raw")
 
 
-_TINY = float(np.finfo(np.float32).tiny)
-
-
 def _scales(lo: np.ndarray, hi: np.ndarray, asymmetric: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Scales (float32, > 0) and zero points (uint8 or None) from per-slice ranges (float64)."""
     if asymmetric:
@@ -232,7 +224,7 @@ def _scales(lo: np.ndarray, hi: np.ndarray, asymmetric: bool) -> tuple[np.ndarra
         exact = (hi - lo) / 255.0
     else:
         exact = np.maximum(hi, -lo) / 127.0
-    # round up to float32 so the range never overshoots 255 (or +-127) steps: no value saturates
+    # round up to float32 so the range never needs more than 255 (or +-127) steps
     scales = exact.astype(np.float32)
     scales = np.where(scales < exact, np.nextafter(scales, np.float32(np.inf)), scales)
     # An all-zero slice gets scale 1; a range so small that 1/scale would overflow gets the smallest
@@ -245,7 +237,7 @@ def _scales(lo: np.ndarray, hi: np.ndarray, asymmetric: bool) -> tuple[np.ndarra
 
 
 def _tensor_scale(lo: float, hi: float, asymmetric: bool) -> tuple[float, int]:
-    """:func:`_scales` for one slice in plain floats: the per-tensor path is called per frame."""
+    """:func:`_scales` for one slice in plain floats: the per-tensor path runs once per frame."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         _check_finite(lo, hi)
     if asymmetric:
@@ -261,55 +253,85 @@ def _tensor_scale(lo: float, hi: float, asymmetric: bool) -> tuple[float, int]:
     return scale, zero
 
 
-def _quantize_tensor(x: np.ndarray, asymmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    qtype = np.uint8 if asymmetric else np.int8
-    scale, zero = _tensor_scale(*_minmax(x), asymmetric) if x.size else (1.0, 0)
-    out = np.empty(x.size, qtype)
-    if x.size:
-        inputs = {"x": x, "s": np.array(scale, np.float32), "z": np.array(zero, qtype)}
-        _kernels.run("q_tensor_u8" if asymmetric else "q_tensor_s8", inputs, {"y": out})
-    zeros = np.array([zero], np.uint8) if asymmetric else None
-    return out, np.array([scale], np.float32), zeros
-
-
 def _channel_minmax(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (axis 1) min and max as float64; raises for NaN/Inf."""
     before, channels, after = x3.shape
-    if after == 1:
+    if not x3.size:
+        return np.zeros(channels), np.zeros(channels)
+    if x3.size <= _SMALL_INT8:
+        lo, hi = x3.min(axis=(0, 2)), x3.max(axis=(0, 2))
+    elif after == 1:
         x2 = x3.reshape(before, channels)
         # numpy reduces over rows fast only when rows are long: fold k rows into one when channels are few.
-        k = max(1, min(before, 4096 // max(channels, 1)))
+        k = max(1, min(before, 4096 // channels))
         main = before - before % k
-        parts_lo = [x2[:main].reshape(main // k, k * channels).min(axis=0).reshape(k, channels).min(axis=0)]
-        parts_hi = [x2[:main].reshape(main // k, k * channels).max(axis=0).reshape(k, channels).max(axis=0)]
+        folded = x2[:main].reshape(main // k, k * channels)
+        lows = [folded.min(axis=0).reshape(k, channels).min(axis=0)]
+        highs = [folded.max(axis=0).reshape(k, channels).max(axis=0)]
         if main < before:
-            parts_lo.append(x2[main:].min(axis=0))
-            parts_hi.append(x2[main:].max(axis=0))
-        lo, hi = np.min(parts_lo, axis=0), np.max(parts_hi, axis=0)
-        _check_finite(lo, hi)
-        return lo.astype(np.float64), hi.astype(np.float64)
-    lo32, hi32 = np.empty(channels, np.float32), np.empty(channels, np.float32)
-    _kernels.run("reduce_axis", {"x": x3}, {"mx": hi32, "mn": lo32})
-    flat = x3.reshape(-1)
-    _check_finite(*_minmax(flat))  # ORT's reductions may skip NaN
-    return lo32.astype(np.float64), hi32.astype(np.float64)
+            lows.append(x2[main:].min(axis=0))
+            highs.append(x2[main:].max(axis=0))
+        lo, hi = np.min(lows, axis=0), np.max(highs, axis=0)
+    else:
+        lo, hi = np.empty(channels, np.float32), np.empty(channels, np.float32)
+        _kernels.run("reduce_axis", {"x": x3}, {"mx": hi, "mn": lo})
+        _check_finite(*_minmax(x3.reshape(-1)))  # ORT's reductions may skip NaN
+    _check_finite(lo, hi)
+    return lo.astype(np.float64), hi.astype(np.float64)
 
 
-def _quantize_channels(x3: np.ndarray, asymmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _quantize3(x3: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, per_tensor: bool) -> np.ndarray:
+    """Quantize a (before, channels, after) float32 view; returns the flat int8 / uint8 payload."""
+    asymmetric = zeros is not None
     qtype = np.uint8 if asymmetric else np.int8
-    channels = x3.shape[1]
-    if not x3.size:
-        zeros0 = np.zeros(channels, np.uint8) if asymmetric else None
-        return np.empty(x3.shape, qtype), np.ones(channels, np.float32), zeros0
-    lo, hi = _channel_minmax(x3)
-    scales, zeros = _scales(lo, hi, asymmetric)
     out = np.empty(x3.shape, qtype)
     suffix = "u8" if asymmetric else "s8"
-    if x3.shape[2] >= _AXIS_KERNEL_MIN_STRIDE:
-        z = zeros if zeros is not None else np.zeros(channels, np.int8)
+    z = zeros if zeros is not None else np.zeros(len(scales), np.int8)
+    if not x3.size:
+        pass
+    elif x3.size <= _SMALL_INT8:
+        t = x3 / scales.reshape(1, -1, 1)
+        np.rint(t, out=t)
+        if asymmetric:
+            t += z.reshape(1, -1, 1)
+        np.clip(t, 0 if asymmetric else -128, 255 if asymmetric else 127, out=t)
+        out[...] = t
+    elif per_tensor:
+        inputs = {"x": x3.reshape(-1), "s": scales.reshape(()), "z": z.reshape(())}
+        _kernels.run(f"q_tensor_{suffix}", inputs, {"y": out.reshape(-1)})
+    elif x3.shape[2] >= _AXIS_KERNEL_MIN_STRIDE:
         _kernels.run(f"q_axis_{suffix}", {"x": x3, "s": scales, "z": z}, {"y": out})
     else:
         inputs = {"x": x3, "inv": (1.0 / scales.astype(np.float64)).astype(np.float32).reshape(1, -1, 1)}
+        if asymmetric:
+            inputs["zf"] = z.astype(np.float32).reshape(1, -1, 1)
+        _kernels.run(f"q_bcast_{suffix}", inputs, {"y": out})
+    return out.reshape(-1)
+
+
+def _dequantize3(q3: np.ndarray, params: QuantParams, per_tensor: bool) -> np.ndarray:
+    """(q - zero) * scale over a (before, channels, after) view; returns flat float32."""
+    out = np.empty(q3.shape, np.float32)
+    scales = params.scales
+    zeros = params.zero_points if params.asymmetric else None
+    suffix = "u8" if params.asymmetric else "s8"
+    z = zeros if zeros is not None else np.zeros(len(scales), np.int8)
+    if not q3.size:
+        pass
+    elif q3.size <= _SMALL_INT8:
+        if zeros is not None:
+            np.subtract(q3, zeros.reshape(1, -1, 1), out=out, dtype=np.float32)
+            out *= scales.reshape(1, -1, 1)
+        else:
+            np.multiply(q3, scales.reshape(1, -1, 1), out=out)
+    elif per_tensor:
+        inputs = {"q": q3.reshape(-1), "s": scales.reshape(()), "z": z.reshape(())}
+        _kernels.run(f"dq_tensor_{suffix}", inputs, {"y": out.reshape(-1)})
+    elif q3.shape[2] >= _AXIS_KERNEL_MIN_STRIDE:
+        _kernels.run(f"dq_axis_{suffix}", {"q": q3, "s": scales, "z": z}, {"y": out})
+    else:
+        inputs = {"q": q3, "s": scales.reshape(1, -1, 1)}
         if zeros is not None:
             inputs["zf"] = zeros.astype(np.float32).reshape(1, -1, 1)
-        _kernels.run(f"q_bcast_{suffix}", inputs, {"y": out})
-    return out, scales, zeros
+        _kernels.run(f"dq_bcast_{suffix}", inputs, {"y": out})
+    return out.reshape(-1)
