@@ -37,7 +37,6 @@ import grpc
 
 from tierflow.errors import (
     FrameError,
-    InvalidInputError,
     KeyAgreementError,
     ModelNotFoundError,
     RecoverableError,
@@ -140,7 +139,7 @@ class DataPlaneServer:
         behavior = grpc.stream_stream_rpc_method_handler(self._stream)  # no (de)serializers: raw bytes
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: behavior}),))
         try:
-            port = server.add_secure_port(address, server_credentials(self.identity))
+            port = int(server.add_secure_port(address, server_credentials(self.identity)))
         except RuntimeError as exc:
             raise TransportError(f"cannot listen on {address}: {exc}") from exc
         if port == 0:
@@ -255,8 +254,7 @@ class _ServerConnection:
             response.request_id = request.request_id
             if response.error is None and request.response_quant is not None and response.quant == "raw":
                 response.quant = request.response_quant
-            outcome = "ok" if response.error is None else response.error.code
-            await self._send(response)
+            outcome = await self._send(response)
             self.metrics.requests.labels(side="server", peer=self.peer.name, outcome=outcome).inc()
             self.metrics.latency.labels(side="server").observe(time.perf_counter() - received)
         except (grpc.aio.AioRpcError, asyncio.CancelledError, ConnectionError):
@@ -264,18 +262,21 @@ class _ServerConnection:
         finally:
             self._slots.release()
 
-    async def _send(self, response: StageResponse) -> None:
-        size = sum(a.nbytes for a in response.outputs.values())
+    async def _send(self, response: StageResponse) -> str:
+        """Seal and write ``response``; return the outcome actually sent ("ok" or an error code)."""
         async with self._write_lock:
             try:
+                size = sum(getattr(a, "nbytes", 0) for a in response.outputs.values())
                 data = await _maybe_offload(size, codec.seal_response, self.session, response)
-            except (InvalidInputError, FrameError) as exc:  # the handler returned something unsendable
-                failure = StageResponse.failure(
+            except Exception as exc:  # the handler returned something unsendable
+                _log.warning("unsendable response to %s: %s", self.peer.name, exc)
+                response = StageResponse.failure(
                     response.request_id, ErrorCode.INTERNAL, f"unsendable response: {exc}"
                 )
-                data = codec.seal_response(self.session, failure)
+                data = codec.seal_response(self.session, response)
             await self.context.write(data)
         self.metrics.bytes_sent.labels(peer=self.peer.name).inc(len(data))
+        return "ok" if response.error is None else response.error.code
 
 
 # --- client -------------------------------------------------------------------------------------
