@@ -18,6 +18,7 @@ or allocated, and raises only :class:`FrameError` subclasses.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from functools import cache
@@ -219,8 +220,12 @@ def _read_params(
 ) -> QuantParams:
     if not mode.is_int8:
         return QuantParams(mode)
-    scales = np.frombuffer(view, "<f4", channels, offset).astype(np.float32)
-    if not np.all(np.isfinite(scales) & (scales > 0)):
+    scales = np.frombuffer(view, "<f4", channels, offset).copy()
+    if channels == 1:
+        ok = math.isfinite(scales[0]) and scales[0] > 0
+    else:
+        ok = bool(np.all(np.isfinite(scales) & (scales > 0)))
+    if not ok:
         raise FrameFormatError("frame carries a quantization scale that is not a positive finite number")
     zeros = np.frombuffer(view, np.uint8, channels, offset + 4 * channels).copy() if asymmetric else None
     return QuantParams(mode, axis, asymmetric, scales, zeros)

@@ -292,9 +292,10 @@ def _quantize3(x3: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, per
     elif x3.size <= _SMALL_INT8:
         t = x3 / scales.reshape(1, -1, 1)
         np.rint(t, out=t)
-        if asymmetric:
+        if asymmetric:  # symmetric values stay within +-127 (scales are rounded up); these can pass 0 or 255
             t += z.reshape(1, -1, 1)
-        np.clip(t, 0 if asymmetric else -128, 255 if asymmetric else 127, out=t)
+            np.minimum(t, np.float32(255), out=t)
+            np.maximum(t, np.float32(0), out=t)
         out[...] = t
     elif per_tensor:
         inputs = {"x": x3.reshape(-1), "s": scales.reshape(()), "z": z.reshape(())}
