@@ -1,0 +1,55 @@
+"""``tierflow node``: run one tier (device, edge or cloud) as its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+
+from tierflow.errors import ConfigError
+from tierflow.types import Tier
+
+
+def node(
+    tier: Tier = typer.Option(..., "--tier", help="Which tier this process is."),
+    model: str = typer.Option(..., "--model", "-m", help="Model: .onnx, .tfm or a bundled name."),
+    certs: Path = typer.Option(..., "--certs", help="Folder made by `tierflow certs init`."),
+    listen: str = typer.Option("127.0.0.1:0", "--listen", help="Data plane HOST:PORT (mTLS gRPC)."),
+    http: str = typer.Option("127.0.0.1:0", "--http", help="Control plane HOST:PORT (health, metrics)."),
+    peer: list[str] = typer.Option(
+        [], "--peer", help="Next tier as NAME=HOST:PORT (repeatable), e.g. cloud=127.0.0.1:9300."
+    ),
+    target: str | None = typer.Option(None, "--target", help="Target of a .tfm (default: the tier's own)."),
+    name: str | None = typer.Option(None, "--name", help="Certificate name (default: the tier)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="ONNX Runtime intra-op threads (0 = auto)."),
+    slowdown: float = typer.Option(
+        1.0, "--slowdown", min=1.0, help="SIMULATED weaker hardware: stages take this many times as long."
+    ),
+) -> None:
+    """Serve a tier: its model's stages over the secure data plane, health and metrics over HTTP.
+
+    Prints one JSON line with the bound addresses once ready.
+    """
+    from tierflow.node.config import NodeConfig
+    from tierflow.node.server import serve
+
+    peers: dict[str, str] = {}
+    for item in peer:
+        peer_name, sep, address = item.partition("=")
+        if not sep or not peer_name:
+            raise ConfigError(f"--peer expects NAME=HOST:PORT, got '{item}'")
+        peers[peer_name] = address
+    try:
+        config = NodeConfig(tier=tier, model=model, certs=certs, listen=listen, http=http, target=target,
+                            name=name, threads=threads, slowdown=slowdown, peers=peers)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(e["msg"] for e in exc.errors())) from exc
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("node")(node)

@@ -1,0 +1,55 @@
+"""A tier node's settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tierflow.types import Tier
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got '{value}'")
+    return host, int(port)
+
+
+class NodeConfig(BaseModel):
+    """Everything a node process needs to start. Frozen: a running node never changes it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tier: Tier
+    model: str = Field(description="model file (.onnx or .tfm) or bundled name")
+    target: str | None = Field(None, description="target of a .tfm package; default: the tier's own")
+    listen: str = Field("127.0.0.1:0", description="data plane HOST:PORT (mTLS gRPC)")
+    http: str = Field("127.0.0.1:0", description="control plane HOST:PORT (FastAPI)")
+    certs: Path = Field(description="folder made by `tierflow certs init`")
+    name: str | None = Field(None, description="certificate name; default: the tier name")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = auto)")
+    slowdown: float = Field(
+        1.0, ge=1.0, description="SIMULATED weaker hardware: every stage takes this many times as long"
+    )
+
+    peers: dict[str, str] = Field(
+        default_factory=dict, description="next tiers by name -> HOST:PORT (may be a link emulator)"
+    )
+
+    @field_validator("listen", "http")
+    @classmethod
+    def _hostport(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+    @field_validator("peers")
+    @classmethod
+    def _peers(cls, value: dict[str, str]) -> dict[str, str]:
+        for address in value.values():
+            parse_hostport(address)
+        return value
+
+    @property
+    def cert_name(self) -> str:
+        return self.name or self.tier.value

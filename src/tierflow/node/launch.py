@@ -1,0 +1,71 @@
+"""Starting tier nodes as separate processes (for `tierflow up`, tests and benchmarks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tierflow.errors import TierUnavailableError
+
+
+@dataclass
+class NodeProcess:
+    tier: str
+    process: subprocess.Popen[bytes]
+    data_plane: str
+    http: str
+    model_id: str
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def start_node(
+    tier: str,
+    model: str | Path,
+    certs: Path,
+    *,
+    peers: dict[str, str] | None = None,
+    threads: int = 1,
+    slowdown: float = 1.0,
+    startup_timeout: float = 60.0,
+    log: Path | None = None,
+) -> NodeProcess:
+    """Start ``tierflow node`` in a new process and wait for its ready line."""
+    argv = [sys.executable, "-m", "tierflow", "node", "--tier", tier, "--model", str(model), "--certs", str(certs),
+            "--threads", str(threads), "--slowdown", str(slowdown)]
+    for name, address in (peers or {}).items():
+        argv += ["--peer", f"{name}={address}"]
+    stderr = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 -- owned by the child
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(threads, 1))}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, env=env)
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + startup_timeout
+    line = b""
+    while time.monotonic() < deadline and process.poll() is None:
+        if selector.select(timeout=0.2):
+            line = process.stdout.readline()
+            break
+    selector.close()
+    if not line:
+        process.kill()
+        raise TierUnavailableError(f"{tier} node did not start (exit code {process.poll()})")
+    info = json.loads(line)
+    return NodeProcess(tier, process, info["data_plane"], info["http"], info["model_id"])

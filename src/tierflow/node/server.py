@@ -1,0 +1,179 @@
+"""A tier node: its model on ONNX Runtime, served over the mTLS data plane and a FastAPI control plane.
+
+Both planes run on one asyncio loop; ONNX Runtime work runs in worker threads
+so a long stage never blocks the streams of other peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from typing import Any
+
+import uvicorn
+
+from tierflow.errors import ModelNotFoundError, UnsupportedModelError
+from tierflow.node.config import NodeConfig, parse_hostport
+from tierflow.node.control import NodeMetrics, NodeState, create_app
+from tierflow.node.executor import NodeExecutor, load_node_model
+from tierflow.runtime.lm import SamplingConfig
+from tierflow.runtime.session import SessionOptions
+from tierflow.transport.dataplane import DataPlaneServer, error_code_for
+from tierflow.transport.dataplane_metrics import DataPlaneMetrics
+from tierflow.transport.messages import MetaValue, PeerInfo, StageError, StageRequest, StageResponse
+from tierflow.transport.peers import PeerClients
+from tierflow.transport.route import (
+    COMPUTE_PREFIX,
+    RETURN_KEY,
+    ROUTE_KEY,
+    decode_names,
+    decode_route,
+    encode_names,
+    encode_route,
+)
+from tierflow.transport.tls import load_identity
+
+# Operations a node answers on the data plane.
+OP_RUN = "run"  # compute request.outputs from request.inputs (a stage of the node's model)
+OP_GENERATE = "generate"  # a whole LM generation (the cloud proxy's path); prompt and options in meta
+OP_INFO = "info"  # the node's tier, model id, provider and measured stage times
+
+
+class NodeServer:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        model, label = load_node_model(config.model, config.tier.value, config.target)
+        executor = NodeExecutor(
+            model, label, SessionOptions(intra_op_threads=config.threads), slowdown=config.slowdown
+        )
+        self.dp_metrics = DataPlaneMetrics()
+        self.state = NodeState(config, executor, NodeMetrics(), extra_registries=[self.dp_metrics.registry])
+        self.identity = load_identity(config.certs, config.cert_name)
+        self.data_plane = DataPlaneServer(self.identity, self.handle, metrics=self.dp_metrics)
+        self.peers = PeerClients(self.identity, config.peers, self.dp_metrics)
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self.http_address: str | None = None
+
+    @property
+    def executor(self) -> NodeExecutor:
+        return self.state.executor
+
+    async def handle(self, request: StageRequest, peer: PeerInfo) -> StageResponse:
+        started = time.perf_counter()
+        try:
+            if request.model and request.model != self.executor.model_id:
+                raise ModelNotFoundError(
+                    f"this {self.config.tier.value} node serves model {self.executor.model_id}, not {request.model}"
+                )
+            response = await self._dispatch(request)
+            status = "ok"
+        except Exception as exc:  # every failure becomes a typed response; the stream keeps working
+            status = error_code_for(exc)
+            response = StageResponse(request.request_id, error=StageError(status, str(exc)))
+        self.state.metrics.requests.labels(request.op, status).inc()
+        self.state.metrics.stage_seconds.labels(request.op).observe(time.perf_counter() - started)
+        return response
+
+    async def _dispatch(self, request: StageRequest) -> StageResponse:
+        if request.op == OP_RUN:
+            return await self._run(request)
+        if request.op == OP_GENERATE:
+            meta = request.meta
+            config = SamplingConfig(
+                max_new_tokens=int(meta.get("max_tokens", 48)),
+                temperature=float(meta.get("temperature", 0.0)),
+                top_k=int(meta.get("top_k", 0)),
+                top_p=float(meta.get("top_p", 1.0)),
+                seed=int(meta["seed"]) if "seed" in meta else None,
+            )
+            out = await asyncio.to_thread(self.executor.generate, str(meta.get("prompt", "")), config)
+            return StageResponse(request.request_id, meta={
+                "text": str(out["text"]), "new_ids": json.dumps(out["new_ids"]),
+                "provider": str(out["provider"]), "tokens_per_s": float(out["tokens_per_s"]),  # type: ignore[arg-type]
+                "tier": self.config.tier.value,
+            })
+        if request.op == OP_INFO:
+            return StageResponse(request.request_id, meta=self.info())
+        raise UnsupportedModelError(f"unknown operation '{request.op}' (known: run, generate, info)")
+
+    async def _run(self, request: StageRequest) -> StageResponse:
+        """Compute this hop's stage, then forward along the route (if any) and merge what comes back."""
+        route = decode_route(request.meta)
+        wanted = decode_names(request.meta, RETURN_KEY)
+        tier = self.config.tier.value
+        outputs = await asyncio.to_thread(self.executor.run_stage, request.inputs, request.outputs)
+        meta: dict[str, MetaValue] = {f"{COMPUTE_PREFIX}{tier}": self.executor.stats[",".join(request.outputs)].last_s}
+        available = {**request.inputs, **outputs}
+        if not route:
+            returned = {n: outputs[n] for n in (wanted or list(outputs)) if n in outputs}
+            return StageResponse(request.request_id, outputs=returned, meta=meta,
+                                 quant=request.response_quant or request.quant)
+        hop, rest = route[0], route[1:]
+        needed = self.executor.stages.cutter.needed_inputs(hop.outputs, available)
+        forwarded = StageRequest(
+            OP_RUN, inputs={n: available[n] for n in needed}, outputs=list(hop.outputs),
+            meta={ROUTE_KEY: encode_route(rest), RETURN_KEY: encode_names(wanted)},
+            quant=request.quant, response_quant=request.response_quant,
+        )
+        reply = await self.peers.call(hop.peer, forwarded)
+        merged = {n: available[n] for n in wanted if n in outputs}
+        merged.update(reply.outputs)
+        meta.update({k: v for k, v in reply.meta.items() if k.startswith(COMPUTE_PREFIX)})
+        return StageResponse(request.request_id, outputs=merged, meta=meta,
+                             quant=request.response_quant or request.quant)
+
+    def info(self) -> dict[str, Any]:
+        ex = self.executor
+        return {
+            "tier": self.config.tier.value,
+            "model_id": ex.model_id,
+            "provider": ex.provider,
+            "stages": json.dumps({k: vars(v) for k, v in ex.stats.items()}),
+        }
+
+    async def start(self) -> dict[str, str]:
+        """Bind both planes; return their addresses."""
+        host, _ = parse_hostport(self.config.listen)
+        port = await self.data_plane.start(self.config.listen)
+        self.state.data_plane_address = f"{host}:{port}"
+        http_host, http_port = parse_hostport(self.config.http)
+        self._http = uvicorn.Server(
+            uvicorn.Config(create_app(self.state), host=http_host, port=http_port, log_level="warning",
+                           lifespan="off")
+        )
+        self._http_task = asyncio.create_task(self._http.serve())
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()  # surfaces the bind error
+                raise OSError(f"control plane could not start on {self.config.http}")
+            await asyncio.sleep(0.01)
+        bound = self._http.servers[0].sockets[0].getsockname()[1]
+        self.http_address = f"{http_host}:{bound}"
+        self.state.ready = True
+        return {"data_plane": self.state.data_plane_address, "http": self.http_address}
+
+    async def stop(self) -> None:
+        self.state.ready = False
+        await self.peers.close()
+        await self.data_plane.stop()
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            with contextlib.suppress(Exception):
+                await self._http_task
+
+
+async def serve(config: NodeConfig) -> None:
+    """Run a node until cancelled; print one JSON line with its addresses once it is ready."""
+    node = NodeServer(config)
+    addresses = await node.start()
+    sys.stdout.write(json.dumps({"tier": config.tier.value, "model_id": node.executor.model_id,
+                                 "provider": node.executor.provider, **addresses}) + "\n")
+    sys.stdout.flush()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await node.stop()

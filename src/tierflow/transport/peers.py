@@ -1,0 +1,71 @@
+"""Connections from one tier to the next ones, opened on first use and reopened after a failure."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tierflow.errors import TierUnavailableError, TransportError
+from tierflow.transport.dataplane import DataPlaneClient
+from tierflow.transport.dataplane_metrics import DataPlaneMetrics
+from tierflow.transport.messages import ErrorCode, StageRequest, StageResponse
+from tierflow.transport.tls import Identity
+
+
+class PeerClients:
+    """One persistent data-plane session per peer tier (async)."""
+
+    def __init__(self, identity: Identity, peers: dict[str, str], metrics: DataPlaneMetrics | None = None) -> None:
+        self.identity = identity
+        self.addresses = dict(peers)
+        self.metrics = metrics
+        self._clients: dict[str, DataPlaneClient] = {}
+        self._lock = asyncio.Lock()
+
+    async def client(self, peer: str) -> DataPlaneClient:
+        if peer not in self.addresses:
+            raise TierUnavailableError(f"no route to tier '{peer}' (known peers: {', '.join(self.addresses) or 'none'})")
+        async with self._lock:
+            client = self._clients.get(peer)
+            if client is None or not client.connected:
+                if client is not None:
+                    await client.close()
+                client = DataPlaneClient(self.addresses[peer], self.identity, server_name=peer, metrics=self.metrics)
+                try:
+                    await client.connect()
+                except TransportError as exc:
+                    raise TierUnavailableError(f"tier '{peer}' at {self.addresses[peer]} is unreachable: {exc}") from exc
+                self._clients[peer] = client
+            return client
+
+    async def call(self, peer: str, request: StageRequest, timeout: float | None = None) -> StageResponse:
+        """Send ``request`` to ``peer``; a lost peer or an error reply raises a tierflow error."""
+        client = await self.client(peer)
+        try:
+            response = await client.call(request, timeout)
+        except TransportError as exc:
+            raise TierUnavailableError(f"tier '{peer}' failed during the request: {exc}") from exc
+        if response.error is not None:
+            if response.error.code in (ErrorCode.DISCONNECTED, ErrorCode.UNAVAILABLE):
+                raise TierUnavailableError(f"tier '{peer}': {response.error.message}")
+            raise_remote(peer, response)
+        return response
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+
+def raise_remote(peer: str, response: StageResponse) -> None:
+    """Turn an error reply into the matching tierflow error, naming the tier."""
+    from tierflow.errors import FrameError, InvalidInputError, ModelNotFoundError, TierflowError
+
+    assert response.error is not None
+    code, message = response.error.code, f"tier '{peer}': {response.error.message}"
+    kinds: dict[str, type[TierflowError]] = {
+        ErrorCode.INVALID_INPUT: InvalidInputError,
+        ErrorCode.BAD_REQUEST: InvalidInputError,
+        ErrorCode.UNKNOWN_MODEL: ModelNotFoundError,
+        ErrorCode.FRAME_REJECTED: FrameError,
+    }
+    raise kinds.get(code, TierUnavailableError)(message)
