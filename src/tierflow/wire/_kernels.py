@@ -73,16 +73,18 @@ def _q_bcast(zt: int) -> GraphProto:
     return helper.make_graph(nodes, "q_bcast", ins, [_V("y", zt, _ACB)], initializer=[one, zero])
 
 
-def _dq_bcast(zt: int) -> GraphProto:
-    nodes = [helper.make_node("Cast", ["q"], ["t"], to=_F)]
-    ins = [_V("q", zt, _ACB), _V("s", _F, [1, "c", 1])]
-    last = "t"
-    if zt == _U8:
-        nodes.append(helper.make_node("Sub", ["t", "zf"], ["u"]))
-        ins.append(_V("zf", _F, [1, "c", 1]))
-        last = "u"
-    nodes.append(helper.make_node("Mul", [last, "s"], ["y"]))
-    return helper.make_graph(nodes, "dq_bcast", ins, [_V("y", _F, _ACB)])
+# Rows per block of the blocked DequantizeLinear below; callers split taller inputs.
+BLOCK_ROWS = 1 << 30
+
+
+def _dq_block(zt: int) -> GraphProto:
+    # Blocked DequantizeLinear (opset 21) along axis 0 with one block covering every row: scale and
+    # zero point have shape (1, c, b), i.e. per (channel, position) -- per channel once the caller
+    # repeats each channel's scale b times. Unlike per-axis dequantization, MLAS runs this vectorised
+    # when channels are innermost.
+    node = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=0, block_size=BLOCK_ROWS)
+    ins = [_V("q", zt, _ACB), _V("s", _F, [1, "c", "b"]), _V("z", zt, [1, "c", "b"])]
+    return helper.make_graph([node], "dq_block", ins, [_V("y", _F, _ACB)])
 
 
 def _reduce_axis() -> GraphProto:
@@ -109,8 +111,8 @@ _BUILDERS: dict[str, Callable[[], GraphProto]] = {
     "dq_axis_u8": lambda: _dq_axis(_U8),
     "q_bcast_s8": lambda: _q_bcast(_S8),
     "q_bcast_u8": lambda: _q_bcast(_U8),
-    "dq_bcast_s8": lambda: _dq_bcast(_S8),
-    "dq_bcast_u8": lambda: _dq_bcast(_U8),
+    "dq_block_s8": lambda: _dq_block(_S8),
+    "dq_block_u8": lambda: _dq_block(_U8),
     "reduce_axis": _reduce_axis,
 }
 

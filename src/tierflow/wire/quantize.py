@@ -331,8 +331,10 @@ def _dequantize3(q3: np.ndarray, params: QuantParams, per_tensor: bool) -> np.nd
     elif q3.shape[2] >= _AXIS_KERNEL_MIN_STRIDE:
         _kernels.run(f"dq_axis_{suffix}", {"q": q3, "s": scales, "z": z}, {"y": out})
     else:
-        inputs = {"q": q3, "s": scales.reshape(1, -1, 1)}
-        if zeros is not None:
-            inputs["zf"] = zeros.astype(np.float32).reshape(1, -1, 1)
-        _kernels.run(f"dq_bcast_{suffix}", inputs, {"y": out})
+        after = q3.shape[2]
+        s3 = np.repeat(scales, after).reshape(1, -1, after)
+        z3 = np.repeat(z, after).reshape(1, -1, after)
+        for start in range(0, q3.shape[0], _kernels.BLOCK_ROWS):
+            rows = slice(start, start + _kernels.BLOCK_ROWS)
+            _kernels.run(f"dq_block_{suffix}", {"q": q3[rows], "s": s3, "z": z3}, {"y": out[rows]})
     return out.reshape(-1)
