@@ -10,7 +10,8 @@ Modes:
 Integer modes are symmetric by default (int8 payload, ``q = round(x / scale)``, ``scale = absmax / 127``)
 or asymmetric (uint8 payload with a zero point, ``q = round(x / scale) + zero``, ``scale = (max - min) / 255``
 over a range that includes 0, as ONNX's DynamicQuantizeLinear). Either way the dequantized value is within
-``scale / 2`` of the input. Rounding is half to even; the heavy lifting runs in ONNX Runtime (see _kernels).
+``scale / 2`` of the input. Rounding is half to even. Large tensors go through ONNX Runtime kernels (see
+_kernels), small ones through numpy.
 """
 
 from __future__ import annotations
@@ -135,9 +136,10 @@ def quantize(
 def dequantize(
     payload: np.ndarray, params: QuantParams, dtype: np.dtype, shape: tuple[int, ...]
 ) -> np.ndarray:
-    """Undo :func:`quantize`: a new array of ``dtype`` and ``shape`` from a flat ``payload``.
+    """Undo :func:`quantize`: an array of ``dtype`` and ``shape`` from a flat ``payload``.
 
-    The caller guarantees consistency (the frame decoder has validated every field).
+    Raw (and float16-in-fp16) payloads come back as views of ``payload``. The caller guarantees
+    consistency (the frame decoder has validated every field).
     """
     dtype = np.dtype(dtype)
     mode = params.mode
