@@ -10,7 +10,6 @@ from pathlib import Path
 import onnx
 import pytest
 from onnx import TensorProto, helper
-
 from tests.support.tiny_lm import build_tiny_lm, save_tiny_lm
 
 

@@ -39,8 +39,14 @@ def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     edge_cloud = LinkEmulator(_address(cloud.data_plane), "wifi").start()
     edge = start_node("edge", model, certs, peers={"cloud": _hostport(edge_cloud)}, log=root / "edge.log")
     device_edge = LinkEmulator(_address(edge.data_plane), "4g").start()
-    yield {"certs": certs, "model": model, "cloud": cloud, "edge": edge,
-           "device_edge": device_edge, "edge_cloud": edge_cloud}
+    yield {
+        "certs": certs,
+        "model": model,
+        "cloud": cloud,
+        "edge": edge,
+        "device_edge": device_edge,
+        "edge_cloud": edge_cloud,
+    }
     device_edge.stop()
     edge_cloud.stop()
     for node in (edge, cloud):
@@ -60,14 +66,19 @@ def _hostport(link: LinkEmulator) -> str:
 def _runner(tiers: dict[str, object]) -> SplitRunner:
     model = onnx.load(str(tiers["model"]))
     identity = load_identity(tiers["certs"], "device")  # type: ignore[arg-type]
-    return SplitRunner(model, identity, {"edge": _hostport(tiers["device_edge"])},  # type: ignore[arg-type]
-                       SessionOptions(intra_op_threads=1))
+    return SplitRunner(
+        model,
+        identity,
+        {"edge": _hostport(tiers["device_edge"])},  # type: ignore[arg-type]
+        SessionOptions(intra_op_threads=1),
+    )
 
 
 def test_split_across_three_processes_equals_the_whole_model(tiers: dict[str, object]) -> None:
     image = np.random.default_rng(0).normal(size=(1, 3, 224, 224)).astype(np.float32)
     whole = StageRunner(onnx.load(str(tiers["model"])), SessionOptions(intra_op_threads=1)).run(
-        {"image": image}, ["logits"])["logits"]
+        {"image": image}, ["logits"]
+    )["logits"]
 
     async def go() -> None:
         runner = _runner(tiers)
@@ -93,9 +104,14 @@ def test_a_dead_tier_is_reported_by_name(tiers: dict[str, object], tmp_path: Pat
     model = tiers["model"]
     lonely_edge = start_node("edge", model, certs, peers={"cloud": "127.0.0.1:9"})  # nothing listens on :9
     try:
+
         async def go() -> None:
-            runner = SplitRunner(onnx.load(str(model)), load_identity(certs, "device"),
-                                 {"edge": lonely_edge.data_plane}, SessionOptions(intra_op_threads=1))
+            runner = SplitRunner(
+                onnx.load(str(model)),
+                load_identity(certs, "device"),
+                {"edge": lonely_edge.data_plane},
+                SessionOptions(intra_op_threads=1),
+            )
             try:
                 with pytest.raises(TierUnavailableError, match="cloud"):
                     await runner.run({"image": np.zeros((1, 3, 224, 224), np.float32)}, PLAN)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-
 from tests.support.tiny_lm import build_tiny_lm
+
 from tierflow.errors import InvalidInputError, TokenizerError, UnsupportedModelError
 from tierflow.model import lm_contract as lc
 from tierflow.runtime.lm import CausalLM, SamplingConfig, pick_token
@@ -49,7 +49,7 @@ def test_greedy_generation_uses_the_cache_consistently() -> None:
     for _ in range(6):
         logits, _ = lm.forward(np.asarray([seq], np.int64), lm.empty_cache())
         seq.append(int(np.argmax(logits[0, -1])))
-    assert result.new_ids == seq[len(prompt):]
+    assert result.new_ids == seq[len(prompt) :]
 
 
 def test_seeded_sampling_is_reproducible_and_seed_matters() -> None:
@@ -57,8 +57,10 @@ def test_seeded_sampling_is_reproducible_and_seed_matters() -> None:
     cfg = SamplingConfig(max_new_tokens=12, temperature=1.5, seed=7)
     a = lm.generate("the dog", cfg)
     b = lm.generate("the dog", cfg)
-    outs = {tuple(lm.generate("the dog", SamplingConfig(max_new_tokens=12, temperature=1.5, seed=s)).new_ids)
-            for s in range(6)}
+    outs = {
+        tuple(lm.generate("the dog", SamplingConfig(max_new_tokens=12, temperature=1.5, seed=s)).new_ids)
+        for s in range(6)
+    }
     assert a.new_ids == b.new_ids
     assert len(outs) > 1
 
@@ -109,7 +111,9 @@ def test_prompt_that_is_not_valid_unicode_is_rejected() -> None:
         lm.generate("the \udcff cat", SamplingConfig(max_new_tokens=1))
 
 
-def _without(model: onnx.ModelProto, *, inputs: set[str] = frozenset(), outputs: set[str] = frozenset()) -> bytes:
+def _without(
+    model: onnx.ModelProto, *, inputs: set[str] = frozenset(), outputs: set[str] = frozenset()
+) -> bytes:
     keep_in = [i for i in model.graph.input if i.name not in inputs]
     keep_out = [o for o in model.graph.output if o.name not in outputs]
     del model.graph.input[:]
@@ -134,10 +138,16 @@ def test_models_breaking_the_contract_are_refused(inputs: set[str], outputs: set
 def test_contract_checks_names_and_kinds() -> None:
     spec = lc.TensorSpec
     kv = ("batch", 2, "past", 4)
-    good = [spec("input_ids", "tensor(int64)", ("b", "s")), spec("past_key_values.0.key", "tensor(float)", kv),
-            spec("past_key_values.0.value", "tensor(float)", kv)]
-    outs = [spec("logits", "tensor(float)", ()), spec("present.0.key", "tensor(float)", kv),
-            spec("present.0.value", "tensor(float)", kv)]
+    good = [
+        spec("input_ids", "tensor(int64)", ("b", "s")),
+        spec("past_key_values.0.key", "tensor(float)", kv),
+        spec("past_key_values.0.value", "tensor(float)", kv),
+    ]
+    outs = [
+        spec("logits", "tensor(float)", ()),
+        spec("present.0.key", "tensor(float)", kv),
+        spec("present.0.value", "tensor(float)", kv),
+    ]
     assert lc.LMSignature.from_specs(good, outs).num_layers == 1
     with pytest.raises(UnsupportedModelError, match="not one tierflow can feed"):
         lc.LMSignature.from_specs([*good, spec("pixel_values", "tensor(float)", ())], outs)
@@ -146,9 +156,7 @@ def test_contract_checks_names_and_kinds() -> None:
     with pytest.raises(UnsupportedModelError, match="missing input past_key_values.0.value"):
         lc.LMSignature.from_specs(good[:2], outs)
     with pytest.raises(UnsupportedModelError, match="type tensor\\(int8\\)"):
-        lc.LMSignature.from_specs(
-            [good[0], spec("past_key_values.0.key", "tensor(int8)", kv), good[2]], outs
-        )
+        lc.LMSignature.from_specs([good[0], spec("past_key_values.0.key", "tensor(int8)", kv), good[2]], outs)
     with pytest.raises(UnsupportedModelError, match="static heads"):
         lc.LMSignature.from_specs(
             [good[0], spec("past_key_values.0.key", "tensor(float)", ("b", "h", "p", 4)), good[2]], outs

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from tierflow.model import lm_contract as lc
 
-WORDS = "the a cat dog sat on mat ran fast slow and with to of in".split()
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "ran", "fast", "slow", "and", "with", "to", "of", "in"]
 
 
 def tiny_tokenizer_json() -> str:
@@ -48,10 +48,14 @@ def build_tiny_lm(
     for i in range(layers):
         for kind in ("key", "value"):
             nodes.append(
-                helper.make_node("Concat", [lc.past_name(i, kind), "kv_new"], [lc.present_name(i, kind)], axis=2)
+                helper.make_node(
+                    "Concat", [lc.past_name(i, kind), "kv_new"], [lc.present_name(i, kind)], axis=2
+                )
             )
         # context = mean over all cached positions of the keys, flattened back to [B, 1, D]
-        nodes.append(helper.make_node("ReduceMean", [lc.present_name(i, "key"), "axis2"], [f"ctx{i}"], keepdims=1))
+        nodes.append(
+            helper.make_node("ReduceMean", [lc.present_name(i, "key"), "axis2"], [f"ctx{i}"], keepdims=1)
+        )
         nodes.append(helper.make_node("Transpose", [f"ctx{i}"], [f"ctxT{i}"], perm=[0, 2, 1, 3]))
         nodes.append(helper.make_node("Reshape", [f"ctxT{i}", "flat_shape"], [f"ctxF{i}"]))
         nodes.append(helper.make_node("Add", [hidden, f"ctxF{i}"], [f"h{i}"]))

@@ -34,7 +34,8 @@ def demo(
     result = lm.generate(prompt, config, on_text=lambda s: console.print(s, end="", highlight=False))
     console.print()
     console.print(
-        f"[dim]{short_name(result.provider)}: {len(result.new_ids)} tokens, {result.tokens_per_s:.0f} tokens/s[/]"
+        f"[dim]{short_name(result.provider)}: {len(result.new_ids)} tokens, "
+        f"{result.tokens_per_s:.0f} tokens/s[/]"
     )
     console.rule("[bold]demo-image[/]: image generation")
     from tierflow.runtime.image import ImageGenerator
@@ -45,7 +46,8 @@ def demo(
         image = generator.generate(image_prompt, resolution=256, seed=0)
     image.save(out)
     console.print(
-        f"[dim]{short_name(image.provider)}: {image.width}x{image.height} in {image.elapsed_s:.2f}s -> {out}[/]"
+        f"[dim]{short_name(image.provider)}: {image.width}x{image.height} "
+        f"in {image.elapsed_s:.2f}s -> {out}[/]"
     )
 
 

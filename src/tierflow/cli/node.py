@@ -43,8 +43,18 @@ def node(
             raise ConfigError(f"--peer expects NAME=HOST:PORT, got '{item}'")
         peers[peer_name] = address
     try:
-        config = NodeConfig(tier=tier, model=model, certs=certs, listen=listen, http=http, target=target,
-                            name=name, threads=threads, slowdown=slowdown, peers=peers)
+        config = NodeConfig(
+            tier=tier,
+            model=model,
+            certs=certs,
+            listen=listen,
+            http=http,
+            target=target,
+            name=name,
+            threads=threads,
+            slowdown=slowdown,
+            peers=peers,
+        )
     except ValidationError as exc:
         raise ConfigError("; ".join(e["msg"] for e in exc.errors())) from exc
     with contextlib.suppress(KeyboardInterrupt):

@@ -82,12 +82,15 @@ class SplitRunner:
         peers: dict[str, str],
         options: SessionOptions | None = None,
         quant: Quant = "raw",
+        slowdown: float = 1.0,
     ) -> None:
-        self.stages = StageRunner(model, options)
+        self.stages = StageRunner(model, options, slowdown=slowdown)
         self.peers = PeerClients(identity, peers)
         self.quant = quant
 
-    def run_device(self, inputs: dict[str, np.ndarray], plan: SplitPlan) -> tuple[dict[str, np.ndarray], float]:
+    def run_device(
+        self, inputs: dict[str, np.ndarray], plan: SplitPlan
+    ) -> tuple[dict[str, np.ndarray], float]:
         """The device's part of ``plan`` (blocking): all tensors known after it, and its compute time."""
         started = time.perf_counter()
         known = dict(inputs)
@@ -104,8 +107,11 @@ class SplitRunner:
         first, rest = hops[0], hops[1:]
         needed = self.stages.cutter.needed_inputs(first.outputs, known)
         request = StageRequest(
-            "run", inputs={n: known[n] for n in needed}, outputs=list(first.outputs),
-            meta={ROUTE_KEY: encode_route(rest), RETURN_KEY: encode_names(plan.returns)}, quant=self.quant,
+            "run",
+            inputs={n: known[n] for n in needed},
+            outputs=list(first.outputs),
+            meta={ROUTE_KEY: encode_route(rest), RETURN_KEY: encode_names(plan.returns)},
+            quant=self.quant,
         )
         reply = await self.peers.call(first.peer, request)
         outputs = {n: known[n] for n in plan.returns if n in known}

@@ -23,10 +23,16 @@ class NodeMetrics:
 
     def __post_init__(self) -> None:
         self.requests = Counter(
-            "tierflow_node_requests", "Requests handled by this node", ["op", "status"], registry=self.registry
+            "tierflow_node_requests",
+            "Requests handled by this node",
+            ["op", "status"],
+            registry=self.registry,
         )
         self.stage_seconds = Histogram(
-            "tierflow_stage_seconds", "Time to compute a stage on this node", ["op"], registry=self.registry,
+            "tierflow_stage_seconds",
+            "Time to compute a stage on this node",
+            ["op"],
+            registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
 
@@ -105,15 +111,20 @@ def create_app(state: NodeState) -> FastAPI:
     @app.post("/v1/generate", response_model=GenerateResponse)
     async def generate(req: GenerateRequest) -> GenerateResponse:
         config = SamplingConfig(
-            max_new_tokens=req.max_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+            max_new_tokens=req.max_tokens,
+            temperature=req.temperature,
+            top_k=req.top_k,
+            top_p=req.top_p,
             seed=req.seed,
         )
         with state.metrics.stage_seconds.labels("generate").time():
             out = await asyncio.to_thread(state.executor.generate, req.prompt, config)
         state.metrics.requests.labels("generate", "ok").inc()
         return GenerateResponse(
-            text=str(out["text"]), new_tokens=len(out["new_ids"]),  # type: ignore[arg-type]
-            tier=state.config.tier.value, provider=str(out["provider"]),
+            text=str(out["text"]),
+            new_tokens=len(out["new_ids"]),  # type: ignore[arg-type]
+            tier=state.config.tier.value,
+            provider=str(out["provider"]),
             tokens_per_s=float(out["tokens_per_s"]),  # type: ignore[arg-type]
         )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
 import numpy as np
 import onnx
 
@@ -15,7 +16,7 @@ from tierflow.model.lm_contract import LMSignature
 from tierflow.model.registry import resolve_model
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions, active_provider, open_session
-from tierflow.runtime.stages import StageRunner
+from tierflow.runtime.stages import StageRunner, simulate_slowdown
 
 
 @dataclass
@@ -43,26 +44,20 @@ class NodeExecutor:
     stats: dict[str, StageStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.stages = StageRunner(self.model, self.options)
+        self.stages = StageRunner(self.model, self.options, slowdown=self.slowdown)
         self.model_id = self.stages.model_hash[:16]
         session = open_session(self.model.SerializeToString(), self.options)
         self.provider = active_provider(session)
         names = [i.name for i in session.get_inputs()]
         self._lm = CausalLM(session) if LMSignature.is_causal_lm(names) else None
 
-    def _simulate(self, started: float) -> float:
-        elapsed = time.perf_counter() - started
-        if self.slowdown > 1.0:
-            time.sleep(elapsed * (self.slowdown - 1.0))  # simulated: a weaker device takes longer
-        return time.perf_counter() - started
-
     def run_stage(self, tensors: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         if not outputs:
             raise InvalidInputError("a stage request must name at least one output")
         started = time.perf_counter()
-        result = self.stages.run(tensors, outputs)
+        result = self.stages.run(tensors, outputs)  # applies the simulated slowdown itself
         key = ",".join(outputs)
-        self.stats.setdefault(key, StageStats()).add(self._simulate(started))
+        self.stats.setdefault(key, StageStats()).add(time.perf_counter() - started)
         return result
 
     def generate(self, prompt: str, config: SamplingConfig) -> dict[str, object]:
@@ -70,7 +65,7 @@ class NodeExecutor:
             raise UnsupportedModelError("this node's model is not a language model")
         started = time.perf_counter()
         result = self._lm.generate(prompt, config)
-        self.stats.setdefault("generate", StageStats()).add(self._simulate(started))
+        self.stats.setdefault("generate", StageStats()).add(simulate_slowdown(started, self.slowdown))
         return {
             "text": result.text or "",
             "new_ids": result.new_ids,
@@ -93,4 +88,6 @@ def load_node_model(model: str, tier: str, target: str | None = None) -> tuple[o
     try:
         return onnx.load(str(path)), str(path)
     except Exception as exc:
-        raise InvalidModelError(f"{path} is not a valid ONNX model: {' '.join(str(exc).split())[:200]}") from exc
+        raise InvalidModelError(
+            f"{path} is not a valid ONNX model: {' '.join(str(exc).split())[:200]}"
+        ) from exc

@@ -47,8 +47,22 @@ def start_node(
     log: Path | None = None,
 ) -> NodeProcess:
     """Start ``tierflow node`` in a new process and wait for its ready line."""
-    argv = [sys.executable, "-m", "tierflow", "node", "--tier", tier, "--model", str(model), "--certs", str(certs),
-            "--threads", str(threads), "--slowdown", str(slowdown)]
+    argv = [
+        sys.executable,
+        "-m",
+        "tierflow",
+        "node",
+        "--tier",
+        tier,
+        "--model",
+        str(model),
+        "--certs",
+        str(certs),
+        "--threads",
+        str(threads),
+        "--slowdown",
+        str(slowdown),
+    ]
     for name, address in (peers or {}).items():
         argv += ["--peer", f"{name}={address}"]
     stderr = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 -- owned by the child

@@ -67,7 +67,8 @@ class NodeServer:
         try:
             if request.model and request.model != self.executor.model_id:
                 raise ModelNotFoundError(
-                    f"this {self.config.tier.value} node serves model {self.executor.model_id}, not {request.model}"
+                    f"this {self.config.tier.value} node serves model {self.executor.model_id}, "
+                    f"not {request.model}"
                 )
             response = await self._dispatch(request)
             status = "ok"
@@ -91,11 +92,16 @@ class NodeServer:
                 seed=int(meta["seed"]) if "seed" in meta else None,
             )
             out = await asyncio.to_thread(self.executor.generate, str(meta.get("prompt", "")), config)
-            return StageResponse(request.request_id, meta={
-                "text": str(out["text"]), "new_ids": json.dumps(out["new_ids"]),
-                "provider": str(out["provider"]), "tokens_per_s": float(out["tokens_per_s"]),  # type: ignore[arg-type]
-                "tier": self.config.tier.value,
-            })
+            return StageResponse(
+                request.request_id,
+                meta={
+                    "text": str(out["text"]),
+                    "new_ids": json.dumps(out["new_ids"]),
+                    "provider": str(out["provider"]),
+                    "tokens_per_s": float(out["tokens_per_s"]),  # type: ignore[arg-type]
+                    "tier": self.config.tier.value,
+                },
+            )
         if request.op == OP_INFO:
             return StageResponse(request.request_id, meta=self.info())
         raise UnsupportedModelError(f"unknown operation '{request.op}' (known: run, generate, info)")
@@ -106,25 +112,32 @@ class NodeServer:
         wanted = decode_names(request.meta, RETURN_KEY)
         tier = self.config.tier.value
         outputs = await asyncio.to_thread(self.executor.run_stage, request.inputs, request.outputs)
-        meta: dict[str, MetaValue] = {f"{COMPUTE_PREFIX}{tier}": self.executor.stats[",".join(request.outputs)].last_s}
+        meta: dict[str, MetaValue] = {
+            f"{COMPUTE_PREFIX}{tier}": self.executor.stats[",".join(request.outputs)].last_s
+        }
         available = {**request.inputs, **outputs}
         if not route:
             returned = {n: outputs[n] for n in (wanted or list(outputs)) if n in outputs}
-            return StageResponse(request.request_id, outputs=returned, meta=meta,
-                                 quant=request.response_quant or request.quant)
+            return StageResponse(
+                request.request_id, outputs=returned, meta=meta, quant=request.response_quant or request.quant
+            )
         hop, rest = route[0], route[1:]
         needed = self.executor.stages.cutter.needed_inputs(hop.outputs, available)
         forwarded = StageRequest(
-            OP_RUN, inputs={n: available[n] for n in needed}, outputs=list(hop.outputs),
+            OP_RUN,
+            inputs={n: available[n] for n in needed},
+            outputs=list(hop.outputs),
             meta={ROUTE_KEY: encode_route(rest), RETURN_KEY: encode_names(wanted)},
-            quant=request.quant, response_quant=request.response_quant,
+            quant=request.quant,
+            response_quant=request.response_quant,
         )
         reply = await self.peers.call(hop.peer, forwarded)
         merged = {n: available[n] for n in wanted if n in outputs}
         merged.update(reply.outputs)
         meta.update({k: v for k, v in reply.meta.items() if k.startswith(COMPUTE_PREFIX)})
-        return StageResponse(request.request_id, outputs=merged, meta=meta,
-                             quant=request.response_quant or request.quant)
+        return StageResponse(
+            request.request_id, outputs=merged, meta=meta, quant=request.response_quant or request.quant
+        )
 
     def info(self) -> dict[str, Any]:
         ex = self.executor
@@ -142,8 +155,9 @@ class NodeServer:
         self.state.data_plane_address = f"{host}:{port}"
         http_host, http_port = parse_hostport(self.config.http)
         self._http = uvicorn.Server(
-            uvicorn.Config(create_app(self.state), host=http_host, port=http_port, log_level="warning",
-                           lifespan="off")
+            uvicorn.Config(
+                create_app(self.state), host=http_host, port=http_port, log_level="warning", lifespan="off"
+            )
         )
         self._http_task = asyncio.create_task(self._http.serve())
         while not self._http.started:
@@ -170,8 +184,17 @@ async def serve(config: NodeConfig) -> None:
     """Run a node until cancelled; print one JSON line with its addresses once it is ready."""
     node = NodeServer(config)
     addresses = await node.start()
-    sys.stdout.write(json.dumps({"tier": config.tier.value, "model_id": node.executor.model_id,
-                                 "provider": node.executor.provider, **addresses}) + "\n")
+    sys.stdout.write(
+        json.dumps(
+            {
+                "tier": config.tier.value,
+                "model_id": node.executor.model_id,
+                "provider": node.executor.provider,
+                **addresses,
+            }
+        )
+        + "\n"
+    )
     sys.stdout.flush()
     try:
         await asyncio.Event().wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,35 @@ from tierflow.model.partition import GraphCutter
 from tierflow.runtime.session import SessionOptions, open_session
 
 
-class StageRunner:
-    """Runs any stage of one model; extracted stages and their sessions are cached."""
+def simulate_slowdown(started: float, factor: float) -> float:
+    """SIMULATED weaker hardware: stretch work that began at ``started`` to ``factor`` times its length.
 
-    def __init__(self, model: onnx.ModelProto | str | Path, options: SessionOptions | None = None) -> None:
+    It sleeps on the real code path, so whoever measures the tier (the planner)
+    sees the slower speed without being told the factor. Returns the stretched duration.
+    """
+    elapsed = time.perf_counter() - started
+    if factor > 1.0:
+        time.sleep(elapsed * (factor - 1.0))
+    return time.perf_counter() - started
+
+
+class StageRunner:
+    """Runs any stage of one model; extracted stages and their sessions are cached.
+
+    ``slowdown`` > 1 simulates a weaker device (see :func:`simulate_slowdown`).
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto | str | Path,
+        options: SessionOptions | None = None,
+        slowdown: float = 1.0,
+    ) -> None:
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
         self.model_hash = hashlib.sha256(proto.SerializeToString()).hexdigest()
         self.cutter = GraphCutter(proto)
         self.options = options or SessionOptions()
+        self.slowdown = slowdown
         self._sessions: dict[tuple[tuple[str, ...], tuple[str, ...]], ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
@@ -41,8 +63,10 @@ class StageRunner:
         """Compute ``outputs`` from ``tensors`` (extra tensors are ignored)."""
         session, needed = self.session_for(list(tensors), outputs)
         feeds = {name: tensors[name] for name in needed}
+        started = time.perf_counter()
         try:
             values = session.run(outputs, feeds)
         except Exception as exc:  # ORT reports shape/type mismatches as opaque runtime errors
             raise InvalidInputError(f"stage rejected its inputs: {' '.join(str(exc).split())[:300]}") from exc
+        simulate_slowdown(started, self.slowdown)
         return dict(zip(outputs, values, strict=True))

@@ -14,7 +14,9 @@ from tierflow.transport.tls import Identity
 class PeerClients:
     """One persistent data-plane session per peer tier (async)."""
 
-    def __init__(self, identity: Identity, peers: dict[str, str], metrics: DataPlaneMetrics | None = None) -> None:
+    def __init__(
+        self, identity: Identity, peers: dict[str, str], metrics: DataPlaneMetrics | None = None
+    ) -> None:
         self.identity = identity
         self.addresses = dict(peers)
         self.metrics = metrics
@@ -23,17 +25,23 @@ class PeerClients:
 
     async def client(self, peer: str) -> DataPlaneClient:
         if peer not in self.addresses:
-            raise TierUnavailableError(f"no route to tier '{peer}' (known peers: {', '.join(self.addresses) or 'none'})")
+            raise TierUnavailableError(
+                f"no route to tier '{peer}' (known peers: {', '.join(self.addresses) or 'none'})"
+            )
         async with self._lock:
             client = self._clients.get(peer)
             if client is None or not client.connected:
                 if client is not None:
                     await client.close()
-                client = DataPlaneClient(self.addresses[peer], self.identity, server_name=peer, metrics=self.metrics)
+                client = DataPlaneClient(
+                    self.addresses[peer], self.identity, server_name=peer, metrics=self.metrics
+                )
                 try:
                     await client.connect()
                 except TransportError as exc:
-                    raise TierUnavailableError(f"tier '{peer}' at {self.addresses[peer]} is unreachable: {exc}") from exc
+                    raise TierUnavailableError(
+                        f"tier '{peer}' at {self.addresses[peer]} is unreachable: {exc}"
+                    ) from exc
                 self._clients[peer] = client
             return client
 

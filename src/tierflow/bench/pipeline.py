@@ -1,0 +1,163 @@
+"""`tierflow bench pipeline`: a split model over real nodes and the link emulator, sequential vs overlapped.
+
+One remote node process (the cloud tier) runs the second half of ``demo-vision``;
+the device (this process) runs the first half and sends the cut tensors, INT8
+quantized, through a user-space emulated link with the named profile. The cut
+is the block boundary that balances the pipeline best (measured locally).
+
+Figures per profile:
+  sequential_rps  requests/s when each request finishes before the next starts
+  pipelined_rps   requests/s when the device computes request i+1 while i is remote
+  bound_rps       1 / the slowest stage, every stage measured during the run: device compute,
+                  remote compute, and each link direction's occupancy (bytes that crossed it per
+                  request / its bandwidth); RTT is latency, not occupancy, so it does not bound
+                  throughput when several requests are in flight
+  speedup         pipelined / sequential   (the seed claims 2.3x)
+  efficiency      pipelined / bound        (target >= 0.9)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from tierflow.client.split import SplitPlan, SplitRunner
+from tierflow.model.registry import resolve_model
+from tierflow.node.launch import start_node
+from tierflow.runtime.session import SessionOptions
+from tierflow.runtime.stages import StageRunner
+from tierflow.transport.certs import init_pki
+from tierflow.transport.linkemu import LinkEmulator
+from tierflow.transport.profiles import get_profile
+from tierflow.transport.tls import load_identity
+
+MODEL = "demo-vision"
+INT8_FACTOR = 0.25  # bytes on the wire per fp32 byte with int8 frames (scales are negligible)
+
+
+def _median_time(fn: Any, repeats: int) -> float:
+    fn()  # warm up: session creation, allocations
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def choose_cut(
+    runner: StageRunner, image: np.ndarray, blocks: list[str], up_bps: float
+) -> tuple[str, dict[str, float]]:
+    """The block boundary whose slowest stage (device, transfer, remote) is fastest, measured here."""
+    best: tuple[float, str, dict[str, float]] | None = None
+    # the remote tier runs at full speed: time the whole model without the device's slowdown
+    total = _median_time(lambda: runner.run({"image": image}, ["logits"]), 3) / runner.slowdown
+    for block in blocks:
+        head = runner.run({"image": image}, [block])
+        crossing = runner.cutter.needed_inputs(["logits"], {"image", block, *runner.cutter.graph_inputs})
+        device_s = _median_time(lambda b=block: runner.run({"image": image}, [b]), 3)
+        sent = sum(head.get(n, image).nbytes for n in crossing) * INT8_FACTOR
+        stages = {
+            "device_s": device_s,
+            "remote_s": max(total - device_s, 0.0),
+            "transfer_s": sent * 8 / up_bps,
+        }
+        slowest = max(stages.values())
+        if best is None or slowest < best[0]:
+            best = (slowest, block, stages)
+    assert best is not None
+    return best[1], best[2]
+
+
+async def _measure(
+    runner: SplitRunner, plan: SplitPlan, batch: list[dict[str, np.ndarray]], link: LinkEmulator
+) -> dict[str, float]:
+    await runner.run(batch[0], plan)  # warm up both ends and the session
+    before = link.stats()
+    started = time.perf_counter()
+    sequential = await runner.run_many(batch, plan, pipelined=False)
+    sequential_s = time.perf_counter() - started
+    after = link.stats()
+    started = time.perf_counter()
+    await runner.run_many(batch, plan, pipelined=True, window=4)
+    pipelined_s = time.perf_counter() - started
+    n = len(batch)
+    profile = link.profile
+    stages = {
+        "device_s": statistics.median(r.device_s for r in sequential),
+        "remote_s": statistics.median(sum(r.remote_compute_s.values()) for r in sequential),
+        "uplink_s": (after.up.bytes - before.up.bytes) / n * 8 / profile.up_bps,
+        "downlink_s": (after.down.bytes - before.down.bytes) / n * 8 / profile.down_bps,
+    }
+    bound_rps = 1.0 / max(stages.values())
+    sequential_rps = n / sequential_s
+    pipelined_rps = n / pipelined_s
+    return {
+        "sequential_rps": round(sequential_rps, 3),
+        "pipelined_rps": round(pipelined_rps, 3),
+        "bound_rps": round(bound_rps, 3),
+        "speedup": round(pipelined_rps / sequential_rps, 3),
+        "efficiency": round(pipelined_rps / bound_rps, 3),
+        **{f"stage_{k}": round(v * 1000, 2) for k, v in stages.items()},
+    }
+
+
+def run_pipeline_bench(
+    profiles: list[str], requests: int = 24, threads: int = 1, device_slowdown: float = 1.0
+) -> dict[str, Any]:
+    model_path = resolve_model(MODEL)
+    proto = onnx.load(str(model_path))
+    blocks = json.loads({p.key: p.value for p in proto.metadata_props}["tierflow.blocks"])
+    options = SessionOptions(intra_op_threads=threads)
+    rng = np.random.default_rng(0)
+    batch = [{"image": rng.normal(size=(1, 3, 224, 224)).astype(np.float32)} for _ in range(requests)]
+    local = StageRunner(proto, options, slowdown=device_slowdown)
+    results: dict[str, Any] = {
+        "model": MODEL,
+        "requests": requests,
+        "threads_per_tier": threads,
+        "simulated_device_slowdown": device_slowdown,
+        "seed_claim_speedup": 2.3,
+        "profiles": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        certs = Path(tmp) / "pki"
+        init_pki(certs, ["device", "cloud"])
+        cloud = start_node("cloud", model_path, certs, threads=threads)
+        try:
+            host, port = cloud.data_plane.rsplit(":", 1)
+            for name in profiles:
+                profile = get_profile(name)
+                cut, predicted = choose_cut(local, batch[0]["image"], blocks[:-1], profile.up_bps)
+                plan = SplitPlan(stages=(("device", (cut,)), ("cloud", ("logits",))), returns=("logits",))
+                with LinkEmulator((host, int(port)), profile) as link:
+                    runner = SplitRunner(
+                        proto,
+                        load_identity(certs, "device"),
+                        {"cloud": f"{link.address[0]}:{link.address[1]}"},
+                        options,
+                        quant="int8",
+                        slowdown=device_slowdown,
+                    )
+
+                    async def go(
+                        r: SplitRunner = runner, p: SplitPlan = plan, lk: LinkEmulator = link
+                    ) -> dict[str, float]:
+                        try:
+                            return await _measure(r, p, batch, lk)
+                        finally:
+                            await r.close()
+
+                    figures = asyncio.run(go())
+                results["profiles"][name] = {"cut": cut, **figures}
+        finally:
+            cloud.stop()
+    return results
