@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
@@ -68,6 +70,14 @@ class GenerateResponse(BaseModel):
 
 def create_app(state: NodeState) -> FastAPI:
     app = FastAPI(title=f"tierflow {state.config.tier.value} node", version="0.1.0")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Any, exc: RequestValidationError) -> Response:
+        # Rendered with ASCII escapes and without echoing the input: a request that is not
+        # valid text (a lone surrogate) must get its 422, not crash the encoder.
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        body = json.dumps({"error": "InvalidRequest", "detail": errors}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
 
     @app.exception_handler(UserError)
     async def _user_error(_: Any, exc: UserError) -> JSONResponse:
