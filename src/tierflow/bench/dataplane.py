@@ -50,6 +50,7 @@ from tierflow.transport.tls import channel_credentials, load_identity, server_cr
 
 _RAW_SERVICE, _RAW_METHOD = "tierflow.bench.Echo", "Stream"
 _WARMUP = 100
+_ROUND = 50  # round trips per path before switching to the next one
 _SERVER_START_TIMEOUT_S = 60.0
 
 
@@ -179,65 +180,73 @@ def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1e3
 
 
-def _tcp_rtt(port: int, payload: bytes, n: int) -> list[float]:
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+def _tcp_round_trip(sock: socket.socket, payload: bytes, buf: bytearray) -> None:
+    sock.sendall(payload)
+    view, got = memoryview(buf), 0
+    while got < len(payload):
+        k = sock.recv_into(view[got:])
+        if not k:
+            raise TransportError("the tcp echo closed the connection")
+        got += k
+
+
+async def _measure(server: EchoServerProcess, pki: Path, x: np.ndarray, n: int) -> dict[str, list[float]]:
+    """TCP, gRPC and the data plane connected at once and timed in alternating rounds, so changes in
+    the machine's load hit them alike; then the sync client alone.
+
+    The bare TCP round trips block this loop's thread on purpose: nothing else runs on it meanwhile.
+    """
+    payload = x.tobytes()
+    device = load_identity(pki, "device")
+    options = [*grpc_options(), ("grpc.ssl_target_name_override", "cloud")]
+    samples: dict[str, list[float]] = {"tcp": [], "grpc": [], "dataplane": [], "sync": []}
+    with socket.create_connection(("127.0.0.1", server.tcp_port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = bytearray(len(payload))
-        samples = []
-        for i in range(_WARMUP + n):
+        async with (
+            grpc.aio.secure_channel(
+                f"127.0.0.1:{server.grpc_port}", channel_credentials(device), options
+            ) as channel,
+            DataPlaneClient(f"127.0.0.1:{server.port}", device, "cloud") as client,
+        ):
+            call = channel.stream_stream(f"/{_RAW_SERVICE}/{_RAW_METHOD}")()
+            request = StageRequest("echo", inputs={"x": x})
+
+            async def grpc_round_trip() -> None:
+                await call.write(payload)
+                await call.read()
+
+            async def dataplane_round_trip() -> None:
+                (await client.call(request)).raise_for_error()
+
+            try:
+                rounds = max(1, -(-(n + _WARMUP) // _ROUND))
+                for r in range(rounds):
+                    keep = r * _ROUND >= _WARMUP
+                    for _ in range(_ROUND):
+                        start = time.perf_counter()
+                        _tcp_round_trip(sock, payload, buf)
+                        if keep:
+                            samples["tcp"].append(time.perf_counter() - start)
+                    for name, round_trip in (("grpc", grpc_round_trip), ("dataplane", dataplane_round_trip)):
+                        for _ in range(_ROUND):
+                            start = time.perf_counter()
+                            await round_trip()
+                            if keep:
+                                samples[name].append(time.perf_counter() - start)
+                await call.done_writing()
+                while await call.read() is not grpc.aio.EOF:  # let the call finish before its loop does
+                    pass
+            finally:
+                call.cancel()
+    # The sync client runs its own event loop thread: measured alone, after the others are closed.
+    with SyncDataPlaneClient(f"127.0.0.1:{server.port}", device, "cloud") as sync_client:
+        for i in range(n + _WARMUP):
             start = time.perf_counter()
-            sock.sendall(payload)
-            view, got = memoryview(buf), 0
-            while got < len(payload):
-                k = sock.recv_into(view[got:])
-                if not k:
-                    raise TransportError("tcp echo closed")
-                got += k
+            sync_client.call(request).raise_for_error()
             if i >= _WARMUP:
-                samples.append(time.perf_counter() - start)
-        return samples
-
-
-async def _grpc_rtt(port: int, pki: Path, payload: bytes, n: int) -> list[float]:
-    identity = load_identity(pki, "device")
-    options = [*grpc_options(), ("grpc.ssl_target_name_override", "cloud")]
-    async with grpc.aio.secure_channel(
-        f"127.0.0.1:{port}", channel_credentials(identity), options
-    ) as channel:
-        call = channel.stream_stream(f"/{_RAW_SERVICE}/{_RAW_METHOD}")()
-        samples = []
-        for i in range(_WARMUP + n):
-            start = time.perf_counter()
-            await call.write(payload)
-            await call.read()
-            if i >= _WARMUP:
-                samples.append(time.perf_counter() - start)
-        await call.done_writing()
-        return samples
-
-
-async def _dataplane_rtt(port: int, pki: Path, x: np.ndarray, n: int) -> list[float]:
-    client = DataPlaneClient(f"127.0.0.1:{port}", load_identity(pki, "device"), "cloud")
-    async with client:
-        samples = []
-        for i in range(_WARMUP + n):
-            start = time.perf_counter()
-            response = await client.call(StageRequest("echo", inputs={"x": x}))
-            if i >= _WARMUP:
-                samples.append(time.perf_counter() - start)
-            response.raise_for_error()
-        return samples
-
-
-def _sync_rtt(port: int, pki: Path, x: np.ndarray, n: int) -> list[float]:
-    with SyncDataPlaneClient(f"127.0.0.1:{port}", load_identity(pki, "device"), "cloud") as client:
-        samples = []
-        for i in range(_WARMUP + n):
-            start = time.perf_counter()
-            client.call(StageRequest("echo", inputs={"x": x})).raise_for_error()
-            if i >= _WARMUP:
-                samples.append(time.perf_counter() - start)
-        return samples
+                samples["sync"].append(time.perf_counter() - start)
+    return samples
 
 
 def measure_loopback_overhead(n: int = 2000, payload_bytes: int = 1024) -> dict[str, float | int]:
@@ -251,24 +260,20 @@ def measure_loopback_overhead(n: int = 2000, payload_bytes: int = 1024) -> dict[
     if payload_bytes < 4 or payload_bytes % 4:
         raise InvalidInputError(f"payload_bytes must be a positive multiple of 4, got {payload_bytes}")
     x = np.random.default_rng(0).standard_normal(payload_bytes // 4).astype(np.float32)
-    payload = x.tobytes()
     with tempfile.TemporaryDirectory(prefix="tierflow-bench-") as tmp:
         pki = Path(tmp)
         init_pki(pki, ["cloud", "device"])
         with EchoServerProcess(pki) as server:
-            tcp = _tcp_rtt(server.tcp_port, payload, n)
-            grpc_samples = asyncio.run(_grpc_rtt(server.grpc_port, pki, payload, n))
-            secure = asyncio.run(_dataplane_rtt(server.port, pki, x, n))
-            sync = _sync_rtt(server.port, pki, x, n)
-    loopback, tcp_ms = _median_ms(secure), _median_ms(tcp)
+            samples = asyncio.run(_measure(server, pki, x, n))
+    loopback, tcp_ms = _median_ms(samples["dataplane"]), _median_ms(samples["tcp"])
     return {
         "loopback_rtt_ms": round(loopback, 4),
         "tcp_rtt_ms": round(tcp_ms, 4),
         "loopback_rtt_overhead_ms": round(loopback - tcp_ms, 4),
-        "grpc_rtt_ms": round(_median_ms(grpc_samples), 4),
-        "sync_rtt_ms": round(_median_ms(sync), 4),
-        "loopback_rtt_p90_ms": round(float(np.percentile(secure, 90)) * 1e3, 4),
-        "n": n,
+        "grpc_rtt_ms": round(_median_ms(samples["grpc"]), 4),
+        "sync_rtt_ms": round(_median_ms(samples["sync"]), 4),
+        "loopback_rtt_p90_ms": round(float(np.percentile(samples["dataplane"], 90)) * 1e3, 4),
+        "n": len(samples["dataplane"]),
         "payload_bytes": payload_bytes,
     }
 

@@ -37,6 +37,7 @@ import grpc
 
 from tierflow.errors import (
     FrameError,
+    InvalidInputError,
     KeyAgreementError,
     ModelNotFoundError,
     RecoverableError,
@@ -46,7 +47,7 @@ from tierflow.errors import (
     UserError,
 )
 from tierflow.transport import codec
-from tierflow.transport.dataplane_metrics import DataPlaneMetrics, default_metrics
+from tierflow.transport.dataplane_metrics import DataPlaneMetrics, PeerMetrics, default_metrics
 from tierflow.transport.envelope import MAX_REQUEST_ID
 from tierflow.transport.messages import ErrorCode, PeerInfo, StageRequest, StageResponse
 from tierflow.transport.session import (
@@ -171,16 +172,17 @@ class DataPlaneServer:
             return
         try:
             session, ack = server_accept(hello, self.identity, pem, self.channel_config)
-        except KeyAgreementError as exc:
+        except (KeyAgreementError, InvalidInputError) as exc:
             self.metrics.handshakes.labels(side="server", outcome="rejected").inc()
             await context.write(alert("handshake", str(exc)))
             return
         self.metrics.handshakes.labels(side="server", outcome="ok").inc()
         peer = PeerInfo(session.peer_name, session.peer_fingerprint, context.peer(), stream_id)
-        self.metrics.bytes_received.labels(peer=peer.name).inc(len(hello))
-        self.metrics.bytes_sent.labels(peer=peer.name).inc(len(ack))
+        peer_metrics = self.metrics.for_peer("server", peer.name)
+        peer_metrics.received.inc(len(hello))
+        peer_metrics.sent.inc(len(ack))
         await context.write(ack)
-        conn = _ServerConnection(self, session, peer, context)
+        conn = _ServerConnection(self, session, peer, peer_metrics, context)
         self.sessions += 1
         try:
             await conn.serve(incoming)
@@ -197,10 +199,15 @@ class _ServerConnection:
     """One stream's session on the server: reads requests in order, serves them concurrently."""
 
     def __init__(
-        self, server: DataPlaneServer, session: Session, peer: PeerInfo, context: grpc.aio.ServicerContext
+        self,
+        server: DataPlaneServer,
+        session: Session,
+        peer: PeerInfo,
+        peer_metrics: PeerMetrics,
+        context: grpc.aio.ServicerContext,
     ) -> None:
         self.server = server
-        self.metrics = server.metrics
+        self.m = peer_metrics
         self.session = session
         self.peer = peer
         self.context = context
@@ -212,7 +219,7 @@ class _ServerConnection:
         try:
             async for data in incoming:
                 received = time.perf_counter()
-                self.metrics.bytes_received.labels(peer=self.peer.name).inc(len(data))
+                self.m.received.inc(len(data))
                 try:
                     request = await _maybe_offload(len(data), codec.open_request, self.session, data)
                 except MessageRejected as exc:
@@ -227,10 +234,8 @@ class _ServerConnection:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _reject(self, exc: MessageRejected) -> None:
-        self.metrics.rejected("server", exc.reason)
-        self.metrics.requests.labels(
-            side="server", peer=self.peer.name, outcome=ErrorCode.FRAME_REJECTED
-        ).inc()
+        self.m.rejected(exc.reason)
+        self.m.request(ErrorCode.FRAME_REJECTED)
         if exc.request_id is None:
             _log.info("dropped a message from %s: %s", self.peer.name, exc)
             return
@@ -255,8 +260,7 @@ class _ServerConnection:
             if response.error is None and request.response_quant is not None and response.quant == "raw":
                 response.quant = request.response_quant
             outcome = await self._send(response)
-            self.metrics.requests.labels(side="server", peer=self.peer.name, outcome=outcome).inc()
-            self.metrics.latency.labels(side="server").observe(time.perf_counter() - received)
+            self.m.request(outcome, time.perf_counter() - received)
         except (grpc.aio.AioRpcError, asyncio.CancelledError, ConnectionError):
             pass  # the stream went away: nobody is left to answer
         finally:
@@ -275,7 +279,7 @@ class _ServerConnection:
                 )
                 data = codec.seal_response(self.session, response)
             await self.context.write(data)
-        self.metrics.bytes_sent.labels(peer=self.peer.name).inc(len(data))
+        self.m.sent.inc(len(data))
         return "ok" if response.error is None else response.error.code
 
 
@@ -316,6 +320,7 @@ class DataPlaneClient:
         self.server_name = server_name or target.rsplit(":", 1)[0].strip("[]")
         self.pinned_fingerprint = cert_fingerprint(pinned_cert) if pinned_cert is not None else None
         self.metrics = metrics or default_metrics()
+        self.m = self.metrics.for_peer("client", self.server_name)
         self.channel_config = channel_config or ChannelConfig()
         self.connect_timeout = connect_timeout
         self._options = [
@@ -394,8 +399,8 @@ class DataPlaneClient:
             await self._fail_connect()
             raise
         self.metrics.handshakes.labels(side="client", outcome="ok").inc()
-        self.metrics.bytes_sent.labels(peer=self.server_name).inc(len(hello))
-        self.metrics.bytes_received.labels(peer=self.server_name).inc(len(ack))
+        self.m.sent.inc(len(hello))
+        self.m.received.inc(len(ack))
         self._reader = asyncio.create_task(self._read_loop(call, self._session))
 
     async def _fail_connect(self) -> None:
@@ -478,7 +483,7 @@ class DataPlaneClient:
             reason = _rpc_text(exc) if isinstance(exc, grpc.aio.AioRpcError) else "stream closed"
             self._mark_broken(reason)
             raise TransportError(f"stream to {self.server_name} is down: {reason}") from None
-        self.metrics.bytes_sent.labels(peer=self.server_name).inc(len(data))
+        self.m.sent.inc(len(data))
 
     async def _wait(
         self, request_id: int, future: asyncio.Future[StageResponse], timeout: float | None, started: float
@@ -493,8 +498,7 @@ class DataPlaneClient:
             if self._pending.get(request_id) is future:
                 del self._pending[request_id]
         outcome = "ok" if response.error is None else response.error.code
-        self.metrics.requests.labels(side="client", peer=self.server_name, outcome=outcome).inc()
-        self.metrics.latency.labels(side="client").observe(time.perf_counter() - started)
+        self.m.request(outcome, time.perf_counter() - started)
         if response.error is not None and response.error.code == ErrorCode.DISCONNECTED:
             raise TransportError(
                 f"stream to {self.server_name} broke before request {request_id} was answered: "
@@ -509,7 +513,7 @@ class DataPlaneClient:
                 data = await call.read()
                 if data is grpc.aio.EOF:
                     break
-                self.metrics.bytes_received.labels(peer=self.server_name).inc(len(data))
+                self.m.received.inc(len(data))
                 if len(data) < OFFLOAD_BYTES:
                     self._deliver(self._open(session, data))
                 else:
@@ -531,14 +535,14 @@ class DataPlaneClient:
 
     def _deliver(self, item: StageResponse | MessageRejected) -> None:
         if isinstance(item, MessageRejected):
-            self.metrics.rejected("client", item.reason)
+            self.m.rejected(item.reason)
             _log.warning("rejected a response from %s: %s", self.server_name, item)
             if item.request_id is None:
                 return
             item = StageResponse.failure(item.request_id, ErrorCode.FRAME_REJECTED, item.detail, item.reason)
         future = self._pending.pop(item.request_id, None)
         if future is None or future.done():
-            self.metrics.rejected("client", "unknown_request")
+            self.m.rejected("unknown_request")
             return
         future.set_result(item)
 
@@ -571,10 +575,10 @@ class SyncDataPlaneClient:
     def __init__(
         self, target: str, identity: Identity, server_name: str | None = None, **kwargs: Any
     ) -> None:
+        self.client = DataPlaneClient(target, identity, server_name, **kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tierflow-dataplane", daemon=True)
         self._thread.start()
-        self.client = DataPlaneClient(target, identity, server_name, **kwargs)
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         if self._loop.is_closed():

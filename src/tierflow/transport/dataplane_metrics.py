@@ -10,6 +10,7 @@ twice in one registry). Servers and clients default to the process-wide
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -60,6 +61,10 @@ class DataPlaneMetrics:
             registry=self.registry,
         )
 
+    def for_peer(self, side: str, peer: str) -> PeerMetrics:
+        """The children for one side and peer, resolved once (``labels()`` is too slow per message)."""
+        return PeerMetrics(self, side, peer)
+
     def rejected(self, side: str, reason: str) -> None:
         self.frames_rejected.labels(side=side, reason=reason).inc()
 
@@ -69,6 +74,29 @@ class DataPlaneMetrics:
             "tierflow_dataplane_frames_rejected_total", {"side": side, "reason": reason}
         )
         return value or 0.0
+
+
+class PeerMetrics:
+    """One stream's view of :class:`DataPlaneMetrics`: the label lookups done up front."""
+
+    def __init__(self, metrics: DataPlaneMetrics, side: str, peer: str) -> None:
+        self._metrics, self._side, self._peer = metrics, side, peer
+        self.sent = metrics.bytes_sent.labels(peer=peer)
+        self.received = metrics.bytes_received.labels(peer=peer)
+        self.latency = metrics.latency.labels(side=side)
+        self._outcomes: dict[str, Any] = {}
+
+    def request(self, outcome: str, seconds: float | None = None) -> None:
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._metrics.requests.labels(side=self._side, peer=self._peer, outcome=outcome)
+            self._outcomes[outcome] = child
+        child.inc()
+        if seconds is not None:
+            self.latency.observe(seconds)
+
+    def rejected(self, reason: str) -> None:
+        self._metrics.rejected(self._side, reason)
 
 
 _default: DataPlaneMetrics | None = None

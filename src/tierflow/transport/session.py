@@ -256,9 +256,7 @@ class Session:
                 if spec[3] == "f":
                     spec[4] += first
             body = dict(header, rid=request_id, dir=_DIRECTION[kind], tensors=specs)
-            blob = pack_header_frame(
-                json.dumps(body, separators=(",", ":"), allow_nan=False).encode(), inline
-            )
+            blob = pack_header_frame(_JSON.encode(body).encode(), inline)
             parts = [self.channel.seal(blob, mode=QuantMode.RAW)]
             for i, (a, m) in enumerate(framed):
                 if self.channel.next_seq != first + i:  # cannot happen while we hold the lock
@@ -370,6 +368,8 @@ def _as_array(name: str, value: Any) -> np.ndarray:
     if not isinstance(value, np.ndarray | np.generic):
         raise InvalidInputError(f"tensor {name!r} must be a numpy array, got {type(value).__name__}")
     array = np.asarray(value)
+    if array.dtype in _NATIVE_DTYPES:
+        return array
     if np.dtype(array.dtype).newbyteorder("<") not in DTYPE_CODES:
         raise InvalidInputError(f"tensor {name!r} has dtype {array.dtype}, which cannot travel in a frame")
     if not array.dtype.isnative:
@@ -377,7 +377,10 @@ def _as_array(name: str, value: Any) -> np.ndarray:
     return array
 
 
+_NATIVE_DTYPES = frozenset(d.newbyteorder("=") for d in DTYPE_CODES)
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # json.dumps builds one per call
 _BLOB_LEN = struct.Struct(">I")
+_INT63 = 1 << 63
 _ALIGN = 16  # inline tensors start on 16-byte boundaries, so the views handed out are aligned
 
 
@@ -418,7 +421,7 @@ def _parse_header(blob: np.ndarray, kind: Kind, hint: int) -> tuple[dict[str, An
     if json_len > min(MAX_HEADER_BYTES, len(blob) - _BLOB_LEN.size):
         raise bad(f"header length {json_len} does not fit its frame")
     try:
-        header = json.loads(blob[_BLOB_LEN.size : _BLOB_LEN.size + json_len].tobytes())
+        header = json.loads(blob[_BLOB_LEN.size : _BLOB_LEN.size + json_len].tobytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
         raise bad("header is not valid JSON") from None
     if not isinstance(header, dict):
@@ -450,10 +453,11 @@ def _parse_spec(item: Any) -> TensorSpec | None:
     name, dtype, shape, how, where = item
     if not (isinstance(name, str) and name and isinstance(dtype, str) and isinstance(shape, list)):
         return None
-    if len(shape) > MAX_RANK or not all(_is_uint(d) for d in shape):
+    if len(shape) > MAX_RANK or how not in ("i", "f") or not _is_uint(where):
         return None
-    if how not in ("i", "f") or not _is_uint(where):
-        return None
+    for d in shape:
+        if not _is_uint(d):
+            return None
     try:
         dt = np.dtype(dtype)
     except (TypeError, ValueError):
@@ -464,4 +468,4 @@ def _parse_spec(item: Any) -> TensorSpec | None:
 
 
 def _is_uint(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 63
+    return type(x) is int and 0 <= x < _INT63  # type() excludes bool
