@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 # One module per command group; each has `register(app)`.
-COMMAND_MODULES = ("models", "run", "export", "demo", "certs", "compile", "inspect", "link", "node", "bench")
+COMMAND_MODULES = ("models", "run", "export", "demo", "certs", "compile", "inspect", "link", "node", "bench", "plan")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"tierflow.cli.{_name}").register(app)

@@ -53,6 +53,7 @@ class Plan(_Frozen):
     labels: tuple[int, ...]  # per unit (graph order): index into path
     assignment: dict[str, str]  # unit -> tier
     stages: tuple[Stage, ...]
+    results: tuple[str, ...]  # the graph outputs the device gets back (resident ones stay where computed)
     prediction: Prediction
     exact: bool = True  # found by the exact search (False: scored from a fixed candidate)
     granularity: str = ""
@@ -67,18 +68,28 @@ class Plan(_Frozen):
         """Tiers that compute at least one unit, in path order."""
         return tuple(s.tier for s in self.stages if s.computes)
 
+    def split_stages(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """``(tier, outputs)`` of each stage that computes, in order: what a split runner executes
+        (``tierflow.client.split.SplitPlan(stages=plan.split_stages(), returns=plan.results)``)."""
+        return tuple((s.tier, s.outputs) for s in self.stages if s.units)
+
+    @property
+    def relays(self) -> bool:
+        """True if a tier on the path only passes tensors on (it computes nothing)."""
+        return any(not s.units for s in self.stages[1:])
+
     def cuts(self) -> list[tuple[str, str, tuple[str, ...]]]:
         """``(from tier, to tier, tensors)`` for each forward hop that carries tensors."""
         return [(h.src, h.dst, h.tensors) for h in self.prediction.traffic if h.direction == "forward"]
 
     def describe(self) -> str:
-        """``device[stem..inc1] -> cloud[down1..head]`` (relay-only tiers in parentheses)."""
+        """``device[stem..inc1] -> cloud[down1..head]``; a tier that only relays is in parentheses."""
         parts = []
-        for s in self.stages:
+        for i, s in enumerate(self.stages):
             if s.units:
                 span = s.units[0] if len(s.units) == 1 else f"{s.units[0]}..{s.units[-1]}"
                 parts.append(f"{s.tier}[{span}]")
-            elif s.sends or s.returns:
+            elif i > 0:
                 parts.append(f"({s.tier})")
         return " -> ".join(parts) if parts else "(nothing)"
 

@@ -201,6 +201,7 @@ def make_plan(costs: PathCosts, labels: Sequence[int], *, exact: bool) -> Plan:
         labels=tuple(labels),
         assignment={u.name: costs.path[label] for u, label in zip(g.units, labels, strict=True)},
         stages=stages_for(g, costs.path, labels),
+        results=tuple(o for o in g.outputs if not (o in g.tensors and g.tensors[o].resident)),
         prediction=costs.evaluate(labels),
         exact=exact,
         granularity=g.granularity,
@@ -308,13 +309,23 @@ def evaluate_plan(graph: UnitGraph, snapshot: Snapshot, path: Sequence[str], lab
     return make_plan(PathCosts(graph, snapshot, path), labels, exact=False)
 
 
-def candidate_grid(graph: UnitGraph, snapshot: Snapshot, *, limit: int = 5000) -> list[Plan]:
-    """Every plan on the unit graph whose last tier computes, sorted best first.
+def candidate_grid(
+    graph: UnitGraph,
+    snapshot: Snapshot,
+    *,
+    include: Sequence[Plan] = (),
+    relays: bool = False,
+    limit: int = 5000,
+) -> list[Plan]:
+    """Every plan on the unit graph in which each tier of the path computes, sorted best first.
 
-    For a chain of n units this is: device-only, every cut k of each two-tier path
-    (device keeps units [0, k)), and every pair of cuts k1 <= k2 on the three-tier
-    path (including the edge only relaying when k1 == k2); for a DAG, every
-    forward-consistent placement. The exact optimum is in it by construction.
+    For a chain of n units this is: device-only; on each two-tier path every cut
+    k = 0..n-1 (the device keeps units [0, k)); on the three-tier path every pair of
+    cuts k1 < k2 (device [0, k1), edge [k1, k2), cloud the rest). For a DAG it is every
+    forward-consistent placement. With ``relays``, plans in which the edge only passes
+    tensors on are added too. The exact optimum is in the grid by construction (the
+    search never keeps a path whose last tier computes nothing), unless it relays;
+    plans in ``include`` are added if missing, so a chosen plan is always there.
     Raises PlanError when there are more than ``limit`` candidates (coarsen the units).
     """
     plans: list[Plan] = []
@@ -325,12 +336,17 @@ def candidate_grid(graph: UnitGraph, snapshot: Snapshot, *, limit: int = 5000) -
         except PlanError:
             continue
         for labels in forward_labelings(graph, m):
-            if m and max(labels) != m:
+            used = set(labels)
+            if m and m not in used:
                 continue  # the last tier computes nothing: the same plan on a shorter path
+            if not relays and any(label not in used for label in range(1, m)):
+                continue  # a middle tier only relays
             plans.append(make_plan(costs, labels, exact=False))
             if len(plans) > limit:
                 n = len(graph.units)
                 raise PlanError(f"more than {limit} candidate plans for {n} units; coarsen the units")
+    keys = {p.key for p in plans}
+    plans.extend(evaluate_plan(graph, snapshot, p.path, p.labels) for p in include if p.key not in keys)
     plans.sort(key=lambda p: (not p.prediction.feasible, p.prediction.score))
     return plans
 
@@ -343,9 +359,13 @@ def count_forward_labelings(graph: UnitGraph, m: int) -> int:
 
 
 def chain_grid_size(n_units: int, tiers: int) -> int:
-    """Candidates :func:`candidate_grid` gives for a chain of ``n_units`` with all ``tiers`` reachable."""
+    """How many plans :func:`candidate_grid` gives (no relays) for a chain of ``n_units``, all tiers up.
+
+    On a path with r tiers after the device, every one of them must hold at least one unit
+    and the device any number: compositions of n into r positive parts after a prefix.
+    """
     total = 1  # device-only
     for r in range(1, tiers):
-        # paths with r tiers after the device; the last must compute: labelings with max label == r
-        total += math.comb(tiers - 1, r) * (math.comb(n_units + r, r) - math.comb(n_units + r - 1, r - 1))
+        per_path = sum(math.comb(n_units - k - 1, r - 1) for k in range(n_units - r + 1))
+        total += math.comb(tiers - 1, r) * per_path
     return total

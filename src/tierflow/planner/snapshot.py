@@ -31,7 +31,7 @@ CLOUD = "cloud"
 TIER_ORDER = (DEVICE, EDGE, CLOUD)
 
 Compression = Literal["raw", "fp16", "int8"]
-MAX_LOAD = 0.95  # utilisation above this is treated as this (the scale factor stays finite)
+MAX_LOAD = 0.9  # a load above this counts as this: compute scales by at most 10x
 
 
 class _Frozen(BaseModel):
@@ -44,8 +44,9 @@ class TierState(_Frozen):
     name: str = Field(min_length=1)
     available: bool = True
     unit_s: dict[str, float] = Field(description="profiled compute seconds per unit on this tier")
-    profile_load: float = Field(default=0.0, ge=0.0, le=1.0, description="others' CPU share when profiled")
-    load: float = Field(default=0.0, ge=0.0, le=1.0, description="others' CPU share now")
+    # load: the share of this tier's compute other work takes (see estimate.DeviceMonitor)
+    profile_load: float = Field(default=0.0, ge=0.0, le=1.0, description="load while it was profiled")
+    load: float = Field(default=0.0, ge=0.0, le=1.0, description="load now")
     memory_bytes: float | None = Field(default=None, gt=0.0, description="memory for a stage; None = ample")
 
     def load_factor(self) -> float:
@@ -165,3 +166,34 @@ def tiers_in_order(names: Iterable[str]) -> tuple[str, ...]:
     given = list(dict.fromkeys(names))
     known = [n for n in TIER_ORDER if n in given]
     return tuple(known + [n for n in given if n not in TIER_ORDER])
+
+
+# The link between an edge box and the cloud when nothing better is known: metro fibre from a
+# base station or factory to a cloud region (1 Gbit/s each way, 10 ms RTT). See docs/PLANNER.md.
+BACKHAUL = LinkProfile(name="backhaul", down_bps=1e9, up_bps=1e9, rtt_s=0.010, jitter_s=0.001)
+
+
+def links_for(
+    access: LinkProfile, backhaul: LinkProfile = BACKHAUL, tiers: Iterable[str] = TIER_ORDER
+) -> tuple[LinkState, ...]:
+    """Links between the tiers when the device reaches the network over ``access``.
+
+    device-edge is the access link; edge-cloud is ``backhaul``; device-cloud goes over
+    the access link and then the backhaul (the slower of the two bandwidths each way,
+    the sum of the RTTs) without stopping at the edge box.
+    """
+    names = set(tiers)
+    links: list[LinkState] = []
+    if EDGE in names:
+        links.append(LinkState.from_profile(DEVICE, EDGE, access))
+    if EDGE in names and CLOUD in names:
+        links.append(LinkState.from_profile(EDGE, CLOUD, backhaul))
+    if CLOUD in names:
+        if access.offline or backhaul.offline:
+            links.append(LinkState(a=DEVICE, b=CLOUD, up_bps=0.0, down_bps=0.0, rtt_s=access.rtt_s))
+        else:
+            links.append(LinkState(
+                a=DEVICE, b=CLOUD, up_bps=min(access.up_bps, backhaul.up_bps),
+                down_bps=min(access.down_bps, backhaul.down_bps), rtt_s=access.rtt_s + backhaul.rtt_s,
+            ))
+    return tuple(links)
