@@ -21,7 +21,9 @@ app = typer.Typer(
 )
 
 # One module per command group; each has `register(app)`.
-COMMAND_MODULES = ("models", "run", "export", "demo", "certs", "compile", "inspect", "link", "node", "bench", "plan")
+COMMAND_MODULES = (
+    "models", "run", "export", "demo", "certs", "compile", "inspect", "link", "node", "bench", "plan",
+)
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"tierflow.cli.{_name}").register(app)
