@@ -418,10 +418,12 @@ class _Flow:
 
 
 def _flight_limit(p: DirectionParams) -> float:
-    """Bytes a connection may have on the wire: twice the bandwidth-delay product, at least 256 KiB."""
+    """Bytes a connection may have in flight before it waits for the receiver: twice the
+    bandwidth-delay product plus 10 ms of data, at least 1 MiB -- generous enough that a
+    receiver busy for a moment costs no link time, bounded for one that stops reading."""
     if math.isinf(p.bandwidth_bps):
         return 8 * 1024 * 1024
-    return max(256 * 1024, 2 * p.bandwidth_bps * (p.delay_s + 3 * p.jitter_s) / 8)
+    return max(1024 * 1024, p.bandwidth_bps / 8 * (2 * (p.delay_s + 3 * p.jitter_s) + 0.01))
 
 
 class _Connection:
