@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from tierflow.bench.dataplane import EchoServerProcess, echo_handler
+from tierflow.bench.dataplane import EchoServerProcess, echo_handler, measure_loopback_overhead
 from tierflow.errors import InvalidInputError, TransportError
 from tierflow.transport import envelope as env
 from tierflow.transport.certs import init_pki, issue_node_cert
@@ -800,3 +800,15 @@ def test_sync_client_is_shared_by_threads(pki: Path) -> None:
     finally:
         stop.set()
         server_thread.join(10)
+
+
+def test_loopback_benchmark_reports_its_figures() -> None:
+    result = measure_loopback_overhead(n=50, payload_bytes=1024)
+    assert result["n"] >= 50 and result["payload_bytes"] == 1024
+    for key in ("loopback_rtt_ms", "tcp_rtt_ms", "grpc_rtt_ms", "sync_rtt_ms", "loopback_rtt_p90_ms"):
+        assert result[key] > 0, key
+    assert result["loopback_rtt_overhead_ms"] == pytest.approx(
+        result["loopback_rtt_ms"] - result["tcp_rtt_ms"], abs=1e-3
+    )
+    with pytest.raises(InvalidInputError):
+        measure_loopback_overhead(n=0)
