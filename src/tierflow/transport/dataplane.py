@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import grpc
 
 from tierflow.errors import (
+    ConfigError,
     FrameError,
     InvalidInputError,
     KeyAgreementError,
@@ -298,16 +299,16 @@ class DataPlaneClient:
     """One persistent, pipelined session to a data-plane server.
 
     ``target`` is where to connect (``host:port``; a link emulator or other TCP proxy is fine);
-    ``server_name`` is the node the server must prove to be (TLS and handshake), by default the
-    identity's view of the target host. ``pinned_cert`` (PEM or DER) additionally requires that
-    exact certificate.
+    ``server_name`` is the node the server must prove to be (TLS and handshake): its node name.
+    (Every node certificate also names ``localhost`` and 127.0.0.1, so those accept any node of the
+    CA.) ``pinned_cert`` (PEM or DER) additionally requires that exact certificate.
     """
 
     def __init__(
         self,
         target: str,
         identity: Identity,
-        server_name: str | None = None,
+        server_name: str,
         *,
         pinned_cert: bytes | None = None,
         metrics: DataPlaneMetrics | None = None,
@@ -317,7 +318,9 @@ class DataPlaneClient:
     ) -> None:
         self.target = target
         self.identity = identity
-        self.server_name = server_name or target.rsplit(":", 1)[0].strip("[]")
+        if not server_name:
+            raise ConfigError("a data-plane client needs the server's node name (server_name)")
+        self.server_name = server_name
         self.pinned_fingerprint = cert_fingerprint(pinned_cert) if pinned_cert is not None else None
         self.metrics = metrics or default_metrics()
         self.m = self.metrics.for_peer("client", self.server_name)
@@ -572,9 +575,7 @@ class SyncDataPlaneClient:
     Safe to call from several threads at once; calls pipeline on the one stream.
     """
 
-    def __init__(
-        self, target: str, identity: Identity, server_name: str | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, target: str, identity: Identity, server_name: str, **kwargs: Any) -> None:
         self.client = DataPlaneClient(target, identity, server_name, **kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tierflow-dataplane", daemon=True)
