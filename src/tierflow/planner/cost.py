@@ -307,4 +307,5 @@ def memory_violations(
 
 
 def mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
+    """``12.5 MiB`` (or ``10.2 KiB`` below a MiB)."""
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"

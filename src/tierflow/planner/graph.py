@@ -387,7 +387,7 @@ class _Nodes:
 
 def _init_bytes(init: onnx.TensorProto) -> int:
     itemsize = np.dtype(_np_dtype(init.data_type)).itemsize
-    return math.prod(init.dims) * itemsize
+    return int(math.prod(init.dims)) * int(itemsize)
 
 
 def _first_part(name: str) -> str | None:
@@ -439,15 +439,15 @@ def _contract_light_chains(nodes: _Nodes, group: dict[int, str]) -> dict[int, st
         g = group[i]
         if not g.startswith("#n") or len(members[g]) != 1 or nodes.nodes[i].op_type in HEAVY_OPS:
             continue
-        pred_groups = {group[p] for p in nodes.preds(i) if p in group}
+        pred_groups = {group[q] for q in nodes.preds(i) if q in group}
         if len(pred_groups) != 1:
             continue
-        (p,) = pred_groups
-        if external[p] != {i}:
+        (before,) = pred_groups
+        if external[before] != {i}:
             continue
-        members[p].add(i)
-        group[i] = p
-        external[p] = external.pop(g)
+        members[before].add(i)
+        group[i] = before
+        external[before] = external.pop(g)
         del members[g]
     return group
 
@@ -563,8 +563,9 @@ def build_unit_graph(
     graph_outputs = set(nodes.outputs)
     tensors: dict[str, TensorInfo] = {}
     for x in boundary:
-        dtype, shape = typed[x]
-        assert shape is not None
+        dtype, sized = typed[x]
+        assert sized is not None
+        shape = sized
         producer = names[group[nodes.producer[x]]] if x in nodes.producer else None
         tensors[x] = TensorInfo(
             name=x, dtype=dtype, shape=shape, nbytes=math.prod(shape) * np.dtype(dtype).itemsize,

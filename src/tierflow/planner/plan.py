@@ -113,13 +113,12 @@ def stages_for(graph: UnitGraph, path: Sequence[str], labels: Sequence[int]) -> 
     for label, tier in enumerate(path):
         units = [u for i, u in enumerate(graph.units) if labels[i] == label]
         names = {u.name for u in units}
-        inputs = [t for u in units for t in u.inputs if graph.tensors[t].producer not in names]
+        inputs = [x for u in units for x in u.inputs if graph.tensors[x].producer not in names]
         outputs: list[str] = []
         for u in units:
-            for t in u.outputs:
-                info = graph.tensors[t]
-                if info.output or dst[t] > label:
-                    outputs.append(t)
+            for x in u.outputs:
+                if graph.tensors[x].output or dst[x] > label:
+                    outputs.append(x)
         live = {n: t for n, t in graph.tensors.items() if not t.resident}
         stages.append(Stage(
             tier=tier,

@@ -31,7 +31,7 @@ import networkx as nx
 from networkx.algorithms.flow import preflow_push
 
 from tierflow.errors import PlanError
-from tierflow.planner.cost import INF, PathCosts, unit_memory
+from tierflow.planner.cost import INF, PathCosts, mib, unit_memory
 from tierflow.planner.graph import UnitGraph
 from tierflow.planner.plan import Plan, stages_for
 from tierflow.planner.snapshot import Snapshot
@@ -108,7 +108,7 @@ def min_cut_labels(costs: PathCosts) -> list[int] | None:
     # The source side of the min cut: what the source still reaches in the residual graph.
     # (Reachability with a tolerance: float round-off must not reopen a saturated edge.)
     tol = 1e-12 * big
-    source_side = {"s"}
+    source_side: set[object] = {"s"}
     stack: list[object] = ["s"]
     while stack:
         a = stack.pop()
@@ -256,11 +256,9 @@ def _why_nothing(costs: PathCosts) -> str:
 def _why_no_fit(costs: PathCosts) -> str:
     g = costs.graph
     total = unit_memory(g, [u.name for u in g.units])
-    caps = ", ".join(
-        f"{name} {costs.snapshot.tier(name).memory_bytes / 2**20:.1f} MiB"
-        for name in costs.path if costs.snapshot.tier(name).memory_bytes is not None
-    )
-    return f"the model ({total / 2**20:.1f} MiB) does not fit {' -> '.join(costs.path)} ({caps})"
+    limits = [(name, costs.snapshot.tier(name).memory_bytes) for name in costs.path]
+    caps = ", ".join(f"{name} {mib(cap)}" for name, cap in limits if cap is not None)
+    return f"the model ({mib(total)}) does not fit {' -> '.join(costs.path)} ({caps})"
 
 
 def _summarise(reasons: list[str], snapshot: Snapshot, allowed: frozenset[str] | None) -> str:
