@@ -16,6 +16,7 @@ from tierflow.planner.search import (
     candidate_paths,
     chain_grid_size,
     count_forward_labelings,
+    grid_size,
     min_cut_labels,
     plan,
 )
@@ -206,7 +207,7 @@ def test_candidate_grid_contains_the_choice_and_has_the_documented_size() -> Non
     rng = random.Random(6)
     for n in (3, 5):
         graph, snapshot = forward_friendly(make_graph(n, chain(n), rng), rng)
-        assert len(candidate_grid(graph, snapshot)) == chain_grid_size(n, 3)
+        assert len(candidate_grid(graph, snapshot)) == chain_grid_size(n, 3) == grid_size(graph, snapshot)
         assert not any(p.relays for p in candidate_grid(graph, snapshot))
         chosen = plan(graph, snapshot)
         grid = candidate_grid(graph, snapshot, include=[chosen])  # a relaying choice is added

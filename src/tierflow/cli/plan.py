@@ -25,7 +25,7 @@ from tierflow.planner.local import LocalProfiler, TierSetup, load_model
 from tierflow.planner.plan import Plan
 from tierflow.planner.power import DevicePower, radio_for_profile
 from tierflow.planner.profiler import ProfileCache, TierProfile, load_timings
-from tierflow.planner.search import alternatives, candidate_grid, plan
+from tierflow.planner.search import alternatives, grid_size, plan
 from tierflow.planner.snapshot import CLOUD, DEVICE, EDGE, Snapshot, links_for
 from tierflow.runtime.session import SessionOptions
 from tierflow.transport.profiles import PROFILES, get_profile
@@ -131,7 +131,9 @@ def plan_command(
     )
     chosen = plan(graph, snapshot)
     alts = alternatives(graph, snapshot)
-    grid = len(candidate_grid(graph, snapshot, include=[chosen])) if len(graph.units) <= 40 else None
+    grid = grid_size(graph, snapshot)
+    if grid is not None and chosen.relays:
+        grid += 1  # the grid adds a chosen plan in which a tier only relays
     report = _report(label, graph, snapshot, access.describe(), setups, profiles, chosen, alts, grid)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -246,9 +248,11 @@ def _print(report: dict[str, Any], graph: UnitGraph, chosen: Plan) -> None:
         alts.add_row(name, a["kind"], a["placement"], f"{a['latency_ms']:.2f}", f"{a['device_energy_j']:.3f}",
                      f"{ratio:.2f}x")
     console.print(alts)
-    if report["candidate_plans"] is not None:
-        grid = report["candidate_plans"]
+    grid = report["candidate_plans"]
+    if grid is not None:
         console.print(f"[dim]{grid} candidate plans on the grid (what tierflow bench split measures)[/]")
+    else:
+        console.print("[dim]over 5000 candidate plans at this granularity: the grid needs coarser units[/]")
 
 
 def register(app: typer.Typer) -> None:

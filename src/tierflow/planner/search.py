@@ -349,6 +349,23 @@ def candidate_grid(
     return plans
 
 
+def grid_size(graph: UnitGraph, snapshot: Snapshot, *, relays: bool = False, limit: int = 5000) -> int | None:
+    """How many plans :func:`candidate_grid` gives, counted without scoring them (None: over ``limit``)."""
+    total = 0
+    for path in candidate_paths(snapshot):
+        m = len(path) - 1
+        for labels in forward_labelings(graph, m):
+            used = set(labels)
+            if m and m not in used:
+                continue
+            if not relays and any(label not in used for label in range(1, m)):
+                continue
+            total += 1
+            if total > limit:
+                return None
+    return total
+
+
 def count_forward_labelings(graph: UnitGraph, m: int) -> int:
     """How many forward-consistent labelings there are (for a chain of n units: C(n+m, m))."""
     if m == 0:
