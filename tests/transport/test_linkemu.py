@@ -96,9 +96,21 @@ class Sink:
         return sum(n for _, n in self.chunks)
 
 
+_CLIENTS: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
 def connect(link: LinkEmulator, timeout: float = 10.0) -> socket.socket:
+    """A client connection through ``link`` (closed after the test)."""
     s = socket.create_connection(link.address, timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _CLIENTS.append(s)
     return s
 
 

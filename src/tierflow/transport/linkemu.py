@@ -618,8 +618,11 @@ class _Core:
         self._close_listener()
         for conn in list(self.conns):
             conn.abort()
+        for task in list(self.handlers):  # e.g. one still waiting out a handshake
+            task.cancel()
         if self.handlers:
             await asyncio.gather(*self.handlers, return_exceptions=True)
+        await asyncio.sleep(0)  # let the aborted transports run their close callbacks
 
 
 # --- the public face -----------------------------------------------------------
