@@ -27,6 +27,11 @@ PLAN = SplitPlan(
     stages=(("device", ("stem/out",)), ("edge", ("inc2/out",)), ("cloud", ("logits",))),
     returns=("logits",),
 )
+# stem/out skips the edge: the cloud's long skip connection needs it, the edge's blocks do not
+SKIP_PLAN = SplitPlan(
+    stages=(("device", ("stem/out", "inc1/out")), ("edge", ("down2/out",)), ("cloud", ("logits",))),
+    returns=("logits",),
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,10 @@ def _runner(tiers: dict[str, object]) -> SplitRunner:
     )
 
 
-def test_split_across_three_processes_equals_the_whole_model(tiers: dict[str, object]) -> None:
+@pytest.mark.parametrize("plan", [PLAN, SKIP_PLAN], ids=["chain", "skip-over-edge"])
+def test_split_across_three_processes_equals_the_whole_model(
+    tiers: dict[str, object], plan: SplitPlan
+) -> None:
     image = np.random.default_rng(0).normal(size=(1, 3, 224, 224)).astype(np.float32)
     whole = StageRunner(onnx.load(str(tiers["model"])), SessionOptions(intra_op_threads=1)).run(
         {"image": image}, ["logits"]
@@ -83,7 +91,7 @@ def test_split_across_three_processes_equals_the_whole_model(tiers: dict[str, ob
     async def go() -> None:
         runner = _runner(tiers)
         try:
-            result = await runner.run({"image": image}, PLAN)
+            result = await runner.run({"image": image}, plan)
         finally:
             await runner.close()
         np.testing.assert_allclose(result.outputs["logits"], whole, rtol=1e-5, atol=1e-5)

@@ -105,7 +105,7 @@ class SplitRunner:
         if not hops:
             return {n: known[n] for n in plan.returns}, {}
         first, rest = hops[0], hops[1:]
-        needed = self.stages.cutter.needed_inputs(first.outputs, known)
+        needed = self.stages.cutter.needed_along([h.outputs for h in hops], known)
         request = StageRequest(
             "run",
             inputs={n: known[n] for n in needed},

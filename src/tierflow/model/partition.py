@@ -73,6 +73,23 @@ class GraphCutter:
             stack.extend(self.model.graph.node[self._producer[name]].input)
         return sorted(needed)
 
+    def needed_along(self, stages: Iterable[Iterable[str]], available: Iterable[str]) -> list[str]:
+        """The tensors among ``available`` that a chain of later stages needs.
+
+        ``stages`` are the outputs of each later stage, in order; a stage may use what
+        the stages before it computed. A tensor that skips over a stage (a skip
+        connection from the device straight to the cloud) is included, so it can be
+        passed along through the stages in between.
+        """
+        have = set(available)
+        produced: set[str] = set()
+        needed: set[str] = set()
+        for outputs in stages:
+            outs = list(outputs)
+            needed.update(n for n in self.needed_inputs(outs, have | produced) if n in have)
+            produced.update(outs)
+        return sorted(needed)
+
     def extract(self, inputs: Iterable[str], outputs: Iterable[str]) -> onnx.ModelProto:
         """The stage computing ``outputs`` from (the needed subset of) ``inputs``."""
         outs = list(dict.fromkeys(outputs))

@@ -122,7 +122,7 @@ class NodeServer:
                 request.request_id, outputs=returned, meta=meta, quant=request.response_quant or request.quant
             )
         hop, rest = route[0], route[1:]
-        needed = self.executor.stages.cutter.needed_inputs(hop.outputs, available)
+        needed = self.executor.stages.cutter.needed_along([h.outputs for h in route], available)
         forwarded = StageRequest(
             OP_RUN,
             inputs={n: available[n] for n in needed},
