@@ -64,8 +64,9 @@ MIN_RTO_S = 0.2  # Linux's minimum TCP retransmission timeout
 SEGMENT_AIRTIME_S = 0.002  # a segment carries at most this much airtime: shaping stays smooth
 MAX_SEGMENT = 64 * 1024
 TIMER_SLACK_S = 0.0005  # asyncio timers wake on whole milliseconds here: aim half a ms early
-SPIN_BELOW_DELAY_S = 0.002  # small messages on links with a one-way delay below this are timed
-SPIN_MAX_BYTES = 16 * 1024  # by yielding to the loop, not by the millisecond timer
+SPIN_BELOW_DELAY_S = 0.002  # on links with a one-way delay below this, small messages (at most
+SPIN_MAX_BYTES = 16 * 1024  # this much in flight) are timed by yielding to the loop for their
+SPIN_S = 0.001  # last millisecond instead of by the millisecond timer
 RX_HIGH = 512 * 1024  # stop reading a socket with this much unscheduled data; resume below RX_LOW
 RX_LOW = 128 * 1024
 BACKLOG = 128
@@ -388,16 +389,23 @@ class _Flow:
                 self._has_data.clear()
                 await self._has_data.wait()
             wait = self.flight[0][0] - loop.time()
-            if wait > TIMER_SLACK_S:
-                await asyncio.sleep(wait - TIMER_SLACK_S)
-                continue
-            small = self.flight_bytes <= SPIN_MAX_BYTES
-            if wait > 0 and small and self.link.params.delay_s < SPIN_BELOW_DELAY_S:
-                # A small message on a sub-millisecond link: the timer would round its delay
-                # to a whole millisecond, so yield until it is due. Bulk data is not worth it.
-                await asyncio.sleep(0)
-                continue
-            horizon = loop.time() + TIMER_SLACK_S
+            if self.flight_bytes <= SPIN_MAX_BYTES and self.link.params.delay_s < SPIN_BELOW_DELAY_S:
+                # A small message on a sub-millisecond link: the timer (whole milliseconds)
+                # would swamp its delay, so sleep until about a millisecond before it is due
+                # and yield to the loop for the rest. Elsewhere the rounding below is a few
+                # percent of the delay at most, and spinning would cost CPU for nothing.
+                if wait > SPIN_S:
+                    await asyncio.sleep(wait - SPIN_S)
+                    continue
+                if wait > 0:
+                    await asyncio.sleep(0)
+                    continue
+                horizon = loop.time()
+            else:  # deliver within about half a millisecond of the due time, either side
+                if wait > TIMER_SLACK_S:
+                    await asyncio.sleep(wait - TIMER_SLACK_S)
+                    continue
+                horizon = loop.time() + TIMER_SLACK_S
             chunks: list[bytes] = []
             eof = False
             while self.flight and self.flight[0][0] <= horizon:
