@@ -43,10 +43,20 @@ def corpus_word_share(text: str) -> tuple[float, int]:
     return sum(w in corpus_words() for w in words) / len(words), len(set(words))
 
 
-def greedy_text(model: CausalLM, tokens: int = 40) -> str:
-    text = model.generate(PROMPT, SamplingConfig(max_new_tokens=tokens)).text
+GREEDY = SamplingConfig(max_new_tokens=40)
+SAMPLED = SamplingConfig(max_new_tokens=60, temperature=0.8, top_k=40, seed=1)
+
+
+def readable(model: CausalLM, config: SamplingConfig, min_distinct: int) -> tuple[bool, str]:
+    """Mostly (>= 80 %) words of the training corpus, and not one or two words on repeat.
+
+    Small models loop under greedy decoding ('the "if" statement is executed in the "if"
+    statement ...'), hence a lower bar on distinct words for greedy than for sampled text.
+    """
+    text = model.generate(PROMPT, config).text
     assert text is not None
-    return text
+    share, distinct = corpus_word_share(text)
+    return share >= 0.8 and distinct >= min_distinct, text
 
 
 def test_bundled_file_satisfies_the_lm_contract(lm: CausalLM) -> None:
@@ -90,10 +100,11 @@ def test_seeded_sampling_is_reproducible(lm: CausalLM) -> None:
     assert other != first
 
 
-def test_greedy_output_is_mostly_corpus_words(lm: CausalLM) -> None:
-    text = greedy_text(lm)
-    share, distinct = corpus_word_share(text)
-    assert share >= 0.8 and distinct >= 8, text
+def test_output_is_mostly_corpus_words(lm: CausalLM) -> None:
+    ok, text = readable(lm, GREEDY, min_distinct=5)
+    assert ok, text
+    ok, text = readable(lm, SAMPLED, min_distinct=15)
+    assert ok, text
 
 
 def randomly_initialised(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -106,7 +117,7 @@ def randomly_initialised(model: onnx.ModelProto) -> onnx.ModelProto:
         if arr.dtype != np.float32:
             continue
         if arr.ndim == 1:  # LayerNorm scale 1, every bias 0
-            is_scale = ".ln" in init.name and init.name.endswith("weight")
+            is_scale = init.name.split(".")[-2].startswith("ln") and init.name.endswith(".weight")
             fresh = np.ones_like(arr) if is_scale else np.zeros_like(arr)
         else:
             fresh = rng.normal(0.0, 0.02, arr.shape).astype(np.float32)
@@ -116,9 +127,10 @@ def randomly_initialised(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def test_readability_check_fails_for_an_untrained_model(proto: onnx.ModelProto) -> None:
     untrained = CausalLM.open(randomly_initialised(proto).SerializeToString(), OPTIONS)
-    text = greedy_text(untrained)
-    share, distinct = corpus_word_share(text)
-    assert not (share >= 0.8 and distinct >= 8), text
+    ok, text = readable(untrained, GREEDY, min_distinct=5)
+    assert not ok, text
+    ok, text = readable(untrained, SAMPLED, min_distinct=15)
+    assert not ok, text
 
 
 def test_exit_logits_equal_the_extracted_phone_subgraph(proto: onnx.ModelProto, lm: CausalLM) -> None:
