@@ -53,6 +53,7 @@ def train_tokenizer(documents: list[str], vocab_size: int = VOCAB_SIZE) -> Token
 def encode_documents(tok: Tokenizer, documents: list[str]) -> torch.Tensor:
     """One stream of token ids, each document followed by the end-of-text token."""
     eos = tok.token_to_id(EOS)
+    assert eos is not None, "the tokenizer lacks the end-of-text token"
     ids: list[int] = []
     for doc in documents:
         ids += tok.encode(doc).ids + [eos]
@@ -187,7 +188,7 @@ def train(tok: Tokenizer, train_ids: torch.Tensor, held_ids: torch.Tensor,
         main_loss, exit_loss = model.losses(next(data))
         loss = main_loss + 0.5 * exit_loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         running.append(main_loss.item())
