@@ -222,7 +222,10 @@ class _ServerConnection:
                 received = time.perf_counter()
                 self.m.received.inc(len(data))
                 try:
-                    request = await _maybe_offload(len(data), codec.open_request, self.session, data)
+                    if len(data) < OFFLOAD_BYTES:
+                        request = codec.open_request(self.session, data)
+                    else:
+                        request = await asyncio.to_thread(codec.open_request, self.session, data)
                 except MessageRejected as exc:
                     await self._reject(exc)
                     continue
@@ -447,7 +450,9 @@ class DataPlaneClient:
         started = time.perf_counter()
         size = sum(getattr(a, "nbytes", 0) for a in request.inputs.values())
         async with self._send_lock:  # sealing order = sending order: sequence numbers arrive in order
-            sealed = await _maybe_offload(size, self.seal, request)
+            sealed = (
+                self.seal(request) if size < OFFLOAD_BYTES else await asyncio.to_thread(self.seal, request)
+            )
             future = self._expect(sealed.request_id)
             await self._write(sealed.data)
         return await self._wait(sealed.request_id, future, timeout, started)
@@ -492,7 +497,7 @@ class DataPlaneClient:
         self, request_id: int, future: asyncio.Future[StageResponse], timeout: float | None, started: float
     ) -> StageResponse:
         try:
-            response = await asyncio.wait_for(future, timeout)
+            response = await (future if timeout is None else asyncio.wait_for(future, timeout))
         except TimeoutError:
             raise TransportError(
                 f"no reply from {self.server_name} to request {request_id} within {timeout:g}s"

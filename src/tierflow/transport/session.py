@@ -33,8 +33,7 @@ import re
 import struct
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from cryptography import x509
@@ -86,8 +85,7 @@ class MessageRejected(FrameError):
         self.request_id = request_id
 
 
-@dataclass(frozen=True)
-class TensorSpec:
+class TensorSpec(NamedTuple):
     """A tensor as the sealed header describes it: inline (``where`` = offset) or framed (``where`` = seq)."""
 
     name: str
@@ -95,17 +93,10 @@ class TensorSpec:
     shape: tuple[int, ...]
     inline: bool
     where: int
-
-    @property
-    def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for d in self.shape:
-            n *= d
-        return n
+    nbytes: int
 
 
-@dataclass(frozen=True)
-class OpenedMessage:
+class OpenedMessage(NamedTuple):  # NamedTuples: built per message, far cheaper than frozen dataclasses
     request_id: int
     header: dict[str, Any]
     tensors: dict[str, np.ndarray]
@@ -233,7 +224,7 @@ class Session:
         Float tensors travel in ``quant``; every other dtype raw (ids and masks must stay exact).
         Raw tensors up to ``inline_limit`` bytes in all ride inside the header frame.
         """
-        mode = QuantMode.parse(quant)
+        mode = quant if isinstance(quant, QuantMode) else _MODES.get(quant) or QuantMode.parse(quant)
         budget = self.inline_limit
         inline: list[np.ndarray] = []
         framed: list[tuple[np.ndarray, QuantMode]] = []
@@ -377,6 +368,7 @@ def _as_array(name: str, value: Any) -> np.ndarray:
     return array
 
 
+_MODES = {m.name.lower(): m for m in QuantMode}
 _NATIVE_DTYPES = frozenset(d.newbyteorder("=") for d in DTYPE_CODES)
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # json.dumps builds one per call
 _BLOB_LEN = struct.Struct(">I")
@@ -464,7 +456,10 @@ def _parse_spec(item: Any) -> TensorSpec | None:
         return None
     if dt not in DTYPE_CODES:
         return None
-    return TensorSpec(name, dt, tuple(shape), how == "i", where)
+    nbytes = dt.itemsize
+    for d in shape:
+        nbytes *= d
+    return TensorSpec(name, dt, tuple(shape), how == "i", where, nbytes)
 
 
 def _is_uint(x: Any) -> bool:
