@@ -5,7 +5,7 @@ Importing tierflow has no side effects; the public names are below.
 
 from tierflow.errors import TierflowError, UserError
 from tierflow.runtime.lm import CausalLM, SamplingConfig
-from tierflow.runtime.loader import load
+from tierflow.client.api import load
 from tierflow.types import Tier
 
 __version__ = "0.1.0"

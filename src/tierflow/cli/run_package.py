@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import typer
 from rich.table import Table
 
 from tierflow.cli._common import console, err_console, spinner
+from tierflow.client.api import load
 from tierflow.model import lm_contract as lc
 from tierflow.runtime.generic import GenericRunner, load_npy_inputs
 from tierflow.runtime.image import ImageResult
 from tierflow.runtime.lm import SamplingConfig
-from tierflow.runtime.loader import CloudProxy, TierSession, load
+from tierflow.runtime.loader import CloudProxy, TierSession
 from tierflow.runtime.providers import short_name
 
 
@@ -38,7 +40,8 @@ def run_package(
         session = load(model, policy=policy, target=target, threads=threads)
     err_console.print(f"[dim]{session.describe()} -- {session.decision}[/]", highlight=False)
     if isinstance(session, CloudProxy):
-        session.generate(prompt)  # raises ProxyUnavailableError until a cloud node is configured
+        # runs on the cloud node (TIERFLOW_CLOUD / TIERFLOW_CERTS), or a one-line error without one
+        _run_remote(session, model, prompt, config, resolution, refine, seed, out, inputs)
         return
     if session.kind == lc.KIND_CAUSAL_LM:
         from tierflow.cli.run import _run_lm
@@ -52,6 +55,41 @@ def run_package(
         if prompt is not None:
             err_console.print("[dim]--prompt is ignored: this model takes no text[/]")
         _run_generic(session, inputs, seed)
+
+
+def _run_remote(
+    proxy: CloudProxy,
+    model: str,
+    prompt: str | None,
+    config: SamplingConfig,
+    resolution: int,
+    refine: bool,
+    seed: int | None,
+    out: Path | None,
+    inputs: Sequence[str],
+) -> None:
+    if proxy.kind == lc.KIND_CAUSAL_LM:
+        if prompt is None:
+            raise typer.BadParameter("a language model needs --prompt", param_hint="--prompt")
+        text = proxy.generate(
+            prompt, max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
+            top_p=config.top_p, seed=config.seed,
+        )
+        assert not isinstance(text, ImageResult)
+        console.print(f"[bold]{prompt}[/]{text.text}", highlight=False)
+        err_console.print(f"[dim]provider={text.provider} new_tokens={len(text.new_ids)}[/]", highlight=False)
+        return
+    if proxy.kind == "image-generator":
+        image = proxy.generate(prompt, resolution=resolution, refine=refine, seed=seed)
+        assert isinstance(image, ImageResult)
+        target = out if out is not None else Path.cwd() / f"{Path(model).stem}-cloud-{resolution}.png"
+        image.save(target)
+        console.print(f"provider={image.provider} resolution={image.width}x{image.height} -> {target}",
+                      highlight=False, soft_wrap=True)
+        return
+    outputs = proxy.run(load_npy_inputs(inputs))
+    for name, value in outputs.items():
+        console.print(f"{name}: {'x'.join(map(str, value.shape))} {value.dtype}", highlight=False)
 
 
 def _run_image(

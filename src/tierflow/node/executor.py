@@ -5,17 +5,20 @@ Blocking ONNX Runtime work; the node's async server calls it in a thread.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
-from tierflow.errors import InvalidInputError, InvalidModelError, UnsupportedModelError
+from tierflow.errors import UnsupportedModelError
+from tierflow.model import lm_contract as lc
 from tierflow.model.lm_contract import LMSignature
 from tierflow.model.registry import resolve_model
+from tierflow.runtime.image import ImageGenerator, ImageResult
 from tierflow.runtime.lm import CausalLM, SamplingConfig
-from tierflow.runtime.session import SessionOptions, active_provider, open_session
+from tierflow.runtime.session import SessionOptions, active_provider, metadata, open_session
 from tierflow.runtime.stages import StageRunner, simulate_slowdown
 
 
@@ -37,27 +40,41 @@ class StageStats:
 class NodeExecutor:
     """Runs one model's stages; ``slowdown`` > 1 simulates a weaker device on the real code path."""
 
-    model: onnx.ModelProto
+    model_bytes: bytes  # the serialized model exactly as stored (its sha256 is the model id)
     label: str
     options: SessionOptions = field(default_factory=SessionOptions)
     slowdown: float = 1.0
     stats: dict[str, StageStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.stages = StageRunner(self.model, self.options, slowdown=self.slowdown)
-        self.model_id = self.stages.model_hash[:16]
-        session = open_session(self.model.SerializeToString(), self.options)
+        self.model_id = model_id(self.model_bytes)
+        session = open_session(self.model_bytes, self.options)  # validates the model with a clear error
+        self.stages = StageRunner(
+            onnx.load_from_string(self.model_bytes), self.options, slowdown=self.slowdown
+        )
         self.provider = active_provider(session)
         names = [i.name for i in session.get_inputs()]
         self._lm = CausalLM(session) if LMSignature.is_causal_lm(names) else None
+        kind = metadata(session).get(lc.META_KIND)
+        self._image = ImageGenerator(session, self.stages.cutter.model) if kind == "image-generator" else None
 
     def run_stage(self, tensors: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        if not outputs:
-            raise InvalidInputError("a stage request must name at least one output")
+        """Compute ``outputs`` (all graph outputs when empty) from ``tensors``."""
+        outputs = outputs or self.stages.cutter.graph_outputs
         started = time.perf_counter()
         result = self.stages.run(tensors, outputs)  # applies the simulated slowdown itself
         key = ",".join(outputs)
         self.stats.setdefault(key, StageStats()).add(time.perf_counter() - started)
+        return result
+
+    def generate_image(
+        self, prompt: str | None, resolution: int, refine: bool, seed: int | None
+    ) -> ImageResult:
+        if self._image is None:
+            raise UnsupportedModelError("this node's model is not an image generator")
+        started = time.perf_counter()
+        result = self._image.generate(prompt, resolution, refine=refine, seed=seed)
+        self.stats.setdefault("generate_image", StageStats()).add(simulate_slowdown(started, self.slowdown))
         return result
 
     def generate(self, prompt: str, config: SamplingConfig) -> dict[str, object]:
@@ -77,17 +94,17 @@ class NodeExecutor:
 TIER_TARGETS = {"device": "phone", "edge": "edge", "cloud": "cloud"}
 
 
-def load_node_model(model: str, tier: str, target: str | None = None) -> tuple[onnx.ModelProto, str]:
-    """A node's model: an ONNX file, a bundled name, or one target of a .tfm package."""
+def model_id(model_bytes: bytes) -> str:
+    """How tiers name a model: the first 16 hex digits of its sha256 (as in a .tfm manifest)."""
+    return hashlib.sha256(model_bytes).hexdigest()[:16]
+
+
+def load_node_model(model: str, tier: str, target: str | None = None) -> tuple[bytes, str]:
+    """A node's model bytes: an ONNX file, a bundled name, or one target of a .tfm package."""
     if model.endswith(".tfm"):
         from tierflow.model.package import Package
 
         name = target or TIER_TARGETS[tier]
-        return onnx.load_from_string(Package.open(model).artifact(name)), f"{model}#{name}"
+        return Package.open(model).artifact(name), f"{model}#{name}"
     path = resolve_model(model)
-    try:
-        return onnx.load(str(path)), str(path)
-    except Exception as exc:
-        raise InvalidModelError(
-            f"{path} is not a valid ONNX model: {' '.join(str(exc).split())[:200]}"
-        ) from exc
+    return path.read_bytes(), str(path)

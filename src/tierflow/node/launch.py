@@ -45,6 +45,7 @@ def start_node(
     slowdown: float = 1.0,
     startup_timeout: float = 60.0,
     log: Path | None = None,
+    target_override: str | None = None,
 ) -> NodeProcess:
     """Start ``tierflow node`` in a new process and wait for its ready line."""
     argv = [
@@ -63,6 +64,8 @@ def start_node(
         "--slowdown",
         str(slowdown),
     ]
+    if target_override:
+        argv += ["--target", target_override]
     for name, address in (peers or {}).items():
         argv += ["--peer", f"{name}={address}"]
     stderr = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 -- owned by the child

@@ -39,15 +39,16 @@ from tierflow.transport.tls import load_identity
 # Operations a node answers on the data plane.
 OP_RUN = "run"  # compute request.outputs from request.inputs (a stage of the node's model)
 OP_GENERATE = "generate"  # a whole LM generation (the cloud proxy's path); prompt and options in meta
+OP_GENERATE_IMAGE = "generate_image"  # a whole image; prompt, resolution, refine, seed in meta
 OP_INFO = "info"  # the node's tier, model id, provider and measured stage times
 
 
 class NodeServer:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        model, label = load_node_model(config.model, config.tier.value, config.target)
+        model_bytes, label = load_node_model(config.model, config.tier.value, config.target)
         executor = NodeExecutor(
-            model, label, SessionOptions(intra_op_threads=config.threads), slowdown=config.slowdown
+            model_bytes, label, SessionOptions(intra_op_threads=config.threads), slowdown=config.slowdown
         )
         self.dp_metrics = DataPlaneMetrics()
         self.state = NodeState(config, executor, NodeMetrics(), extra_registries=[self.dp_metrics.registry])
@@ -82,6 +83,26 @@ class NodeServer:
     async def _dispatch(self, request: StageRequest) -> StageResponse:
         if request.op == OP_RUN:
             return await self._run(request)
+        if request.op == OP_GENERATE_IMAGE:
+            meta = request.meta
+            image = await asyncio.to_thread(
+                self.executor.generate_image,
+                str(meta["prompt"]) if "prompt" in meta else None,
+                int(meta.get("resolution", 256)),
+                bool(meta.get("refine", False)),
+                int(meta["seed"]) if "seed" in meta else None,
+            )
+            return StageResponse(
+                request.request_id,
+                outputs={"pixels": image.pixels},
+                meta={
+                    "seed": image.seed,
+                    "refined": image.refined,
+                    "provider": image.provider,
+                    "elapsed_s": image.elapsed_s,
+                    "tier": self.config.tier.value,
+                },
+            )
         if request.op == OP_GENERATE:
             meta = request.meta
             config = SamplingConfig(
@@ -104,7 +125,9 @@ class NodeServer:
             )
         if request.op == OP_INFO:
             return StageResponse(request.request_id, meta=self.info())
-        raise UnsupportedModelError(f"unknown operation '{request.op}' (known: run, generate, info)")
+        raise UnsupportedModelError(
+            f"unknown operation '{request.op}' (known: run, generate, generate_image, info)"
+        )
 
     async def _run(self, request: StageRequest) -> StageResponse:
         """Compute this hop's stage, then forward along the route (if any) and merge what comes back."""

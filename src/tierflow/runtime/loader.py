@@ -300,34 +300,51 @@ class TierSession:
         return f"target={self.target} provider={short_name(self.provider)} precision={self.spec.precision}"
 
 
+class RemoteTarget(Protocol):
+    """What the cloud proxy delegates to (the client room provides it over the data plane)."""
+
+    @property
+    def provider(self) -> str: ...
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def generate(self, prompt: str | None = None, **options: Any) -> GenerationResult | ImageResult: ...
+
+
 class CloudProxy:
-    """Stands in for a target this machine cannot run. Its transport arrives with the tier nodes;
-    until a cloud node is configured every call raises :class:`ProxyUnavailableError`."""
+    """Stands in for a target this machine cannot run: the same calls, run by a cloud node.
+
+    Without a configured cloud node every call raises :class:`ProxyUnavailableError`.
+    """
 
     target = CLOUD_PROXY
 
-    def __init__(self, manifest: Manifest, decision: str) -> None:
+    def __init__(self, manifest: Manifest, decision: str, remote: RemoteTarget | None = None) -> None:
         self.manifest = manifest
         self.kind = manifest.model.kind
         self.decision = decision
+        self.remote = remote
 
     @property
-    def provider(self) -> None:
-        return None
+    def provider(self) -> str | None:
+        return self.remote.provider if self.remote is not None else None
 
-    def _unavailable(self) -> ProxyUnavailableError:
-        return ProxyUnavailableError(
-            f"no cloud node configured: {self.manifest.model.name} needs the cloud here ({self.decision})"
-        )
+    def _target(self) -> RemoteTarget:
+        if self.remote is None:
+            raise ProxyUnavailableError(
+                f"no cloud node configured: {self.manifest.model.name} needs the cloud here ({self.decision}); "
+                "set TIERFLOW_CLOUD=HOST:PORT and TIERFLOW_CERTS=DIR"
+            )
+        return self.remote
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise self._unavailable()
+        return self._target().run(feeds)
 
     def generate(self, prompt: str | None = None, **options: Any) -> GenerationResult | ImageResult:
-        raise self._unavailable()
+        return self._target().generate(prompt, **options)
 
     def describe(self) -> str:
-        return f"target={CLOUD_PROXY} provider=remote"
+        return f"target={CLOUD_PROXY} provider={self.provider or 'none'}"
 
 
 def load(
@@ -336,11 +353,13 @@ def load(
     capabilities: Capabilities | None = None,
     target: str | None = None,
     threads: int = 0,
+    remote: Callable[[Manifest], RemoteTarget] | None = None,
 ) -> TierSession | CloudProxy:
     """Open the package at ``path`` on the target this machine should run (see the module doc).
 
     ``target`` forces a target by name (or ``"cloud-proxy"``) without the fit check;
-    ``capabilities`` replaces detection (tests, what-if planning).
+    ``capabilities`` replaces detection (tests, what-if planning); ``remote``
+    makes the cloud proxy's transport for a manifest (see :func:`tierflow.client.api.load`).
     """
     package = Package.open(path)
     caps = capabilities or detect()
@@ -351,7 +370,7 @@ def load(
     else:
         decision = choose(package.manifest, caps, load_policy(policy))
     if decision.target == CLOUD_PROXY:
-        return CloudProxy(package.manifest, decision.reason)
+        return CloudProxy(package.manifest, decision.reason, remote(package.manifest) if remote else None)
     data = package.artifact(decision.target)  # checks size and sha256
     providers = _providers(caps)
     return TierSession(package, decision.target, data, decision.reason, SessionOptions(threads, providers))

@@ -1,0 +1,35 @@
+"""``tierflow.load``: open a unified model package on the right target, or through the cloud node."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tierflow.client.remote import CloudEndpoint, RemoteModel
+from tierflow.model.package import Manifest
+from tierflow.runtime import loader
+from tierflow.runtime.capabilities import Capabilities
+
+
+def load(
+    path: str | Path,
+    policy: loader.Policy | Mapping[str, Any] | str | Path | None = None,
+    capabilities: Capabilities | None = None,
+    target: str | None = None,
+    threads: int = 0,
+    cloud: CloudEndpoint | None = None,
+) -> loader.TierSession | loader.CloudProxy:
+    """Load ``path`` on the target this machine should run (see :mod:`tierflow.runtime.loader`).
+
+    When no local target fits, the result is a cloud proxy with the same calls; it runs
+    them on the cloud node at ``cloud`` (default: ``TIERFLOW_CLOUD`` / ``TIERFLOW_CERTS``),
+    which must serve this package's ``cloud`` target.
+    """
+    endpoint = cloud or CloudEndpoint.from_env()
+
+    def remote(manifest: Manifest) -> RemoteModel:
+        assert endpoint is not None
+        return RemoteModel(endpoint, manifest)
+
+    return loader.load(path, policy, capabilities, target, threads, remote=remote if endpoint else None)

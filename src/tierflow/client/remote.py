@@ -1,0 +1,144 @@
+"""A model run by a remote tier node, with the loader's one call interface (the cloud proxy's transport)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from tierflow.errors import ConfigError, InvalidInputError, TierUnavailableError, TransportError
+from tierflow.model.package import Manifest
+from tierflow.runtime.image import ImageResult
+from tierflow.runtime.lm import GenerationResult, SamplingConfig
+from tierflow.transport.dataplane import SyncDataPlaneClient
+from tierflow.transport.messages import StageRequest, StageResponse
+from tierflow.transport.peers import raise_remote
+from tierflow.transport.tls import load_identity
+
+ENV_CLOUD = "TIERFLOW_CLOUD"  # HOST:PORT of the cloud node's data plane
+ENV_CERTS = "TIERFLOW_CERTS"  # folder made by `tierflow certs init`
+ENV_IDENTITY = "TIERFLOW_IDENTITY"  # this machine's certificate name (default: device)
+
+
+class CloudEndpoint(BaseModel):
+    """Where the cloud node is and who we are to it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    address: str
+    certs: Path
+    identity: str = "device"
+    server_name: str = "cloud"
+
+    @classmethod
+    def from_env(cls) -> CloudEndpoint | None:
+        """``TIERFLOW_CLOUD`` + ``TIERFLOW_CERTS`` (+ ``TIERFLOW_IDENTITY``), or None when unset."""
+        address = os.environ.get(ENV_CLOUD)
+        if not address:
+            return None
+        certs = os.environ.get(ENV_CERTS)
+        if not certs:
+            raise ConfigError(f"{ENV_CLOUD} is set but {ENV_CERTS} (the certificates folder) is not")
+        return cls(address=address, certs=Path(certs), identity=os.environ.get(ENV_IDENTITY, "device"))
+
+
+class RemoteModel:
+    """One target of a package, served by a remote node; ``run`` and ``generate`` like a local session."""
+
+    def __init__(self, endpoint: CloudEndpoint, manifest: Manifest, target: str = "cloud") -> None:
+        spec = manifest.target(target)
+        self.endpoint = endpoint
+        self.kind = manifest.model.kind
+        self.model_id = spec.sha256[:16]  # the node checks it serves exactly this artifact
+        self._client: SyncDataPlaneClient | None = None
+
+    def _call(self, request: StageRequest) -> StageResponse:
+        if self._client is None or not self._client.connected:
+            identity = load_identity(self.endpoint.certs, self.endpoint.identity)
+            client = SyncDataPlaneClient(self.endpoint.address, identity, self.endpoint.server_name)
+            try:
+                client.connect()
+            except TransportError as exc:
+                client.close()
+                raise TierUnavailableError(
+                    f"cloud node at {self.endpoint.address} is unreachable: {exc}"
+                ) from exc
+            self._client = client
+        request.model = self.model_id
+        try:
+            response = self._client.call(request)
+        except TransportError as exc:
+            raise TierUnavailableError(f"cloud node failed during the request: {exc}") from exc
+        if response.error is not None:
+            raise_remote(self.endpoint.server_name, response)
+        return response
+
+    @property
+    def provider(self) -> str:
+        return f"remote:{self.endpoint.server_name}"
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(self._call(StageRequest("run", inputs=dict(feeds))).outputs)
+
+    def generate(self, prompt: str | None = None, **options: Any) -> GenerationResult | ImageResult:
+        if self.kind == "image-generator":
+            return self._generate_image(prompt, **options)
+        if prompt is None:
+            raise InvalidInputError("a language model needs a prompt")
+        on_text: Callable[[str], None] | None = options.pop("on_text", None)
+        try:
+            config = SamplingConfig(**options)
+        except TypeError as exc:
+            raise InvalidInputError(f"unknown generation option: {exc}") from exc
+        meta: dict[str, str | int | float | bool] = {
+            "prompt": prompt,
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+            "top_k": config.top_k,
+            "top_p": config.top_p,
+        }
+        if config.seed is not None:
+            meta["seed"] = config.seed
+        started = time.perf_counter()
+        reply = self._call(StageRequest("generate", meta=meta))
+        text = str(reply.meta["text"])
+        if on_text:
+            on_text(text)
+        return GenerationResult(
+            prompt_ids=[],
+            new_ids=json.loads(str(reply.meta["new_ids"])),
+            text=text,
+            provider=f"remote:{reply.meta.get('tier', 'cloud')}:{reply.meta.get('provider', '?')}",
+            prefill_s=0.0,
+            decode_s=time.perf_counter() - started,
+        )
+
+    def _generate_image(
+        self, prompt: str | None, resolution: int = 1024, refine: bool = True, seed: int | None = None
+    ) -> ImageResult:
+        meta: dict[str, str | int | float | bool] = {"resolution": resolution, "refine": refine}
+        if prompt is not None:
+            meta["prompt"] = prompt
+        if seed is not None:
+            meta["seed"] = seed
+        reply = self._call(StageRequest("generate_image", meta=meta))
+        return ImageResult(
+            pixels=reply.outputs["pixels"],
+            prompt=prompt,
+            resolution=resolution,
+            refined=bool(reply.meta["refined"]),
+            seed=int(reply.meta["seed"]),
+            provider=f"remote:{reply.meta.get('tier', 'cloud')}",
+            elapsed_s=float(reply.meta["elapsed_s"]),
+        )
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None

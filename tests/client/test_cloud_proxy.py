@@ -1,0 +1,84 @@
+"""The loader's cloud proxy: a machine that fits no target runs the package on the cloud node."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tierflow.client.api import load
+from tierflow.client.remote import CloudEndpoint
+from tierflow.errors import ModelNotFoundError, ProxyUnavailableError, TierUnavailableError
+from tierflow.node.launch import NodeProcess, start_node
+from tierflow.runtime.capabilities import Capabilities
+from tierflow.runtime.lm import GenerationResult
+from tierflow.runtime.loader import CloudProxy, TierSession
+from tierflow.transport.certs import init_pki
+
+pytestmark = pytest.mark.slow
+
+# a machine too small for any target of the package
+TINY = Capabilities(memory_total_bytes=64 * 1024 * 1024, cpu_cores=1)
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pkg") / "lm.tfm"
+    subprocess.run([sys.executable, "-m", "tierflow", "compile", "demo-lm", "-o", str(out)], check=True,
+                   capture_output=True, timeout=300)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory, package: Path) -> Iterator[tuple[NodeProcess, Path]]:
+    certs = tmp_path_factory.mktemp("pki") / "pki"
+    init_pki(certs, ["device", "cloud"])
+    node = start_node("cloud", package, certs)
+    yield node, certs
+    node.stop()
+
+
+def test_tiny_machine_gets_a_proxy_that_runs_on_the_cloud_node(
+    package: Path, cloud: tuple[NodeProcess, Path]
+) -> None:
+    node, certs = cloud
+    proxy = load(package, capabilities=TINY, cloud=CloudEndpoint(address=node.data_plane, certs=certs))
+    assert isinstance(proxy, CloudProxy)
+    remote = proxy.generate("The for statement", max_new_tokens=12)
+    local = load(package, target="cloud", threads=1)
+    assert isinstance(local, TierSession)
+    here = local.generate("The for statement", max_new_tokens=12)
+    assert isinstance(remote, GenerationResult) and isinstance(here, GenerationResult)
+    assert remote.new_ids == here.new_ids  # the same greedy tokens: the same cloud artifact ran there
+    assert remote.text == here.text
+    assert remote.provider.startswith("remote:cloud")
+
+
+def test_a_proxy_without_a_cloud_node_says_how_to_configure_one(
+    package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TIERFLOW_CLOUD", raising=False)
+    proxy = load(package, capabilities=TINY)
+    with pytest.raises(ProxyUnavailableError, match="TIERFLOW_CLOUD"):
+        proxy.generate("hello")
+
+
+def test_a_cloud_node_serving_another_model_is_refused(package: Path, cloud: tuple[NodeProcess, Path]) -> None:
+    _, certs = cloud
+    edge = start_node("cloud", package, certs, target_override="edge")
+    try:
+        proxy = load(package, capabilities=TINY, cloud=CloudEndpoint(address=edge.data_plane, certs=certs))
+        with pytest.raises(ModelNotFoundError, match="serves model"):
+            proxy.generate("hello", max_new_tokens=2)
+    finally:
+        edge.stop()
+
+
+def test_an_unreachable_cloud_node_is_a_recoverable_error(package: Path, cloud: tuple[NodeProcess, Path]) -> None:
+    _, certs = cloud
+    proxy = load(package, capabilities=TINY, cloud=CloudEndpoint(address="127.0.0.1:9", certs=certs))
+    with pytest.raises(TierUnavailableError, match="unreachable"):
+        proxy.generate("hello", max_new_tokens=2)
