@@ -370,7 +370,8 @@ def load(
     else:
         decision = choose(package.manifest, caps, load_policy(policy))
     if decision.target == CLOUD_PROXY:
-        return CloudProxy(package.manifest, decision.reason, remote(package.manifest) if remote else None)
+        transport = remote(package.manifest) if remote else None
+        return CloudProxy(package.manifest, decision.reason, transport)
     data = package.artifact(decision.target)  # checks size and sha256
     providers = _providers(caps)
     return TierSession(package, decision.target, data, decision.reason, SessionOptions(threads, providers))
