@@ -332,8 +332,8 @@ class CloudProxy:
     def _target(self) -> RemoteTarget:
         if self.remote is None:
             raise ProxyUnavailableError(
-                f"no cloud node configured: {self.manifest.model.name} needs the cloud here ({self.decision}); "
-                "set TIERFLOW_CLOUD=HOST:PORT and TIERFLOW_CERTS=DIR"
+                f"no cloud node configured: {self.manifest.model.name} needs the cloud here "
+                f"({self.decision}); set TIERFLOW_CLOUD=HOST:PORT and TIERFLOW_CERTS=DIR"
             )
         return self.remote
 
