@@ -812,3 +812,24 @@ def test_loopback_benchmark_reports_its_figures() -> None:
     )
     with pytest.raises(InvalidInputError):
         measure_loopback_overhead(n=0)
+
+
+def test_close_delivers_replies_already_in_flight(pki: Path) -> None:
+    async def slowish(request: StageRequest, peer: PeerInfo) -> StageResponse:
+        await asyncio.sleep(0.1)
+        return await echo_handler(request, peer)
+
+    async def go() -> None:
+        async with serving(load_identity(pki, "cloud"), slowish) as (_, port):
+            client = make_client(port, load_identity(pki, "device"))
+            await client.connect()
+            pending = asyncio.create_task(echo(client, x=X))
+            await asyncio.sleep(0.02)
+            await client.close()
+            response = await pending
+            assert response.ok
+            np.testing.assert_array_equal(response.outputs["x"], X)
+            with pytest.raises(TransportError):
+                await echo(client, x=X)
+
+    run(go())

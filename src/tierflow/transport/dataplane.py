@@ -413,19 +413,24 @@ class DataPlaneClient:
         self.metrics.handshakes.labels(side="client", outcome="failed").inc()
         await self.close()
 
-    async def close(self) -> None:
-        """End the stream (pending calls fail with ``disconnected``) and the channel."""
+    async def close(self, grace: float = 1.0) -> None:
+        """Finish the stream and the channel. Replies already on their way are delivered for up to
+        ``grace`` seconds; calls still pending after that fail with ``disconnected``."""
         call, channel, reader = self._call, self._channel, self._reader
         self._call = self._channel = self._reader = None
-        self._session = None
+        self._session = None  # no new calls from here on
         if call is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(call.done_writing(), 1.0)
-            call.cancel()
+                await asyncio.wait_for(call.done_writing(), grace)
         if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
+            # the server ends its side once it has answered everything: the reader then sees EOF
+            finished, _ = await asyncio.wait({reader}, timeout=grace)
+            if not finished:
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+        if call is not None:
+            call.cancel()
         if channel is not None:
             await channel.close()
         self._fail_pending("connection closed")
