@@ -115,7 +115,9 @@ def test_issue_adds_a_node_under_the_existing_ca(pki: Path, tmp_path: Path) -> N
 def test_identity_fingerprint_signature_and_missing_files(pki: Path) -> None:
     ident = load_identity(pki, "device")
     assert ident.name == "device"
-    assert ident.fingerprint == cert_fingerprint(ident.cert_der) == cert_fingerprint(_cert(pki / "device.crt"))
+    assert (
+        ident.fingerprint == cert_fingerprint(ident.cert_der) == cert_fingerprint(_cert(pki / "device.crt"))
+    )
     assert ident.fingerprint != load_identity(pki, "edge").fingerprint
     signature = sign(ident, b"transcript")
     verify_signature(_cert(pki / "device.crt"), b"transcript", signature)
@@ -136,7 +138,9 @@ def test_cli_init_then_refuse_then_issue(tmp_path: Path) -> None:
     proc = _tierflow("certs", "init", str(out), "--nodes", "device,cloud", "--days", "7")
     assert proc.returncode == 0, proc.stderr
     assert "device" in proc.stdout and "cloud" in proc.stdout
-    assert {p.name for p in out.iterdir()} == {f"{n}.{e}" for n in ("ca", "device", "cloud") for e in ("crt", "key")}
+    assert {p.name for p in out.iterdir()} == {
+        f"{n}.{e}" for n in ("ca", "device", "cloud") for e in ("crt", "key")
+    }
     again = _tierflow("certs", "init", str(out))
     assert again.returncode == 2
     assert again.stderr.strip().startswith("error:") and "--force" in again.stderr

@@ -409,7 +409,7 @@ def _parse_header(blob: np.ndarray, kind: Kind, hint: int) -> tuple[dict[str, An
 
     if len(blob) < _BLOB_LEN.size:
         raise bad("header frame is too short")
-    (json_len,) = _BLOB_LEN.unpack_from(memoryview(blob), 0)
+    (json_len,) = _BLOB_LEN.unpack_from(blob.data, 0)
     if json_len > min(MAX_HEADER_BYTES, len(blob) - _BLOB_LEN.size):
         raise bad(f"header length {json_len} does not fit its frame")
     try:
