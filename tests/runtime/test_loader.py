@@ -230,8 +230,13 @@ def test_bad_policy_file(tmp_path: Path) -> None:
 # --- sessions ----------------------------------------------------------------------------------
 
 
-def test_load_is_exported() -> None:
-    assert tierflow.load is load
+def test_load_is_exported(lm_tfm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TIERFLOW_CLOUD", raising=False)
+    session = tierflow.load(lm_tfm, capabilities=PHONE, threads=1)
+    assert isinstance(session, TierSession) and session.target == "phone"
+    proxy = tierflow.load(lm_tfm, target=CLOUD_PROXY)
+    with pytest.raises(ProxyUnavailableError, match="no cloud node configured"):
+        proxy.generate("the cat")
 
 
 @pytest.mark.parametrize(("machine", "target"), [(PHONE, "phone"), (LAPTOP, "edge"), (GPU_SERVER, "cloud")])

@@ -64,17 +64,18 @@ _SHOWN = ("top1", "top1_vs_full", "ppl_ratio", "psnr_db", "max_abs_error")
 
 
 def compact(components: list[str]) -> str:
-    """``layers.0 .. layers.5`` instead of six names."""
-    layers = [c for c in components if c.startswith("layers.") and c[7:].isdigit()]
-    others = [c for c in components if c not in layers]
-    if len(layers) > 2:
-        idx = sorted(int(c[7:]) for c in layers)
-        return ", ".join(
-            [others[0], f"layers.{idx[0]}..{idx[-1]}", *others[1:]]
-            if others
-            else [f"layers.{idx[0]}..{idx[-1]}"]
-        )
-    return ", ".join(components)
+    """``layers.0..5`` in place of six names; other components keep their order."""
+    layers = [int(c[7:]) for c in components if c.startswith("layers.") and c[7:].isdigit()]
+    if len(layers) <= 2:
+        return ", ".join(components)
+    out: list[str] = []
+    for c in components:
+        if c.startswith("layers.") and c[7:].isdigit():
+            if not any(o.startswith("layers.") for o in out):
+                out.append(f"layers.{min(layers)}..{max(layers)}")
+        else:
+            out.append(c)
+    return ", ".join(out)
 
 
 def register(app: typer.Typer) -> None:
