@@ -98,7 +98,7 @@ def test_a_simulated_slowdown_is_learned_by_measuring(model: onnx.ModelProto, gr
 
 
 def test_remote_tier_from_the_stage_times_it_reports(model: onnx.ModelProto, graph: UnitGraph) -> None:
-    executor = NodeExecutor(model, "edge", OPTIONS, slowdown=2.0)
+    executor = NodeExecutor(model.SerializeToString(), "edge", OPTIONS, slowdown=2.0)
     feeds = example_feeds(graph, input_dtypes(model))
     first = executor.run_stage(dict(feeds), ["h0"])
     executor.run_stage({"h0": first["h0"]}, ["y"])
