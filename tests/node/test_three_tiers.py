@@ -129,3 +129,39 @@ def test_a_dead_tier_is_reported_by_name(tiers: dict[str, object], tmp_path: Pat
         asyncio.run(go())
     finally:
         lonely_edge.stop()
+
+
+def test_privacy_noise_on_what_leaves_the_device_and_its_budget(tiers: dict[str, object]) -> None:
+    from tierflow.errors import PrivacyBudgetError
+    from tierflow.wire.privacy import GaussianMechanism, PrivacyAccountant
+
+    image = np.random.default_rng(2).normal(size=(1, 3, 224, 224)).astype(np.float32)
+    mechanism = GaussianMechanism(epsilon=0.5, delta=1e-5, clip_norm=50.0)
+    budget = PrivacyAccountant(epsilon_budget=1.0)
+
+    async def go() -> None:
+        runner = SplitRunner(
+            onnx.load(str(tiers["model"])),
+            load_identity(tiers["certs"], "device"),  # type: ignore[arg-type]
+            {"edge": _hostport(tiers["device_edge"])},  # type: ignore[arg-type]
+            SessionOptions(intra_op_threads=1),
+            privacy=mechanism,
+            accountant=budget,
+        )
+        plain = _runner(tiers)
+        try:
+            exact = await plain.run({"image": image}, PLAN)
+            noised = await runner.run({"image": image}, PLAN)
+            assert not np.allclose(noised.outputs["logits"], exact.outputs["logits"])
+            await runner.run({"image": image}, PLAN)  # second release: epsilon 1.0 spent
+            link: LinkEmulator = tiers["device_edge"]  # type: ignore[assignment]
+            sent = link.stats().up.bytes
+            with pytest.raises(PrivacyBudgetError, match="budget exhausted"):
+                await runner.run({"image": image}, PLAN)
+            assert link.stats().up.bytes == sent  # refused before anything left the device
+        finally:
+            await runner.close()
+            await plain.close()
+
+    asyncio.run(go())
+    assert budget.releases == 2

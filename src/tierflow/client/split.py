@@ -31,6 +31,7 @@ from tierflow.transport.route import (
     encode_route,
 )
 from tierflow.transport.tls import Identity
+from tierflow.wire.privacy import GaussianMechanism, PrivacyAccountant
 
 DEVICE = "device"
 
@@ -83,10 +84,27 @@ class SplitRunner:
         options: SessionOptions | None = None,
         quant: Quant = "raw",
         slowdown: float = 1.0,
+        privacy: GaussianMechanism | None = None,
+        accountant: PrivacyAccountant | None = None,
     ) -> None:
         self.stages = StageRunner(model, options, slowdown=slowdown)
         self.peers = PeerClients(identity, peers)
         self.quant = quant
+        self.privacy = privacy
+        self.accountant = accountant or (PrivacyAccountant() if privacy else None)
+
+    def _release(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Differential-privacy noise on the float tensors that leave the device (when configured).
+
+        Each noised tensor is one release of the Gaussian mechanism; the accountant sums them and
+        refuses (PrivacyBudgetError) before anything is sent once the budget would be exceeded.
+        """
+        if self.privacy is None:
+            return tensors
+        floats = [n for n, t in tensors.items() if np.issubdtype(t.dtype, np.floating)]
+        assert self.accountant is not None
+        self.accountant.spend(self.privacy.epsilon, self.privacy.delta, releases=len(floats))
+        return {n: self.privacy.apply(t) if n in floats else t for n, t in tensors.items()}
 
     def run_device(
         self, inputs: dict[str, np.ndarray], plan: SplitPlan
@@ -108,7 +126,7 @@ class SplitRunner:
         needed = self.stages.cutter.needed_along([h.outputs for h in hops], known)
         request = StageRequest(
             "run",
-            inputs={n: known[n] for n in needed},
+            inputs=self._release({n: known[n] for n in needed}),
             outputs=list(first.outputs),
             meta={ROUTE_KEY: encode_route(rest), RETURN_KEY: encode_names(plan.returns)},
             quant=self.quant,
