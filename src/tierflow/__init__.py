@@ -3,9 +3,9 @@
 Importing tierflow has no side effects; the public names are below.
 """
 
+from tierflow.client.api import load
 from tierflow.errors import TierflowError, UserError
 from tierflow.runtime.lm import CausalLM, SamplingConfig
-from tierflow.client.api import load
 from tierflow.types import Tier
 
 __version__ = "0.1.0"

@@ -27,8 +27,12 @@ TINY = Capabilities(memory_total_bytes=64 * 1024 * 1024, cpu_cores=1)
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pkg") / "lm.tfm"
-    subprocess.run([sys.executable, "-m", "tierflow", "compile", "demo-lm", "-o", str(out)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "tierflow", "compile", "demo-lm", "-o", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return out
 
 
@@ -66,7 +70,9 @@ def test_a_proxy_without_a_cloud_node_says_how_to_configure_one(
         proxy.generate("hello")
 
 
-def test_a_cloud_node_serving_another_model_is_refused(package: Path, cloud: tuple[NodeProcess, Path]) -> None:
+def test_a_cloud_node_serving_another_model_is_refused(
+    package: Path, cloud: tuple[NodeProcess, Path]
+) -> None:
     _, certs = cloud
     edge = start_node("cloud", package, certs, target_override="edge")
     try:
@@ -77,7 +83,9 @@ def test_a_cloud_node_serving_another_model_is_refused(package: Path, cloud: tup
         edge.stop()
 
 
-def test_an_unreachable_cloud_node_is_a_recoverable_error(package: Path, cloud: tuple[NodeProcess, Path]) -> None:
+def test_an_unreachable_cloud_node_is_a_recoverable_error(
+    package: Path, cloud: tuple[NodeProcess, Path]
+) -> None:
     _, certs = cloud
     proxy = load(package, capabilities=TINY, cloud=CloudEndpoint(address="127.0.0.1:9", certs=certs))
     with pytest.raises(TierUnavailableError, match="unreachable"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
 from tests.support.tiny_lm import build_tiny_lm
+
 from tierflow.errors import PlanError
 from tierflow.model.partition import GraphCutter
 from tierflow.runtime.session import SessionOptions
@@ -24,8 +24,11 @@ def skip_model() -> helper.ModelProto:
     ]
     inits = [numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), n) for n in ("w1", "w2")]
     graph = helper.make_graph(
-        nodes, "skip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits,
+        nodes,
+        "skip",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -13,13 +14,18 @@ from tierflow.model.registry import BUNDLED
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the bundled models (demo-lm, demo-image, demo-vision) with their paths and sizes."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     with spinner("preparing bundled models"):
         for m in BUNDLED.values():
             path = m.ensure()
             rows.append(
-                {"name": m.name, "kind": m.kind, "path": str(path), "size_bytes": path.stat().st_size,
-                 "description": m.description}
+                {
+                    "name": m.name,
+                    "kind": m.kind,
+                    "path": str(path),
+                    "size_bytes": path.stat().st_size,
+                    "description": m.description,
+                }
             )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

@@ -90,7 +90,9 @@ class LMSignature:
             elif name not in known:
                 raise UnsupportedModelError(f"model input '{name}' is not one tierflow can feed")
         if not layers:
-            raise UnsupportedModelError("model has no past_key_values.N.key/value inputs: no KV cache to drive")
+            raise UnsupportedModelError(
+                "model has no past_key_values.N.key/value inputs: no KV cache to drive"
+            )
         num_layers = max(layers) + 1
         for i in range(num_layers):
             for kind in ("key", "value"):
