@@ -18,7 +18,7 @@ from rich.table import Table
 from tierflow.cli._common import console, err_console, spinner
 from tierflow.model.registry import BUNDLED
 from tierflow.runtime.generic import GenericRunner, TensorSummary, load_npy_inputs
-from tierflow.runtime.image import ImageGenerator, is_image_generator
+from tierflow.runtime.image import ImageGenerator, ImageResult, is_image_generator
 from tierflow.runtime.providers import short_name
 
 
@@ -38,7 +38,7 @@ def run_non_text(
     else:
         if prompt is not None:
             err_console.print("[dim]--prompt is ignored: this model takes no text[/]")
-        _run_generic(GenericRunner(session), inputs, seed)
+        run_generic(GenericRunner(session), inputs, seed)
 
 
 def model_label(path: Path) -> str:
@@ -58,6 +58,11 @@ def _run_image(
     stage = " + refiner" if refine else ""
     with spinner(f"generating {resolution}x{resolution}{stage}"):
         result = generator.generate(prompt, resolution, refine=refine, seed=seed)
+    print_image_result(result, target)
+
+
+def print_image_result(result: ImageResult, target: Path) -> None:
+    """Save the image as PNG at ``target`` and print how it was made."""
     result.save(target)
     console.print(
         f"provider={short_name(result.provider)} resolution={result.width}x{result.height} "
@@ -68,7 +73,8 @@ def _run_image(
     )
 
 
-def _run_generic(runner: GenericRunner, inputs: Sequence[str], seed: int | None) -> None:
+def run_generic(runner: GenericRunner, inputs: Sequence[str], seed: int | None) -> None:
+    """Run any model on given (NAME=FILE.npy) or generated inputs and print a summary table."""
     given = load_npy_inputs(inputs)
     result = runner.run(given, seed=seed if seed is not None else 0)
     table = Table("", "name", "shape", "dtype", "min", "max", "mean")

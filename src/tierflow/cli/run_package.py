@@ -6,16 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from tierflow.cli._common import console, err_console, spinner
+from tierflow.cli.run_other import print_image_result, run_generic
 from tierflow.client.api import load
 from tierflow.model import lm_contract as lc
 from tierflow.runtime.generic import GenericRunner, load_npy_inputs
 from tierflow.runtime.image import ImageResult
 from tierflow.runtime.lm import SamplingConfig
 from tierflow.runtime.loader import CloudProxy, TierSession
-from tierflow.runtime.providers import short_name
 
 
 def is_package(model: str) -> bool:
@@ -83,9 +82,7 @@ def _run_remote(
         image = proxy.generate(prompt, resolution=resolution, refine=refine, seed=seed)
         assert isinstance(image, ImageResult)
         target = out if out is not None else Path.cwd() / f"{Path(model).stem}-cloud-{resolution}.png"
-        image.save(target)
-        console.print(f"provider={image.provider} resolution={image.width}x{image.height} -> {target}",
-                      highlight=False, soft_wrap=True)
+        print_image_result(image, target)
         return
     outputs = proxy.run(load_npy_inputs(inputs))
     for name, value in outputs.items():
@@ -105,35 +102,8 @@ def _run_image(
     result = session.generate(prompt, resolution=resolution, refine=True if refine else None, seed=seed)
     assert isinstance(result, ImageResult)
     target = out if out is not None else Path.cwd() / f"{Path(model).stem}-{session.target}-{resolution}.png"
-    result.save(target)
-    console.print(
-        f"provider={short_name(result.provider)} resolution={result.width}x{result.height} "
-        f"refined={'yes' if result.refined else 'no'} seed={result.seed} time={result.elapsed_s:.2f}s "
-        f"-> {target}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    print_image_result(result, target)
 
 
 def _run_generic(session: TierSession, inputs: Sequence[str], seed: int | None) -> None:
-    result = GenericRunner(session.session).run(load_npy_inputs(inputs), seed=seed if seed is not None else 0)
-    table = Table("", "name", "shape", "dtype", "min", "max", "mean")
-    for role, rows in (("in", result.inputs), ("out", result.outputs)):
-        for s in rows:
-            table.add_row(
-                role,
-                s.name,
-                "x".join(map(str, s.shape)) or "scalar",
-                s.dtype,
-                _num(s.min),
-                _num(s.max),
-                _num(s.mean),
-            )
-    console.print(table)
-    console.print(
-        f"provider={short_name(result.provider)} time={result.elapsed_s * 1000:.1f}ms", highlight=False
-    )
-
-
-def _num(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4g}"
+    run_generic(GenericRunner(session.session), inputs, seed)

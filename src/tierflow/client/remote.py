@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from tierflow.errors import ConfigError, InvalidInputError, TierUnavailableError, TransportError
 from tierflow.model.package import Manifest
 from tierflow.runtime.image import ImageResult
-from tierflow.runtime.lm import GenerationResult, SamplingConfig
+from tierflow.runtime.lm import GenerationResult, sampling_options
 from tierflow.transport.dataplane import SyncDataPlaneClient
 from tierflow.transport.messages import StageRequest, StageResponse
 from tierflow.transport.peers import raise_remote
@@ -91,11 +91,7 @@ class RemoteModel:
             return self._generate_image(prompt, **options)
         if prompt is None:
             raise InvalidInputError("a language model needs a prompt")
-        on_text: Callable[[str], None] | None = options.pop("on_text", None)
-        try:
-            config = SamplingConfig(**options)
-        except TypeError as exc:
-            raise InvalidInputError(f"unknown generation option: {exc}") from exc
+        config, on_text = sampling_options(options)
         meta: dict[str, str | int | float | bool] = {
             "prompt": prompt,
             "max_tokens": config.max_new_tokens,

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -50,6 +51,16 @@ class SamplingConfig:
             raise InvalidInputError("top_k must be >= 0")
         if not 0 < self.top_p <= 1:
             raise InvalidInputError("top_p must be in (0, 1]")
+
+
+def sampling_options(options: dict[str, Any]) -> tuple[SamplingConfig, Callable[[str], None] | None]:
+    """Split ``generate(prompt, **options)`` keywords into a SamplingConfig and the ``on_text`` callback."""
+    options = dict(options)
+    on_text: Callable[[str], None] | None = options.pop("on_text", None)
+    try:
+        return SamplingConfig(**options), on_text
+    except TypeError as exc:
+        raise InvalidInputError(f"unknown generation option: {exc}") from exc
 
 
 @dataclass

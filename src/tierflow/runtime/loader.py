@@ -45,7 +45,7 @@ from tierflow.model.pyramid import first_error
 from tierflow.runtime.capabilities import GB, Capabilities, detect
 from tierflow.runtime.generic import GenericRunner
 from tierflow.runtime.image import ImageGenerator, ImageResult
-from tierflow.runtime.lm import CausalLM, GenerationResult, SamplingConfig
+from tierflow.runtime.lm import CausalLM, GenerationResult, sampling_options
 from tierflow.runtime.providers import available_providers, ranked_providers, short_name
 from tierflow.runtime.session import SessionOptions, active_provider, open_session
 
@@ -267,11 +267,7 @@ class TierSession:
         if self._lm is not None:
             if prompt is None:
                 raise InvalidInputError("a language model needs a prompt")
-            on_text: Callable[[str], None] | None = options.pop("on_text", None)
-            try:
-                config = SamplingConfig(**options)
-            except TypeError as exc:
-                raise InvalidInputError(f"unknown generation option: {exc}") from exc
+            config, on_text = sampling_options(options)
             return self._lm.generate(prompt, config, on_text=on_text)
         if self._image is not None:
             return self._generate_image(prompt, **options)
