@@ -12,10 +12,10 @@ import pytest
 from tests.support.tiny_pyramid import build_classifier, build_lm, save
 
 from tierflow.cli import main
+from tierflow.compiler.compiler import CompileReport, compile_model
+from tierflow.compiler.extract import SourceModel, pyramid_for
 from tierflow.errors import ConfigError, FidelityError, InvalidModelError, ModelNotFoundError
 from tierflow.model import lm_contract as lc
-from tierflow.model.compiler import CompileReport, compile_model
-from tierflow.model.extract import SourceModel, pyramid_for
 from tierflow.model.package import Package
 from tierflow.model.pyramid import PyramidConfig, load_pyramid, pyramid_from_dict
 from tierflow.model.registry import ASSETS
@@ -338,7 +338,7 @@ def test_demo_lm(tmp_path: Path) -> None:
 def test_exported_gpt2(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from tierflow.model.export_hf import ExportOptions, export_hf
+    from tierflow.compiler.export_hf import ExportOptions, export_hf
 
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=128)

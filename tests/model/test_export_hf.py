@@ -20,8 +20,8 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("onnxscript")
 
 from tierflow.cli import app, main  # noqa: E402
+from tierflow.compiler import export_hf as ex  # noqa: E402
 from tierflow.errors import ExportError, ModelNotFoundError  # noqa: E402
-from tierflow.model import export_hf as ex  # noqa: E402
 from tierflow.model import lm_contract as lc  # noqa: E402
 from tierflow.runtime.lm import CausalLM, SamplingConfig  # noqa: E402
 from tierflow.runtime.session import SessionOptions  # noqa: E402

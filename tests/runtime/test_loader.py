@@ -13,6 +13,7 @@ from tests.support.tiny_pyramid import build_lm, save
 
 import tierflow
 from tierflow.cli import main
+from tierflow.compiler.compiler import compile_model
 from tierflow.errors import (
     ConfigError,
     InvalidInputError,
@@ -21,7 +22,6 @@ from tierflow.errors import (
     UnknownTargetError,
     UnsupportedModelError,
 )
-from tierflow.model.compiler import compile_model
 from tierflow.model.package import MANIFEST_NAME, Manifest, Package
 from tierflow.model.pyramid import pyramid_from_dict
 from tierflow.runtime.capabilities import GB, Accelerator, Capabilities, detect

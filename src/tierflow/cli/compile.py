@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from tierflow.cli._common import console, spinner
+from tierflow.compiler.compiler import CompileReport, TargetResult, compile_model
 from tierflow.errors import ConfigError, FidelityError
-from tierflow.model.compiler import CompileReport, TargetResult, compile_model
 from tierflow.model.pyramid import FidelityFloor, PyramidConfig, load_pyramid
 
 

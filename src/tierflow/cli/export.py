@@ -10,7 +10,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tierflow.cli._common import console, err_console
-from tierflow.model.export_hf import ExportOptions, ExportResult, describe, export_hf
+from tierflow.compiler.export_hf import ExportOptions, ExportResult, describe, export_hf
 
 
 def export(

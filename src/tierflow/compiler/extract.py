@@ -14,7 +14,7 @@ Three shapes of model, told apart by their metadata and signature:
 * **anything else** (``vision`` and foreign models): no layer pyramid, only
   precision variants -- unless a target names cut tensors (``outputs``).
 
-The result of a cut is still FP32; :mod:`tierflow.model.quantize` changes precision.
+The result of a cut is still FP32; :mod:`tierflow.compiler.quantize` changes precision.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 For each target of the pyramid config the compiler
 
-1. cuts the source to the target's layers (:mod:`tierflow.model.extract`, still FP32);
-2. changes its precision (:mod:`tierflow.model.quantize`): INT8 / FP16 / FP32;
+1. cuts the source to the target's layers (:mod:`tierflow.compiler.extract`, still FP32);
+2. changes its precision (:mod:`tierflow.compiler.quantize`): INT8 / FP16 / FP32;
 3. runs the result against its FP32 counterpart and the full FP32 model
-   (:mod:`tierflow.model.fidelity`) and compares the figures with the target's floor.
+   (:mod:`tierflow.compiler.fidelity`) and compares the figures with the target's floor.
 
 Only when every target is built and meets its floor is the package written
 (atomically, :func:`tierflow.model.package.write_package`); otherwise the
@@ -20,16 +20,14 @@ from pathlib import Path
 
 import onnx
 
-from tierflow.errors import ConfigError, FidelityError, InvalidModelError
-from tierflow.model import lm_contract as lc
-from tierflow.model.calibration import (
+from tierflow.compiler.calibration import (
     Feeds,
     calibration_text,
     generated_feeds,
     lm_windows,
     load_feeds,
 )
-from tierflow.model.extract import (
+from tierflow.compiler.extract import (
     KIND_IMAGE,
     META_PRECISION,
     META_TARGET,
@@ -39,7 +37,10 @@ from tierflow.model.extract import (
     set_metadata,
     strip_debug_info,
 )
-from tierflow.model.fidelity import below_floor, lm_fidelity, open_cpu, tensor_fidelity
+from tierflow.compiler.fidelity import below_floor, lm_fidelity, open_cpu, tensor_fidelity
+from tierflow.compiler.quantize import has_conv, to_fp16, to_int8_dynamic, to_int8_static
+from tierflow.errors import ConfigError, FidelityError, InvalidModelError
+from tierflow.model import lm_contract as lc
 from tierflow.model.package import (
     Manifest,
     ModelInfo,
@@ -49,7 +50,6 @@ from tierflow.model.package import (
     write_package,
 )
 from tierflow.model.pyramid import PyramidConfig, TargetConfig, default_pyramid
-from tierflow.model.quantize import has_conv, to_fp16, to_int8_dynamic, to_int8_static
 from tierflow.model.registry import BUNDLED, resolve_model
 from tierflow.runtime.lm import CausalLM
 
