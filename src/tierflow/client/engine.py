@@ -8,7 +8,9 @@ For every request the engine
    when a link estimate moved, or at once when the plan in force cannot run (hysteresis
    keeps a working plan unless another is clearly better);
 2. turns the plan into a :class:`SplitPlan` (the device's stage first; a tier that would only
-   relay is skipped -- the device then talks to the next computing tier directly) and runs it;
+   relay is skipped -- the device then talks to the next computing tier directly, so a plan
+   that needs a route the device lacks is replaced by the best one it can run,
+   :func:`executable_plan`) and runs it;
 3. learns from what happened: the device's stage time and each remote tier's reported compute
    time (``meta["compute_s.<tier>"]``) recalibrate that tier's profile, and the rest of the
    round trip (total - computes) updates the estimate of the link the request entered by.
@@ -21,9 +23,10 @@ re-plans over the tiers left and runs the request again on the new plan, once.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,9 +35,12 @@ import onnx
 from tierflow.client.split import DEVICE, SplitPlan, SplitResult, SplitRunner
 from tierflow.errors import InvalidInputError, PlanError, TierUnavailableError
 from tierflow.planner.estimate import Ewma, LinkEstimator, SnapshotSource
+from tierflow.planner.graph import UnitGraph
 from tierflow.planner.plan import Plan
 from tierflow.planner.profiler import StageTiming, TierProfile, calibrate
 from tierflow.planner.replan import Decision, Replanner, ReplanPolicy
+from tierflow.planner.search import evaluate_plan
+from tierflow.planner.search import plan as search_plan
 from tierflow.planner.snapshot import Snapshot
 from tierflow.runtime.session import SessionOptions
 from tierflow.transport.tls import Identity
@@ -61,6 +67,53 @@ def failed_tier(exc: TierUnavailableError, candidates: Sequence[str]) -> str | N
     """
     named = [n for n in _TIER_NAMED.findall(str(exc)) if n in candidates]
     return named[-1] if named else None
+
+
+FORCED_S = 1e6  # compute seconds that keep a unit off a tier while searching (see executable_plan)
+
+
+def executable_plan(graph: UnitGraph, snapshot: Snapshot, reachable: Set[str]) -> Plan:
+    """The best plan the device can run when it reaches only the tiers in ``reachable`` directly.
+
+    The exact optimum may let a middle tier only relay (the edge passes tensors from the
+    device to the cloud). The device skips such a hop and talks to the next tier itself --
+    possible only when it has a route there. When it has not, the best runnable plan is
+    either one that does not use that tier at all, or one in which the relay computes at
+    least one unit: for each unit u, the search with u kept off every other tier finds the
+    best plan with u on the relay, and the best of those (scored under the real snapshot)
+    is exact over them.
+    """
+    best = search_plan(graph, snapshot)
+    if runnable(best, reachable):
+        return best
+    target = actual_path(best)[1]
+    relays = [s.tier for s in best.stages[1:] if not s.units]
+    candidates: list[Plan] = []
+    with contextlib.suppress(PlanError):
+        others = set(snapshot.tier_names) - {target}
+        candidates.append(search_plan(graph, snapshot, others))
+    for relay in relays:
+        for unit in graph.units:
+            forced = snapshot
+            for tier in snapshot.tiers:
+                if tier.name != relay:
+                    unit_s = {**tier.unit_s, unit.name: FORCED_S}
+                    forced = forced.with_tier(tier.model_copy(update={"unit_s": unit_s}))
+            try:
+                found = search_plan(graph, forced)
+                candidates.append(evaluate_plan(graph, snapshot, found.path, found.labels))
+            except PlanError:
+                continue
+    fits = [p for p in candidates if p.prediction.feasible and runnable(p, reachable)]
+    if not fits:
+        raise PlanError(f"the device has no route to {target} and no plan runs without one")
+    return min(fits, key=lambda p: p.prediction.score)
+
+
+def runnable(plan: Plan, reachable: Set[str]) -> bool:
+    """Can the device send this plan's request? (Its first remote hop must be a tier it reaches.)"""
+    path = actual_path(plan)
+    return len(path) < 2 or path[1] in reachable
 
 
 @dataclass
@@ -122,7 +175,7 @@ class SplitEngine:
         self.runner = SplitRunner(
             model, identity, peers, options, quant=source.compression, slowdown=slowdown
         )
-        self.replanner = Replanner(self.graph, policy)
+        self.replanner = Replanner(self.graph, policy, self._plan)
         self.learn = learn
         self._links = {frozenset((e.a, e.b)): e for e in source.links}
         self._clocks: dict[str, dict[tuple[str, ...], _StageClock]] = {}
@@ -133,6 +186,9 @@ class SplitEngine:
         self._dirty.clear()
 
     # --- deciding --------------------------------------------------------------------------
+
+    def _plan(self, graph: UnitGraph, snapshot: Snapshot) -> Plan:
+        return executable_plan(graph, snapshot, set(self.runner.peers.addresses))
 
     @property
     def current(self) -> Plan | None:
