@@ -69,5 +69,43 @@ def pipeline(
     _print(result, as_json, rows, f"pipelined split of {result['model']}")
 
 
+@bench_app.command("split")
+def split(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    model: str = typer.Option("all", "--model", help="demo-vision, demo-image, demo-lm or all."),
+    profiles: str = typer.Option(
+        "2g,3g,4g,wifi,5g,datacenter", "--profiles", help="Access link profiles, comma separated."
+    ),
+    device_slowdown: float = typer.Option(
+        4.0, "--device-slowdown", min=1.0, help="SIMULATED weaker device (learned by profiling)."
+    ),
+    edge_slowdown: float = typer.Option(2.0, "--edge-slowdown", min=1.0, help="Edge node --slowdown."),
+    cloud_slowdown: float = typer.Option(1.0, "--cloud-slowdown", min=1.0, help="Cloud node --slowdown."),
+    requests: int = typer.Option(3, "--requests", min=1, help="Requests per plan (median)."),
+    max_plans: int = typer.Option(72, "--max-plans", min=4, help="Grid plans measured at most (sampled)."),
+) -> None:
+    """The planner's chosen split vs every candidate plan, device-only, edge-only and cloud-only."""
+    from tierflow.bench.split import MODELS, Settings, run_split_bench
+    from tierflow.cli._common import err_console
+    from tierflow.errors import ConfigError
+
+    models = list(MODELS) if model == "all" else [m.strip() for m in model.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"unknown model '{unknown[0]}' (known: {', '.join(MODELS)}, all)")
+    settings = Settings(requests=requests, device_slowdown=device_slowdown, edge_slowdown=edge_slowdown,
+                        cloud_slowdown=cloud_slowdown, max_plans=max_plans)
+    result = run_split_bench(models, [p.strip() for p in profiles.split(",") if p.strip()], settings,
+                             log=lambda line: err_console.print(line, style="dim", highlight=False))
+    keys = ("chosen", "chosen_ms", "oracle_ms", "device_only_ms", "edge_only_ms", "cloud_only_ms",
+            "chosen_over_oracle", "speedup_vs_cloud_only", "speedup_vs_best_single_tier",
+            "energy_vs_device_only")
+    rows = [{"model": name, "profile": access, **{k: figures[k] for k in keys}}
+            for name, per in result["models"].items() for access, figures in per["profiles"].items()]
+    _print(result, as_json, rows, "chosen split vs measured alternatives (ms)")
+    if not as_json:
+        console.print(result["summary"])
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
