@@ -96,7 +96,8 @@ def split(
     settings = Settings(requests=requests, device_slowdown=device_slowdown, edge_slowdown=edge_slowdown,
                         cloud_slowdown=cloud_slowdown, max_plans=max_plans)
     result = run_split_bench(models, [p.strip() for p in profiles.split(",") if p.strip()], settings,
-                             log=lambda line: err_console.print(line, style="dim", highlight=False))
+                             log=lambda line: err_console.print(line, style="dim", highlight=False,
+                                                                markup=False, soft_wrap=True))
     keys = ("chosen", "chosen_ms", "oracle_ms", "device_only_ms", "edge_only_ms", "cloud_only_ms",
             "chosen_over_oracle", "speedup_vs_cloud_only", "speedup_vs_best_single_tier",
             "energy_vs_device_only")
