@@ -85,6 +85,8 @@ def split(
     max_plans: int = typer.Option(72, "--max-plans", min=4, help="Grid plans measured at most (sampled)."),
 ) -> None:
     """The planner's chosen split vs every candidate plan, device-only, edge-only and cloud-only."""
+    from rich.markup import escape
+
     from tierflow.bench.split import MODELS, Settings, run_split_bench
     from tierflow.cli._common import err_console
     from tierflow.errors import ConfigError
@@ -103,6 +105,8 @@ def split(
             "energy_vs_device_only")
     rows = [{"model": name, "profile": access, **{k: figures[k] for k in keys}}
             for name, per in result["models"].items() for access, figures in per["profiles"].items()]
+    for row in rows:
+        row["chosen"] = escape(row["chosen"])  # "device[stem..head]" is not rich markup
     _print(result, as_json, rows, "chosen split vs measured alternatives (ms)")
     if not as_json:
         console.print(result["summary"])
