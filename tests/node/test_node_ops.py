@@ -129,3 +129,17 @@ def test_simulated_slowdown_acts_on_real_stage_time(
         assert stats.last_s >= slept[0] * 1.5
 
     with_node(pki, model, body, slowdown=3.0)
+
+
+def test_a_second_node_on_a_busy_port_fails_clearly(pki: Path, tmp_path: Path) -> None:
+    from tierflow.errors import TransportError
+
+    model = save_tiny_lm(tmp_path / "tiny.onnx")
+
+    async def body(node: NodeServer, _: PeerClients) -> None:
+        busy = node.state.data_plane_address or ""
+        second = NodeServer(NodeConfig(tier=Tier.CLOUD, model=str(model), certs=pki, threads=1, listen=busy))
+        with pytest.raises(TransportError, match="in use"):
+            await second.start()
+
+    with_node(pki, model, body)

@@ -7,10 +7,14 @@ Typer app; :func:`main` turns tierflow errors into one-line messages.
 from __future__ import annotations
 
 import importlib
+import os
 
-import typer
+# gRPC's C core logs bind failures and the like to stderr itself; the CLI reports them as one line.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from tierflow.cli._common import run_cli
+import typer  # noqa: E402
+
+from tierflow.cli._common import run_cli  # noqa: E402
 
 app = typer.Typer(
     name="tierflow",

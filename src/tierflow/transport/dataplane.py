@@ -137,15 +137,18 @@ class DataPlaneServer:
         """Listen on ``address`` (``host:port``, port 0 for any); return the bound port."""
         if self._server is not None:
             raise TransportError("data-plane server already started")
-        server = grpc.aio.server(options=self._options)
+        # no SO_REUSEPORT: a second node on a busy port must fail, not share the port silently
+        server = grpc.aio.server(options=[*self._options, ("grpc.so_reuseport", 0)])
         behavior = grpc.stream_stream_rpc_method_handler(self._stream)  # no (de)serializers: raw bytes
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: behavior}),))
         try:
             port = int(server.add_secure_port(address, server_credentials(self.identity)))
         except RuntimeError as exc:
-            raise TransportError(f"cannot listen on {address}: {exc}") from exc
+            raise TransportError(
+                f"cannot listen on {address}: the address is in use or not available"
+            ) from exc
         if port == 0:
-            raise TransportError(f"cannot listen on {address}")
+            raise TransportError(f"cannot listen on {address}: the address is in use or not available")
         await server.start()
         self._server, self.port = server, port
         return port
