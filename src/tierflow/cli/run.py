@@ -44,10 +44,10 @@ def run(
     """Run MODEL with ONNX Runtime and print which execution provider ran it and how fast."""
     from tierflow.cli.run_package import is_package, run_package
 
+    config = SamplingConfig(
+        max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
     if is_package(model):
-        config = SamplingConfig(
-            max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
-        )
         run_package(
             model,
             target=target,
@@ -68,13 +68,7 @@ def run(
         session = open_session(path, options)
     names = [i.name for i in session.get_inputs()]
     if LMSignature.is_causal_lm(names):
-        _run_lm(
-            CausalLM(session),
-            prompt,
-            SamplingConfig(
-                max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
-            ),
-        )
+        _run_lm(CausalLM(session), prompt, config)
         return
     from tierflow.cli import run_other  # image generator and generic models
 
