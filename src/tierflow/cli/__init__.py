@@ -26,7 +26,7 @@ app = typer.Typer(
 
 # One module per command group; each has `register(app)`.
 COMMAND_MODULES = (
-    "models", "run", "export", "demo", "certs", "compile", "inspect", "link", "node", "bench", "plan",
+    "models", "run", "export", "demo", "certs", "compile", "inspect", "link", "node", "up", "bench", "plan",
 )
 
 for _name in COMMAND_MODULES:

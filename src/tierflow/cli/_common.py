@@ -13,8 +13,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tierflow.errors import RecoverableError, TierflowError, UserError
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1

@@ -1,0 +1,97 @@
+"""`tierflow up`: a local edge + cloud deployment behind emulated links, used by a device process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+
+from tierflow.client.split import SplitPlan, SplitRunner
+from tierflow.model.registry import resolve_model
+from tierflow.runtime.session import SessionOptions
+from tierflow.runtime.stages import StageRunner
+from tierflow.transport.tls import load_identity
+
+pytestmark = pytest.mark.slow
+
+
+def test_up_serves_a_split_run_until_stopped(tmp_path: Path) -> None:
+    certs = tmp_path / "pki"
+    argv = [
+        sys.executable,
+        "-m",
+        "tierflow",
+        "up",
+        "demo-vision",
+        "--certs",
+        str(certs),
+        "--profile",
+        "wifi",
+        "--duration",
+        "120",
+    ]
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    try:
+        assert process.stdout is not None
+        info = json.loads(process.stdout.readline())
+        for node in info["nodes"].values():
+            assert httpx.get(f"http://{node['http']}/readyz").json()["status"] == "ready"
+        model = onnx.load(str(resolve_model("demo-vision")))
+        image = np.random.default_rng(3).normal(size=(1, 3, 224, 224)).astype(np.float32)
+        whole = StageRunner(model, SessionOptions(intra_op_threads=1)).run({"image": image}, ["logits"])[
+            "logits"
+        ]
+        plan = SplitPlan(
+            stages=(("device", ("stem/out",)), ("edge", ("inc2/out",)), ("cloud", ("logits",))),
+            returns=("logits",),
+        )
+
+        async def go() -> np.ndarray:
+            runner = SplitRunner(
+                model,
+                load_identity(certs, "device"),
+                {"edge": info["device_links"]["device->edge"]},
+                SessionOptions(intra_op_threads=1),
+            )
+            try:
+                return (await runner.run({"image": image}, plan)).outputs["logits"]
+            finally:
+                await runner.close()
+
+        np.testing.assert_allclose(asyncio.run(go()), whole, rtol=1e-5, atol=1e-5)
+    finally:
+        process.terminate()
+        process.wait(30)
+    with pytest.raises(httpx.TransportError):  # the nodes went down with it
+        httpx.get(f"http://{info['nodes']['edge']['http']}/healthz", timeout=2)
+
+
+def test_up_with_an_unknown_profile_is_a_one_line_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tierflow",
+            "up",
+            "demo-vision",
+            "--certs",
+            str(tmp_path / "p"),
+            "--profile",
+            "7g",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr.decode()
+    assert "7g" in proc.stderr.decode()
