@@ -1,9 +1,10 @@
 """`tierflow bench pipeline`: a split model over real nodes and the link emulator, sequential vs overlapped.
 
-One remote node process (the cloud tier) runs the second half of ``demo-vision``;
-the device (this process) runs the first half and sends the cut tensors, INT8
-quantized, through a user-space emulated link with the named profile. The cut
-is the block boundary that balances the pipeline best (measured locally).
+One remote node process (the cloud tier) runs the second half of a bundled model
+(``demo-vision`` by default, or ``demo-image``); the device (this process) runs the
+first half and sends the cut tensors, INT8 quantized, through a user-space
+emulated link with the named profile; the outputs come back the same way. The
+cut is the block boundary that balances the pipeline best (measured locally).
 
 Figures per profile:
   sequential_rps  requests/s when each request finishes before the next starts
@@ -31,8 +32,10 @@ import numpy as np
 import onnx
 
 from tierflow.client.split import SplitPlan, SplitRunner
+from tierflow.errors import InvalidModelError
 from tierflow.model.registry import resolve_model
 from tierflow.node.launch import start_node
+from tierflow.runtime.generic import GenericRunner
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.stages import StageRunner
 from tierflow.transport.certs import init_pki
@@ -40,7 +43,7 @@ from tierflow.transport.linkemu import LinkEmulator
 from tierflow.transport.profiles import get_profile
 from tierflow.transport.tls import load_identity
 
-MODEL = "demo-vision"
+DEFAULT_MODEL = "demo-vision"
 INT8_FACTOR = 0.25  # bytes on the wire per fp32 byte with int8 frames (scales are negligible)
 
 
@@ -55,21 +58,29 @@ def _median_time(fn: Any, repeats: int) -> float:
 
 
 def choose_cut(
-    runner: StageRunner, image: np.ndarray, blocks: list[str], up_bps: float
+    runner: StageRunner,
+    feeds: dict[str, np.ndarray],
+    blocks: list[str],
+    outputs: list[str],
+    up_bps: float,
+    down_bps: float,
 ) -> tuple[str, dict[str, float]]:
-    """The block boundary whose slowest stage (device, transfer, remote) is fastest, measured here."""
+    """The block boundary whose slowest stage (device, uplink, remote, downlink) is fastest, measured here."""
     best: tuple[float, str, dict[str, float]] | None = None
+    whole = runner.run(feeds, outputs)
     # the remote tier runs at full speed: time the whole model without the device's slowdown
-    total = _median_time(lambda: runner.run({"image": image}, ["logits"]), 3) / runner.slowdown
+    total = _median_time(lambda: runner.run(feeds, outputs), 3) / runner.slowdown
+    returned = sum(v.nbytes for v in whole.values()) * INT8_FACTOR
     for block in blocks:
-        head = runner.run({"image": image}, [block])
-        crossing = runner.cutter.needed_inputs(["logits"], {"image", block, *runner.cutter.graph_inputs})
-        device_s = _median_time(lambda b=block: runner.run({"image": image}, [b]), 3)
-        sent = sum(head.get(n, image).nbytes for n in crossing) * INT8_FACTOR
+        head = runner.run(feeds, [block])
+        crossing = runner.cutter.needed_inputs(outputs, {*feeds, block})
+        device_s = _median_time(lambda b=block: runner.run(feeds, [b]), 3)
+        sent = sum((head[n] if n in head else feeds[n]).nbytes for n in crossing) * INT8_FACTOR
         stages = {
             "device_s": device_s,
-            "remote_s": max(total - device_s, 0.0),
-            "transfer_s": sent * 8 / up_bps,
+            "remote_s": max(total - device_s / runner.slowdown, 0.0),
+            "uplink_s": sent * 8 / up_bps,
+            "downlink_s": returned * 8 / down_bps,
         }
         slowest = max(stages.values())
         if best is None or slowest < best[0]:
@@ -122,17 +133,25 @@ async def _measure(
 
 
 def run_pipeline_bench(
-    profiles: list[str], requests: int = 24, threads: int = 1, device_slowdown: float = 1.0
+    profiles: list[str],
+    requests: int = 24,
+    threads: int = 1,
+    device_slowdown: float = 1.0,
+    model: str = DEFAULT_MODEL,
 ) -> dict[str, Any]:
-    model_path = resolve_model(MODEL)
+    model_path = resolve_model(model)
     proto = onnx.load(str(model_path))
-    blocks = json.loads({p.key: p.value for p in proto.metadata_props}["tierflow.blocks"])
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if "tierflow.blocks" not in meta:
+        raise InvalidModelError(f"{model} names no block boundaries (metadata tierflow.blocks) to cut at")
+    outputs = [o.name for o in proto.graph.output]
+    blocks = [b for b in json.loads(meta["tierflow.blocks"]) if b not in outputs]
     options = SessionOptions(intra_op_threads=threads)
-    rng = np.random.default_rng(0)
-    batch = [{"image": rng.normal(size=(1, 3, 224, 224)).astype(np.float32)} for _ in range(requests)]
+    inputs = GenericRunner.open(model_path, options)
+    batch = [inputs.prepare_inputs(seed=i) for i in range(requests)]
     local = StageRunner(proto, options, slowdown=device_slowdown)
     results: dict[str, Any] = {
-        "model": MODEL,
+        "model": model,
         "requests": requests,
         "threads_per_tier": threads,
         "simulated_device_slowdown": device_slowdown,
@@ -147,8 +166,10 @@ def run_pipeline_bench(
             host, port = cloud.data_plane.rsplit(":", 1)
             for name in profiles:
                 profile = get_profile(name)
-                cut, predicted = choose_cut(local, batch[0]["image"], blocks[:-1], profile.up_bps)
-                plan = SplitPlan(stages=(("device", (cut,)), ("cloud", ("logits",))), returns=("logits",))
+                cut, _ = choose_cut(local, batch[0], blocks, outputs, profile.up_bps, profile.down_bps)
+                plan = SplitPlan(
+                    stages=(("device", (cut,)), ("cloud", tuple(outputs))), returns=tuple(outputs)
+                )
                 with LinkEmulator((host, int(port)), profile) as link:
                     runner = SplitRunner(
                         proto,

@@ -57,13 +57,16 @@ def pipeline(
         min=1.0,
         help="SIMULATED weaker device (stages take this many times as long).",
     ),
+    model: str = typer.Option(
+        "demo-vision", "--model", help="Bundled model to split (demo-vision, demo-image)."
+    ),
 ) -> None:
     """A split model over a real remote node and the link emulator: sequential vs overlapped."""
     from tierflow.bench.pipeline import run_pipeline_bench
 
     with spinner("running the pipeline benchmark"):
         result = run_pipeline_bench(
-            [p.strip() for p in profiles.split(",") if p.strip()], requests, threads, device_slowdown
+            [p.strip() for p in profiles.split(",") if p.strip()], requests, threads, device_slowdown, model
         )
     rows = [{"profile": name, **figures} for name, figures in result["profiles"].items()]
     _print(result, as_json, rows, f"pipelined split of {result['model']}")
@@ -95,16 +98,36 @@ def split(
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ConfigError(f"unknown model '{unknown[0]}' (known: {', '.join(MODELS)}, all)")
-    settings = Settings(requests=requests, device_slowdown=device_slowdown, edge_slowdown=edge_slowdown,
-                        cloud_slowdown=cloud_slowdown, max_plans=max_plans)
-    result = run_split_bench(models, [p.strip() for p in profiles.split(",") if p.strip()], settings,
-                             log=lambda line: err_console.print(line, style="dim", highlight=False,
-                                                                markup=False, soft_wrap=True))
-    keys = ("chosen", "chosen_ms", "oracle_ms", "device_only_ms", "edge_only_ms", "cloud_only_ms",
-            "chosen_over_oracle", "speedup_vs_cloud_only", "speedup_vs_best_single_tier",
-            "energy_vs_device_only")
-    rows = [{"model": name, "profile": access, **{k: figures[k] for k in keys}}
-            for name, per in result["models"].items() for access, figures in per["profiles"].items()]
+    settings = Settings(
+        requests=requests,
+        device_slowdown=device_slowdown,
+        edge_slowdown=edge_slowdown,
+        cloud_slowdown=cloud_slowdown,
+        max_plans=max_plans,
+    )
+    result = run_split_bench(
+        models,
+        [p.strip() for p in profiles.split(",") if p.strip()],
+        settings,
+        log=lambda line: err_console.print(line, style="dim", highlight=False, markup=False, soft_wrap=True),
+    )
+    keys = (
+        "chosen",
+        "chosen_ms",
+        "oracle_ms",
+        "device_only_ms",
+        "edge_only_ms",
+        "cloud_only_ms",
+        "chosen_over_oracle",
+        "speedup_vs_cloud_only",
+        "speedup_vs_best_single_tier",
+        "energy_vs_device_only",
+    )
+    rows = [
+        {"model": name, "profile": access, **{k: figures[k] for k in keys}}
+        for name, per in result["models"].items()
+        for access, figures in per["profiles"].items()
+    ]
     for row in rows:
         row["chosen"] = escape(row["chosen"])  # "device[stem..head]" is not rich markup
     _print(result, as_json, rows, "chosen split vs measured alternatives (ms)")
