@@ -90,3 +90,22 @@ def test_an_unreachable_cloud_node_is_a_recoverable_error(
     proxy = load(package, capabilities=TINY, cloud=CloudEndpoint(address="127.0.0.1:9", certs=certs))
     with pytest.raises(TierUnavailableError, match="unreachable"):
         proxy.generate("hello", max_new_tokens=2)
+
+
+def test_proxy_run_returns_every_output_of_the_cloud_artifact(
+    package: Path, cloud: tuple[NodeProcess, Path]
+) -> None:
+    import numpy as np
+
+    node, certs = cloud
+    proxy = load(package, capabilities=TINY, cloud=CloudEndpoint(address=node.data_plane, certs=certs))
+    local = load(package, target="cloud", threads=1)
+    assert isinstance(local, TierSession) and local.lm is not None
+    sig = local.lm.signature
+    empty = np.zeros((1, sig.kv_heads, 0, sig.head_dim), np.float32)
+    feeds = {"input_ids": np.array([[5, 6, 7]], np.int64), "position_ids": np.array([[0, 1, 2]], np.int64)}
+    feeds |= {f"past_key_values.{i}.{k}": empty for i in range(sig.num_layers) for k in ("key", "value")}
+    remote = proxy.run(feeds)
+    here = local.run(feeds)
+    assert set(remote) == set(here)
+    np.testing.assert_allclose(remote["logits"], here["logits"], rtol=1e-5, atol=1e-5)

@@ -31,9 +31,10 @@ from tierflow.transport.route import (
     encode_route,
 )
 from tierflow.transport.tls import Identity
+from tierflow.types import Tier
 from tierflow.wire.privacy import GaussianMechanism, PrivacyAccountant
 
-DEVICE = "device"
+DEVICE = Tier.DEVICE.value
 
 
 @dataclass(frozen=True)

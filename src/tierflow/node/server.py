@@ -134,10 +134,9 @@ class NodeServer:
         route = decode_route(request.meta)
         wanted = decode_names(request.meta, RETURN_KEY)
         tier = self.config.tier.value
-        outputs = await asyncio.to_thread(self.executor.run_stage, request.inputs, request.outputs)
-        meta: dict[str, MetaValue] = {
-            f"{COMPUTE_PREFIX}{tier}": self.executor.stats[",".join(request.outputs)].last_s
-        }
+        names = request.outputs or self.executor.stages.cutter.graph_outputs  # none named: all outputs
+        outputs = await asyncio.to_thread(self.executor.run_stage, request.inputs, names)
+        meta: dict[str, MetaValue] = {f"{COMPUTE_PREFIX}{tier}": self.executor.stats[",".join(names)].last_s}
         available = {**request.inputs, **outputs}
         if not route:
             returned = {n: outputs[n] for n in (wanted or list(outputs)) if n in outputs}
