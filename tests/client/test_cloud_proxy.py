@@ -109,3 +109,33 @@ def test_proxy_run_returns_every_output_of_the_cloud_artifact(
     here = local.run(feeds)
     assert set(remote) == set(here)
     np.testing.assert_allclose(remote["logits"], here["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_proxy_paints_the_same_image_as_the_local_cloud_target(
+    tmp_path_factory: pytest.TempPathFactory, cloud: tuple[NodeProcess, Path]
+) -> None:
+    import numpy as np
+
+    from tierflow.errors import InvalidInputError
+    from tierflow.runtime.image import ImageResult
+
+    _, certs = cloud
+    package = tmp_path_factory.mktemp("img") / "image.tfm"
+    subprocess.run(
+        [sys.executable, "-m", "tierflow", "compile", "demo-image", "-o", str(package)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    node = start_node("cloud", package, certs)
+    try:
+        proxy = load(package, capabilities=TINY, cloud=CloudEndpoint(address=node.data_plane, certs=certs))
+        remote = proxy.generate("a red car", resolution=128, seed=3)
+        local = load(package, target="cloud", threads=1).generate("a red car", resolution=128, seed=3)
+        assert isinstance(remote, ImageResult) and isinstance(local, ImageResult)
+        assert remote.refined and remote.provider == "remote:cloud"
+        np.testing.assert_array_equal(remote.pixels, local.pixels)
+        with pytest.raises(InvalidInputError, match="tier 'cloud': resolution 13"):
+            proxy.generate("a red car", resolution=13)
+    finally:
+        node.stop()
