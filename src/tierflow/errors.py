@@ -115,7 +115,11 @@ class RecoverableError(TierflowError):
 
 
 class TierUnavailableError(RecoverableError):
-    """A tier (node) cannot be reached or died during a request."""
+    """A tier (node) cannot be reached or died during a request; ``tier`` names it when known."""
+
+    def __init__(self, message: str, tier: str | None = None) -> None:
+        super().__init__(message)
+        self.tier = tier
 
 
 class TransportError(RecoverableError):

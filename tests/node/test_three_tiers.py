@@ -121,8 +121,9 @@ def test_a_dead_tier_is_reported_by_name(tiers: dict[str, object], tmp_path: Pat
                 SessionOptions(intra_op_threads=1),
             )
             try:
-                with pytest.raises(TierUnavailableError, match="cloud"):
+                with pytest.raises(TierUnavailableError, match="cloud") as caught:
                     await runner.run({"image": np.zeros((1, 3, 224, 224), np.float32)}, PLAN)
+                assert caught.value.tier == "cloud"  # relayed by the edge, carried as data
             finally:
                 await runner.close()
 

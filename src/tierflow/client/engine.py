@@ -60,11 +60,13 @@ def actual_path(plan: Plan) -> tuple[str, ...]:
 
 
 def failed_tier(exc: TierUnavailableError, candidates: Sequence[str]) -> str | None:
-    """The tier an error blames: the innermost of ``candidates`` its message names.
+    """The tier an error blames: the one it carries, else the innermost of ``candidates`` its message names.
 
     A relayed failure reads ``tier 'edge': tier 'cloud' failed ...``: the edge answered, the
     cloud behind it did not, so the last name is the one that is gone.
     """
+    if exc.tier in candidates:
+        return exc.tier
     named = [n for n in _TIER_NAMED.findall(str(exc)) if n in candidates]
     return named[-1] if named else None
 
@@ -299,11 +301,17 @@ class SplitEngine:
         profile = self.profiles.get(tier)
         if not clocks or profile is None:
             return
-        timings = [StageTiming(inputs=c.inputs, outputs=c.outputs, seconds=c.ewma.value)
-                   for c in clocks.values() if c.ewma.value]
-        self.profiles[tier] = profile.model_copy(update={
-            "unit_s": calibrate(self.graph, self.shares, timings), "stages": tuple(timings),
-        })
+        timings = [
+            StageTiming(inputs=c.inputs, outputs=c.outputs, seconds=c.ewma.value)
+            for c in clocks.values()
+            if c.ewma.value
+        ]
+        self.profiles[tier] = profile.model_copy(
+            update={
+                "unit_s": calibrate(self.graph, self.shares, timings),
+                "stages": tuple(timings),
+            }
+        )
 
     def _observe_link(self, plan: Plan, result: SplitResult) -> None:
         """Attribute the request's network time to the hop it entered by.

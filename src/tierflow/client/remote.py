@@ -67,14 +67,17 @@ class RemoteModel:
             except TransportError as exc:
                 client.close()
                 raise TierUnavailableError(
-                    f"cloud node at {self.endpoint.address} is unreachable: {exc}"
+                    f"cloud node at {self.endpoint.address} is unreachable: {exc}",
+                    tier=self.endpoint.server_name,
                 ) from exc
             self._client = client
         request.model = self.model_id
         try:
             response = self._client.call(request)
         except TransportError as exc:
-            raise TierUnavailableError(f"cloud node failed during the request: {exc}") from exc
+            raise TierUnavailableError(
+                f"cloud node failed during the request: {exc}", tier=self.endpoint.server_name
+            ) from exc
         if response.error is not None:
             raise_remote(self.endpoint.server_name, response)
         return response

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from tierflow.errors import ModelNotFoundError, UnsupportedModelError
+from tierflow.errors import ModelNotFoundError, TierUnavailableError, UnsupportedModelError
 from tierflow.node.config import NodeConfig, parse_hostport
 from tierflow.node.control import NodeMetrics, NodeState, create_app
 from tierflow.node.executor import NodeExecutor, load_node_model
@@ -24,7 +24,7 @@ from tierflow.runtime.session import SessionOptions
 from tierflow.transport.dataplane import DataPlaneServer, error_code_for
 from tierflow.transport.dataplane_metrics import DataPlaneMetrics
 from tierflow.transport.messages import MetaValue, PeerInfo, StageError, StageRequest, StageResponse
-from tierflow.transport.peers import PeerClients
+from tierflow.transport.peers import FAILED_TIER_KEY, PeerClients
 from tierflow.transport.route import (
     COMPUTE_PREFIX,
     RETURN_KEY,
@@ -75,7 +75,10 @@ class NodeServer:
             status = "ok"
         except Exception as exc:  # every failure becomes a typed response; the stream keeps working
             status = error_code_for(exc)
-            response = StageResponse(request.request_id, error=StageError(status, str(exc)))
+            meta: dict[str, MetaValue] = {}
+            if isinstance(exc, TierUnavailableError) and exc.tier:
+                meta[FAILED_TIER_KEY] = exc.tier
+            response = StageResponse(request.request_id, error=StageError(status, str(exc)), meta=meta)
         self.state.metrics.requests.labels(request.op, status).inc()
         self.state.metrics.stage_seconds.labels(request.op).observe(time.perf_counter() - started)
         return response

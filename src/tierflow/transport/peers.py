@@ -10,6 +10,8 @@ from tierflow.transport.dataplane_metrics import DataPlaneMetrics
 from tierflow.transport.messages import ErrorCode, StageRequest, StageResponse
 from tierflow.transport.tls import Identity
 
+FAILED_TIER_KEY = "failed_tier"  # response meta: which tier a relayed unavailability is about
+
 
 class PeerClients:
     """One persistent data-plane session per peer tier (async)."""
@@ -25,9 +27,8 @@ class PeerClients:
 
     async def client(self, peer: str) -> DataPlaneClient:
         if peer not in self.addresses:
-            raise TierUnavailableError(
-                f"no route to tier '{peer}' (known peers: {', '.join(self.addresses) or 'none'})"
-            )
+            known = ", ".join(self.addresses) or "none"
+            raise TierUnavailableError(f"no route to tier '{peer}' (known peers: {known})", tier=peer)
         async with self._lock:
             client = self._clients.get(peer)
             if client is None or not client.connected:
@@ -40,7 +41,7 @@ class PeerClients:
                     await client.connect()
                 except TransportError as exc:
                     raise TierUnavailableError(
-                        f"tier '{peer}' at {self.addresses[peer]} is unreachable: {exc}"
+                        f"tier '{peer}' at {self.addresses[peer]} is unreachable: {exc}", tier=peer
                     ) from exc
                 self._clients[peer] = client
             return client
@@ -51,10 +52,8 @@ class PeerClients:
         try:
             response = await client.call(request, timeout)
         except TransportError as exc:
-            raise TierUnavailableError(f"tier '{peer}' failed during the request: {exc}") from exc
+            raise TierUnavailableError(f"tier '{peer}' failed during the request: {exc}", tier=peer) from exc
         if response.error is not None:
-            if response.error.code in (ErrorCode.DISCONNECTED, ErrorCode.UNAVAILABLE):
-                raise TierUnavailableError(f"tier '{peer}': {response.error.message}")
             raise_remote(peer, response)
         return response
 
@@ -70,6 +69,9 @@ def raise_remote(peer: str, response: StageResponse) -> None:
 
     assert response.error is not None
     code, message = response.error.code, f"tier '{peer}': {response.error.message}"
+    if code in (ErrorCode.DISCONNECTED, ErrorCode.UNAVAILABLE):
+        # a relayed failure names the tier further down the route that is really gone
+        raise TierUnavailableError(message, tier=str(response.meta.get(FAILED_TIER_KEY, peer)))
     kinds: dict[str, type[TierflowError]] = {
         ErrorCode.INVALID_INPUT: InvalidInputError,
         ErrorCode.BAD_REQUEST: InvalidInputError,
