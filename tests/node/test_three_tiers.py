@@ -79,7 +79,16 @@ def _runner(tiers: dict[str, object]) -> SplitRunner:
     )
 
 
-@pytest.mark.parametrize("plan", [PLAN, SKIP_PLAN], ids=["chain", "skip-over-edge"])
+# the edge computes nothing and only relays the device's tensors to the cloud
+RELAY_PLAN = SplitPlan(
+    stages=(("device", ("stem/out",)), ("edge", ()), ("cloud", ("logits",))),
+    returns=("logits",),
+)
+
+
+@pytest.mark.parametrize(
+    "plan", [PLAN, SKIP_PLAN, RELAY_PLAN], ids=["chain", "skip-over-edge", "edge-relays"]
+)
 def test_split_across_three_processes_equals_the_whole_model(
     tiers: dict[str, object], plan: SplitPlan
 ) -> None:
@@ -95,7 +104,8 @@ def test_split_across_three_processes_equals_the_whole_model(
         finally:
             await runner.close()
         np.testing.assert_allclose(result.outputs["logits"], whole, rtol=1e-5, atol=1e-5)
-        assert set(result.remote_compute_s) == {"edge", "cloud"}
+        computing = {tier for tier, outputs in plan.stages if outputs and tier != "device"}
+        assert set(result.remote_compute_s) == computing
         assert result.network_s > 0
 
     asyncio.run(go())

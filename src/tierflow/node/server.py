@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 import uvicorn
 
 from tierflow.errors import ModelNotFoundError, TierUnavailableError, UnsupportedModelError
@@ -137,9 +138,12 @@ class NodeServer:
         route = decode_route(request.meta)
         wanted = decode_names(request.meta, RETURN_KEY)
         tier = self.config.tier.value
-        names = request.outputs or self.executor.stages.cutter.graph_outputs  # none named: all outputs
-        outputs = await asyncio.to_thread(self.executor.run_stage, request.inputs, names)
-        meta: dict[str, MetaValue] = {f"{COMPUTE_PREFIX}{tier}": self.executor.stats[",".join(names)].last_s}
+        meta: dict[str, MetaValue] = {}
+        outputs: dict[str, np.ndarray] = {}
+        if request.outputs or not route:  # no outputs but a route: this tier only relays
+            names = request.outputs or self.executor.stages.cutter.graph_outputs  # none named: all outputs
+            outputs = await asyncio.to_thread(self.executor.run_stage, request.inputs, names)
+            meta[f"{COMPUTE_PREFIX}{tier}"] = self.executor.stats[",".join(names)].last_s
         available = {**request.inputs, **outputs}
         if not route:
             returned = {n: outputs[n] for n in (wanted or list(outputs)) if n in outputs}
