@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from tests.support.cli import assert_one_line_error
 from tests.support.tiny_lm import build_tiny_lm, save_tiny_lm
 
 
@@ -19,13 +20,8 @@ def tierflow(*args: str | bytes, cwd: Path | None = None) -> subprocess.Complete
     return subprocess.run(argv, capture_output=True, env=env, cwd=cwd, timeout=120)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess[bytes], fragment: str) -> None:
-    err = proc.stderr.decode()
-    assert proc.returncode == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert fragment in err, err
+def fails_clearly(proc: subprocess.CompletedProcess[bytes], fragment: str) -> None:
+    assert_one_line_error(proc.returncode, proc.stderr.decode(), fragment)
 
 
 def test_help_lists_the_commands() -> None:
@@ -45,20 +41,20 @@ def test_run_prints_text_provider_and_speed(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    assert_one_line_error(tierflow("run", str(tmp_path / "nope.onnx"), "-p", "x"), "no such model file")
+    fails_clearly(tierflow("run", str(tmp_path / "nope.onnx"), "-p", "x"), "no such model file")
 
 
 def test_file_that_is_not_onnx(tmp_path: Path) -> None:
     bad = tmp_path / "notes.onnx"
     bad.write_text("this is not a model\n")
-    assert_one_line_error(tierflow("run", str(bad), "-p", "x"), "is not a valid ONNX model")
+    fails_clearly(tierflow("run", str(bad), "-p", "x"), "is not a valid ONNX model")
 
 
 def test_truncated_onnx_file(tmp_path: Path) -> None:
     data = build_tiny_lm().SerializeToString()
     bad = tmp_path / "truncated.onnx"
     bad.write_bytes(data[: len(data) // 2])
-    assert_one_line_error(tierflow("run", str(bad), "-p", "x"), "is not a valid ONNX model")
+    fails_clearly(tierflow("run", str(bad), "-p", "x"), "is not a valid ONNX model")
 
 
 def test_lm_with_inputs_tierflow_cannot_drive(tmp_path: Path) -> None:
@@ -66,17 +62,17 @@ def test_lm_with_inputs_tierflow_cannot_drive(tmp_path: Path) -> None:
     model.graph.input.append(helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["b", "s"]))
     path = tmp_path / "odd.onnx"
     onnx.save(model, str(path))
-    assert_one_line_error(tierflow("run", str(path), "-p", "the"), "token_type_ids")
+    fails_clearly(tierflow("run", str(path), "-p", "the"), "token_type_ids")
 
 
 def test_prompt_that_is_not_utf8(tmp_path: Path) -> None:
     model = save_tiny_lm(tmp_path / "tiny.onnx")
-    assert_one_line_error(tierflow("run", str(model), "--prompt", b"the \xff cat"), "not valid Unicode")
+    fails_clearly(tierflow("run", str(model), "--prompt", b"the \xff cat"), "not valid Unicode")
 
 
 def test_model_without_tokenizer(tmp_path: Path) -> None:
     model = save_tiny_lm(tmp_path / "tiny.onnx", tokenizer=False)
-    assert_one_line_error(tierflow("run", str(model), "--prompt", "the"), "no tokenizer")
+    fails_clearly(tierflow("run", str(model), "--prompt", "the"), "no tokenizer")
 
 
 @pytest.mark.parametrize("args", [["-n", "-3"], ["--top-p", "2"]])

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import pytest
+from tests.support.cli import assert_one_line_error, cli
 from tests.support.tiny_pyramid import build_classifier, build_lm, save
 
-from tierflow.cli import main
 from tierflow.compiler.compiler import CompileReport, compile_model
 from tierflow.compiler.extract import SourceModel, pyramid_for
 from tierflow.errors import ConfigError, FidelityError, InvalidModelError, ModelNotFoundError
@@ -34,28 +33,6 @@ def config(**targets: dict[str, Any]) -> PyramidConfig:
     for name, spec in targets.items():
         base[name] = {**base.get(name, {}), **spec}
     return pyramid_from_dict({**FAST, "targets": base})
-
-
-def cli(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["tierflow", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, fragment: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert fragment in err, err
 
 
 def initializer_types(model_bytes: bytes) -> set[int]:

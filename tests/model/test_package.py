@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.cli import assert_one_line_error, cli
 
-from tierflow.cli import main
 from tierflow.errors import PackageError, UnknownTargetError
 from tierflow.model.package import (
     MANIFEST_NAME,
@@ -211,28 +210,6 @@ def test_write_is_atomic_when_interrupted(tmp_path: Path) -> None:
 
 
 # --- tierflow inspect --------------------------------------------------------------------------
-
-
-def cli(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["tierflow", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, fragment: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert fragment in err, err
 
 
 def test_inspect_json(

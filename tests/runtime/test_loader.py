@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.support.cli import cli
 from tests.support.tiny_pyramid import build_lm, save
 
 import tierflow
-from tierflow.cli import main
 from tierflow.compiler.compiler import compile_model
 from tierflow.errors import (
     ConfigError,
@@ -331,20 +330,6 @@ def test_vision_model_runs_but_does_not_generate(tmp_path: Path) -> None:
 
 
 # --- tierflow run MODEL.tfm ----------------------------------------------------------------------
-
-
-def cli(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["tierflow", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_run_package(
