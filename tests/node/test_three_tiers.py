@@ -41,9 +41,9 @@ def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     init_pki(certs, ["device", "edge", "cloud"])
     model = resolve_model("demo-vision")
     cloud = start_node("cloud", model, certs, log=root / "cloud.log")
-    edge_cloud = LinkEmulator(_address(cloud.data_plane), "wifi").start()
-    edge = start_node("edge", model, certs, peers={"cloud": _hostport(edge_cloud)}, log=root / "edge.log")
-    device_edge = LinkEmulator(_address(edge.data_plane), "4g").start()
+    edge_cloud = LinkEmulator(cloud.data_plane, "wifi").start()
+    edge = start_node("edge", model, certs, peers={"cloud": edge_cloud.hostport}, log=root / "edge.log")
+    device_edge = LinkEmulator(edge.data_plane, "4g").start()
     yield {
         "certs": certs,
         "model": model,
@@ -58,23 +58,13 @@ def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
         node.stop()
 
 
-def _address(hostport: str) -> tuple[str, int]:
-    host, port = hostport.rsplit(":", 1)
-    return host, int(port)
-
-
-def _hostport(link: LinkEmulator) -> str:
-    host, port = link.address
-    return f"{host}:{port}"
-
-
 def _runner(tiers: dict[str, object]) -> SplitRunner:
     model = onnx.load(str(tiers["model"]))
     identity = load_identity(tiers["certs"], "device")  # type: ignore[arg-type]
     return SplitRunner(
         model,
         identity,
-        {"edge": _hostport(tiers["device_edge"])},  # type: ignore[arg-type]
+        {"edge": tiers["device_edge"].hostport},  # type: ignore[attr-defined]
         SessionOptions(intra_op_threads=1),
     )
 
@@ -154,7 +144,7 @@ def test_privacy_noise_on_what_leaves_the_device_and_its_budget(tiers: dict[str,
         runner = SplitRunner(
             onnx.load(str(tiers["model"])),
             load_identity(tiers["certs"], "device"),  # type: ignore[arg-type]
-            {"edge": _hostport(tiers["device_edge"])},  # type: ignore[arg-type]
+            {"edge": tiers["device_edge"].hostport},  # type: ignore[attr-defined]
             SessionOptions(intra_op_threads=1),
             privacy=mechanism,
             accountant=budget,

@@ -163,18 +163,17 @@ def run_pipeline_bench(
         init_pki(certs, ["device", "cloud"])
         cloud = start_node("cloud", model_path, certs, threads=threads)
         try:
-            host, port = cloud.data_plane.rsplit(":", 1)
             for name in profiles:
                 profile = get_profile(name)
                 cut, _ = choose_cut(local, batch[0], blocks, outputs, profile.up_bps, profile.down_bps)
                 plan = SplitPlan(
                     stages=(("device", (cut,)), ("cloud", tuple(outputs))), returns=tuple(outputs)
                 )
-                with LinkEmulator((host, int(port)), profile) as link:
+                with LinkEmulator(cloud.data_plane, profile) as link:
                     runner = SplitRunner(
                         proto,
                         load_identity(certs, "device"),
-                        {"cloud": f"{link.address[0]}:{link.address[1]}"},
+                        {"cloud": link.hostport},
                         options,
                         quant="int8",
                         slowdown=device_slowdown,

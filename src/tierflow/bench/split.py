@@ -139,11 +139,6 @@ def bench_links(access: LinkProfile) -> tuple[LinkState, ...]:
     )
 
 
-def _hostport(link: LinkEmulator) -> str:
-    host, port = link.address
-    return f"{host}:{port}"
-
-
 class Tiers:
     """The edge and cloud node processes of one model and the three link emulators."""
 
@@ -156,7 +151,7 @@ class Tiers:
                                           log=logs / "cloud.log" if logs else None))
             self.edge_cloud = self._link(LinkEmulator(cloud.data_plane, BACKHAUL, seed=1))
             edge = self._node(start_node("edge", model, certs, threads=threads, slowdown=edge_slowdown,
-                                         peers={CLOUD: _hostport(self.edge_cloud)},
+                                         peers={CLOUD: self.edge_cloud.hostport},
                                          log=logs / "edge.log" if logs else None))
             self.device_edge = self._link(LinkEmulator(edge.data_plane, FAST, seed=2))
             self.device_cloud = self._link(LinkEmulator(cloud.data_plane, chained(get_profile(FAST)), seed=3))
@@ -176,7 +171,7 @@ class Tiers:
     @property
     def peers(self) -> dict[str, str]:
         """Where the device reaches each remote tier."""
-        return {EDGE: _hostport(self.device_edge), CLOUD: _hostport(self.device_cloud)}
+        return {EDGE: self.device_edge.hostport, CLOUD: self.device_cloud.hostport}
 
     def set_access(self, access: LinkProfile) -> None:
         self.access = access

@@ -86,11 +86,10 @@ def _three_tiers(profile: str) -> None:
         try:
             model = onnx.load(str(model_path))
             image = np.random.default_rng(0).normal(size=(1, 3, 224, 224)).astype(np.float32)
-            edge_link = deployment.links["device->edge"].address
             runner = SplitRunner(
                 model,
                 load_identity(certs, "device"),
-                {"edge": f"{edge_link[0]}:{edge_link[1]}"},
+                {"edge": deployment.links["device->edge"].hostport},
                 SessionOptions(intra_op_threads=1),
                 quant="int8",
             )

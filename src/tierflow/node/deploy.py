@@ -19,16 +19,6 @@ from tierflow.transport.profiles import LinkProfile, get_profile
 BACKHAUL = "datacenter"  # edge <-> cloud
 
 
-def _hostport(link: LinkEmulator) -> str:
-    host, port = link.address
-    return f"{host}:{port}"
-
-
-def _address(hostport: str) -> tuple[str, int]:
-    host, port = hostport.rsplit(":", 1)
-    return host, int(port)
-
-
 @dataclass
 class LocalDeployment:
     """Edge and cloud nodes plus the links between the tiers; ``stop()`` ends them all."""
@@ -44,9 +34,7 @@ class LocalDeployment:
                 n: {"data_plane": p.data_plane, "http": p.http, "model_id": p.model_id}
                 for n, p in self.nodes.items()
             },
-            "device_links": {
-                n: _hostport(link) for n, link in self.links.items() if n.startswith("device->")
-            },
+            "device_links": {n: link.hostport for n, link in self.links.items() if n.startswith("device->")},
             "profile": self.links["device->edge"].profile.name if "device->edge" in self.links else None,
         }
 
@@ -84,20 +72,20 @@ def deploy_local(
     try:
         cloud = start_node("cloud", model, certs, threads=threads, log=log("cloud"))
         deployment.nodes["cloud"] = cloud
-        backhaul = LinkEmulator(_address(cloud.data_plane), BACKHAUL).start()
+        backhaul = LinkEmulator(cloud.data_plane, BACKHAUL).start()
         deployment.links["edge->cloud"] = backhaul
         edge = start_node(
             "edge",
             model,
             certs,
-            peers={"cloud": _hostport(backhaul)},
+            peers={"cloud": backhaul.hostport},
             threads=threads,
             slowdown=edge_slowdown,
             log=log("edge"),
         )
         deployment.nodes["edge"] = edge
-        deployment.links["device->edge"] = LinkEmulator(_address(edge.data_plane), access).start()
-        deployment.links["device->cloud"] = LinkEmulator(_address(_hostport(backhaul)), access).start()
+        deployment.links["device->edge"] = LinkEmulator(edge.data_plane, access).start()
+        deployment.links["device->cloud"] = LinkEmulator(backhaul.hostport, access).start()
     except BaseException:
         deployment.stop()
         raise

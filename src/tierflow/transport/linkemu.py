@@ -671,6 +671,12 @@ class LinkEmulator:
         return self._core.address if self._core is not None else self._listen
 
     @property
+    def hostport(self) -> str:
+        """:attr:`address` as ``HOST:PORT``, the form node configs and data-plane clients take."""
+        host, port = self.address
+        return f"{host}:{port}"
+
+    @property
     def port(self) -> int:
         return self.address[1]
 
