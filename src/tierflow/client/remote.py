@@ -18,7 +18,6 @@ from tierflow.runtime.image import ImageResult
 from tierflow.runtime.lm import GenerationResult, sampling_options
 from tierflow.transport.dataplane import SyncDataPlaneClient
 from tierflow.transport.messages import StageRequest, StageResponse
-from tierflow.transport.peers import raise_remote
 from tierflow.transport.tls import load_identity
 
 ENV_CLOUD = "TIERFLOW_CLOUD"  # HOST:PORT of the cloud node's data plane
@@ -78,9 +77,7 @@ class RemoteModel:
             raise TierUnavailableError(
                 f"cloud node failed during the request: {exc}", tier=self.endpoint.server_name
             ) from exc
-        if response.error is not None:
-            raise_remote(self.endpoint.server_name, response)
-        return response
+        return response.raise_for_error(self.endpoint.server_name)
 
     @property
     def provider(self) -> str:

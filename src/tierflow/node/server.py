@@ -24,8 +24,15 @@ from tierflow.runtime.lm import SamplingConfig
 from tierflow.runtime.session import SessionOptions
 from tierflow.transport.dataplane import DataPlaneServer, error_code_for
 from tierflow.transport.dataplane_metrics import DataPlaneMetrics
-from tierflow.transport.messages import MetaValue, PeerInfo, StageError, StageRequest, StageResponse
-from tierflow.transport.peers import FAILED_TIER_KEY, PeerClients
+from tierflow.transport.messages import (
+    FAILED_TIER_KEY,
+    MetaValue,
+    PeerInfo,
+    StageError,
+    StageRequest,
+    StageResponse,
+)
+from tierflow.transport.peers import PeerClients
 from tierflow.transport.route import (
     COMPUTE_PREFIX,
     RETURN_KEY,

@@ -15,13 +15,13 @@ import numpy as np
 from tierflow.errors import (
     FrameError,
     InvalidInputError,
-    RecoverableError,
-    TierflowError,
-    TransportError,
+    ModelNotFoundError,
+    TierUnavailableError,
     UserError,
 )
 
 MetaValue = str | int | float | bool
+FAILED_TIER_KEY = "failed_tier"  # response meta: which tier a relayed unavailability is about
 # How float tensors travel (tierflow.wire.QuantMode by name); other dtypes always go raw.
 Quant = Literal["raw", "fp16", "int8", "int8_channel"]
 QUANT_MODES: tuple[str, ...] = ("raw", "fp16", "int8", "int8_channel")
@@ -89,23 +89,27 @@ class StageResponse:
     def failure(cls, request_id: int, code: str, message: str, reason: str = "") -> StageResponse:
         return cls(request_id=request_id, error=StageError(code, message, reason))
 
-    def raise_for_error(self) -> StageResponse:
-        """Return ``self`` if it succeeded, else raise the tierflow error its code stands for."""
+    def raise_for_error(self, peer: str | None = None) -> StageResponse:
+        """Return ``self`` if it succeeded, else raise the tierflow error its code stands for.
+
+        With ``peer`` (the tier that answered) the message names it; a tier that is gone or
+        failed inside raises :class:`TierUnavailableError` naming the tier really at fault
+        (``meta[FAILED_TIER_KEY]`` when the failure was relayed from further down a route).
+        """
         if self.error is None:
             return self
         code, message = self.error.code, self.error.message
-        text = f"remote stage failed ({code}): {message}"
+        text = f"tier '{peer}': {message}" if peer else f"remote stage failed ({code}): {message}"
         if code == ErrorCode.FRAME_REJECTED:
             raise FrameError(text)
         if code in (ErrorCode.INVALID_INPUT, ErrorCode.BAD_REQUEST):
             raise InvalidInputError(text)
-        if code in (ErrorCode.UNKNOWN_MODEL, ErrorCode.UNKNOWN_OP):
+        if code == ErrorCode.UNKNOWN_MODEL:
+            raise ModelNotFoundError(text)
+        if code == ErrorCode.UNKNOWN_OP:
             raise UserError(text)
-        if code == ErrorCode.DISCONNECTED:
-            raise TransportError(text)
-        if code == ErrorCode.UNAVAILABLE:
-            raise RecoverableError(text)
-        raise TierflowError(text)
+        failed = self.meta.get(FAILED_TIER_KEY, peer)
+        raise TierUnavailableError(text, tier=str(failed) if failed is not None else None)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,8 @@ import asyncio
 from tierflow.errors import TierUnavailableError, TransportError
 from tierflow.transport.dataplane import DataPlaneClient
 from tierflow.transport.dataplane_metrics import DataPlaneMetrics
-from tierflow.transport.messages import ErrorCode, StageRequest, StageResponse
+from tierflow.transport.messages import StageRequest, StageResponse
 from tierflow.transport.tls import Identity
-
-FAILED_TIER_KEY = "failed_tier"  # response meta: which tier a relayed unavailability is about
 
 
 class PeerClients:
@@ -53,29 +51,10 @@ class PeerClients:
             response = await client.call(request, timeout)
         except TransportError as exc:
             raise TierUnavailableError(f"tier '{peer}' failed during the request: {exc}", tier=peer) from exc
-        if response.error is not None:
-            raise_remote(peer, response)
-        return response
+        return response.raise_for_error(peer)
 
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
 
-
-def raise_remote(peer: str, response: StageResponse) -> None:
-    """Turn an error reply into the matching tierflow error, naming the tier."""
-    from tierflow.errors import FrameError, InvalidInputError, ModelNotFoundError, TierflowError
-
-    assert response.error is not None
-    code, message = response.error.code, f"tier '{peer}': {response.error.message}"
-    if code in (ErrorCode.DISCONNECTED, ErrorCode.UNAVAILABLE):
-        # a relayed failure names the tier further down the route that is really gone
-        raise TierUnavailableError(message, tier=str(response.meta.get(FAILED_TIER_KEY, peer)))
-    kinds: dict[str, type[TierflowError]] = {
-        ErrorCode.INVALID_INPUT: InvalidInputError,
-        ErrorCode.BAD_REQUEST: InvalidInputError,
-        ErrorCode.UNKNOWN_MODEL: ModelNotFoundError,
-        ErrorCode.FRAME_REJECTED: FrameError,
-    }
-    raise kinds.get(code, TierUnavailableError)(message)
