@@ -7,10 +7,10 @@ import pytest
 
 from tierflow.bench.split import Settings, chained, run_split_bench, sample_grid
 from tierflow.model.registry import resolve_model
-from tierflow.planner.graph import build_unit_graph
 from tierflow.planner.search import candidate_grid, plan
 from tierflow.planner.snapshot import Snapshot, TierState, links_for
-from tierflow.transport.profiles import get_profile
+from tierflow.profiling.graph_builder import build_unit_graph
+from tierflow.types.links import get_profile
 
 
 def test_a_sampled_grid_keeps_the_chosen_and_single_tier_plans() -> None:

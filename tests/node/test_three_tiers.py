@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tierflow.client.split import SplitPlan, SplitRunner
+from tierflow.engine.split_runner import SplitPlan, SplitRunner
 from tierflow.errors import TierUnavailableError
 from tierflow.model.registry import resolve_model
 from tierflow.node.launch import NodeProcess, start_node

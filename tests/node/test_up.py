@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tierflow.client.split import SplitPlan, SplitRunner
+from tierflow.engine.split_runner import SplitPlan, SplitRunner
 from tierflow.model.registry import resolve_model
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.stages import StageRunner

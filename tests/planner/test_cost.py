@@ -17,7 +17,7 @@ from tierflow.planner.power import (
     radio_for_profile,
 )
 from tierflow.planner.snapshot import LinkState, Snapshot, TierState, links_for
-from tierflow.transport.profiles import get_profile
+from tierflow.types.links import get_profile
 
 
 def two_units() -> UnitGraph:

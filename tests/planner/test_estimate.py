@@ -9,7 +9,7 @@ import pytest
 from tierflow.errors import InvalidInputError
 from tierflow.planner.estimate import ChangeDetector, DeviceMonitor, Ewma, LinkEstimator, SnapshotSource
 from tierflow.planner.graph import TensorInfo, Unit, UnitGraph
-from tierflow.planner.profiler import StageTiming, TierProfile
+from tierflow.planner.profile import StageTiming, TierProfile
 
 
 def transfer_seconds(nbytes: int, bps: float, rtt: float, rng: random.Random) -> float:

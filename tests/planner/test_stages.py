@@ -9,12 +9,13 @@ import pytest
 
 from tests.planner.models import BUNDLED_NAMES, OPTIONS, bundled
 from tierflow.errors import PlanError
-from tierflow.planner.graph import UnitGraph, build_unit_graph, example_feeds, input_dtypes
+from tierflow.planner.graph import UnitGraph
 from tierflow.planner.plan import Plan, run_stages, stages_for
 from tierflow.planner.search import candidate_grid, evaluate_plan, plan
 from tierflow.planner.snapshot import BACKHAUL, Snapshot, TierState, links_for
+from tierflow.profiling.graph_builder import build_unit_graph, example_feeds, input_dtypes
 from tierflow.runtime.stages import StageRunner
-from tierflow.transport.profiles import get_profile
+from tierflow.types.links import get_profile
 
 
 def snapshot_for(graph: UnitGraph, profile: str = "4g") -> Snapshot:

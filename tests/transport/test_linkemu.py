@@ -22,7 +22,8 @@ import pytest
 
 from tierflow.errors import ConfigError, TransportError
 from tierflow.transport.linkemu import MSS, LinkEmulator, LossModel, parse_address, rto_s, segment_size
-from tierflow.transport.profiles import Direction, LinkProfile, get_profile, parse_trace
+from tierflow.transport.profiles import parse_trace
+from tierflow.types.links import Direction, LinkProfile, get_profile
 
 # --- upstream servers --------------------------------------------------------
 

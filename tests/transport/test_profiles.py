@@ -9,17 +9,8 @@ import pydantic
 import pytest
 
 from tierflow.errors import ConfigError, UserError
-from tierflow.transport.profiles import (
-    PROFILES,
-    Direction,
-    LinkProfile,
-    LinkTrace,
-    TracePoint,
-    format_bps,
-    get_profile,
-    load_trace,
-    parse_trace,
-)
+from tierflow.transport.profiles import LinkTrace, TracePoint, load_trace, parse_trace
+from tierflow.types.links import PROFILES, Direction, LinkProfile, format_bps, get_profile
 
 NAMED = ("offline", "2g", "3g", "4g", "wifi", "5g", "datacenter")
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from tierflow.client.split import SplitPlan, SplitRunner
+from tierflow.engine.split_runner import SplitPlan, SplitRunner
 from tierflow.errors import InvalidModelError
 from tierflow.model.registry import resolve_model
 from tierflow.node.launch import start_node
@@ -40,8 +40,8 @@ from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.stages import StageRunner
 from tierflow.transport.certs import init_pki
 from tierflow.transport.linkemu import LinkEmulator
-from tierflow.transport.profiles import get_profile
 from tierflow.transport.tls import load_identity
+from tierflow.types.links import get_profile
 
 DEFAULT_MODEL = "demo-vision"
 INT8_FACTOR = 0.25  # bytes on the wire per fp32 byte with int8 frames (scales are negligible)

@@ -2,7 +2,7 @@
 
 Set-up (one set of processes per model, reused across the link profiles):
 
-* **device** -- this process: a :class:`~tierflow.client.engine.SplitEngine` whose stage runner
+* **device** -- this process: a :class:`~tierflow.engine.split_engine.SplitEngine` whose stage runner
   is SIMULATED ``device_slowdown`` times slower (the slowdown stretches the real execution; the
   planner learns it by profiling the device, it never reads the factor);
 * **edge** -- a ``tierflow node`` process at ``--slowdown edge_slowdown`` (default 2: an edge box
@@ -67,24 +67,25 @@ from typing import Any
 import numpy as np
 import onnx
 
-from tierflow.client.engine import SplitEngine, actual_path, measured_overhead, set_overhead
-from tierflow.client.split import SplitResult
+from tierflow.engine.split_engine import SplitEngine, actual_path, measured_overhead, set_overhead
+from tierflow.engine.split_runner import SplitResult
 from tierflow.errors import ConfigError
 from tierflow.model.registry import resolve_model
 from tierflow.node.launch import NodeProcess, start_node
 from tierflow.planner.estimate import LinkEstimator, SnapshotSource
-from tierflow.planner.graph import UnitGraph, build_unit_graph, example_feeds, input_dtypes
-from tierflow.planner.local import LocalProfiler
+from tierflow.planner.graph import UnitGraph
 from tierflow.planner.plan import Plan
 from tierflow.planner.power import DevicePower, radio_for_profile
-from tierflow.planner.profiler import StageTiming, profile_remote
+from tierflow.planner.profile import StageTiming, profile_remote
 from tierflow.planner.search import candidate_grid, plan
 from tierflow.planner.snapshot import BACKHAUL, CLOUD, DEVICE, EDGE, LinkState
+from tierflow.profiling.graph_builder import build_unit_graph, example_feeds, input_dtypes
+from tierflow.profiling.local import LocalProfiler
 from tierflow.runtime.session import SessionOptions
 from tierflow.transport.certs import init_pki
 from tierflow.transport.linkemu import MSS, LinkEmulator
-from tierflow.transport.profiles import LinkProfile, get_profile
 from tierflow.transport.tls import load_identity
+from tierflow.types.links import LinkProfile, get_profile
 
 MODELS = ("demo-vision", "demo-image", "demo-lm")
 PROFILES = ("2g", "3g", "4g", "wifi", "5g", "datacenter")

@@ -67,7 +67,7 @@ def _three_tiers(profile: str) -> None:
     import numpy as np
     import onnx
 
-    from tierflow.client.split import SplitPlan, SplitResult, SplitRunner
+    from tierflow.engine.split_runner import SplitPlan, SplitResult, SplitRunner
     from tierflow.node.deploy import deploy_local
     from tierflow.runtime.session import SessionOptions
     from tierflow.runtime.stages import StageRunner

@@ -16,7 +16,8 @@ from typing import Annotated
 import typer
 
 from tierflow.transport.linkemu import LinkEmulator, LinkStats, parse_address
-from tierflow.transport.profiles import PROFILES, format_bps, get_profile, load_trace
+from tierflow.transport.profiles import load_trace
+from tierflow.types.links import PROFILES, format_bps, get_profile
 
 
 def _size(n: float) -> str:

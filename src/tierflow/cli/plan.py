@@ -1,6 +1,6 @@
 """``tierflow plan``: where to cut a model between device, edge and cloud, from measurements.
 
-The tiers are profiled on this machine (see :mod:`tierflow.planner.local`): the
+The tiers are profiled on this machine (see :mod:`tierflow.profiling.local`): the
 device runs the model with a simulated slowdown, the edge is this machine, the
 cloud this machine at a documented speed-up -- or either remote tier from the
 stage timings it reported (``--edge-stats`` / ``--cloud-stats``). The links come
@@ -20,15 +20,17 @@ from rich.table import Table
 from tierflow.cli._common import console, spinner
 from tierflow.errors import ConfigError
 from tierflow.planner.estimate import DeviceMonitor
-from tierflow.planner.graph import GRANULARITIES, UnitGraph, build_unit_graph
-from tierflow.planner.local import LocalProfiler, TierSetup, load_model
+from tierflow.planner.graph import GRANULARITIES, UnitGraph
 from tierflow.planner.plan import Plan
 from tierflow.planner.power import DevicePower, radio_for_profile
-from tierflow.planner.profiler import ProfileCache, TierProfile, load_timings
+from tierflow.planner.profile import TierProfile
 from tierflow.planner.search import alternatives, grid_size, plan
 from tierflow.planner.snapshot import CLOUD, DEVICE, EDGE, Snapshot, links_for
+from tierflow.profiling.graph_builder import build_unit_graph
+from tierflow.profiling.local import LocalProfiler, TierSetup, load_model
+from tierflow.profiling.profiler import ProfileCache, load_timings
 from tierflow.runtime.session import SessionOptions
-from tierflow.transport.profiles import PROFILES, get_profile
+from tierflow.types.links import PROFILES, get_profile
 
 DEFAULT_SLOWDOWN = 4.0  # the simulated device is this many times slower than this machine
 DEFAULT_CLOUD_SPEEDUP = 4.0  # the stand-in cloud is this many times faster (docs/PLANNER.md)

@@ -9,7 +9,7 @@ import typer
 
 from tierflow.cli._common import console, err_console, spinner
 from tierflow.cli.run_other import print_image_result, run_generic
-from tierflow.client.api import load
+from tierflow.engine.load import load
 from tierflow.model import lm_contract as lc
 from tierflow.runtime.generic import GenericRunner, load_npy_inputs
 from tierflow.runtime.image import ImageResult

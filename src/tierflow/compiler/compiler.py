@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import onnx
@@ -154,11 +155,9 @@ def compile_model(
         error.report = report  # type: ignore[attr-defined]  # the CLI prints the table first
         raise error
 
-    from tierflow import __version__
-
     info = pyramid.info()
     report.manifest = Manifest(
-        created_by=f"tierflow {__version__}",
+        created_by=f"tierflow {package_version('tierflow')}",
         model=ModelInfo(
             name=name,
             kind=src.kind,

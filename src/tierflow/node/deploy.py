@@ -14,7 +14,7 @@ from pathlib import Path
 from tierflow.node.launch import NodeProcess, start_node
 from tierflow.transport.certs import init_pki
 from tierflow.transport.linkemu import LinkEmulator
-from tierflow.transport.profiles import LinkProfile, get_profile
+from tierflow.types.links import LinkProfile, get_profile
 
 BACKHAUL = "datacenter"  # edge <-> cloud
 

@@ -1,12 +1,13 @@
 """The split decision engine: where to cut a model between device, edge and cloud.
 
 Pure planning over immutable snapshots (:mod:`.graph`, :mod:`.snapshot`, :mod:`.cost`,
-:mod:`.search`, :mod:`.plan`, :mod:`.replan`) and the measuring around it
-(:mod:`.profiler`, :mod:`.estimate`, :mod:`.local`). See docs/PLANNER.md.
+:mod:`.search`, :mod:`.plan`, :mod:`.replan`), profiles as values (:mod:`.profile`) and the
+online estimators fed by observations (:mod:`.estimate`). Building the unit graph from an
+ONNX model and measuring tiers is :mod:`tierflow.profiling`. See docs/PLANNER.md.
 """
 
 from tierflow.planner.cost import PathCosts, Prediction
-from tierflow.planner.graph import UnitGraph, build_unit_graph
+from tierflow.planner.graph import UnitGraph
 from tierflow.planner.plan import Plan, Stage, run_stages
 from tierflow.planner.replan import Decision, Replanner, ReplanPolicy, replay
 from tierflow.planner.search import alternatives, candidate_grid, evaluate_plan, plan
@@ -26,7 +27,6 @@ __all__ = [
     "Trace",
     "UnitGraph",
     "alternatives",
-    "build_unit_graph",
     "candidate_grid",
     "evaluate_plan",
     "links_for",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from tierflow.errors import InvalidInputError
 from tierflow.planner.graph import UnitGraph
 from tierflow.planner.power import DevicePower
-from tierflow.planner.profiler import TierProfile
+from tierflow.planner.profile import TierProfile
 from tierflow.planner.snapshot import Compression, LinkState, Snapshot, TierState
 
 

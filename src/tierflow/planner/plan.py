@@ -12,7 +12,7 @@ or relayed), ``returns`` travel back towards the device, and ``keeps`` stay here
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -21,8 +21,11 @@ from tierflow.errors import PlanError
 from tierflow.planner.cost import Prediction
 from tierflow.planner.graph import UnitGraph
 
-if TYPE_CHECKING:
-    from tierflow.runtime.stages import StageRunner
+
+class StageRunning(Protocol):
+    """Anything that runs a stage in this process (``tierflow.runtime.stages.StageRunner``)."""
+
+    def run(self, tensors: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]: ...
 
 
 class _Frozen(BaseModel):
@@ -70,7 +73,7 @@ class Plan(_Frozen):
 
     def split_stages(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """``(tier, outputs)`` of each stage that computes, in order: what a split runner executes
-        (``tierflow.client.split.SplitPlan(stages=plan.split_stages(), returns=plan.results)``)."""
+        (``tierflow.engine.split_runner.SplitPlan(stages=plan.split_stages(), returns=plan.results)``)."""
         return tuple((s.tier, s.outputs) for s in self.stages if s.units)
 
     @property
@@ -135,7 +138,7 @@ def stages_for(graph: UnitGraph, path: Sequence[str], labels: Sequence[int]) -> 
 
 
 def run_stages(
-    stages: Sequence[Stage], feeds: Mapping[str, np.ndarray], runner: StageRunner
+    stages: Sequence[Stage], feeds: Mapping[str, np.ndarray], runner: StageRunning
 ) -> dict[str, np.ndarray]:
     """Run ``stages`` one after another in this process; returns every tensor seen.
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tierflow.errors import ConfigError
 from tierflow.planner.graph import UnitGraph
 from tierflow.planner.power import DevicePower
-from tierflow.transport.profiles import LinkProfile
+from tierflow.types.links import LinkProfile
 
 DEVICE = "device"
 EDGE = "edge"

@@ -355,7 +355,7 @@ def load(
 
     ``target`` forces a target by name (or ``"cloud-proxy"``) without the fit check;
     ``capabilities`` replaces detection (tests, what-if planning); ``remote``
-    makes the cloud proxy's transport for a manifest (see :func:`tierflow.client.api.load`).
+    makes the cloud proxy's transport for a manifest (see :func:`tierflow.engine.load.load`).
     """
     package = Package.open(path)
     caps = capabilities or detect()

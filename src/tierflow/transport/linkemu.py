@@ -51,13 +51,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tierflow.errors import ConfigError, TransportError
-from tierflow.transport.profiles import (
-    Direction,
-    DirectionParams,
-    LinkProfile,
-    LinkTrace,
-    get_profile,
-)
+from tierflow.transport.profiles import LinkTrace
+from tierflow.types.links import Direction, DirectionParams, LinkProfile, get_profile
 
 MSS = 1460  # bytes per emulated packet (Ethernet MTU minus IP/TCP headers)
 MIN_RTO_S = 0.2  # Linux's minimum TCP retransmission timeout

@@ -1,4 +1,4 @@
-"""The split engine: the planner and a :class:`~tierflow.client.split.SplitRunner`, on the device.
+"""The split engine: the planner and a :class:`~tierflow.engine.split_runner.SplitRunner`, on the device.
 
 For every request the engine
 
@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from tierflow.client.split import DEVICE, SplitPlan, SplitResult, SplitRunner
+from tierflow.engine.split_runner import DEVICE, SplitPlan, SplitResult, SplitRunner
 from tierflow.errors import InvalidInputError, PlanError, TierUnavailableError
 from tierflow.planner.estimate import Ewma, LinkEstimator, SnapshotSource
 from tierflow.planner.graph import UnitGraph
 from tierflow.planner.plan import Plan
-from tierflow.planner.profiler import StageTiming, TierProfile, calibrate
+from tierflow.planner.profile import StageTiming, TierProfile, calibrate
 from tierflow.planner.replan import Decision, Replanner, ReplanPolicy
 from tierflow.planner.search import evaluate_plan
 from tierflow.planner.search import plan as search_plan

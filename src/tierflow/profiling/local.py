@@ -6,7 +6,7 @@ Each tier is one of:
   with the tier's session options and, for a simulated weak device, its slowdown
   (which acts on the real execution: the profile learns it by timing);
 * **reported** -- stage timings the tier measured itself (a remote node's statistics),
-  turned into a profile with :func:`~tierflow.planner.profiler.profile_remote`;
+  turned into a profile with :func:`~tierflow.profiling.profiler.profile_remote`;
 * **a stand-in** -- this machine's measured profile divided by a documented speed-up,
   for a tier that cannot be measured from here (a datacenter GPU box). Such a profile
   is marked ``source = "scaled"`` wherever it is shown.
@@ -25,17 +25,10 @@ from tierflow.errors import InvalidModelError
 from tierflow.model.package import Package
 from tierflow.model.registry import resolve_model
 from tierflow.planner.estimate import DeviceMonitor
-from tierflow.planner.graph import UnitGraph, example_feeds, input_dtypes
-from tierflow.planner.profiler import (
-    ProfileCache,
-    StageTiming,
-    TierProfile,
-    node_times,
-    profile_local,
-    profile_remote,
-    tier_fingerprint,
-    unit_shares,
-)
+from tierflow.planner.graph import UnitGraph
+from tierflow.planner.profile import StageTiming, TierProfile, profile_remote, unit_shares
+from tierflow.profiling.graph_builder import example_feeds, input_dtypes
+from tierflow.profiling.profiler import ProfileCache, node_times, profile_local, tier_fingerprint
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.stages import StageRunner
 

@@ -12,18 +12,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tierflow.errors import ConfigError, InvalidInputError
 from tierflow.node.executor import NodeExecutor
-from tierflow.planner.graph import UnitGraph, build_unit_graph, example_feeds, input_dtypes
-from tierflow.planner.profiler import (
+from tierflow.planner.graph import UnitGraph
+from tierflow.planner.profile import StageTiming, calibrate, profile_remote, timings_from_stats, unit_shares
+from tierflow.profiling.graph_builder import build_unit_graph, example_feeds, input_dtypes
+from tierflow.profiling.profiler import (
     ProfileCache,
-    StageTiming,
-    calibrate,
     load_timings,
     node_times,
     profile_local,
-    profile_remote,
     tier_fingerprint,
-    timings_from_stats,
-    unit_shares,
 )
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.stages import StageRunner

@@ -11,7 +11,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.planner.models import bundled
 from tierflow.errors import InvalidInputError, InvalidModelError
-from tierflow.planner.graph import build_unit_graph, default_input_shapes, example_feeds, input_dtypes
+from tierflow.profiling.graph_builder import (
+    build_unit_graph,
+    default_input_shapes,
+    example_feeds,
+    input_dtypes,
+)
 
 
 def test_demo_vision_blocks_are_units_and_the_long_skip_crosses() -> None:

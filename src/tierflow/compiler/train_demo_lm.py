@@ -1,6 +1,6 @@
 """Train ``demo-lm`` on Python's documentation and export it in tierflow's LM contract.
 
-    python -m tierflow.model.demo.train_lm --out src/tierflow/model/assets/demo-lm.onnx \\
+    python -m tierflow.compiler.train_demo_lm --out src/tierflow/model/assets/demo-lm.onnx \\
         [--minutes 18 | --steps N] [--seed 0]
 
 Everything is seeded: the tokenizer (byte-level BPE, 2048 tokens) is trained

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tierflow.client.engine import (
+from tierflow.engine.split_engine import (
     SplitEngine,
     actual_path,
     failed_tier,
@@ -24,21 +24,22 @@ from tierflow.client.engine import (
     set_overhead,
     to_split_plan,
 )
-from tierflow.client.split import SplitResult
+from tierflow.engine.split_runner import SplitResult
 from tierflow.errors import PlanError, TierUnavailableError
 from tierflow.model.registry import resolve_model
 from tierflow.node.launch import NodeProcess, start_node
 from tierflow.planner.estimate import LinkEstimator, SnapshotSource
-from tierflow.planner.graph import UnitGraph, build_unit_graph
-from tierflow.planner.profiler import TierProfile
+from tierflow.planner.graph import UnitGraph
+from tierflow.planner.profile import TierProfile
 from tierflow.planner.search import evaluate_plan
 from tierflow.planner.snapshot import Snapshot, TierState, links_for
+from tierflow.profiling.graph_builder import build_unit_graph
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.stages import StageRunner
 from tierflow.transport.certs import init_pki
 from tierflow.transport.linkemu import LinkEmulator
-from tierflow.transport.profiles import get_profile
 from tierflow.transport.tls import load_identity
+from tierflow.types.links import get_profile
 
 OPTIONS = SessionOptions(intra_op_threads=1)
 MBIT = 1e6

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tierflow.client.api import load
-from tierflow.client.remote import CloudEndpoint
+from tierflow.engine.cloud_proxy import CloudEndpoint
+from tierflow.engine.load import load
 from tierflow.errors import ModelNotFoundError, ProxyUnavailableError, TierUnavailableError
 from tierflow.node.launch import NodeProcess, start_node
 from tierflow.runtime.capabilities import Capabilities

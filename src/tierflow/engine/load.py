@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tierflow.client.remote import CloudEndpoint, RemoteModel
+from tierflow.engine.cloud_proxy import CloudEndpoint, RemoteModel
 from tierflow.model.package import Manifest
 from tierflow.runtime import loader
 from tierflow.runtime.capabilities import Capabilities
