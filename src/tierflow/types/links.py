@@ -148,3 +148,15 @@ def get_profile(name: str) -> LinkProfile:
         return PROFILES[key]
     except KeyError:
         raise ConfigError(f"unknown link profile {name!r}; known: {', '.join(PROFILES)}") from None
+
+
+def transfer_s(nbytes: float, bps: float) -> float:
+    """Seconds to push ``nbytes`` through ``bps`` bits/s: the one place bytes become link time.
+
+    An unlimited link (``inf``) takes no time; a stalled one (0) takes forever.
+    """
+    if math.isinf(bps):
+        return 0.0
+    if bps <= 0.0:
+        return math.inf if nbytes > 0 else 0.0
+    return nbytes * 8.0 / bps
