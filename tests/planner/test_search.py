@@ -105,7 +105,7 @@ def test_a_tensor_read_by_several_units_is_sent_once() -> None:
     snapshot = make_snapshot(graph, rng, 2)
     costs = PathCosts(graph, snapshot, ("device", "edge"))
     pred = costs.evaluate([0, 1, 1, 1])  # t0 is read by three units on the edge
-    forward = [h for h in pred.traffic if h.direction == "forward"]
+    forward = [h for h in pred.traffic if h.direction == "up"]
     assert forward[0].tensors.count("t0") == 1
     assert forward[0].wire_bytes == costs.wire["t0"]
 

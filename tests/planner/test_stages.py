@@ -92,7 +92,7 @@ def test_node_level_cuts_through_branches_run_too() -> None:
         labels = random_forward_labels(graph, 2, rng)
         plans.append(evaluate_plan(graph, snapshot, ("device", "edge", "cloud"), labels))
     multi = [
-        h for p in plans for h in p.prediction.traffic if h.direction == "forward" and len(h.tensors) > 1
+        h for p in plans for h in p.prediction.traffic if h.direction == "up" and len(h.tensors) > 1
     ]
     assert multi, "some cut should carry several tensors (branches or the skip)"
     check_split_equals_whole(name, graph, plans, StageRunner(bundled(name), OPTIONS))
@@ -122,5 +122,5 @@ def test_split_stages_and_results_for_a_split_runner() -> None:
     assert p.results == ("logits", "exit_logits") or set(p.results) == {"logits", "exit_logits"}
     device_outputs = p.split_stages()[0][1]
     assert any(o.startswith("present.") for o in device_outputs)  # the device keeps its layers' cache
-    returned = {t for h in p.prediction.traffic if h.direction == "return" for t in h.tensors}
+    returned = {t for h in p.prediction.traffic if h.direction == "down" for t in h.tensors}
     assert not any(t.startswith("present.") for t in returned)

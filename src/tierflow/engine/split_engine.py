@@ -10,7 +10,7 @@ For every request the engine
 2. turns the plan into a :class:`SplitPlan` (the device's stage first; a tier that would only
    relay is skipped -- the device then talks to the next computing tier directly, so a plan
    that needs a route the device lacks is replaced by the best one it can run,
-   :func:`executable_plan`) and runs it;
+   :func:`tierflow.planner.executable.executable_plan`) and runs it;
 3. learns from what happened: the device's stage time and each remote tier's reported compute
    time (``meta["compute_s.<tier>"]``) recalibrate that tier's profile, and the rest of the
    round trip (total - computes) updates the estimate of the link the request entered by.
@@ -23,10 +23,8 @@ re-plans over the tiers left and runs the request again on the new plan, once.
 
 from __future__ import annotations
 
-import contextlib
-import re
-import statistics
-from collections.abc import Mapping, Sequence, Set
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,17 +33,15 @@ import onnx
 from tierflow.engine.split_runner import DEVICE, SplitPlan, SplitResult, SplitRunner
 from tierflow.errors import InvalidInputError, PlanError, TierUnavailableError
 from tierflow.planner.estimate import Ewma, LinkEstimator, SnapshotSource
+from tierflow.planner.executable import actual_path, executable_plan
 from tierflow.planner.graph import UnitGraph
+from tierflow.planner.overhead import first_hop_sample
 from tierflow.planner.plan import Plan
 from tierflow.planner.profile import StageTiming, TierProfile, calibrate
 from tierflow.planner.replan import Decision, Replanner, ReplanPolicy
-from tierflow.planner.search import evaluate_plan
-from tierflow.planner.search import plan as search_plan
 from tierflow.planner.snapshot import Snapshot
 from tierflow.runtime.session import SessionOptions
 from tierflow.transport.tls import Identity
-
-_TIER_NAMED = re.compile(r"tier '([^']+)'")
 
 
 def to_split_plan(plan: Plan) -> SplitPlan:
@@ -54,68 +50,14 @@ def to_split_plan(plan: Plan) -> SplitPlan:
     return SplitPlan(stages=plan.split_stages(), returns=plan.results)
 
 
-def actual_path(plan: Plan) -> tuple[str, ...]:
-    """The tiers a request of ``plan`` really visits: the device, then every remote tier that computes."""
-    return (plan.path[0], *(s.tier for s in plan.stages[1:] if s.units))
-
-
 def failed_tier(exc: TierUnavailableError, candidates: Sequence[str]) -> str | None:
-    """The tier an error blames: the one it carries, else the innermost of ``candidates`` its message names.
+    """The tier an error blames, when it is one of ``candidates``.
 
-    A relayed failure reads ``tier 'edge': tier 'cloud' failed ...``: the edge answered, the
-    cloud behind it did not, so the last name is the one that is gone.
+    ``TierUnavailableError.tier`` names the innermost tier that failed: a node relaying a
+    request reports the tier behind it (response meta, ``transport/messages.py``), so a
+    cloud lost behind the edge is blamed on the cloud.
     """
-    if exc.tier in candidates:
-        return exc.tier
-    named = [n for n in _TIER_NAMED.findall(str(exc)) if n in candidates]
-    return named[-1] if named else None
-
-
-FORCED_S = 1e6  # compute seconds that keep a unit off a tier while searching (see executable_plan)
-
-
-def executable_plan(graph: UnitGraph, snapshot: Snapshot, reachable: Set[str]) -> Plan:
-    """The best plan the device can run when it reaches only the tiers in ``reachable`` directly.
-
-    The exact optimum may let a middle tier only relay (the edge passes tensors from the
-    device to the cloud). The device skips such a hop and talks to the next tier itself --
-    possible only when it has a route there. When it has not, the best runnable plan is
-    either one that does not use that tier at all, or one in which the relay computes at
-    least one unit: for each unit u, the search with u kept off every other tier finds the
-    best plan with u on the relay, and the best of those (scored under the real snapshot)
-    is exact over them.
-    """
-    best = search_plan(graph, snapshot)
-    if runnable(best, reachable):
-        return best
-    target = actual_path(best)[1]
-    relays = [s.tier for s in best.stages[1:] if not s.units]
-    candidates: list[Plan] = []
-    with contextlib.suppress(PlanError):
-        others = set(snapshot.tier_names) - {target}
-        candidates.append(search_plan(graph, snapshot, others))
-    for relay in relays:
-        for unit in graph.units:
-            forced = snapshot
-            for tier in snapshot.tiers:
-                if tier.name != relay:
-                    unit_s = {**tier.unit_s, unit.name: FORCED_S}
-                    forced = forced.with_tier(tier.model_copy(update={"unit_s": unit_s}))
-            try:
-                found = search_plan(graph, forced)
-                candidates.append(evaluate_plan(graph, snapshot, found.path, found.labels))
-            except PlanError:
-                continue
-    fits = [p for p in candidates if p.prediction.feasible and runnable(p, reachable)]
-    if not fits:
-        raise PlanError(f"the device has no route to {target} and no plan runs without one")
-    return min(fits, key=lambda p: p.prediction.score)
-
-
-def runnable(plan: Plan, reachable: Set[str]) -> bool:
-    """Can the device send this plan's request? (Its first remote hop must be a tier it reaches.)"""
-    path = actual_path(plan)
-    return len(path) < 2 or path[1] in reachable
+    return exc.tier if exc.tier in candidates else None
 
 
 @dataclass
@@ -168,9 +110,12 @@ class SplitEngine:
         learn: bool = True,
     ) -> None:
         self.graph = source.graph
-        self.source = source
+        # the engine's own copy: it recalibrates profiles and marks tiers down without touching the caller's
         self.profiles: dict[str, TierProfile] = dict(source.profiles)
-        source.profiles = self.profiles  # the engine recalibrates them in place
+        self.source = dataclasses.replace(
+            source, profiles=self.profiles, links=list(source.links), loads=dict(source.loads),
+            unavailable=set(source.unavailable), memory=dict(source.memory),
+        )
         if not self.profiles or next(iter(self.profiles)) != DEVICE:
             raise InvalidInputError("the engine's first tier must be the device")
         self.shares = dict(shares)
@@ -314,89 +259,11 @@ class SplitEngine:
         )
 
     def _observe_link(self, plan: Plan, result: SplitResult) -> None:
-        """Attribute the request's network time to the hop it entered by.
-
-        ``total - computes`` covers every hop of the path both ways. What the current
-        estimates predict for the later hops (and for the first hop's other direction) is
-        taken out; what is left, less the hop's measured fixed overhead, is one transfer
-        sample of the first hop in the direction that carried more bytes.
-        """
-        path = actual_path(plan)
-        if len(path) < 2 or path != plan.path:
-            return  # device-only, or a skipped relay: the prediction's traffic is not what crossed
+        """Attribute the request's network time to the hop it entered by (see ``first_hop_sample``)."""
+        path = plan.path
         links = [self._links.get(frozenset(hop)) for hop in zip(path, path[1:], strict=False)]
-        if any(e is None for e in links):
+        if not links or any(e is None for e in links):
             return
-        up = [0] * len(path)
-        down = [0] * len(path)
-        for hop in plan.prediction.traffic:
-            if hop.direction == "forward":
-                up[path.index(hop.dst)] += hop.wire_bytes
-            else:
-                down[path.index(hop.src)] += hop.wire_bytes
-        rest = 0.0
-        for j, est in enumerate(links[1:], start=2):
-            assert est is not None
-            state = est.state()
-            rest += state.rtt_s + state.overhead_s + up[j] * 8 / state.up_bps + down[j] * 8 / state.down_bps
-        first = links[0]
-        assert first is not None
-        state = first.state()
-        seconds = result.network_s - rest - state.overhead_s
-        if up[1] >= down[1]:
-            nbytes, other, direction = up[1], down[1] * 8 / state.down_bps, "up"
-        else:
-            nbytes, other, direction = down[1], up[1] * 8 / state.up_bps, "down"
-        if seconds - other > 0:
-            first.observe_transfer(nbytes, seconds - other, direction)
-
-
-def measured_overhead(
-    samples: Sequence[tuple[Plan, SplitResult]], links: Sequence[LinkEstimator]
-) -> dict[frozenset[str], float]:
-    """The fixed cost per use of each link that the link model (RTT + bytes / bandwidth) does not explain.
-
-    For each request: its network time less the RTTs and transfer times of the links it used
-    (at the estimators' figures). Requests over one link give that link's figure (the median);
-    a request over several links gives what is left, after the links already known, to the
-    ones not yet known. It covers what the data plane adds per hop (serialising, quantising
-    and sealing frames, the RPC, and a relay's own decode / re-encode). A link without any
-    sample gets the median of the others.
-    """
-    by_pair = {frozenset((e.a, e.b)): e.state() for e in links}
-    excess: list[tuple[list[frozenset[str]], float]] = []
-    for plan, result in samples:
-        path = actual_path(plan)
-        if len(path) < 2 or path != plan.path:
-            continue
-        hops = [frozenset(h) for h in zip(path, path[1:], strict=False)]
-        explained = 0.0
-        for hop in hops:
-            state = by_pair[hop]
-            explained += state.rtt_s
-            for traffic in plan.prediction.traffic:
-                if {traffic.src, traffic.dst} == hop:  # links name the tier nearer the device first
-                    bps = state.up_bps if traffic.direction == "forward" else state.down_bps
-                    explained += traffic.wire_bytes * 8 / bps
-        excess.append((hops, result.network_s - explained))
-    if not excess:
-        raise InvalidInputError("measuring the per-hop overhead needs requests that crossed a link")
-    known: dict[frozenset[str], float] = {}
-    for size in sorted({len(h) for h, _ in excess}):
-        found: dict[frozenset[str], list[float]] = {}
-        for hops, seconds in excess:
-            if len(hops) != size:
-                continue
-            unknown = [h for h in hops if h not in known]
-            left = seconds - sum(known[h] for h in hops if h in known)
-            for h in unknown:
-                found.setdefault(h, []).append(left / len(unknown))
-        known.update({h: max(statistics.median(v), 0.0) for h, v in found.items()})
-    fallback = statistics.median(known.values())
-    return {pair: known.get(pair, fallback) for pair in by_pair}
-
-
-def set_overhead(links: Sequence[LinkEstimator], overhead: Mapping[frozenset[str], float]) -> None:
-    """Give each link estimator its measured fixed overhead (see :func:`measured_overhead`)."""
-    for estimator in links:
-        estimator.overhead_s = overhead.get(frozenset((estimator.a, estimator.b)), estimator.overhead_s)
+        sample = first_hop_sample(plan, result.network_s, [e.state() for e in links if e is not None])
+        if sample is not None and links[0] is not None:
+            links[0].observe_transfer(sample.nbytes, sample.seconds, sample.direction)

@@ -36,6 +36,7 @@ from tierflow.errors import PlanError
 from tierflow.planner.graph import TensorInfo, UnitGraph
 from tierflow.planner.power import effective_energy_weight
 from tierflow.planner.snapshot import Compression, Snapshot
+from tierflow.types.links import Direction
 
 INF = math.inf
 FRAME_FIXED_BYTES = 36  # frame header before the shape (tierflow.wire.frame)
@@ -65,7 +66,7 @@ class HopTraffic(_Frozen):
 
     src: str
     dst: str
-    direction: str  # "forward" (towards the cloud) or "return" (results back to the device)
+    direction: Direction  # up (towards the cloud) or down (results back to the device)
     tensors: tuple[str, ...]
     raw_bytes: int
     wire_bytes: int
@@ -243,12 +244,12 @@ class PathCosts:
         sent = [(0, 0.0)] * (self.m + 1)
         received = [(0, 0.0)] * (self.m + 1)
         for hop in range(1, self.m + 1):
-            for direction, names, per_byte in (("forward", fwd[hop], self.up_s_per_byte[hop]),
-                                               ("return", back[hop], self.down_s_per_byte[hop])):
+            for direction, names, per_byte in ((Direction.UP, fwd[hop], self.up_s_per_byte[hop]),
+                                               (Direction.DOWN, back[hop], self.down_s_per_byte[hop])):
                 wire = sum(self.wire[n] for n in names)
                 seconds = wire * per_byte
                 transfer += seconds
-                if direction == "forward":
+                if direction is Direction.UP:
                     sent[hop] = (wire, seconds)
                     src_t, dst_t = self.path[hop - 1], self.path[hop]
                 else:

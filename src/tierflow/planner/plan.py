@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from tierflow.errors import PlanError
 from tierflow.planner.cost import Prediction
 from tierflow.planner.graph import UnitGraph
+from tierflow.types.links import Direction
 
 
 class StageRunning(Protocol):
@@ -83,7 +84,7 @@ class Plan(_Frozen):
 
     def cuts(self) -> list[tuple[str, str, tuple[str, ...]]]:
         """``(from tier, to tier, tensors)`` for each forward hop that carries tensors."""
-        return [(h.src, h.dst, h.tensors) for h in self.prediction.traffic if h.direction == "forward"]
+        return [(h.src, h.dst, h.tensors) for h in self.prediction.traffic if h.direction is Direction.UP]
 
     def describe(self) -> str:
         """``device[stem..inc1] -> cloud[down1..head]``; a tier that only relays is in parentheses."""
