@@ -19,7 +19,7 @@ device's stage time as it runs it (at its slowdown), and the compute times the e
 report for the whole model (``meta["compute_s.*"]``), each tier's lower quartile (load bursts of
 the shared machine only ever slow a run down). Once per model, the fixed cost per hop that the link model
 does not explain (the data plane's serialising, quantising, sealing, RPC and relay work) is
-measured for each link from requests over the fast link (``engine.measured_overhead``) and put in
+measured for each link from requests over the fast link (``planner.overhead.measured_overhead``) and put in
 that link's ``overhead_s``. The links' bandwidths are the profile's at the rate a reliable stream
 gets through its loss (:func:`goodput`, docs/NETWORK.md). Nothing else is given: the planner sees
 measurements, never the slowdowns.
@@ -67,13 +67,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from tierflow.engine.split_engine import SplitEngine, actual_path, measured_overhead, set_overhead
+from tierflow.engine.split_engine import SplitEngine
 from tierflow.engine.split_runner import SplitResult
 from tierflow.errors import ConfigError
 from tierflow.model.registry import resolve_model
 from tierflow.node.launch import NodeProcess, start_node
 from tierflow.planner.estimate import LinkEstimator, SnapshotSource
+from tierflow.planner.executable import actual_path
 from tierflow.planner.graph import UnitGraph
+from tierflow.planner.overhead import measured_overhead, set_overhead
 from tierflow.planner.plan import Plan
 from tierflow.planner.power import DevicePower, radio_for_profile
 from tierflow.planner.profile import StageTiming, profile_remote
@@ -85,7 +87,7 @@ from tierflow.runtime.session import SessionOptions
 from tierflow.transport.certs import init_pki
 from tierflow.transport.linkemu import MSS, LinkEmulator
 from tierflow.transport.tls import load_identity
-from tierflow.types.links import LinkProfile, get_profile
+from tierflow.types.links import Direction, LinkProfile, get_profile
 
 MODELS = ("demo-vision", "demo-image", "demo-lm")
 PROFILES = ("2g", "3g", "4g", "wifi", "5g", "datacenter")
@@ -232,7 +234,7 @@ def lower_bound_s(p: Plan, tiers: Tiers) -> float | None:
         total += max(0.0, link.rtt_s - JITTER_MARGIN * link.jitter_s)
         for hop in p.prediction.traffic:
             if {hop.src, hop.dst} == {a, b}:
-                bps = link.up_bps if hop.direction == "forward" else link.down_bps
+                bps = link.up_bps if hop.direction is Direction.UP else link.down_bps
                 total += hop.wire_bytes * 8.0 / bps
     return total
 
@@ -330,7 +332,7 @@ class ModelBench:
             await self._runs(engine, p, 1)
             samples += [(p, r) for r in await self._runs(engine, p, CALIBRATION_RUNS)]
             self.warm.add(p.key)
-        self.overhead = measured_overhead(samples, engine.source.links)
+        self.overhead = measured_overhead([(p, r.network_s) for p, r in samples], engine.source.links)
         return engine
 
     async def profile_tiers(self, engine: SplitEngine) -> list[tuple[Plan, SplitResult]]:

@@ -30,7 +30,7 @@ from tierflow.profiling.graph_builder import build_unit_graph
 from tierflow.profiling.local import LocalProfiler, TierSetup, load_model
 from tierflow.profiling.profiler import ProfileCache, load_timings
 from tierflow.runtime.session import SessionOptions
-from tierflow.types.links import PROFILES, get_profile
+from tierflow.types.links import PROFILES, Direction, get_profile
 
 DEFAULT_SLOWDOWN = 4.0  # the simulated device is this many times slower than this machine
 DEFAULT_CLOUD_SPEEDUP = 4.0  # the stand-in cloud is this many times faster (docs/PLANNER.md)
@@ -230,7 +230,7 @@ def _print(report: dict[str, Any], graph: UnitGraph, chosen: Plan) -> None:
     if c["transfers"]:
         cuts = Table("hop", "tensors", "bytes", "on the wire", "ms")
         for h in c["transfers"]:
-            hop = f"{h['from']} -> {h['to']}" + (" (results)" if h["direction"] == "return" else "")
+            hop = f"{h['from']} -> {h['to']}" + (" (results)" if h["direction"] == Direction.DOWN else "")
             cuts.add_row(hop, _short(h["tensors"]), _human_bytes(h["raw_bytes"]),
                          _human_bytes(h["wire_bytes"]), f"{h['ms']:.2f}")
         console.print(cuts)
