@@ -32,6 +32,8 @@ import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
 
 import networkx as nx
 import numpy as np
@@ -218,6 +220,26 @@ def _measure_sizes(
     return {n: (str(v.dtype), tuple(int(s) for s in v.shape)) for n, v in zip(names, values, strict=True)}
 
 
+class GroupKind(Enum):
+    """Where a unit's nodes were grouped from."""
+
+    BLOCK = "block"  # the k-th tensor of the model's block metadata (or what follows the last)
+    NAME = "name"  # a shared first part of the node names (``/blocks.3/attn/MatMul`` -> ``blocks.3``)
+    NODE = "node"  # a single node (by index), possibly with the light chain after it
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group of nodes that becomes one unit: its kind and its key (block index, name part or node index)."""
+
+    kind: GroupKind
+    key: int | str
+
+    @classmethod
+    def node(cls, index: int) -> Group:
+        return cls(GroupKind.NODE, index)
+
+
 class _Nodes:
     """Node-level facts: ids, producers, weight-only nodes, live nodes."""
 
@@ -289,30 +311,31 @@ def _first_part(name: str) -> str | None:
     return parts[0] if len(parts) >= 2 else None
 
 
-def _groups_by_blocks(nodes: _Nodes, blocks: list[str]) -> dict[int, str] | None:
+def _groups_by_blocks(nodes: _Nodes, blocks: list[str]) -> dict[int, Group] | None:
     order: list[str] = [b for b in blocks if b in nodes.producer]
     if not order:
         return None
     live = set(nodes.live)
-    group: dict[int, str] = {}
+    group: dict[int, Group] = {}
     for k, tensor in enumerate(order):
         stack = [nodes.producer[tensor]]
         while stack:
             i = stack.pop()
             if i in group or i not in live:
                 continue
-            group[i] = f"#block{k}"
+            group[i] = Group(GroupKind.BLOCK, k)
             stack.extend(nodes.preds(i))
     for i in nodes.live:
-        group.setdefault(i, f"#block{len(order)}")
+        group.setdefault(i, Group(GroupKind.BLOCK, len(order)))
     return group
 
 
-def _groups_by_names(nodes: _Nodes) -> dict[int, str]:
-    return {i: (f"@{part}" if (part := _first_part(nodes.nodes[i].name)) else f"#n{i}") for i in nodes.live}
+def _groups_by_names(nodes: _Nodes) -> dict[int, Group]:
+    return {i: (Group(GroupKind.NAME, part) if (part := _first_part(nodes.nodes[i].name)) else Group.node(i))
+            for i in nodes.live}
 
 
-def _contract_light_chains(nodes: _Nodes, group: dict[int, str]) -> dict[int, str]:
+def _contract_light_chains(nodes: _Nodes, group: dict[int, Group]) -> dict[int, Group]:
     """Merge each light single-node group into the group before it when that edge is a plain chain.
 
     A node joins its predecessor's group when it is not a heavy op, reads from that one
@@ -320,7 +343,7 @@ def _contract_light_chains(nodes: _Nodes, group: dict[int, str]) -> dict[int, st
     cutting there would send the same tensor one step later, so nothing is lost.
     """
     group = dict(group)
-    members: dict[str, set[int]] = defaultdict(set)
+    members: dict[Group, set[int]] = defaultdict(set)
     for i, g in group.items():
         members[g].add(i)
     succ: dict[int, set[int]] = defaultdict(set)
@@ -331,7 +354,7 @@ def _contract_light_chains(nodes: _Nodes, group: dict[int, str]) -> dict[int, st
     external = {g: set().union(*(succ[m] for m in ms)) - ms for g, ms in members.items()}
     for i in sorted(group):  # ONNX graphs list nodes in topological order
         g = group[i]
-        if not g.startswith("#n") or len(members[g]) != 1 or nodes.nodes[i].op_type in HEAVY_OPS:
+        if g.kind is not GroupKind.NODE or len(members[g]) != 1 or nodes.nodes[i].op_type in HEAVY_OPS:
             continue
         pred_groups = {group[q] for q in nodes.preds(i) if q in group}
         if len(pred_groups) != 1:
@@ -346,7 +369,7 @@ def _contract_light_chains(nodes: _Nodes, group: dict[int, str]) -> dict[int, st
     return group
 
 
-def _quotient(nodes: _Nodes, group: dict[int, str]) -> nx.DiGraph:
+def _quotient(nodes: _Nodes, group: dict[int, Group]) -> nx.DiGraph:
     q = nx.DiGraph()
     q.add_nodes_from(set(group.values()))
     for i in group:
@@ -356,21 +379,21 @@ def _quotient(nodes: _Nodes, group: dict[int, str]) -> nx.DiGraph:
     return q
 
 
-def _unit_names(nodes: _Nodes, group: dict[int, str], blocks: list[str]) -> dict[str, str]:
+def _unit_names(nodes: _Nodes, group: dict[int, Group], blocks: list[str]) -> dict[Group, str]:
     """Readable, unique names for groups: a shared first name part, a block tensor, or a node id."""
-    members: dict[str, list[int]] = defaultdict(list)
+    members: dict[Group, list[int]] = defaultdict(list)
     for i, g in group.items():
         members[g].append(i)
-    names: dict[str, str] = {}
+    names: dict[Group, str] = {}
     taken: Counter[str] = Counter()
     for g, idx in sorted(members.items(), key=lambda kv: min(kv[1])):
         parts = {_first_part(nodes.nodes[i].name) for i in idx}
-        if g.startswith("@"):
-            name = g[1:]
-        elif g.startswith("#block") and len(parts) == 1 and None not in parts:
+        if g.kind is GroupKind.NAME:
+            name = str(g.key)
+        elif g.kind is GroupKind.BLOCK and len(parts) == 1 and None not in parts:
             name = str(next(iter(parts)))
-        elif g.startswith("#block") and int(g[6:]) < len(blocks):
-            tensor = blocks[int(g[6:])]
+        elif g.kind is GroupKind.BLOCK and int(g.key) < len(blocks):
+            tensor = blocks[int(g.key)]
             name = tensor[:-4] if tensor.endswith("/out") else tensor
         else:
             name = nodes.ids[min(idx)]
@@ -418,32 +441,66 @@ def build_unit_graph(
     group = _choose_groups(nodes, granularity, blocks)
     q = _quotient(nodes, group)
     if not nx.is_directed_acyclic_graph(q):  # only name grouping can do this; blocks and chains cannot
-        group = _contract_light_chains(nodes, {i: f"#n{i}" for i in nodes.live})
+        group = _contract_light_chains(nodes, {i: Group.node(i) for i in nodes.live})
         q = _quotient(nodes, group)
         granularity = "chain"
     first = {g: min(i for i, gg in group.items() if gg == g) for g in set(group.values())}
     order = list(nx.lexicographical_topological_sort(q, key=lambda g: first[g]))
     names = _unit_names(nodes, group, blocks)
 
-    inferred = _with_shapes(model, shapes)
-    typed = _typed(inferred)
-    for name, shape in shapes.items():
-        typed[name] = (dtypes[name], shape)
+    consumers = _consumers(nodes, group)
+    boundary = [x for x in dict.fromkeys([*shapes, *consumers, *nodes.outputs]) if x not in nodes.const]
+    resident_set = _resident_outputs(resident, dtypes, nodes)
+    tensors = _tensor_infos(model, nodes, shapes, dtypes, boundary, resident_set)
+    tensors = {x: t.model_copy(update={
+        "producer": names[group[nodes.producer[x]]] if x in nodes.producer else None,
+        "consumers": tuple(sorted(names[g] for g in consumers.get(x, ()))),
+    }) for x, t in tensors.items()}
+    weight_sizes = {n: _init_bytes(t) for n, t in nodes.inits.items()}
+    units = _units(model, nodes, group, [names[g] for g in order], order, tensors, shapes, weight_sizes)
+    return UnitGraph(
+        model_sha256=sha,
+        granularity=granularity,
+        input_shapes=shapes,
+        inputs=tuple(shapes),
+        outputs=tuple(nodes.outputs),
+        units=tuple(units),
+        tensors=tensors,
+        weight_sizes=weight_sizes,
+    )
 
-    # boundary tensors: graph inputs/outputs and tensors read by another unit
+
+def _resident_outputs(resident: Iterable[str] | None, dtypes: Mapping[str, str], nodes: _Nodes) -> set[str]:
+    """Graph outputs that stay where they are computed: as given, else a causal LM's KV cache."""
     if resident is not None:
-        resident_set = set(resident)
-    elif lc.LMSignature.is_causal_lm(list(dtypes)):
-        resident_set = {o for o in nodes.outputs if o.startswith("present.")}
-    else:
-        resident_set = set()
-    consumers: dict[str, set[str]] = defaultdict(set)
+        return set(resident)
+    if lc.LMSignature.is_causal_lm(list(dtypes)):
+        return {o for o in nodes.outputs if o.startswith("present.")}
+    return set()
+
+
+def _consumers(nodes: _Nodes, group: Mapping[int, Group]) -> dict[str, set[Group]]:
+    """For each tensor read across a group boundary, the groups that read it."""
+    consumers: dict[str, set[Group]] = defaultdict(set)
     for i in nodes.live:
         for x in nodes.real_inputs(i):
             owner = group.get(nodes.producer[x]) if x in nodes.producer else None
             if owner != group[i]:
                 consumers[x].add(group[i])
-    boundary = [x for x in dict.fromkeys([*shapes, *consumers, *nodes.outputs]) if x not in nodes.const]
+    return consumers
+
+
+def _tensor_infos(
+    model: onnx.ModelProto, nodes: _Nodes, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str],
+    boundary: Sequence[str], resident: set[str],
+) -> dict[str, TensorInfo]:
+    """Dtype, shape and bytes of each boundary tensor (shape inference, else one measuring run).
+
+    Producers and consumers are left empty here; the caller names them by unit.
+    """
+    typed = _typed(_with_shapes(model, shapes))
+    for name, shape in shapes.items():
+        typed[name] = (dtypes[name], shape)
     unsized = [x for x in boundary if typed.get(x, ("", None))[1] is None]
     if unsized:
         rng = np.random.default_rng(0)
@@ -453,32 +510,35 @@ def build_unit_graph(
             for n, s in shapes.items()
         }
         typed.update(_measure_sizes(model, unsized, feeds))
-
     graph_outputs = set(nodes.outputs)
     tensors: dict[str, TensorInfo] = {}
     for x in boundary:
         dtype, sized = typed[x]
-        assert sized is not None
+        assert sized is not None  # sized by inference or by the run above
         shape = sized
-        producer = names[group[nodes.producer[x]]] if x in nodes.producer else None
         tensors[x] = TensorInfo(
             name=x, dtype=dtype, shape=shape, nbytes=math.prod(shape) * np.dtype(dtype).itemsize,
-            producer=producer, consumers=tuple(sorted(names[g] for g in consumers.get(x, ()))),
-            output=x in graph_outputs, resident=x in resident_set,
+            producer=None, consumers=(), output=x in graph_outputs, resident=x in resident,
         )
+    return tensors
 
+
+def _units(
+    model: onnx.ModelProto, nodes: _Nodes, group: Mapping[int, Group], names: Sequence[str],
+    order: Sequence[Group], tensors: Mapping[str, TensorInfo], shapes: Mapping[str, tuple[int, ...]],
+    weight_sizes: Mapping[str, int],
+) -> list[Unit]:
+    """One :class:`Unit` per group, in ``order`` (``names[k]`` names ``order[k]``)."""
     try:
         macs = node_macs(model, shapes)
     except Exception:  # MACs are informative only; some graphs defeat static counting
         macs = {}
-    weight_sizes = {n: _init_bytes(t) for n, t in nodes.inits.items()}
-    members: dict[str, list[int]] = defaultdict(list)
+    members: dict[Group, list[int]] = defaultdict(list)
     for i, g in group.items():
         members[g].append(i)
     units: list[Unit] = []
-    for g in order:
+    for g, name in zip(order, names, strict=True):
         idx = sorted(members[g])
-        name = names[g]
         ins = [t for t in tensors.values() if name in t.consumers]
         outs = [t for t in tensors.values() if t.producer == name]
         weights: set[str] = set()
@@ -494,19 +554,10 @@ def build_unit_graph(
             activation_bytes=sum(t.nbytes for t in ins) + sum(t.nbytes for t in outs),
             macs=sum(macs.get(nodes.nodes[i].name, 0) for i in idx),
         ))
-    return UnitGraph(
-        model_sha256=sha,
-        granularity=granularity,
-        input_shapes=shapes,
-        inputs=tuple(shapes),
-        outputs=tuple(nodes.outputs),
-        units=tuple(units),
-        tensors=tensors,
-        weight_sizes=weight_sizes,
-    )
+    return units
 
 
-def _choose_groups(nodes: _Nodes, granularity: str, blocks: list[str]) -> dict[int, str]:
+def _choose_groups(nodes: _Nodes, granularity: str, blocks: list[str]) -> dict[int, Group]:
     if granularity in ("auto", "blocks") and blocks:
         by_blocks = _groups_by_blocks(nodes, blocks)
         if by_blocks is not None:
@@ -514,11 +565,11 @@ def _choose_groups(nodes: _Nodes, granularity: str, blocks: list[str]) -> dict[i
     if granularity == "blocks":
         raise InvalidModelError(f"the model has no usable {META_BLOCKS} metadata; try --granularity layers")
     if granularity == "node":
-        return {i: f"#n{i}" for i in nodes.live}
-    singles = {i: f"#n{i}" for i in nodes.live}
+        return {i: Group.node(i) for i in nodes.live}
+    singles = {i: Group.node(i) for i in nodes.live}
     if granularity in ("auto", "layers"):
         by_names = _groups_by_names(nodes)
-        named = {g for g in by_names.values() if g.startswith("@")}
+        named = {g for g in by_names.values() if g.kind is GroupKind.NAME}
         if len(named) >= 3 or granularity == "layers":
             return _contract_light_chains(nodes, by_names)
     return _contract_light_chains(nodes, singles)
