@@ -1,1 +1,1 @@
-"""context."""
+"""Contexts: ids with expiry, token-history stores, KV shard handles and their migration. To be built."""

@@ -1,1 +1,1 @@
-"""router."""
+"""Routing: the task-resource matrix and SLA / energy policies (pure functions over measurements). To be built."""
