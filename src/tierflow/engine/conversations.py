@@ -1,0 +1,168 @@
+"""Conversations that follow the user: a context's token history in a store, its KV on the tiers.
+
+:class:`Conversations` joins a :class:`~tierflow.engine.sharded.ShardedLM` (the tiers) and a
+:class:`~tierflow.context.store.ContextStore` (who owns which conversation, its tokens, its
+expiry). The KV the tiers hold for a context always covers its history but the last token
+(the last one sampled, not fed back yet): a follow-up feeds only what is new, a tier that lost
+its shard rebuilds it from the history, and a new prompt that shares a prefix with an implicit
+(OpenAI-style) conversation of the same identity reuses that prefix, as vLLM's automatic prefix
+caching does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from tierflow.context.store import DEFAULT_EXPIRES_IN, ContextRecord, ContextStore, common_prefix_len
+from tierflow.engine.sharded import (
+    GenerationEvent,
+    GenerationOutcome,
+    ShardedLM,
+    Spans,
+    parse_spans,
+    spans_text,
+)
+from tierflow.errors import ContextError, ContextExpiredError, InvalidInputError
+from tierflow.model.lm_layers import Span
+from tierflow.runtime.lm import SamplingConfig
+from tierflow.types.tiers import Tier
+
+IMPLICIT = "implicit"  # meta flag: a context the OpenAI routes made without the caller naming it
+PURGE_EVERY_S = 30.0
+
+
+@dataclass
+class Finished:
+    """The end of a generation, as the API reports it."""
+
+    record: ContextRecord
+    outcome: GenerationOutcome
+    text: str
+
+
+class Conversations:
+    """Generation with contexts (see the module docstring)."""
+
+    def __init__(self, lm: ShardedLM, store: ContextStore, *, default_expires_in: float = DEFAULT_EXPIRES_IN,
+                 clock: object = time.time) -> None:
+        self.lm = lm
+        self.store = store
+        self.default_expires_in = default_expires_in
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._purger: asyncio.Task[None] | None = None
+
+    # --- contexts --------------------------------------------------------------------------------
+
+    def spans_of(self, record: ContextRecord) -> Spans | None:
+        return parse_spans(record.spans, self.lm.num_layers) if record.spans else None
+
+    async def get(self, context_id: str, owner: str) -> ContextRecord:
+        try:
+            return await asyncio.to_thread(self.store.get, context_id, owner)
+        except ContextExpiredError:
+            await self.lm.drop(context_id)  # the store deleted it; the tiers' shards go too
+            raise
+
+    async def delete(self, context_id: str, owner: str) -> int:
+        """Erase a context everywhere: its KV on every tier, then its record. Bytes of KV erased."""
+        await self.get(context_id, owner)
+        erased = await self.lm.drop(context_id)
+        await asyncio.to_thread(self.store.delete, context_id)
+        return erased
+
+    async def purge(self) -> list[str]:
+        ids = await asyncio.to_thread(self.store.purge_expired)
+        for context_id in ids:
+            await self.lm.drop(context_id)
+        return ids
+
+    def start_purging(self) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(PURGE_EVERY_S)
+                await self.purge()
+
+        self._purger = asyncio.get_running_loop().create_task(loop())
+
+    async def stop(self) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
+
+    async def _implicit_match(self, owner: str, tokens: Sequence[int]) -> ContextRecord | None:
+        """The owner's implicit conversation sharing the longest prefix with ``tokens`` (if any does)."""
+        records = await asyncio.to_thread(self.store.list, owner)
+        best, best_len = None, 0
+        for record in records:
+            if record.meta.get(IMPLICIT) != "1":
+                continue
+            n = common_prefix_len(record.tokens, tokens)
+            if n > best_len:
+                best, best_len = record, n
+        return best
+
+    # --- generation --------------------------------------------------------------------------------
+
+    async def generate(
+        self, owner: str, prompt: str | Sequence[int], config: SamplingConfig, *, context_id: str | None = None,
+        expires_in: float | None = None, whole: bool = False,
+    ) -> AsyncIterator[GenerationEvent | Finished]:
+        """Generate for ``owner``; yields events, then :class:`Finished`.
+
+        ``whole``: ``prompt`` is the whole conversation (an OpenAI request), matched against the
+        context's history; otherwise it is appended to the context's history.
+        """
+        ids = list(prompt) if not isinstance(prompt, str) else self.lm.tokenizer.encode(prompt)
+        if not ids:
+            raise InvalidInputError("the prompt has no tokens")
+        lifetime = self.default_expires_in if expires_in is None else expires_in
+        if context_id is not None:
+            record = await self.get(context_id, owner)
+        elif whole and (found := await self._implicit_match(owner, ids)) is not None:
+            record = found
+        else:
+            record = await asyncio.to_thread(
+                self.store.create, owner, self.lm.model_name, lifetime, meta={IMPLICIT: "1"} if whole else None)
+        lock = self._locks.setdefault(record.context_id, asyncio.Lock())
+        async with lock:
+            record = await asyncio.to_thread(self.store.get, record.context_id, owner)
+            history = record.tokens
+            if whole:
+                keep = common_prefix_len(history, ids)
+                tokens = list(ids)
+            else:
+                keep = len(history)
+                tokens = [*history, *ids]
+            kv_len = min(keep, max(len(history) - 1, 0))
+            self.lm.check_length(len(tokens))
+            outcome: GenerationOutcome | None = None
+            async for item in self.lm.generate(record.context_id, tokens, kv_len, self.spans_of(record), config,
+                                               prompt_tokens=len(tokens)):
+                if isinstance(item, GenerationOutcome):
+                    outcome = item
+                else:
+                    yield item
+            assert outcome is not None
+            new_tokens = outcome.tokens[keep:]
+            await asyncio.to_thread(self.store.append_tokens, record.context_id, new_tokens, keep=keep)
+            await asyncio.to_thread(self.store.set_spans, record.context_id, spans_text(outcome.spans))
+            record = await asyncio.to_thread(self.store.touch, record.context_id, lifetime)
+            text = self.lm.tokenizer.decode(outcome.generated)
+            yield Finished(record, outcome, text)
+
+    async def migrate(self, context_id: str, owner: str, layers: str, to: str) -> tuple[ContextRecord, dict[str, object]]:
+        """Move the KV of ``layers`` of a context to tier ``to``; later steps run those layers there."""
+        try:
+            target = Tier(to)
+        except ValueError:
+            raise InvalidInputError(f"unknown tier {to!r} (device, edge, cloud)") from None
+        record = await self.get(context_id, owner)
+        async with self._locks.setdefault(context_id, asyncio.Lock()):
+            spans = self.spans_of(record)
+            if not spans:
+                raise ContextError(f"context {context_id} has no KV on any tier yet: nothing to move")
+            new, moved = await self.lm.migrate(context_id, spans, Span.parse(layers), target)
+            record = await asyncio.to_thread(self.store.set_spans, context_id, spans_text(new))
+        return record, moved

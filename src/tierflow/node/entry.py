@@ -1,0 +1,44 @@
+"""The entry point of a deployment: the device node's conversations, the store and the layer plan."""
+
+from __future__ import annotations
+
+from tierflow.api.routes import APIState
+from tierflow.context.factory import open_store
+from tierflow.engine.conversations import Conversations
+from tierflow.engine.lm_hop import LMHop
+from tierflow.engine.sharded import ShardedLM, parse_spans
+from tierflow.errors import ConfigError
+from tierflow.model import metadata as md
+from tierflow.model.tokenizer import Tokenizer
+from tierflow.node.config import NodeConfig
+from tierflow.types.links import LinkProfile, get_profile
+from tierflow.types.tiers import Tier
+
+
+def link_estimates(links: dict[str, str]) -> dict[frozenset[Tier], LinkProfile]:
+    """``{"device-edge": "wifi"}`` as planning estimates per pair of tiers."""
+    out: dict[frozenset[Tier], LinkProfile] = {}
+    for pair, profile in links.items():
+        a, _, b = pair.partition("-")
+        try:
+            out[frozenset((Tier(a), Tier(b)))] = get_profile(profile)
+        except ValueError:
+            raise ConfigError(f"a link is named 'tier-tier' (device-edge, edge-cloud, ...), not {pair!r}") from None
+    return out
+
+
+def entry_point(config: NodeConfig, hop: LMHop, label: str) -> APIState:
+    """The API state of a device node serving ``hop``'s LM with the store ``config.store``."""
+    assert config.store is not None
+    model = hop.runner.layered.model
+    document = md.tokenizer(model)
+    if document is None:
+        raise ConfigError("the model carries no tokenizer: the API needs one to take text")
+    lm = ShardedLM(
+        hop, Tokenizer.from_json(document), model_name=label.rsplit("/", 1)[-1].removesuffix(".onnx"),
+        max_seq_len=md.max_seq_len(model),
+        fixed_spans=parse_spans(config.spans, hop.runner.num_layers) if config.spans else None,
+        links=link_estimates(config.links),
+    )
+    store = open_store(config.store)
+    return APIState(Conversations(lm, store, default_expires_in=config.expires_in), store)
