@@ -33,6 +33,7 @@ from tierflow.model import metadata as md
 from tierflow.model.partition import GraphCutter
 
 STEP_INPUTS = (lc.INPUT_IDS, lc.ATTENTION_MASK, lc.POSITION_IDS)  # what every span may read of a step
+SHAPE_OPS = frozenset({"Shape", "Size"})
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class LayeredLM:
         layers = {int(n.split(".")[1]) for n in names if n.startswith("past_key_values.")}
         self.num_layers = max(layers) + 1
         self.step_inputs = [n for n in STEP_INPUTS if n in self.cutter.graph_inputs]
+        self._cutters: dict[Span, GraphCutter] = {}
 
     @cached_property
     def boundaries(self) -> list[str]:
@@ -140,10 +142,40 @@ class LayeredLM:
         inputs = set(self.cutter.graph_inputs)
         deps: dict[str, frozenset[str]] = {n: frozenset({n}) for n in inputs}
         for node in self.model.graph.node:
-            mine = frozenset().union(*(deps.get(i, frozenset()) for i in node.input if i))
+            if node.op_type in SHAPE_OPS:  # reads a shape, not values: the step's length, say
+                mine: frozenset[str] = frozenset()
+            else:
+                mine = frozenset().union(*(deps.get(i, frozenset()) for i in node.input if i))
             for out in node.output:
                 deps[out] = mine
         return deps
+
+    def _span_cutter(self, span: Span) -> GraphCutter:
+        """A cutter over the model with every shape read of another layer's past moved to this span's.
+
+        Exporters compute the attention mask from the past length of some layer (the last one in
+        torch.onnx's GPT-2 and Llama graphs). Every layer's past has the same shape, so a span
+        reads that length from its own first layer instead, and needs no other layer's cache.
+        """
+        cached = self._cutters.get(span)
+        if cached is not None:
+            return cached
+        own = {kind: lc.past_name(span.first, kind) for kind in ("key", "value")}
+        foreign = {lc.past_name(i, kind): own[kind] for i in range(self.num_layers) if i not in span.layers
+                   for kind in ("key", "value")}
+        if not any(n.op_type in SHAPE_OPS and any(i in foreign for i in n.input) for n in self.model.graph.node):
+            cutter = self.cutter
+        else:
+            model = onnx.ModelProto()
+            model.CopyFrom(self.model)
+            for node in model.graph.node:
+                if node.op_type in SHAPE_OPS:
+                    for k, name in enumerate(node.input):
+                        if name in foreign:
+                            node.input[k] = foreign[name]
+            cutter = GraphCutter(model)
+        self._cutters[span] = cutter
+        return cutter
 
     def span_io(self, span: Span) -> tuple[list[str], list[str]]:
         """What the span's graph reads and writes, before trimming inputs it does not need."""
@@ -163,11 +195,13 @@ class LayeredLM:
     def weight_names(self, span: Span) -> set[str]:
         """The initializers the span's graph reads."""
         inputs, outputs = self.span_io(span)
-        needed = set(self.cutter.needed_inputs(outputs, inputs))
-        return self._initializers_reached(outputs, needed)
+        cutter = self._span_cutter(span)
+        needed = set(cutter.needed_inputs(outputs, inputs))
+        return self._initializers_reached(cutter.model, outputs, needed)
 
-    def _initializers_reached(self, outputs: Sequence[str], stop: set[str]) -> set[str]:
-        graph = self.model.graph
+    @staticmethod
+    def _initializers_reached(model: onnx.ModelProto, outputs: Sequence[str], stop: set[str]) -> set[str]:
+        graph = model.graph
         inits = {t.name for t in graph.initializer}
         producer = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
         seen: set[str] = set()
@@ -203,7 +237,7 @@ class LayeredLM:
     def extract(self, span: Span) -> onnx.ModelProto:
         """The ONNX graph of ``span`` (inputs it does not need are dropped)."""
         inputs, outputs = self.span_io(span)
-        return self.cutter.extract(inputs, outputs)
+        return self._span_cutter(span).extract(inputs, outputs)
 
 
 def annotate(model: onnx.ModelProto) -> onnx.ModelProto:
