@@ -68,7 +68,16 @@ class MissingExtraError(UserError):
 
 
 class FidelityError(UserError):
-    """A compiled target falls below its configured fidelity floor."""
+    """A compiled target falls below its configured fidelity floor.
+
+    ``report`` is what the compiler measured (its ``CompileReport``), so a caller can show
+    every target's numbers before the error; None when the error was raised without one.
+    It is typed ``object`` because this module sits below the compiler and imports nothing.
+    """
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class PlanError(UserError):
@@ -76,31 +85,23 @@ class PlanError(UserError):
 
 
 class ContextError(UserError):
-    """A context id is unknown or has expired."""
+    """A context id is unknown, has expired, or belongs to someone else."""
 
 
-class FrameError(TierflowError):
-    """A secure tensor frame was rejected (tampered, replayed, truncated, wrong key or shape)."""
+class ContextNotFoundError(ContextError):
+    """No context has this id (HTTP 404). Never answered with a silent new conversation."""
 
 
-class FrameFormatError(FrameError):
-    """A frame is truncated, malformed, of an unknown version or beyond the receiver's limits."""
+class ContextExpiredError(ContextError):
+    """The context existed but its expiry has passed; it and its KV shards are gone (HTTP 410)."""
 
 
-class TamperedFrameError(FrameError):
-    """A frame failed authentication: altered in transit, sealed under another key or session."""
+class ContextForbiddenError(ContextError):
+    """The context belongs to another identity (HTTP 403)."""
 
 
-class ReplayedFrameError(FrameError):
-    """A frame's sequence number was already accepted or has fallen behind the replay window."""
-
-
-class FrameShapeError(FrameError):
-    """A frame carries a shape or dtype other than the one the receiver expects."""
-
-
-class KeyAgreementError(FrameError):
-    """A peer's key share or identity binding for a secure channel was rejected."""
+class AuthenticationError(UserError):
+    """A request carries no API key, or one the deployment does not know (HTTP 401)."""
 
 
 class PrivacyBudgetError(UserError):
@@ -122,9 +123,45 @@ class TierUnavailableError(RecoverableError):
         self.tier = tier
 
 
+class KVMissingError(TierUnavailableError):
+    """A tier does not hold (any more) the KV cache a step needs: evicted, restarted, or never built.
+
+    Recoverable without loss: the entry point rebuilds the shard from the context's token
+    history (a prefill) and goes on. ``tier`` names the tier that lacks it.
+    """
+
+
 class TransportError(RecoverableError):
     """A connection failed or timed out."""
 
 
 class ProxyUnavailableError(RecoverableError):
     """The cloud proxy has no reachable cloud node to delegate to."""
+
+
+class FrameError(RecoverableError):
+    """A secure tensor frame was rejected (tampered, replayed, truncated, wrong key or shape).
+
+    The stream and its session keep working: the frame is dropped and another try may succeed
+    (an attacker or a broken link altered this one), so it is a failure of the environment.
+    """
+
+
+class FrameFormatError(FrameError):
+    """A frame is truncated, malformed, of an unknown version or beyond the receiver's limits."""
+
+
+class TamperedFrameError(FrameError):
+    """A frame failed authentication: altered in transit, sealed under another key or session."""
+
+
+class ReplayedFrameError(FrameError):
+    """A frame's sequence number was already accepted or has fallen behind the replay window."""
+
+
+class FrameShapeError(FrameError):
+    """A frame carries a shape or dtype other than the one the receiver expects."""
+
+
+class KeyAgreementError(FrameError):
+    """A peer's key share or identity binding for a secure channel was rejected."""

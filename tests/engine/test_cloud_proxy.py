@@ -14,9 +14,10 @@ from tierflow.engine.load import load
 from tierflow.errors import ModelNotFoundError, ProxyUnavailableError, TierUnavailableError
 from tierflow.node.launch import NodeProcess, start_node
 from tierflow.runtime.capabilities import Capabilities
-from tierflow.runtime.lm import GenerationResult
-from tierflow.runtime.loader import CloudProxy, TierSession
+from tierflow.runtime.lm import GenerationResult, SamplingConfig
+from tierflow.runtime.loader import ImageProxy, TextProxy, TextSession
 from tierflow.transport.certs import init_pki
+from tierflow.types import ModelKind
 
 pytestmark = pytest.mark.slow
 
@@ -50,13 +51,17 @@ def test_tiny_machine_gets_a_proxy_that_runs_on_the_cloud_node(
 ) -> None:
     node, certs = cloud
     proxy = load(package, capabilities=TINY, cloud=CloudEndpoint(address=node.data_plane, certs=certs))
-    assert isinstance(proxy, CloudProxy)
-    remote = proxy.generate("The for statement", max_new_tokens=12)
+    assert isinstance(proxy, TextProxy) and proxy.kind is ModelKind.CAUSAL_LM
+    remote = proxy.generate("The for statement", SamplingConfig.greedy(12))
     local = load(package, target="cloud", threads=1)
-    assert isinstance(local, TierSession)
-    here = local.generate("The for statement", max_new_tokens=12)
+    assert isinstance(local, TextSession)
+    here = local.generate("The for statement", SamplingConfig.greedy(12))
     assert isinstance(remote, GenerationResult) and isinstance(here, GenerationResult)
     assert remote.new_ids == here.new_ids  # the same greedy tokens: the same cloud artifact ran there
+    # every sampling option travels: the same seed samples the same tokens there and here
+    sampled = proxy.generate("The for statement", max_new_tokens=12, seed=5, repeat_penalty=1.3, top_k=7)
+    assert sampled.new_ids == local.generate("The for statement", max_new_tokens=12, seed=5,
+                                             repeat_penalty=1.3, top_k=7).new_ids
     assert remote.text == here.text
     assert remote.provider.startswith("remote:cloud")
 
@@ -100,7 +105,7 @@ def test_proxy_run_returns_every_output_of_the_cloud_artifact(
     node, certs = cloud
     proxy = load(package, capabilities=TINY, cloud=CloudEndpoint(address=node.data_plane, certs=certs))
     local = load(package, target="cloud", threads=1)
-    assert isinstance(local, TierSession) and local.lm is not None
+    assert isinstance(local, TextSession)
     sig = local.lm.signature
     empty = np.zeros((1, sig.kv_heads, 0, sig.head_dim), np.float32)
     feeds = {"input_ids": np.array([[5, 6, 7]], np.int64), "position_ids": np.array([[0, 1, 2]], np.int64)}
@@ -130,8 +135,11 @@ def test_proxy_paints_the_same_image_as_the_local_cloud_target(
     node = start_node("cloud", package, certs)
     try:
         proxy = load(package, capabilities=TINY, cloud=CloudEndpoint(address=node.data_plane, certs=certs))
+        assert isinstance(proxy, ImageProxy) and proxy.kind is ModelKind.IMAGE_GENERATOR
         remote = proxy.generate("a red car", resolution=128, seed=3)
-        local = load(package, target="cloud", threads=1).generate("a red car", resolution=128, seed=3)
+        cloud = load(package, target="cloud", threads=1)
+        assert cloud.kind is ModelKind.IMAGE_GENERATOR
+        local = cloud.generate("a red car", resolution=128, seed=3)
         assert isinstance(remote, ImageResult) and isinstance(local, ImageResult)
         assert remote.refined and remote.provider == "remote:cloud"
         np.testing.assert_array_equal(remote.pixels, local.pixels)

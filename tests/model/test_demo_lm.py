@@ -11,10 +11,12 @@ import onnx.utils
 import pytest
 
 from tierflow.model import lm_contract as lc
+from tierflow.model import metadata as md
 from tierflow.model.demo import corpus
 from tierflow.model.registry import resolve_model
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions, metadata, open_session
+from tierflow.types import ModelKind
 
 OPTIONS = SessionOptions(intra_op_threads=1, providers=("CPUExecutionProvider",))
 PROMPT = "The for statement"
@@ -43,8 +45,8 @@ def corpus_word_share(text: str) -> tuple[float, int]:
     return sum(w in corpus_words() for w in words) / len(words), len(set(words))
 
 
-GREEDY = SamplingConfig(max_new_tokens=40)
-SAMPLED = SamplingConfig(max_new_tokens=60, temperature=0.8, top_k=40, seed=1)
+GREEDY = SamplingConfig.greedy(max_new_tokens=40)
+SAMPLED = SamplingConfig(max_new_tokens=60, seed=1)  # the default decoding, seeded
 
 
 def readable(model: CausalLM, config: SamplingConfig, min_distinct: int) -> tuple[bool, str]:
@@ -66,8 +68,8 @@ def test_bundled_file_satisfies_the_lm_contract(lm: CausalLM) -> None:
     assert sig.kv_dtype == "float32"
     assert lc.EXIT_LOGITS in sig.output_names
     meta = metadata(lm.session)
-    assert meta[lc.META_KIND] == lc.KIND_CAUSAL_LM
-    assert int(meta["tierflow.num_layers"]) == sig.num_layers
+    assert meta[md.KIND] == ModelKind.CAUSAL_LM
+    assert int(meta[md.NUM_LAYERS]) == sig.num_layers
     assert int(meta["tierflow.exit_layer"]) == 3
     assert lm.max_seq_len == 256
     assert meta["tierflow.corpus"].startswith("pydoc_data.topics")
@@ -105,6 +107,18 @@ def test_output_is_mostly_corpus_words(lm: CausalLM) -> None:
     assert ok, text
     ok, text = readable(lm, SAMPLED, min_distinct=15)
     assert ok, text
+
+
+def test_default_decoding_does_not_loop(lm: CausalLM) -> None:
+    # greedy decoding repeats one phrase ('a "None" if *iterable* is a "None" if *iterable* ...');
+    # the default (llama.cpp's: top-k 40, top-p 0.95, temperature 0.8, repeat penalty 1.1) must not
+    prompt = "Once upon a time"
+    greedy = lm.generate(prompt, SamplingConfig.greedy(max_new_tokens=48)).new_ids
+    assert len(set(greedy)) < len(greedy) / 2  # the loop this guards against
+    for seed in range(3):
+        ids = lm.generate(prompt, SamplingConfig(max_new_tokens=48, seed=seed)).new_ids
+        grams = [tuple(ids[i : i + 4]) for i in range(len(ids) - 3)]
+        assert len(set(grams)) >= 0.9 * len(grams), lm.require_tokenizer().decode(ids)
 
 
 def randomly_initialised(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -224,7 +238,7 @@ def test_export_follows_the_contract_and_matches_torch(tmp_path) -> None:  # typ
     from tierflow.model.demo.lm_torch import export_onnx, max_export_error
 
     path = tmp_path / "tiny.onnx"
-    export_onnx(model, str(path), {lc.META_KIND: lc.KIND_CAUSAL_LM, "tierflow.exit_layer": "2"})
+    export_onnx(model, str(path), {md.KIND: ModelKind.CAUSAL_LM, md.EXIT_LAYER: "2"})
     assert max_export_error(model, str(path), threads=1) < 1e-4
     lm = CausalLM.open(path, OPTIONS)
     assert lm.signature.num_layers == 3 and lm.signature.kv_heads == 2 and lm.signature.head_dim == 16

@@ -22,9 +22,10 @@ pytest.importorskip("onnxscript")
 from tierflow.cli import app, main  # noqa: E402
 from tierflow.compiler import export_hf as ex  # noqa: E402
 from tierflow.errors import ExportError, ModelNotFoundError  # noqa: E402
-from tierflow.model import lm_contract as lc  # noqa: E402
+from tierflow.model import metadata as md  # noqa: E402
 from tierflow.runtime.lm import CausalLM, SamplingConfig  # noqa: E402
 from tierflow.runtime.session import SessionOptions  # noqa: E402
+from tierflow.types import ModelKind  # noqa: E402
 
 pytestmark = pytest.mark.export
 
@@ -114,11 +115,11 @@ def test_exported_file_satisfies_the_contract(exported: tuple[Path, Path]) -> No
     assert (sig.num_layers, sig.kv_heads, sig.head_dim, sig.kv_dtype) == (2, heads, 16, "float32")
     assert sig.has_attention_mask and sig.has_position_ids
     meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
-    assert meta[lc.META_KIND] == lc.KIND_CAUSAL_LM
-    assert meta[ex.META_NUM_LAYERS] == "2"
-    assert meta[ex.META_SOURCE] == str(folder.resolve())
-    assert meta[ex.META_MODEL_TYPE] == config["model_type"]
-    assert meta[lc.META_TOKENIZER] == (folder / "tokenizer.json").read_text()
+    assert meta[md.KIND] == ModelKind.CAUSAL_LM
+    assert meta[md.NUM_LAYERS] == "2"
+    assert meta[md.SOURCE] == str(folder.resolve())
+    assert meta[md.MODEL_TYPE] == config["model_type"]
+    assert meta[md.TOKENIZER] == (folder / "tokenizer.json").read_text()
 
 
 def test_max_seq_len_is_the_config_value_or_the_override(gpt2: tuple, llama: tuple) -> None:
@@ -131,7 +132,7 @@ def test_greedy_generation_matches_pytorch_token_for_token(exported: tuple[Path,
     folder, out = exported
     lm = CausalLM.open(out, THREADS)
     prompt_ids = lm.require_tokenizer().encode(PROMPT)
-    ours = lm.generate_ids(prompt_ids, SamplingConfig(max_new_tokens=NEW_TOKENS)).new_ids
+    ours = lm.generate_ids(prompt_ids, SamplingConfig.greedy(max_new_tokens=NEW_TOKENS)).new_ids
     with torch.no_grad():
         ref = _torch_model(folder).generate(
             torch.tensor([prompt_ids]), max_new_tokens=NEW_TOKENS, do_sample=False
@@ -172,10 +173,11 @@ def test_external_data_sits_next_to_the_model(llama: tuple[Path, Path, ex.Export
 
 
 def test_tierflow_run_prints_text(gpt2: tuple[Path, Path, str]) -> None:
-    result = CliRunner().invoke(app, ["run", str(gpt2[1]), "--prompt", PROMPT, "-n", "12", "--threads", "2"])
+    args = ["run", str(gpt2[1]), "--prompt", PROMPT, "-n", "12", "--threads", "2", "--greedy"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     lm = CausalLM.open(gpt2[1], THREADS)
-    expected = lm.generate(PROMPT, SamplingConfig(max_new_tokens=12)).text
+    expected = lm.generate(PROMPT, SamplingConfig.greedy(max_new_tokens=12)).text
     assert expected and expected.strip()
     assert "".join(result.stdout.split()).startswith("".join((PROMPT + expected).split()))
 

@@ -49,14 +49,14 @@ def test_generate_over_the_data_plane_and_http(pki: Path, tmp_path: Path) -> Non
 
     async def body(node: NodeServer, peers: PeerClients) -> None:
         reply = await peers.call(
-            "cloud", StageRequest("generate", meta={"prompt": "the cat", "max_tokens": 4})
+            "cloud", StageRequest("generate", meta={"prompt": "the cat", "max_tokens": 4, "seed": 3})
         )
         assert reply.meta["tier"] == "cloud"
         assert len(str(reply.meta["text"]).split()) == 4
         async with httpx.AsyncClient(base_url=f"http://{node.http_address}") as http:
-            response = await http.post("/v1/generate", json={"prompt": "the cat", "max_tokens": 4})
+            response = await http.post("/v1/generate", json={"prompt": "the cat", "max_tokens": 4, "seed": 3})
             assert response.status_code == 200
-            assert response.json()["text"] == reply.meta["text"]
+            assert response.json()["text"] == reply.meta["text"]  # the same defaults, the same seed
             assert (await http.post("/v1/generate", json={"prompt": ""})).status_code == 422
             bad = await http.post(  # a lone surrogate: valid JSON, not encodable text
                 "/v1/generate",

@@ -10,16 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tierflow.errors import InvalidInputError, UnsupportedModelError
+from tierflow.errors import InvalidInputError, InvalidModelError, UnsupportedModelError
 from tierflow.model.demo import vision
-from tierflow.runtime.generic import (
-    BATCH_DEFAULT,
-    DIM_DEFAULT,
-    GenericRunner,
-    TensorSummary,
-    is_batch_like,
-    load_npy_inputs,
-)
+from tierflow.model.feeds import BATCH_DEFAULT, DIM_DEFAULT, is_batch_like
+from tierflow.runtime.generic import GenericRunner, TensorSummary, load_npy_inputs
 from tierflow.runtime.session import SessionOptions
 
 ONE_THREAD = SessionOptions(intra_op_threads=1)
@@ -94,8 +88,8 @@ def test_dims_override_and_metadata_hints() -> None:
     hinted = GenericRunner.open(tiny_model({"tierflow.dims": json.dumps({"seq": 3, "batch": 2})}), ONE_THREAD)
     assert hinted.prepare_inputs()["x"].shape == (2, 3)
     assert hinted.prepare_inputs(dims={"seq": 4})["x"].shape == (2, 4)
-    broken = GenericRunner.open(tiny_model({"tierflow.dims": "not json"}), ONE_THREAD)
-    assert broken.prepare_inputs()["x"].shape == (1, 8)
+    with pytest.raises(InvalidModelError, match="tierflow.dims"):  # a broken hint is a broken model
+        GenericRunner.open(tiny_model({"tierflow.dims": "not json"}), ONE_THREAD)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import onnx
 import pytest
@@ -9,7 +11,14 @@ from tests.support.tiny_lm import build_tiny_lm
 
 from tierflow.errors import InvalidInputError, TokenizerError, UnsupportedModelError
 from tierflow.model import lm_contract as lc
-from tierflow.runtime.lm import CausalLM, SamplingConfig, pick_token
+from tierflow.runtime.lm import (
+    CausalLM,
+    SamplingConfig,
+    SamplingOptions,
+    apply_repeat_penalty,
+    pick_token,
+    sampling_config,
+)
 from tierflow.runtime.session import SessionOptions
 
 ONE_THREAD = SessionOptions(intra_op_threads=1)
@@ -43,7 +52,7 @@ def test_kv_cache_steps_equal_full_recompute() -> None:
 def test_greedy_generation_uses_the_cache_consistently() -> None:
     lm = open_tiny()
     prompt = lm.require_tokenizer().encode("the cat sat on")
-    result = lm.generate_ids(prompt, SamplingConfig(max_new_tokens=6))
+    result = lm.generate_ids(prompt, SamplingConfig.greedy(max_new_tokens=6))
     # recompute each step from scratch: the same greedy tokens must come out
     seq = list(prompt)
     for _ in range(6):
@@ -68,10 +77,64 @@ def test_seeded_sampling_is_reproducible_and_seed_matters() -> None:
 def test_top_k_and_top_p_restrict_choices() -> None:
     rng = np.random.default_rng(0)
     logits = np.array([5.0, 4.0, 0.0, -1.0, -2.0])
-    picks = {pick_token(logits, SamplingConfig(temperature=2.0, top_k=2), rng) for _ in range(200)}
+    picks = {pick_token(logits, SamplingConfig(temperature=2.0, top_k=2, top_p=1.0), rng) for _ in range(200)}
     assert picks == {0, 1}
-    picks = {pick_token(logits, SamplingConfig(temperature=1.0, top_p=0.5), rng) for _ in range(200)}
+    picks = {pick_token(logits, SamplingConfig(temperature=1.0, top_k=0, top_p=0.5), rng) for _ in range(200)}
     assert picks == {0}
+    # a top-k beyond the vocabulary keeps every token; a vanishing temperature is the argmax
+    flat = SamplingConfig(temperature=50.0, top_k=1000, top_p=1.0)
+    assert {pick_token(logits, flat, rng) for _ in range(300)} == {0, 1, 2, 3, 4}
+    assert pick_token(logits, SamplingConfig(temperature=1e-320), rng) == 0
+
+
+def test_default_decoding_samples_like_llama_cpp() -> None:
+    config = SamplingConfig()
+    assert not config.is_greedy
+    assert (config.temperature, config.top_k, config.top_p) == (0.8, 40, 0.95)
+    assert (config.repeat_penalty, config.repeat_last_n) == (1.1, 64)
+    greedy = SamplingConfig.greedy(max_new_tokens=5)
+    assert greedy.is_greedy and greedy.repeat_penalty == 1.0 and greedy.max_new_tokens == 5
+    # generate(prompt, **options) takes exactly the config's fields
+    assert set(SamplingOptions.__annotations__) == {f.name for f in fields(SamplingConfig)}
+    assert sampling_config(None, {"top_k": 3}) == SamplingConfig(top_k=3)
+    assert sampling_config(greedy, {"max_new_tokens": 9}) == SamplingConfig.greedy(max_new_tokens=9)
+    with pytest.raises(InvalidInputError, match="unknown generation option 'colour'"):
+        sampling_config(None, {"colour": "red"})
+
+
+def test_repetition_penalty_lowers_the_probability_of_a_repeated_token() -> None:
+    logits = np.array([3.0, 2.5, -1.0, 0.5])
+
+    def softmax(x: np.ndarray) -> np.ndarray:
+        e = np.exp(x - x.max())
+        return e / e.sum()
+
+    penalised = apply_repeat_penalty(logits, [0, 2, 0], 1.1)
+    # llama.cpp's rule: a positive logit is divided by the penalty, a negative one multiplied
+    np.testing.assert_allclose(penalised, [3.0 / 1.1, 2.5, -1.1, 0.5])
+    before, after = softmax(logits), softmax(penalised)
+    assert after[0] < before[0]  # the repeated token loses probability, the unseen ones gain it
+    assert after[1] > before[1] and after[3] > before[3]
+    assert after[2] / after[3] < before[2] / before[3]  # a seen negative logit loses against an unseen one
+    np.testing.assert_array_equal(apply_repeat_penalty(logits, [0], 1.0), logits)  # 1 = off
+
+    # in the sampler: only the last repeat_last_n tokens count, and greedy picks move off a repeat
+    close = np.array([2.0, 1.9, 0.0])
+    rng = np.random.default_rng(0)
+    argmax = SamplingConfig(temperature=0.0)  # temperature 0 keeps the default penalty
+    assert pick_token(close, argmax, rng) == 0
+    assert pick_token(close, argmax, rng, recent=[0]) == 1
+    assert pick_token(close, SamplingConfig(temperature=0.0, repeat_last_n=1), rng, recent=[0, 2]) == 0
+    assert pick_token(close, SamplingConfig.greedy(), rng, recent=[0]) == 0  # greedy: no penalty
+
+
+def test_sampled_frequencies_follow_the_penalty() -> None:
+    logits = np.array([1.0, 1.0])
+    rng = np.random.default_rng(3)
+    config = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, repeat_penalty=2.0)
+    picks = [pick_token(logits, config, rng, recent=[0]) for _ in range(2000)]
+    share = picks.count(0) / len(picks)  # softmax([0.5, 1.0])[0] = 0.378
+    assert 0.33 < share < 0.43
 
 
 def test_context_limit_clamps_generation_and_rejects_long_prompts() -> None:
@@ -85,13 +148,17 @@ def test_context_limit_clamps_generation_and_rejects_long_prompts() -> None:
 
 def test_stop_tokens_end_generation() -> None:
     lm = open_tiny()
-    first = lm.generate_ids([0, 2], SamplingConfig(max_new_tokens=1)).new_ids[0]
-    result = lm.generate_ids([0, 2], SamplingConfig(max_new_tokens=10, stop_token_ids=(first,)))
+    first = lm.generate_ids([0, 2], SamplingConfig.greedy(max_new_tokens=1)).new_ids[0]
+    result = lm.generate_ids([0, 2], SamplingConfig.greedy(max_new_tokens=10, stop_token_ids=(first,)))
     assert result.new_ids == [first]
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_new_tokens": -1}, {"temperature": -0.1}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}]
+    "kwargs",
+    [
+        {"max_new_tokens": -1}, {"temperature": -0.1}, {"temperature": float("nan")}, {"top_k": -1},
+        {"top_p": 0.0}, {"top_p": 1.5}, {"repeat_penalty": 0.0}, {"repeat_last_n": -1}, {"seed": -1},
+    ],
 )
 def test_bad_sampling_config_is_a_user_error(kwargs: dict[str, float]) -> None:
     with pytest.raises(InvalidInputError):

@@ -10,11 +10,12 @@ from tierflow.cli import main
 
 
 def cli(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str, columns: int = 200
 ) -> tuple[int, str, str]:
-    """``tierflow ARGS`` in this process: (exit code, stdout, stderr)."""
+    """``tierflow ARGS`` in this process: (exit code, stdout, stderr), on captured (non-terminal)
+    output that claims to be ``columns`` wide (``COLUMNS``)."""
     monkeypatch.setattr(sys, "argv", ["tierflow", *args])
-    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("COLUMNS", str(columns))
     try:
         main()
         code = 0

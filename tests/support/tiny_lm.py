@@ -14,6 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from tierflow.model import lm_contract as lc
+from tierflow.model import metadata as md
+from tierflow.types import ModelKind
 
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "ran", "fast", "slow", "and", "with", "to", "of", "in"]
 
@@ -80,9 +82,9 @@ def build_tiny_lm(
     graph = helper.make_graph(nodes, "tiny_lm", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
-    meta = {lc.META_KIND: lc.KIND_CAUSAL_LM, lc.META_MAX_SEQ_LEN: "32"}
+    meta = {md.KIND: ModelKind.CAUSAL_LM, md.MAX_SEQ_LEN: "32"}
     if tokenizer:
-        meta[lc.META_TOKENIZER] = tiny_tokenizer_json()
+        meta[md.TOKENIZER] = tiny_tokenizer_json()
     helper.set_model_props(model, meta)
     onnx.checker.check_model(model)
     return model

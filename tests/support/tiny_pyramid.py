@@ -18,6 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.support.tiny_lm import tiny_tokenizer_json
 from tierflow.model import lm_contract as lc
+from tierflow.model import metadata as md
+from tierflow.types import ModelKind
 
 F = TensorProto.FLOAT
 I64 = TensorProto.INT64
@@ -126,15 +128,15 @@ def build_lm(
                 )
             )
     meta = {
-        lc.META_KIND: lc.KIND_CAUSAL_LM,
-        lc.META_MAX_SEQ_LEN: str(max_seq_len),
-        "tierflow.num_layers": str(layers),
+        md.KIND: ModelKind.CAUSAL_LM,
+        md.MAX_SEQ_LEN: str(max_seq_len),
+        md.NUM_LAYERS: str(layers),
     }
     if exit_logits is not None:
         outputs.append(helper.make_tensor_value_info(lc.EXIT_LOGITS, F, ["batch", "seq", vocab]))
-        meta["tierflow.exit_layer"] = str(exit_layer)
+        meta[md.EXIT_LAYER] = str(exit_layer)
     if tokenizer:
-        meta[lc.META_TOKENIZER] = tiny_tokenizer_json()
+        meta[md.TOKENIZER] = tiny_tokenizer_json()
     graph = helper.make_graph(g.nodes, "tiny_pyramid_lm", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -183,11 +183,12 @@ def test_quantized_transfer_stays_within_half_a_step_and_keeps_integers_exact(pk
 
 def test_requests_pipeline_on_one_stream_and_answer_out_of_order(pki: Path) -> None:
     async def go() -> None:
-        gate = asyncio.Event()
+        gate, waiting_arrived = asyncio.Event(), asyncio.Event()
         finished: list[str] = []
 
         async def handler(request: StageRequest, peer: PeerInfo) -> StageResponse:
             if request.op == "wait":
+                waiting_arrived.set()
                 await asyncio.wait_for(gate.wait(), 5)  # only a second request in flight can open the gate
             elif request.op == "open":
                 gate.set()
@@ -203,7 +204,7 @@ def test_requests_pipeline_on_one_stream_and_answer_out_of_order(pki: Path) -> N
             make_client(port, load_identity(pki, "device")) as client,
         ):
             waiting = asyncio.create_task(client.call(StageRequest("wait"), timeout=TIMEOUT))
-            await asyncio.sleep(0.05)
+            await asyncio.wait_for(waiting_arrived.wait(), TIMEOUT)  # it is at the server, holding the gate
             opened = await client.call(StageRequest("open"), timeout=TIMEOUT)
             assert opened.ok and (await waiting).ok
             assert finished == ["open", "wait"]
@@ -686,9 +687,12 @@ def test_a_pinned_certificate_refuses_an_impostor_with_the_same_name(pki: Path, 
 
 
 def test_server_stop_fails_pending_calls_and_the_client_reconnects(pki: Path) -> None:
+    arrived = asyncio.Event()
+
     async def slow(request: StageRequest, peer: PeerInfo) -> StageResponse:
         if request.op == "slow":
-            await asyncio.sleep(30)
+            arrived.set()
+            await asyncio.Event().wait()  # never answers: only the server's stop ends it
         return await echo_handler(request, peer)
 
     async def go() -> None:
@@ -697,7 +701,7 @@ def test_server_stop_fails_pending_calls_and_the_client_reconnects(pki: Path) ->
         client = make_client(port, load_identity(pki, "device"))
         await client.connect()
         pending = asyncio.create_task(client.call(StageRequest("slow"), timeout=TIMEOUT))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(arrived.wait(), TIMEOUT)  # the server is working on it
         await server.stop(0)
         with pytest.raises(TransportError):
             await pending
@@ -765,21 +769,18 @@ def test_server_in_a_separate_process_over_mtls(pki: Path, rogue_pki: Path) -> N
 
 
 def test_sync_client_is_shared_by_threads(pki: Path) -> None:
-    async def serve_until(stop: threading.Event, ready: list[int]) -> None:
+    async def serve_until(stop: threading.Event, started: threading.Event, ports: list[int]) -> None:
         async with serving(load_identity(pki, "cloud")) as (_, port):
-            ready.append(port)
-            while not stop.is_set():
-                await asyncio.sleep(0.02)
+            ports.append(port)
+            started.set()
+            await asyncio.to_thread(stop.wait)
 
-    stop, ready = threading.Event(), []
-    server_thread = threading.Thread(target=lambda: asyncio.run(serve_until(stop, ready)))
+    stop, started, ports = threading.Event(), threading.Event(), []
+    server_thread = threading.Thread(target=lambda: asyncio.run(serve_until(stop, started, ports)))
     server_thread.start()
     try:
-        for _ in range(500):
-            if ready:
-                break
-            threading.Event().wait(0.01)
-        with SyncDataPlaneClient(f"127.0.0.1:{ready[0]}", load_identity(pki, "edge"), "cloud") as client:
+        assert started.wait(30), "the server thread did not start"
+        with SyncDataPlaneClient(f"127.0.0.1:{ports[0]}", load_identity(pki, "edge"), "cloud") as client:
             errors: list[BaseException] = []
 
             def worker(k: int) -> None:
@@ -815,16 +816,21 @@ def test_loopback_benchmark_reports_its_figures() -> None:
 
 
 def test_close_delivers_replies_already_in_flight(pki: Path) -> None:
-    async def slowish(request: StageRequest, peer: PeerInfo) -> StageResponse:
-        await asyncio.sleep(0.1)
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held(request: StageRequest, peer: PeerInfo) -> StageResponse:
+        arrived.set()
+        await release.wait()
         return await echo_handler(request, peer)
 
     async def go() -> None:
-        async with serving(load_identity(pki, "cloud"), slowish) as (_, port):
+        async with serving(load_identity(pki, "cloud"), held) as (_, port):
             client = make_client(port, load_identity(pki, "device"))
             await client.connect()
             pending = asyncio.create_task(echo(client, x=X))
-            await asyncio.sleep(0.02)
+            await asyncio.wait_for(arrived.wait(), TIMEOUT)  # the request is at the server
+            # one loop: the handler answers only once close() has started (it awaits before the reply)
+            release.set()
             await client.close()
             response = await pending
             assert response.ok

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.support.processes import LineReader, popen_sigint_ignored
 from typer.testing import CliRunner
 
 from tierflow.cli import app
@@ -52,14 +53,16 @@ def test_link_shapes_between_real_sockets_and_reports(tmp_path: Path) -> None:
     trace = tmp_path / "t.csv"
     trace.write_text("time_s,down_mbps,up_mbps,rtt_ms,loss\n0,20,5,40,0\n0.5,20,5,100,0\n", encoding="utf-8")
     srv, port = _echo_server()
-    proc = subprocess.Popen(
+    # started with SIGINT ignored, as a script's background job is: SIGINT must stop it all the same
+    proc = popen_sigint_ignored(
         [*CLI, "--upstream", f"127.0.0.1:{port}", "--listen", "127.0.0.1:0", "--profile", "4g",
          "--trace", str(trace), "--interval", "0.5", "--seed", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         assert proc.stdout is not None
-        first = proc.stdout.readline()
+        lines = LineReader(proc.stdout)
+        first = lines.next(timeout=60)
         m = re.fullmatch(rf"link 127\.0\.0\.1:(\d+) -> 127\.0\.0\.1:{port}\n", first)
         assert m, first
         c = socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=10)
@@ -68,7 +71,8 @@ def test_link_shapes_between_real_sockets_and_reports(tmp_path: Path) -> None:
         while len(got) < 16:
             got += c.recv(64)
         assert got == b"through the link"
-        time.sleep(1.0)  # the trace moves to its second row; status lines go out
+        lines.until("RTT 100 ms", timeout=30)  # the command saw the trace move to its second row
+        lines.until("connections", timeout=30)  # and a status line follows it
         t = time.perf_counter()
         c.sendall(b"x")
         assert c.recv(1) == b"x"
@@ -76,14 +80,14 @@ def test_link_shapes_between_real_sockets_and_reports(tmp_path: Path) -> None:
         c.close()
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
-        out = proc.stdout.read()  # the same buffered reader readline() used: nothing lost
+        text = lines.text(timeout=20)
         err = proc.stderr.read() if proc.stderr else ""
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
         srv.close()
     assert proc.returncode == 0, err
-    text = first + out
     assert "then hold the last row; jitter from 4g" in text
     assert "profile 4g+trace: down 20 Mbit/s, up 5 Mbit/s, RTT 40 ms" in text  # first row
     assert "profile 4g+trace: down 20 Mbit/s, up 5 Mbit/s, RTT 100 ms" in text  # then the second

@@ -66,11 +66,14 @@ def echo(c: socket.socket) -> None:
 
 
 def source(nbytes: int) -> Callable[[socket.socket], None]:
-    """On every byte received, send ``nbytes`` back."""
+    """On every byte received, send ``nbytes`` back; a ``h`` (see :func:`handshake`) comes back as it is."""
 
     def handle(c: socket.socket) -> None:
         block = os.urandom(min(nbytes, 1 << 20))
-        while c.recv(1):
+        while byte := c.recv(1):
+            if byte == b"h":
+                c.sendall(byte)
+                continue
             left = nbytes
             while left:
                 n = min(left, len(block))
@@ -85,11 +88,13 @@ class Sink:
 
     def __init__(self) -> None:
         self.chunks: list[tuple[float, int]] = []
+        self.first = threading.Event()  # a first chunk arrived
         self.done = threading.Event()
 
     def __call__(self, c: socket.socket) -> None:
         while data := c.recv(1 << 16):
             self.chunks.append((time.perf_counter(), len(data)))
+            self.first.set()
         self.done.set()
 
     @property
@@ -123,6 +128,13 @@ def recv_exactly(s: socket.socket, n: int) -> bytes:
             raise EOFError(f"connection closed after {len(buf)} of {n} bytes")
         buf += chunk
     return bytes(buf)
+
+
+def handshake(s: socket.socket) -> None:
+    """A byte there and back (echo or :func:`source`): the emulated TCP handshake is over, so what is
+    timed next is the transfer alone."""
+    s.sendall(b"h")
+    assert recv_exactly(s, 1) == b"h"
 
 
 def ping(s: socket.socket) -> float:
@@ -253,7 +265,7 @@ def test_the_handshake_costs_one_rtt() -> None:
 def _download_time(link: LinkEmulator, nbytes: int) -> float:
     """Seconds from asking for ``nbytes`` on an open connection to holding the last of them."""
     s = connect(link, timeout=30)
-    time.sleep(3 * link.profile.rtt_s)  # the handshake is not part of the transfer
+    handshake(s)  # the handshake is not part of the transfer
     t = time.perf_counter()
     s.sendall(b"g")
     recv_exactly(s, nbytes)
@@ -267,7 +279,7 @@ def test_download_takes_rtt_plus_size_over_bandwidth_plus_loss_stalls(name: str,
     nbytes = int(profile.down_bps * seconds / 8)
     with serve(source(nbytes)) as up, LinkEmulator(up, profile, seed=5) as link:
         s = connect(link, timeout=30)
-        time.sleep(3 * profile.rtt_s)  # the handshake is not part of the transfer
+        handshake(s)  # the handshake is not part of the transfer
         before = link.stats()
         t = time.perf_counter()
         s.sendall(b"g")
@@ -287,10 +299,8 @@ def test_upload_takes_delay_plus_size_over_bandwidth_plus_loss_stalls(name: str,
     sink = Sink()
     with serve(sink) as up, LinkEmulator(up, profile, seed=5) as link:
         s = connect(link, timeout=30)
-        s.sendall(b"h")  # let the handshake finish before timing
-        deadline = time.monotonic() + 5
-        while sink.total < 1 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        s.sendall(b"h")  # let the handshake finish before timing: a byte has crossed
+        assert sink.first.wait(30)
         before = link.stats().up.stall_s
         t = time.perf_counter()
         s.sendall(os.urandom(nbytes))
@@ -308,7 +318,8 @@ def test_connections_share_the_link_bandwidth() -> None:
     nbytes = 600_000
     with serve(source(nbytes)) as up, LinkEmulator(up, profile) as link:
         socks = [connect(link) for _ in range(2)]
-        time.sleep(5 * profile.rtt_s)  # let both handshakes finish
+        for s in socks:  # both handshakes are over before the clock starts
+            handshake(s)
         t = time.perf_counter()
         for s in socks:
             s.sendall(b"g")

@@ -15,5 +15,9 @@ async def caller(request: Request) -> str:
     """FastAPI dependency: the identity behind the request's bearer key (401 otherwise)."""
     credentials = await _bearer(request)
     store: ContextStore = request.app.state.tierflow.store
-    key = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else None
+    key = (
+        credentials.credentials
+        if credentials is not None and credentials.scheme.lower() == "bearer"
+        else None
+    )
     return authenticate(store, key)

@@ -35,8 +35,12 @@ def chat_prompt(messages: list[ChatMessage]) -> str:
 
 def _usage(done: Finished) -> dict[str, Any]:
     prompt, completion = done.outcome.prompt_tokens, len(done.outcome.generated)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": done.outcome.cached_tokens}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": done.outcome.cached_tokens},
+    }
 
 
 def _finish_reason(done: Finished, eos: int | None) -> str:
@@ -57,18 +61,26 @@ async def models(request: Request, owner: str = Depends(caller)) -> dict[str, An
     return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "tierflow"}]}
 
 
-async def _run(request: Request, owner: str, prompt: str, body: ChatBody | CompletionBody, *, chat: bool) -> Any:
+async def _run(
+    request: Request, owner: str, prompt: str, body: ChatBody | CompletionBody, *, chat: bool
+) -> Any:
     _check_model(request, body.model)
     state = state_of(request)
-    items = state.conversations.generate(owner, state.conversations.lm.tokenizer.encode(prompt), body.config(),
-                                         context_id=body.context_id, whole=body.context_id is None)
+    items = state.conversations.generate(
+        owner,
+        state.conversations.lm.tokenizer.encode(prompt),
+        body.config(),
+        context_id=body.context_id,
+        whole=body.context_id is None,
+    )
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     eos = state.conversations.lm.eos
     if body.stream:
         first = await anext(items)
-        return StreamingResponse(_chunks(first, items, ident, created, body.model, chat, eos),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            _chunks(first, items, ident, created, body.model, chat, eos), media_type="text/event-stream"
+        )
     async for item in items:
         if isinstance(item, Finished):
             reason = _finish_reason(item, eos)
@@ -77,14 +89,27 @@ async def _run(request: Request, owner: str, prompt: str, body: ChatBody | Compl
                 choice["message"] = {"role": "assistant", "content": item.text}
             else:
                 choice["text"] = item.text
-            return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
-                    "model": body.model, "choices": [choice], "usage": _usage(item),
-                    "context_id": item.record.context_id}
+            return {
+                "id": ident,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": created,
+                "model": body.model,
+                "choices": [choice],
+                "usage": _usage(item),
+                "context_id": item.record.context_id,
+            }
     raise RuntimeError("generation ended without an outcome")
 
 
-async def _chunks(first: Any, rest: AsyncIterator[GenerationEvent | Finished], ident: str, created: int,
-                  model: str, chat: bool, eos: int | None) -> AsyncIterator[bytes]:
+async def _chunks(
+    first: Any,
+    rest: AsyncIterator[GenerationEvent | Finished],
+    ident: str,
+    created: int,
+    model: str,
+    chat: bool,
+    eos: int | None,
+) -> AsyncIterator[bytes]:
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(delta: str | None, reason: str | None, usage: dict[str, Any] | None = None) -> bytes:
@@ -93,7 +118,13 @@ async def _chunks(first: Any, rest: AsyncIterator[GenerationEvent | Finished], i
             choice["delta"] = {} if delta is None else {"role": "assistant", "content": delta}
         else:
             choice["text"] = delta or ""
-        body: dict[str, Any] = {"id": ident, "object": kind, "created": created, "model": model, "choices": [choice]}
+        body: dict[str, Any] = {
+            "id": ident,
+            "object": kind,
+            "created": created,
+            "model": model,
+            "choices": [choice],
+        }
         if usage is not None:
             body["usage"] = usage
         return f"data: {json.dumps(body, ensure_ascii=True)}\n\n".encode()
@@ -111,7 +142,8 @@ async def _chunks(first: Any, rest: AsyncIterator[GenerationEvent | Finished], i
                 yield chunk(item.text, None)
     except Exception as exc:  # the stream has begun: OpenAI clients read an error object
         _, body = errors.error_body(exc)
-        yield f"data: {json.dumps({'error': {'message': body['detail'], 'type': body['error']}})}\n\n".encode()
+        error = {"error": {"message": body["detail"], "type": body["error"]}}
+        yield f"data: {json.dumps(error)}\n\n".encode()
     yield b"data: [DONE]\n\n"
 
 

@@ -54,17 +54,29 @@ def route_of(done: Finished) -> Route:
     spans = {t.value: str(s) for t, s in outcome.spans.items()}
     tiers = ["device", *(t for t in spans if t != "device")]
     return Route(
-        tiers=tiers, spans=spans,
-        hops=[Hop(**{"from": a, "to": b, "seconds": s}) for (a, b), s in outcome.stats.hop_s.items()],
-        compute_s=dict(outcome.stats.compute_s), ttft_s=outcome.ttft_s, tokens_per_s=outcome.tokens_per_s,
-        prompt_tokens=outcome.prompt_tokens, cached_tokens=outcome.cached_tokens, events=outcome.events,
+        tiers=tiers,
+        spans=spans,
+        hops=[
+            Hop.model_validate({"from": a, "to": b, "seconds": s})
+            for (a, b), s in outcome.stats.hop_s.items()
+        ],
+        compute_s=dict(outcome.stats.compute_s),
+        ttft_s=outcome.ttft_s,
+        tokens_per_s=outcome.tokens_per_s,
+        prompt_tokens=outcome.prompt_tokens,
+        cached_tokens=outcome.cached_tokens,
+        events=outcome.events,
     )
 
 
 def reply_of(done: Finished) -> GenerateReply:
-    return GenerateReply(text=done.text, context_id=done.record.context_id,
-                         expires_in=round(done.record.expires_in(time.time()), 3),
-                         tokens=len(done.outcome.generated), route=route_of(done))
+    return GenerateReply(
+        text=done.text,
+        context_id=done.record.context_id,
+        expires_in=round(done.record.expires_in(time.time()), 3),
+        tokens=len(done.outcome.generated),
+        route=route_of(done),
+    )
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -89,14 +101,23 @@ async def event_stream(items: AsyncIterator[GenerationEvent | Finished]) -> Asyn
 GENERATE_ERRORS = errors.responses(401, 403, 404, 410, 422, 503)
 
 
-@router.post("/generate", response_model=GenerateReply, responses={
-    **GENERATE_ERRORS, 200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                             "description": "The reply, or with stream=true server-sent events"}})
+@router.post(
+    "/generate",
+    response_model=GenerateReply,
+    responses={
+        **GENERATE_ERRORS,
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "The reply, or with stream=true server-sent events",
+        },
+    },
+)
 async def generate(body: GenerateBody, request: Request, owner: str = Depends(caller)) -> Any:
     """Generate across the tiers; a ``context_id`` continues that conversation."""
     state = state_of(request)
-    items = state.conversations.generate(owner, body.prompt, body.config(), context_id=body.context_id,
-                                         expires_in=body.expires_in)
+    items = state.conversations.generate(
+        owner, body.prompt, body.config(), context_id=body.context_id, expires_in=body.expires_in
+    )
     if body.stream:
         first = await anext(items)  # errors before the first token get their status code
         return StreamingResponse(event_stream(_prepend(first, items)), media_type="text/event-stream")
@@ -118,20 +139,31 @@ async def list_contexts(request: Request, owner: str = Depends(caller)) -> Conte
     state = state_of(request)
     now = time.time()
     records = state.store.list(owner)
-    return ContextList(contexts=[ContextSummary(context_id=r.context_id, expires_in=round(r.expires_in(now), 3),
-                                                tokens=len(r.tokens)) for r in records])
+    return ContextList(
+        contexts=[
+            ContextSummary(
+                context_id=r.context_id, expires_in=round(r.expires_in(now), 3), tokens=len(r.tokens)
+            )
+            for r in records
+        ]
+    )
 
 
-@router.get("/contexts/{context_id}", response_model=ContextDetail,
-            responses=errors.responses(401, 403, 404, 410))
+@router.get(
+    "/contexts/{context_id}", response_model=ContextDetail, responses=errors.responses(401, 403, 404, 410)
+)
 async def get_context(context_id: str, request: Request, owner: str = Depends(caller)) -> ContextDetail:
     """One context: its tokens, which tier holds which layers, and the KV each tier holds for it."""
     state = state_of(request)
     record = await state.conversations.get(context_id, owner)
     shards = await state.conversations.lm.shards(context_id)
-    return ContextDetail(context_id=record.context_id, expires_in=round(record.expires_in(time.time()), 3),
-                         tokens=len(record.tokens), spans=record.spans,
-                         shards={t: Shard(**s) for t, s in shards.items()})
+    return ContextDetail(
+        context_id=record.context_id,
+        expires_in=round(record.expires_in(time.time()), 3),
+        tokens=len(record.tokens),
+        spans=record.spans,
+        shards={t: Shard.model_validate(s) for t, s in shards.items()},
+    )
 
 
 @router.delete("/contexts/{context_id}", status_code=204, responses=errors.responses(401, 403, 404, 410))
@@ -141,9 +173,14 @@ async def delete_context(context_id: str, request: Request, owner: str = Depends
     return Response(status_code=204)
 
 
-@router.post("/contexts/{context_id}/migrate", response_model=MigrateReply,
-             responses=errors.responses(401, 403, 404, 410, 422, 503))
-async def migrate(context_id: str, body: MigrateBody, request: Request, owner: str = Depends(caller)) -> MigrateReply:
+@router.post(
+    "/contexts/{context_id}/migrate",
+    response_model=MigrateReply,
+    responses=errors.responses(401, 403, 404, 410, 422, 503),
+)
+async def migrate(
+    context_id: str, body: MigrateBody, request: Request, owner: str = Depends(caller)
+) -> MigrateReply:
     """Move the KV of some layers of a context to another tier; generation continues there."""
     record, moved = await state_of(request).conversations.migrate(context_id, owner, body.layers, body.to)
     return MigrateReply(context_id=record.context_id, spans=record.spans, moved=moved)

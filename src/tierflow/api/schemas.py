@@ -23,8 +23,14 @@ class Sampling(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
     def config(self) -> SamplingConfig:
-        return SamplingConfig(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
-                              top_p=self.top_p, repeat_penalty=self.repeat_penalty, seed=self.seed)
+        return SamplingConfig(
+            max_new_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            repeat_penalty=self.repeat_penalty,
+            seed=self.seed,
+        )
 
 
 class GenerateBody(Sampling):
@@ -127,11 +133,16 @@ class OpenAISampling(BaseModel):
         tokens = self.max_completion_tokens or self.max_tokens or 64
         # OpenAI's frequency_penalty (additive, 0 = off) has no exact counterpart in the multiplicative
         # repetition penalty; a positive value turns the default penalty on, 0 or less turns it off
-        penalty = DEFAULTS.repeat_penalty if self.frequency_penalty is None or self.frequency_penalty > 0 else 1.0
-        return SamplingConfig(max_new_tokens=tokens,
-                              temperature=DEFAULTS.temperature if self.temperature is None else self.temperature,
-                              top_p=DEFAULTS.top_p if self.top_p is None else self.top_p,
-                              repeat_penalty=penalty, seed=self.seed)
+        penalty = (
+            DEFAULTS.repeat_penalty if self.frequency_penalty is None or self.frequency_penalty > 0 else 1.0
+        )
+        return SamplingConfig(
+            max_new_tokens=tokens,
+            temperature=DEFAULTS.temperature if self.temperature is None else self.temperature,
+            top_p=DEFAULTS.top_p if self.top_p is None else self.top_p,
+            repeat_penalty=penalty,
+            seed=self.seed,
+        )
 
 
 class ChatBody(OpenAISampling):

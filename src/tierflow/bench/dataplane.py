@@ -47,6 +47,7 @@ from tierflow.transport.dataplane import (
 )
 from tierflow.transport.messages import ErrorCode, PeerInfo, StageRequest, StageResponse
 from tierflow.transport.tls import channel_credentials, load_identity, server_credentials
+from tierflow.types import Tier
 
 _RAW_SERVICE, _RAW_METHOD = "tierflow.bench.Echo", "Stream"
 _WARMUP = 100
@@ -97,7 +98,7 @@ async def _raw_echo(requests: Any, context: grpc.aio.ServicerContext) -> Any:
         yield data
 
 
-async def serve(pki: Path, name: str = "cloud", host: str = "127.0.0.1") -> None:
+async def serve(pki: Path, name: str = Tier.CLOUD, host: str = "127.0.0.1") -> None:
     """Echo servers for the benchmark and multi-process tests; prints one JSON line of ports, runs until
     stdin closes."""
     identity = load_identity(pki, name)
@@ -130,7 +131,7 @@ async def serve(pki: Path, name: str = "cloud", host: str = "127.0.0.1") -> None
 class EchoServerProcess:
     """``serve`` in a child process; ``with EchoServerProcess(pki) as p: p.port ...``."""
 
-    def __init__(self, pki: Path, name: str = "cloud") -> None:
+    def __init__(self, pki: Path, name: str = Tier.CLOUD) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "GRPC_VERBOSITY": "ERROR"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tierflow.bench.dataplane", "serve", str(pki), "--name", name],
@@ -197,8 +198,8 @@ async def _measure(server: EchoServerProcess, pki: Path, x: np.ndarray, n: int) 
     The bare TCP round trips block this loop's thread on purpose: nothing else runs on it meanwhile.
     """
     payload = x.tobytes()
-    device = load_identity(pki, "device")
-    options = [*grpc_options(), ("grpc.ssl_target_name_override", "cloud")]
+    device = load_identity(pki, Tier.DEVICE)
+    options = [*grpc_options(), ("grpc.ssl_target_name_override", Tier.CLOUD.value)]
     samples: dict[str, list[float]] = {"tcp": [], "grpc": [], "dataplane": [], "sync": []}
     with socket.create_connection(("127.0.0.1", server.tcp_port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -207,7 +208,7 @@ async def _measure(server: EchoServerProcess, pki: Path, x: np.ndarray, n: int) 
             grpc.aio.secure_channel(
                 f"127.0.0.1:{server.grpc_port}", channel_credentials(device), options
             ) as channel,
-            DataPlaneClient(f"127.0.0.1:{server.port}", device, "cloud") as client,
+            DataPlaneClient(f"127.0.0.1:{server.port}", device, Tier.CLOUD) as client,
         ):
             call = channel.stream_stream(f"/{_RAW_SERVICE}/{_RAW_METHOD}")()
             request = StageRequest("echo", inputs={"x": x})
@@ -240,7 +241,7 @@ async def _measure(server: EchoServerProcess, pki: Path, x: np.ndarray, n: int) 
             finally:
                 call.cancel()
     # The sync client runs its own event loop thread: measured alone, after the others are closed.
-    with SyncDataPlaneClient(f"127.0.0.1:{server.port}", device, "cloud") as sync_client:
+    with SyncDataPlaneClient(f"127.0.0.1:{server.port}", device, Tier.CLOUD) as sync_client:
         for i in range(n + _WARMUP):
             start = time.perf_counter()
             sync_client.call(request).raise_for_error()
@@ -262,7 +263,7 @@ def measure_loopback_overhead(n: int = 2000, payload_bytes: int = 1024) -> dict[
     x = np.random.default_rng(0).standard_normal(payload_bytes // 4).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="tierflow-bench-") as tmp:
         pki = Path(tmp)
-        init_pki(pki, ["cloud", "device"])
+        init_pki(pki, [Tier.CLOUD, Tier.DEVICE])
         with EchoServerProcess(pki) as server:
             samples = asyncio.run(_measure(server, pki, x, n))
     loopback, tcp_ms = _median_ms(samples["dataplane"]), _median_ms(samples["tcp"])
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command")
     serve_p = sub.add_parser("serve", help="run the echo servers (used by the benchmark and tests)")
     serve_p.add_argument("pki", type=Path)
-    serve_p.add_argument("--name", default="cloud")
+    serve_p.add_argument("--name", default=Tier.CLOUD.value)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--payload-bytes", type=int, default=1024)
     args = parser.parse_args(argv)

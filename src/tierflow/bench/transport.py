@@ -20,20 +20,20 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tierflow.errors import InvalidInputError
+from tierflow.types.quant import QuantMode
 from tierflow.wire.channel import ChannelConfig, SecureChannel
 from tierflow.wire.keys import SessionKeys, new_session_id
-from tierflow.wire.quantize import QuantMode
 
 KIB, MIB = 1 << 10, 1 << 20
 DEFAULT_SIZES: tuple[int, ...] = (64 * KIB, 256 * KIB, MIB, 4 * MIB, 16 * MIB, 64 * MIB)
-DEFAULT_MODES: tuple[str, ...] = ("int8", "int8_channel", "fp16", "raw")
+DEFAULT_MODES: tuple[QuantMode, ...] = (QuantMode.INT8, QuantMode.INT8_CHANNEL, QuantMode.FP16, QuantMode.RAW)
 _FEATURES = 1024
 _BATCH_BYTES = 16 * MIB  # small tensors run in batches this large per timing, so timer noise is amortised
 
 
 def measure_frames(
     sizes: Iterable[int] = DEFAULT_SIZES,
-    modes: Iterable[str] = DEFAULT_MODES,
+    modes: Iterable[QuantMode | str] = DEFAULT_MODES,
     repeats: int = 5,
     *,
     seed: int = 0,
@@ -60,15 +60,15 @@ def measure_frames(
             sender, receiver = _channel_pair(mode)
             frame = sender.seal(x)
             frames[mode] = (len(frame), float(np.max(np.abs(receiver.open(frame) - x))))
-            contenders[mode.name.lower()] = partial(_secure_round_trip, sender, receiver, x)
+            contenders[mode.value] = partial(_secure_round_trip, sender, receiver, x)
         best = _race(contenders, repeats, inner)
         for mode in mode_list:
-            secure = size * inner / best[mode.name.lower()] / 1e9
+            secure = size * inner / best[mode.value] / 1e9
             aes = size * inner / best["aesgcm"] / 1e9
             rows.append(
                 {
                     "size_bytes": size,
-                    "mode": mode.name.lower(),
+                    "mode": mode.value,
                     "secure_gbps": round(secure, 3),
                     "aesgcm_gbps": round(aes, 3),
                     "ratio_to_aesgcm": round(secure / aes, 3),

@@ -60,13 +60,24 @@ def pipeline(
     model: str = typer.Option(
         "demo-vision", "--model", help="Bundled model to split (demo-vision, demo-image)."
     ),
+    remote_slowdown: float = typer.Option(
+        1.0,
+        "--remote-slowdown",
+        min=1.0,
+        help="SIMULATED slower remote node (its --slowdown).",
+    ),
 ) -> None:
     """A split model over a real remote node and the link emulator: sequential vs overlapped."""
     from tierflow.bench.pipeline import run_pipeline_bench
 
     with spinner("running the pipeline benchmark"):
         result = run_pipeline_bench(
-            [p.strip() for p in profiles.split(",") if p.strip()], requests, threads, device_slowdown, model
+            [p.strip() for p in profiles.split(",") if p.strip()],
+            requests,
+            threads,
+            device_slowdown,
+            model,
+            remote_slowdown=remote_slowdown,
         )
     rows = [{"profile": name, **figures} for name, figures in result["profiles"].items()]
     _print(result, as_json, rows, f"pipelined split of {result['model']}")
@@ -75,7 +86,13 @@ def pipeline(
 @bench_app.command("split")
 def split(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    model: str = typer.Option("all", "--model", help="demo-vision, demo-image, demo-lm or all."),
+    model: list[str] | None = typer.Option(
+        None,
+        "--model",
+        help="Repeatable (or comma separated): a bundled model (demo-vision, demo-image, demo-lm), a paper "
+        "network (alexnet, resnet18, mobilenetv2; built once with torch), an .onnx file or a .tfm package; "
+        "'all' = the bundled models, 'paper' = the paper networks. Default: all.",
+    ),
     profiles: str = typer.Option(
         "2g,3g,4g,wifi,5g,datacenter", "--profiles", help="Access link profiles, comma separated."
     ),
@@ -90,14 +107,17 @@ def split(
     """The planner's chosen split vs every candidate plan, device-only, edge-only and cloud-only."""
     from rich.markup import escape
 
+    from tierflow.bench.paper_models import PAPER_MODELS
     from tierflow.bench.split import MODELS, Settings, run_split_bench
     from tierflow.cli._common import err_console
-    from tierflow.errors import ConfigError
 
-    models = list(MODELS) if model == "all" else [m.strip() for m in model.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        raise ConfigError(f"unknown model '{unknown[0]}' (known: {', '.join(MODELS)}, all)")
+    groups = {"all": list(MODELS), "paper": list(PAPER_MODELS)}
+    models: list[str] = []
+    for item in model or ["all"]:
+        for name in (m.strip() for m in item.split(",")):
+            if name:
+                models += groups.get(name, [name])
+    models = list(dict.fromkeys(models))  # each model once, in the order given
     settings = Settings(
         requests=requests,
         device_slowdown=device_slowdown,
@@ -120,6 +140,7 @@ def split(
         "cloud_only_ms",
         "chosen_over_oracle",
         "speedup_vs_cloud_only",
+        "speedup_vs_device_only",
         "speedup_vs_best_single_tier",
         "energy_vs_device_only",
     )

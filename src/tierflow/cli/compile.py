@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tierflow.cli._common import console, spinner
+from tierflow.cli._common import console, print_table, spinner
 from tierflow.compiler.compiler import CompileReport, TargetResult, compile_model
 from tierflow.errors import ConfigError, FidelityError
 from tierflow.model.pyramid import FidelityFloor, PyramidConfig, load_pyramid
@@ -58,9 +58,8 @@ def compile_command(
         with spinner(f"compiling {model}"):
             report = compile_model(model, output, config=cfg, targets=names, calibration=calibration)
     except FidelityError as exc:
-        failed = getattr(exc, "report", None)
-        if isinstance(failed, CompileReport):
-            print_report(failed, cfg)
+        if isinstance(exc.report, CompileReport):
+            print_report(exc.report, cfg)
         raise
     print_report(report, cfg)
 
@@ -112,7 +111,7 @@ def print_report(report: CompileReport, cfg: PyramidConfig) -> None:
             fidelity_text(t) + f"\n[dim]{t.check}[/]",
             floor,
         )
-    console.print(table)
+    print_table(table)
     if ratio is not None:
         small, large, value = ratio
         console.print(f"{small}/{large} size ratio: {100 * value:.1f} %", highlight=False)

@@ -2,13 +2,17 @@
 
 It runs the bundled models on this machine: the language model writes a
 continuation, the image generator paints a picture; then it starts a local edge
-and cloud (two node processes behind SIMULATED links) and runs the vision model
-split across device, edge and cloud over mutual TLS with encrypted tensors.
+and cloud (two node processes behind SIMULATED links, `tierflow up`'s deployment),
+lets the planner profile the tiers and choose where the vision model runs, prints
+the choice with the predicted time of every alternative, and runs it (and, when the
+planner kept the model on one tier, the best plan on all three tiers for comparison)
+over mutual TLS with encrypted tensors, checked against the unsplit model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -16,6 +20,11 @@ from tierflow.cli._common import console, spinner
 from tierflow.model.registry import resolve_model
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.providers import short_name
+
+if TYPE_CHECKING:
+    from tierflow.bench.split import ModelBench
+    from tierflow.engine.split_engine import SplitEngine
+    from tierflow.planner.plan import Plan
 
 DEFAULT_PROMPT = "The with statement is used to"
 
@@ -29,6 +38,12 @@ def demo(
         True, "--tiers/--no-tiers", help="Also run a split across local edge + cloud nodes."
     ),
     profile: str = typer.Option("wifi", "--profile", help="SIMULATED access link for the three-tier part."),
+    device_slowdown: float = typer.Option(
+        4.0, "--device-slowdown", min=1.0, help="SIMULATED weaker device for the three-tier part."
+    ),
+    edge_slowdown: float = typer.Option(
+        2.0, "--edge-slowdown", min=1.0, help="SIMULATED edge box this many times slower than the cloud."
+    ),
 ) -> None:
     """Generate text with demo-lm and an image with demo-image, on this machine's best execution provider."""
     console.rule("[bold]demo-lm[/]: text generation with the KV cache")
@@ -56,67 +71,118 @@ def demo(
     )
 
     if tiers:
-        _three_tiers(profile)
+        _three_tiers(profile, device_slowdown, edge_slowdown)
 
 
-def _three_tiers(profile: str) -> None:
-    """demo-vision split device -> edge -> cloud through a local deployment (a fixed, documented plan)."""
+def _three_tiers(profile: str, device_slowdown: float, edge_slowdown: float) -> None:
+    """demo-vision over a local deployment: the planner profiles the tiers and chooses the plan; the
+    chosen plan runs, and -- when the planner kept the work on one tier -- so does the best plan that
+    uses all three, for comparison; every run is checked against the unsplit model."""
     import asyncio
     import tempfile
 
-    import numpy as np
     import onnx
 
-    from tierflow.engine.split_runner import SplitPlan, SplitResult, SplitRunner
+    from tierflow.bench.split import ModelBench, Settings
     from tierflow.node.deploy import deploy_local
-    from tierflow.runtime.session import SessionOptions
-    from tierflow.runtime.stages import StageRunner
-    from tierflow.transport.tls import load_identity
+    from tierflow.profiling.graph_builder import build_unit_graph
+    from tierflow.types.links import get_profile
 
-    console.rule(f"[bold]three tiers[/]: demo-vision split device -> edge -> cloud, simulated {profile} link")
-    plan = SplitPlan(
-        stages=(("device", ("stem/out",)), ("edge", ("inc2/out",)), ("cloud", ("logits",))),
-        returns=("logits",),
+    access = get_profile(profile)  # a bad name fails before anything starts
+    console.rule(
+        f"[bold]three tiers[/]: demo-vision over a local edge + cloud, SIMULATED {access.name} link, "
+        f"device SIMULATED x{device_slowdown:g} slower"
     )
     model_path = resolve_model("demo-vision")
+    proto = onnx.load(str(model_path))
+    graph = build_unit_graph(proto)
+    settings = Settings(device_slowdown=device_slowdown, edge_slowdown=edge_slowdown, profile_rounds=2,
+                        calibration_runs=2)
     with tempfile.TemporaryDirectory() as tmp:
         certs = Path(tmp) / "pki"
         with spinner("starting the edge and cloud node processes"):
-            deployment = deploy_local(model_path, certs, profile)
+            deployment = deploy_local(model_path, certs, access, edge_slowdown=edge_slowdown)
         try:
-            model = onnx.load(str(model_path))
-            image = np.random.default_rng(0).normal(size=(1, 3, 224, 224)).astype(np.float32)
-            runner = SplitRunner(
-                model,
-                load_identity(certs, "device"),
-                {"edge": deployment.links["device->edge"].hostport},
-                SessionOptions(intra_op_threads=1),
-                quant="int8",
-            )
+            bench = ModelBench("demo-vision", proto, graph, deployment, certs, settings, lambda _line: None)
 
-            async def go() -> SplitResult:
+            async def go() -> None:
+                with spinner("profiling device, edge and cloud"):
+                    engine = await bench.setup()
                 try:
-                    await runner.run({"image": image}, plan)  # warm up sessions and streams
-                    return await runner.run({"image": image}, plan)
+                    with spinner(f"planning for the {access.name} link"):
+                        chosen = await bench.decide(engine, access)
+                    await _report_and_run(bench, engine, chosen)
                 finally:
-                    await runner.close()
+                    await engine.close()
 
-            result = asyncio.run(go())
+            asyncio.run(go())
         finally:
             deployment.stop()
-    local = StageRunner(model, SessionOptions(intra_op_threads=1)).run({"image": image}, ["logits"])["logits"]
-    split = result.outputs["logits"]
-    same = int(np.argmax(split)) == int(np.argmax(local))
-    times = {"device": result.device_s, **result.remote_compute_s}
+
+
+async def _report_and_run(bench: ModelBench, engine: SplitEngine, chosen: Plan) -> None:
+    import numpy as np
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tierflow.planner.search import candidate_grid
+    from tierflow.runtime.session import SessionOptions
+    from tierflow.runtime.stages import StageRunner
+    from tierflow.types import PlanKind
+
+    snapshot = engine.snapshot()
+    grid = candidate_grid(bench.graph, snapshot, include=[chosen])  # every placement, best predicted first
+    rows: dict[str, Plan] = {}
+    for p in grid:
+        kind = p.kind()
+        label = str(kind) if kind.single is not None else f"best {len(kind.tiers)}-tier split"
+        rows.setdefault(label, p)
+    whole = ", ".join(f"{t} {ms:.1f} ms" for t, ms in bench.whole_ms.items())
+    console.print(f"[dim]measured for the whole model: {whole}; per-hop overhead "
+                  f"{bench.overhead_ms()} ms[/]", highlight=False, soft_wrap=True)
+    table = Table("alternative", "plan", "predicted ms", "vs chosen", title="the planner's predictions")
+    for label in ("device-only", "edge-only", "cloud-only", "best 2-tier split", "best 3-tier split"):
+        alt = rows.get(label)
+        if alt is None:
+            continue
+        latency = alt.prediction.latency_s * 1000.0
+        mark = "  <- chosen" if alt.key == chosen.key else ""
+        table.add_row(label, escape(alt.describe()), f"{latency:.1f}",
+                      f"{alt.prediction.latency_s / chosen.prediction.latency_s:.2f}x{mark}")
+    console.print(table)
+    runner_up = next((p for p in grid if p.key != chosen.key), None)
+    why = (f"the lowest predicted latency of the {len(grid)} placements (exact search)"
+           + (f"; next best {escape(runner_up.describe())} at {runner_up.prediction.latency_s * 1000:.1f} ms"
+              if runner_up else ""))
     console.print(
-        "[dim]"
-        + ", ".join(f"{tier} {seconds * 1000:.1f} ms" for tier, seconds in times.items())
-        + f", network {result.network_s * 1000:.1f} ms; int8 frames, AES-256-GCM over mTLS; "
-        + f"top-1 class {'matches' if same else 'differs from'} the unsplit model "
-        + f"(max |diff| {float(np.abs(split - local).max()):.3f})[/]",
+        f"chosen by the planner: [bold]{escape(chosen.describe())}[/] ({chosen.kind()}), predicted "
+        f"{chosen.prediction.latency_s * 1000:.1f} ms: {why}",
         highlight=False,
         soft_wrap=True,
     )
+    feeds = dict(bench.feeds)
+    local = StageRunner(bench.proto, SessionOptions(intra_op_threads=1)).run(feeds, list(chosen.results))
+    runs = [("chosen plan", chosen)]
+    three = rows.get("best 3-tier split")
+    if chosen.kind() is not PlanKind.DEVICE_EDGE_CLOUD and three is not None:
+        runs.append(("for comparison, the best plan on all three tiers (not chosen)", three))
+    for title, p in runs:
+        await engine.run_plan(dict(feeds), p)  # warm up sessions and streams
+        result = await engine.run_plan(dict(feeds), p)
+        name = chosen.results[0]
+        split, reference = result.outputs[name], local[name]
+        same = int(np.argmax(split)) == int(np.argmax(reference))
+        times = {"device": result.device_s, **result.remote_compute_s}
+        console.print(
+            f"[dim]{title}: {escape(p.describe())} measured {result.total_s * 1000:.1f} ms "
+            f"(predicted {p.prediction.latency_s * 1000:.1f}): "
+            + ", ".join(f"{tier} {seconds * 1000:.1f} ms" for tier, seconds in times.items())
+            + f", network {result.network_s * 1000:.1f} ms; int8 frames, AES-256-GCM over mTLS; "
+            + f"top-1 class {'matches' if same else 'differs from'} the unsplit model "
+            + f"(max |diff| {float(np.abs(split - reference).max()):.3f})[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def register(app: typer.Typer) -> None:

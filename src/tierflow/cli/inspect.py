@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tierflow.cli._common import console
+from tierflow.cli._common import console, print_table
 from tierflow.cli.compile import human_bytes
 from tierflow.model.package import Package, summary
 
@@ -38,7 +38,7 @@ def inspect(
     groups = Table("layer group", "components", "parameters")
     for label, group in (("base", m.base), ("edge_layers", m.edge_layers), ("cloud_layers", m.cloud_layers)):
         groups.add_row(label, compact(group.components) or "-", f"{group.parameters:,}")
-    console.print(groups)
+    print_table(groups)
     table = Table("target", "device", "precision", "layers", "limit", "size", "sha256", "fidelity")
     for name, t in m.targets.items():
         limit = "-"
@@ -57,7 +57,7 @@ def inspect(
             t.sha256[:16] + "…",
             fidelity,
         )
-    console.print(table)
+    print_table(table)
 
 
 _SHOWN = ("top1", "top1_vs_full", "ppl_ratio", "psnr_db", "max_abs_error")

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from tierflow.cli._common import StopSignals
 from tierflow.transport.linkemu import LinkEmulator, LinkStats, parse_address
 from tierflow.transport.profiles import load_trace
 from tierflow.types.links import PROFILES, format_bps, get_profile
@@ -80,36 +81,37 @@ def link(
     link_trace = load_trace(trace, loop=loop) if trace is not None else None
 
     emulator = LinkEmulator(up_addr, base, listen=listen_addr, seed=seed, trace=link_trace)
-    emulator.start()
-    host, port = emulator.address
-    typer.echo(f"link {host}:{port} -> {up_addr[0]}:{up_addr[1]}")
-    if link_trace is not None and trace is not None:
-        pts = link_trace.points
-        end = "then start over" if loop else "then hold the last row"
-        typer.echo(f"trace {trace}: {len(pts)} rows over {pts[-1].time_s:g} s, {end}; "
-                   f"jitter from {base.name}")
-    typer.echo(f"profile {emulator.profile.describe()}")
-    t0 = last_t = time.monotonic()
-    last = emulator.stats()
-    shown = last.profile
-    try:
-        while duration is None or time.monotonic() - t0 < duration:
-            step = interval if interval > 0 else 0.2
-            if duration is not None:
-                step = min(step, max(0.0, t0 + duration - time.monotonic()))
-            time.sleep(step)
-            now_t, now = time.monotonic(), emulator.stats()
-            if now.profile != shown:
-                shown = now.profile
-                typer.echo(f"profile {shown.describe()}")
-            if interval > 0 and now_t - last_t >= interval * 0.99:
-                typer.echo(_status(now_t - t0, now_t - last_t, now, last))
-                last_t, last = now_t, now
-    except KeyboardInterrupt:
-        pass
-    finally:
-        final = emulator.stats()
-        emulator.stop()
+    with StopSignals() as stop:  # Ctrl-C or SIGTERM, even when started with SIGINT ignored
+        emulator.start()
+        t0 = time.monotonic()
+        try:
+            host, port = emulator.address
+            typer.echo(f"link {host}:{port} -> {up_addr[0]}:{up_addr[1]}")
+            if link_trace is not None and trace is not None:
+                pts = link_trace.points
+                end = "then start over" if loop else "then hold the last row"
+                typer.echo(f"trace {trace}: {len(pts)} rows over {pts[-1].time_s:g} s, {end}; "
+                           f"jitter from {base.name}")
+            typer.echo(f"profile {emulator.profile.describe()}")
+            t0 = last_t = time.monotonic()
+            last = emulator.stats()
+            shown = last.profile
+            while duration is None or time.monotonic() - t0 < duration:
+                step = interval if interval > 0 else 0.2
+                if duration is not None:
+                    step = min(step, max(0.0, t0 + duration - time.monotonic()))
+                if stop.wait(step):
+                    break
+                now_t, now = time.monotonic(), emulator.stats()
+                if now.profile != shown:
+                    shown = now.profile
+                    typer.echo(f"profile {shown.describe()}")
+                if interval > 0 and now_t - last_t >= interval * 0.99:
+                    typer.echo(_status(now_t - t0, now_t - last_t, now, last))
+                    last_t, last = now_t, now
+        finally:
+            final = emulator.stats()
+            emulator.stop()
     lost = final.up.lost_packets + final.down.lost_packets
     typer.echo(
         f"stopped after {time.monotonic() - t0:.1f} s: down {_size(final.down.bytes)}, "

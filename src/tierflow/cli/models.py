@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from tierflow.cli._common import console, spinner
+from tierflow.cli._common import print_table, spinner
 from tierflow.model.registry import BUNDLED
 
 
@@ -33,7 +33,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     table = Table("name", "kind", "size", "path", "description")
     for r in rows:
         table.add_row(r["name"], r["kind"], f"{r['size_bytes'] / 1e6:.1f} MB", r["path"], r["description"])
-    console.print(table)
+    print_table(table)
 
 
 def register(app: typer.Typer) -> None:

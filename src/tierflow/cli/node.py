@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 import typer
 from pydantic import ValidationError
 
+from tierflow.cli._common import StopSignals
 from tierflow.errors import ConfigError
 from tierflow.types import Tier
 
@@ -28,6 +28,28 @@ def node(
     slowdown: float = typer.Option(
         1.0, "--slowdown", min=1.0, help="SIMULATED weaker hardware: stages take this many times as long."
     ),
+    memory: float | None = typer.Option(
+        None,
+        "--memory",
+        help="SIMULATED memory budget, MiB: an LM layer span that does not fit is never "
+        "planned on this node.",
+    ),
+    kv_mib: float = typer.Option(
+        256.0, "--kv-mib", help="KV cache kept in memory, MiB (LRU contexts evicted)."
+    ),
+    spans: str | None = typer.Option(
+        None, "--spans", help="Entry point: fixed LM layer spans, e.g. device=0-1,edge=2-4,cloud=5-6."
+    ),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="Entry point: the context store, a SQLite file or a redis:// url. "
+        "Setting it makes this node serve the public API.",
+    ),
+    link: list[str] = typer.Option(
+        [], "--link", help="Entry point: planning estimate of a link, e.g. device-edge=wifi (repeatable)."
+    ),
+    expires_in: float = typer.Option(3600.0, "--expires-in", help="Default lifetime of a context, seconds."),
 ) -> None:
     """Serve a tier: its model's stages over the secure data plane, health and metrics over HTTP.
 
@@ -42,6 +64,12 @@ def node(
         if not sep or not peer_name:
             raise ConfigError(f"--peer expects NAME=HOST:PORT, got '{item}'")
         peers[peer_name] = address
+    links: dict[str, str] = {}
+    for item in link:
+        pair, sep, profile = item.partition("=")
+        if not sep or not pair or not profile:
+            raise ConfigError(f"--link expects TIER-TIER=PROFILE, got '{item}'")
+        links[pair] = profile
     try:
         config = NodeConfig(
             tier=tier,
@@ -54,11 +82,18 @@ def node(
             threads=threads,
             slowdown=slowdown,
             peers=peers,
+            memory_mib=memory,
+            kv_mib=kv_mib,
+            spans=spans,
+            store=store,
+            links=links,
+            expires_in=expires_in,
         )
     except ValidationError as exc:
         raise ConfigError("; ".join(e["msg"] for e in exc.errors())) from exc
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config))
+    # SIGINT or SIGTERM shuts the node down cleanly, also when it was started with SIGINT ignored
+    with StopSignals() as stop:
+        asyncio.run(serve(config, stop.wait_async))
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tierflow.cli._common import console, spinner
+from tierflow.cli._common import console, print_table, spinner
 from tierflow.errors import ConfigError
 from tierflow.planner.estimate import DeviceMonitor
 from tierflow.planner.graph import GRANULARITIES, UnitGraph
@@ -25,11 +25,12 @@ from tierflow.planner.plan import Plan
 from tierflow.planner.power import DevicePower, radio_for_profile
 from tierflow.planner.profile import TierProfile
 from tierflow.planner.search import alternatives, grid_size, plan
-from tierflow.planner.snapshot import CLOUD, DEVICE, EDGE, Snapshot, links_for
+from tierflow.planner.snapshot import Snapshot, links_for
 from tierflow.profiling.graph_builder import build_unit_graph
 from tierflow.profiling.local import LocalProfiler, TierSetup, load_model
 from tierflow.profiling.profiler import ProfileCache, load_timings
 from tierflow.runtime.session import SessionOptions
+from tierflow.types import QuantMode, Tier
 from tierflow.types.links import PROFILES, Direction, get_profile
 
 DEFAULT_SLOWDOWN = 4.0  # the simulated device is this many times slower than this machine
@@ -73,7 +74,9 @@ def plan_command(
     battery: Annotated[
         float | None, typer.Option("--battery", min=0.0, max=100.0, help="Battery %% (default: read it).")
     ] = None,
-    compression: Annotated[str, typer.Option("--compression", help="int8, fp16 or raw frames.")] = "int8",
+    compression: Annotated[
+        str, typer.Option("--compression", help=f"Frames: {', '.join(QuantMode)}.")
+    ] = QuantMode.INT8,
     privacy: Annotated[bool, typer.Option("--privacy", help="The raw input stays on the device.")] = False,
     granularity: Annotated[
         str, typer.Option("--granularity", help=f"Units: {', '.join(GRANULARITIES)}.")
@@ -96,8 +99,11 @@ def plan_command(
     """Choose where to cut MODEL between device, edge and cloud, and show the alternatives."""
     access = get_profile(profile)
     back = get_profile(backhaul) if backhaul else None
-    if compression not in ("int8", "fp16", "raw"):
-        raise ConfigError(f"--compression must be int8, fp16 or raw, got {compression!r}")
+    try:
+        quant = QuantMode(compression)
+    except ValueError:
+        known = ", ".join(QuantMode)
+        raise ConfigError(f"--compression must be one of {known}, got {compression!r}") from None
     if granularity not in GRANULARITIES:
         raise ConfigError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     proto, label = load_model(model, target)
@@ -105,9 +111,9 @@ def plan_command(
     edge_timings = tuple(load_timings(edge_stats)) if edge_stats else ()
     cloud_timings = tuple(load_timings(cloud_stats)) if cloud_stats else ()
     setups = [
-        TierSetup(DEVICE, slowdown=device_slowdown),
-        TierSetup(EDGE, speedup=edge_speedup, timings=edge_timings),
-        TierSetup(CLOUD, speedup=cloud_speedup, timings=cloud_timings),
+        TierSetup(Tier.DEVICE, slowdown=device_slowdown),
+        TierSetup(Tier.EDGE, speedup=edge_speedup, timings=edge_timings),
+        TierSetup(Tier.CLOUD, speedup=cloud_speedup, timings=cloud_timings),
     ]
     monitor = DeviceMonitor(threads)
     profiler = LocalProfiler(proto, graph, SessionOptions(intra_op_threads=threads), runs=runs,
@@ -121,13 +127,13 @@ def plan_command(
     # are not watched from here, so they are taken to run as they did when profiled
     memory = device_memory * 2**20 if device_memory else None
     tiers = (
-        profiles[DEVICE].to_state(load=load, memory_bytes=memory),
-        profiles[EDGE].to_state(load=profiles[EDGE].load, available=not no_edge),
-        profiles[CLOUD].to_state(load=profiles[CLOUD].load, available=not no_cloud),
+        profiles[Tier.DEVICE].to_state(load=load, memory_bytes=memory),
+        profiles[Tier.EDGE].to_state(load=profiles[Tier.EDGE].load, available=not no_edge),
+        profiles[Tier.CLOUD].to_state(load=profiles[Tier.CLOUD].load, available=not no_cloud),
     )
     links = links_for(access, back) if back else links_for(access)
     snapshot = Snapshot(
-        tiers=tiers, links=links, compression=compression,  # type: ignore[arg-type]
+        tiers=tiers, links=links, compression=quant,
         energy_weight=energy_weight, battery=level, power=DevicePower(radio=radio_for_profile(access.name)),
         privacy=privacy,
     )
@@ -226,14 +232,14 @@ def _print(report: dict[str, Any], graph: UnitGraph, chosen: Plan) -> None:
     for s in chosen.stages:
         units = _short(list(s.units), 4) if s.units else "(relays)" if s.tier != chosen.path[0] else "-"
         stages.add_row(s.tier, units, f"{c['compute_ms'][s.tier]:.2f}", _short(list(s.keeps), 2) or "-")
-    console.print(stages)
+    print_table(stages)
     if c["transfers"]:
         cuts = Table("hop", "tensors", "bytes", "on the wire", "ms")
         for h in c["transfers"]:
             hop = f"{h['from']} -> {h['to']}" + (" (results)" if h["direction"] == Direction.DOWN else "")
             cuts.add_row(hop, _short(h["tensors"]), _human_bytes(h["raw_bytes"]),
                          _human_bytes(h["wire_bytes"]), f"{h['ms']:.2f}")
-        console.print(cuts)
+        print_table(cuts)
     console.print(
         f"predicted latency [bold]{c['latency_ms']:.2f} ms[/] (compute {sum(c['compute_ms'].values()):.2f}, "
         f"transfer {c['transfer_ms']:.2f}, RTT {c['link_ms']:.2f}), device energy "
@@ -249,7 +255,7 @@ def _print(report: dict[str, Any], graph: UnitGraph, chosen: Plan) -> None:
         ratio = a["latency_ms"] / c["latency_ms"] if c["latency_ms"] else 1.0
         alts.add_row(name, a["kind"], a["placement"], f"{a['latency_ms']:.2f}", f"{a['device_energy_j']:.3f}",
                      f"{ratio:.2f}x")
-    console.print(alts)
+    print_table(alts)
     grid = report["candidate_plans"]
     if grid is not None:
         console.print(f"[dim]{grid} candidate plans on the grid (what tierflow bench split measures)[/]")

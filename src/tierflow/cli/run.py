@@ -10,9 +10,12 @@ import typer
 from tierflow.cli._common import console, err_console, spinner
 from tierflow.model.lm_contract import LMSignature
 from tierflow.model.registry import resolve_model
-from tierflow.runtime.lm import CausalLM, SamplingConfig
+from tierflow.runtime.interfaces import TextModel
+from tierflow.runtime.lm import CausalLM, SamplingConfig, sampling_config
 from tierflow.runtime.providers import short_name
 from tierflow.runtime.session import SessionOptions, open_session
+
+DEFAULTS = SamplingConfig()  # what the help texts quote
 
 
 def run(
@@ -23,12 +26,26 @@ def run(
         None, "--prompt", "-p", help="Text prompt (LMs and the image generator)."
     ),
     max_tokens: int = typer.Option(48, "--max-tokens", "-n", min=0, help="New tokens to generate (LMs)."),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 = greedy; > 0 samples."),
-    top_k: int = typer.Option(
-        0, "--top-k", min=0, help="Sample only from the k most likely tokens (0 = all)."
+    temperature: float | None = typer.Option(
+        None, "--temperature", "-t", min=0.0,
+        help=f"Sampling temperature (default {DEFAULTS.temperature:g}; 0 = the most likely token).",
     ),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed for sampling / noise."),
+    top_k: int | None = typer.Option(
+        None, "--top-k", min=0,
+        help=f"Sample only from the k most likely tokens (default {DEFAULTS.top_k}; 0 = all).",
+    ),
+    top_p: float | None = typer.Option(
+        None, "--top-p", min=0.0, max=1.0, help=f"Nucleus sampling mass (default {DEFAULTS.top_p:g})."
+    ),
+    repeat_penalty: float | None = typer.Option(
+        None, "--repeat-penalty", min=0.0,
+        help=f"Penalty on the last {DEFAULTS.repeat_last_n} tokens (default {DEFAULTS.repeat_penalty:g}; "
+        "1 = off; with --greedy: 1).",
+    ),
+    greedy: bool = typer.Option(
+        False, "--greedy", help="Deterministic: always the most likely token, no repetition penalty."
+    ),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="Random seed for sampling / noise."),
     resolution: int = typer.Option(
         256, "--resolution", "-r", help="Output side in pixels (image generator)."
     ),
@@ -44,9 +61,7 @@ def run(
     """Run MODEL with ONNX Runtime and print which execution provider ran it and how fast."""
     from tierflow.cli.run_package import is_package, run_package
 
-    config = SamplingConfig(
-        max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
-    )
+    config = sampling_from_options(max_tokens, temperature, top_k, top_p, repeat_penalty, greedy, seed)
     if is_package(model):
         run_package(
             model,
@@ -84,18 +99,47 @@ def run(
     )
 
 
-def _run_lm(lm: CausalLM, prompt: str | None, config: SamplingConfig) -> None:
+def sampling_from_options(
+    max_tokens: int,
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    repeat_penalty: float | None,
+    greedy: bool,
+    seed: int | None,
+) -> SamplingConfig:
+    """The command line's decoding: SamplingConfig's defaults, ``--greedy``, or the options given."""
+    if greedy and temperature not in (None, 0):
+        raise typer.BadParameter("--greedy means temperature 0; drop one of them", param_hint="--greedy")
+    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "repeat_penalty": repeat_penalty,
+             "seed": seed}
+    base = SamplingConfig.greedy(max_tokens) if greedy else SamplingConfig(max_new_tokens=max_tokens)
+    return sampling_config(base, {key: value for key, value in given.items() if value is not None})
+
+
+def _run_lm(lm: CausalLM | TextModel, prompt: str | None, config: SamplingConfig) -> None:
+    """Stream a generation to stdout and one line of statistics to stderr (a local LM or a TextModel)."""
     if prompt is None:
         raise typer.BadParameter("a language model needs --prompt", param_hint="--prompt")
-    console.print(prompt, end="", style="bold", highlight=False)
-    result = lm.generate(prompt, config, on_text=lambda s: console.print(s, end="", highlight=False))
+    shown = False
+
+    def show(text: str) -> None:  # the prompt goes out with the first text: not at all on an error
+        nonlocal shown
+        if not shown:
+            console.print(prompt, end="", style="bold", highlight=False)
+            shown = True
+        console.print(text, end="", highlight=False)
+
+    result = lm.generate(prompt, config, on_text=show)
+    show("")
     console.print()
-    err_console.print(
-        f"[dim]provider={short_name(result.provider)} prompt_tokens={len(result.prompt_ids)} "
-        f"new_tokens={len(result.new_ids)} prefill={result.prefill_s * 1000:.1f}ms "
-        f"decode={result.tokens_per_s:.1f} tokens/s[/]",
-        highlight=False,
-    )
+    stats = f"provider={short_name(result.provider)}"
+    if result.prompt_ids:  # a remote generation reports neither the prompt's tokens nor the prefill
+        stats += f" prompt_tokens={len(result.prompt_ids)}"
+    stats += f" new_tokens={len(result.new_ids)}"
+    if result.prompt_ids:
+        stats += f" prefill={result.prefill_s * 1000:.1f}ms"
+    err_console.print(f"[dim]{stats} decode={result.tokens_per_s:.1f} tokens/s[/]", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

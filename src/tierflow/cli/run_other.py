@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 from rich.table import Table
 
-from tierflow.cli._common import console, err_console, spinner
+from tierflow.cli._common import console, err_console, print_table, spinner
 from tierflow.model.registry import BUNDLED
 from tierflow.runtime.generic import GenericRunner, TensorSummary, load_npy_inputs
 from tierflow.runtime.image import ImageGenerator, ImageResult, is_image_generator
@@ -81,7 +81,7 @@ def run_generic(runner: GenericRunner, inputs: Sequence[str], seed: int | None) 
     for role, rows in (("in", result.inputs), ("out", result.outputs)):
         for s in rows:
             table.add_row(role if role == "out" or s.name not in given else "in (given)", *_cells(s))
-    console.print(table)
+    print_table(table)
     line = f"provider={short_name(result.provider)} time={result.elapsed_s * 1000:.1f}ms"
     console.print(line, highlight=False, soft_wrap=True)
 

@@ -1,60 +1,153 @@
-"""``tierflow up``: edge and cloud nodes behind emulated links, on this machine, until Ctrl-C."""
+"""``tierflow up``: a device, edge and cloud deployment on this machine, until Ctrl-C or SIGTERM.
+
+For a language model the device node is the entry point: it serves the public API (``/generate``,
+the OpenAI routes, ``/contexts``) on ``--port`` and drives the edge and cloud nodes over the secure
+data plane, through emulated links. For other models the edge and cloud nodes serve split requests
+from the caller's own process, as before.
+"""
 
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from tierflow.cli._common import err_console, spinner
+from tierflow.cli._common import StopSignals, err_console, spinner
+from tierflow.errors import ConfigError
+from tierflow.types import Tier
+
+if TYPE_CHECKING:
+    from tierflow.node.deploy import EntrySettings, LocalDeployment
+
+
+def default_store() -> Path:
+    """The embedded context store of a local deployment (contexts and API keys survive restarts)."""
+    from tierflow.model.registry import tierflow_home
+
+    return tierflow_home() / "contexts.sqlite"
+
+
+def parse_memory(items: list[str]) -> dict[Tier, float]:
+    """``["device=64", "edge=512"]`` -> MiB per tier."""
+    out: dict[Tier, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[Tier(name)] = float(value)
+        except ValueError:
+            raise ConfigError(f"--memory expects TIER=MIB (device=64), got '{item}'") from None
+        if not sep or out[Tier(name)] <= 0:
+            raise ConfigError(f"--memory expects TIER=MIB with MIB > 0, got '{item}'")
+    return out
 
 
 def up(
-    model: str = typer.Argument(..., help="Model every tier serves: .tfm, .onnx or a bundled name."),
+    model: str = typer.Argument("demo-lm", help="Model every tier serves: .onnx, .tfm or a bundled name."),
     profile: str = typer.Option(
         "4g", "--profile", help="SIMULATED access link of the device (2g..datacenter)."
     ),
+    port: int = typer.Option(8700, "--port", min=0, max=65535, help="The entry point's HTTP port (0: any)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="The entry point's HTTP address."),
+    spans: str | None = typer.Option(
+        None,
+        "--spans",
+        help="Fixed layer spans (inclusive), e.g. device=0-1,edge=2-4,cloud=5-6; default: planned.",
+    ),
+    memory: list[str] = typer.Option(
+        [],
+        "--memory",
+        help="SIMULATED memory budget of a tier, TIER=MIB (repeatable): a layer span that "
+        "does not fit there is never planned there.",
+    ),
+    kv_mib: float = typer.Option(256.0, "--kv-mib", help="KV cache each node keeps in memory, MiB."),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="Context store: a SQLite file or a redis:// url (default: in the tierflow home).",
+    ),
+    expires_in: float = typer.Option(3600.0, "--expires-in", help="Default lifetime of a context, seconds."),
     certs: Path = typer.Option(
         Path("tierflow-pki"), "--certs", help="Certificates folder (made if missing)."
     ),
     threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads per node."),
     edge_slowdown: float = typer.Option(1.0, "--edge-slowdown", min=1.0, help="SIMULATED slower edge box."),
+    device_slowdown: float = typer.Option(1.0, "--device-slowdown", min=1.0, help="SIMULATED slower device."),
     duration: float = typer.Option(
         0.0, "--duration", min=0.0, help="Stop after this many seconds (0: Ctrl-C)."
     ),
 ) -> None:
-    """Start a local edge + cloud deployment; print one JSON line with the addresses, then serve.
+    """Start a local deployment; print one JSON line with its addresses (and `api`, `api_key`), then serve."""
+    from tierflow.context.factory import open_store
+    from tierflow.context.local_key import local_key
+    from tierflow.model.registry import kind_of, tierflow_home
+    from tierflow.node.deploy import EntrySettings, deploy_local
+    from tierflow.types import ModelKind
 
-    The device is your own process: point `tierflow.load` at the cloud through the emulated link
-    (TIERFLOW_CLOUD / TIERFLOW_CERTS, printed below), or run split requests to the edge.
-    """
-    from tierflow.node.deploy import deploy_local
-
-    # SIGTERM (a service manager, a test) must also stop the node processes this one started
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with spinner(f"starting edge and cloud nodes for {model}"):
-        deployment = deploy_local(model, certs, profile, threads=threads, edge_slowdown=edge_slowdown)
-    try:
-        info = deployment.describe()
-        sys.stdout.write(json.dumps(info) + "\n")
-        sys.stdout.flush()
-        cloud_link = info["device_links"]["device->cloud"]  # type: ignore[index]
-        err_console.print(
-            f"[bold]ready[/]: device -> edge/cloud over a simulated {profile} link. Try:\n"
-            f"  TIERFLOW_CLOUD={cloud_link} TIERFLOW_CERTS={certs} "
-            "tierflow run MODEL.tfm --target cloud-proxy --prompt ...",
-            highlight=False,
-            soft_wrap=True,
+    entry: EntrySettings | None = None
+    api_key: str | None = None
+    if kind_of(model) is ModelKind.CAUSAL_LM:
+        store_spec = store or str(default_store())
+        opened = open_store(store_spec)
+        try:
+            api_key = local_key(opened, tierflow_home() / "api-key")
+        finally:
+            opened.close()
+        entry = EntrySettings(
+            store=store_spec,
+            http=f"{host}:{port}",
+            spans=spans,
+            memory_mib=parse_memory(memory),
+            kv_mib=kv_mib,
+            expires_in=expires_in,
+            device_slowdown=device_slowdown,
         )
-        threading.Event().wait(duration if duration > 0 else None)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        deployment.stop()
+    # SIGINT or SIGTERM (Ctrl-C, a service manager, a test) stops the node processes this one started,
+    # also when it was started with SIGINT ignored; one during start-up stops it as soon as it is up
+    with StopSignals() as stop:
+        tiers = "device, edge and cloud" if entry else "edge and cloud"
+        with spinner(f"starting {tiers} nodes for {model}"):
+            deployment = deploy_local(
+                model, certs, profile, threads=threads, edge_slowdown=edge_slowdown, entry=entry
+            )
+        try:
+            if not stop.requested:
+                _serve(deployment, profile, certs, api_key, stop, duration)
+        finally:
+            deployment.stop()
+
+
+def _serve(
+    deployment: LocalDeployment,
+    profile: str,
+    certs: Path,
+    api_key: str | None,
+    stop: StopSignals,
+    duration: float,
+) -> None:
+    """Print the deployment's addresses, then wait for a stop (or the end of ``duration``)."""
+    info = {**deployment.describe(), "api_key": api_key}
+    sys.stdout.write(json.dumps(info) + "\n")
+    sys.stdout.flush()
+    if deployment.api is not None:
+        hint = (
+            f"  TIERFLOW_URL={deployment.api} TIERFLOW_API_KEY={api_key} tierflow generate 'def '\n"
+            f"  OpenAI clients: base_url={deployment.api}/v1, the same key"
+        )
+    else:
+        cloud_link = info["device_links"]["device->cloud"]  # type: ignore[index]
+        hint = (
+            f"  TIERFLOW_CLOUD={cloud_link} TIERFLOW_CERTS={certs} "
+            "tierflow run MODEL.tfm --target cloud-proxy --prompt ..."
+        )
+    err_console.print(
+        f"[bold]ready[/]: device -> edge/cloud over a simulated {profile} link. Try:\n{hint}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    stop.wait(duration if duration > 0 else None)
 
 
 def register(app: typer.Typer) -> None:

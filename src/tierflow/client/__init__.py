@@ -1,1 +1,36 @@
-"""The SDK a user's app imports: it speaks HTTP to a deployment's entry point (never imports node/)."""
+"""The SDK a user's app imports: it speaks HTTP to a deployment's entry point (never imports node/).
+
+``Client`` / ``AsyncClient`` are the public API's calls (docs/API.md); the answers are the
+pydantic models of :mod:`tierflow.client.models`; failures are tierflow's error tree.
+"""
+
+from tierflow.client.models import (
+    ContextInfo,
+    DoneEvent,
+    GenerateRequest,
+    GenerateResult,
+    Hop,
+    MigrateResult,
+    Move,
+    Route,
+    Shard,
+    StreamEvent,
+    TokenEvent,
+)
+from tierflow.client.sdk import AsyncClient, Client
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ContextInfo",
+    "DoneEvent",
+    "GenerateRequest",
+    "GenerateResult",
+    "Hop",
+    "MigrateResult",
+    "Move",
+    "Route",
+    "Shard",
+    "StreamEvent",
+    "TokenEvent",
+]

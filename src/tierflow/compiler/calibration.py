@@ -7,75 +7,51 @@
 * a text file, or literal text: for language models, the text whose windows the
   perplexity and top-1 agreement are measured on.
 
-Without it the compiler generates inputs from a fixed seed: normal noise for
-float inputs at the check resolution (image generators: ``side / latent_factor``
-for the latent), held-back text for LMs with a tokenizer (the demo corpus's
-held-out paragraphs, never trained on), seeded random token ids otherwise.
+Without it the compiler generates inputs from a fixed seed by the one rule of
+:mod:`tierflow.model.feeds`, at the check resolution (image generators: ``side /
+latent_factor`` for the latent); LMs get held-back text when they have a tokenizer
+(the demo corpus's held-out paragraphs, never trained on), seeded random token ids
+otherwise.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from tierflow.errors import ConfigError, TokenizerError
+from tierflow.model import metadata as md
+from tierflow.model.feeds import ORT_DTYPES, random_array, resolve_shape
 from tierflow.model.tokenizer import Tokenizer
 
 Feeds = dict[str, np.ndarray]
 
-_NP_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(uint8)": np.uint8,
-    "tensor(int8)": np.int8,
-    "tensor(bool)": np.bool_,
-}
-
 
 def generated_feeds(
-    session: ort.InferenceSession, meta: dict[str, str], count: int, seed: int, resolution: int | None = None
+    session: ort.InferenceSession, meta: Mapping[str, str], count: int, seed: int,
+    resolution: int | None = None,
 ) -> list[Feeds]:
-    """``count`` seeded input sets for ``session``'s inputs."""
+    """``count`` seeded input sets for ``session``'s inputs (one generator across them all)."""
     dims = _dim_values(meta, resolution)
+    specs = []
+    for spec in session.get_inputs():
+        dtype = ORT_DTYPES.get(spec.type)
+        if dtype is None:
+            raise ConfigError(f"cannot generate input '{spec.name}' of type {spec.type}; give --calibration")
+        specs.append((spec.name, dtype, resolve_shape(spec.shape, dims)))
     rng = np.random.default_rng(seed)
-    samples = []
-    for _ in range(count):
-        feeds: Feeds = {}
-        for spec in session.get_inputs():
-            dtype = _NP_TYPES.get(spec.type)
-            if dtype is None:
-                raise ConfigError(
-                    f"cannot generate input '{spec.name}' of type {spec.type}; give --calibration"
-                )
-            shape = [
-                d if isinstance(d, int) and d > 0 else dims.get(str(d), 1 if i == 0 else 32)
-                for i, d in enumerate(spec.shape)
-            ]
-            if np.issubdtype(dtype, np.floating):
-                feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
-            elif dtype is np.bool_:
-                feeds[spec.name] = rng.random(shape) < 0.5
-            else:
-                feeds[spec.name] = rng.integers(0, 2, shape).astype(dtype)
-        samples.append(feeds)
-    return samples
+    return [{name: random_array(rng, dtype, shape) for name, dtype, shape in specs} for _ in range(count)]
 
 
-def _dim_values(meta: dict[str, str], resolution: int | None) -> dict[str, int]:
-    """Values for symbolic dims: the model's own defaults (``tierflow.dims``), scaled to ``resolution``."""
-    try:
-        dims = {k: int(v) for k, v in json.loads(meta.get("tierflow.dims", "{}")).items()}
-    except (ValueError, TypeError, AttributeError):
-        dims = {}
-    factor = meta.get("tierflow.latent_factor")
-    if resolution is not None and factor and factor.isdigit():
-        side = max(resolution // int(factor), 1)
+def _dim_values(meta: Mapping[str, str], resolution: int | None) -> dict[str, int]:
+    """Sizes for symbolic dims: the model's own (``tierflow.dims``), the latent scaled to ``resolution``."""
+    dims = md.dims(meta)
+    factor = md.latent_factor(meta)
+    if resolution is not None and factor is not None:
+        side = max(resolution // factor, 1)
         dims.update({"h": side, "w": side})
     return dims
 
@@ -101,7 +77,7 @@ def load_feeds(path: Path, session: ort.InferenceSession) -> list[Feeds]:
                 f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'})"
             )
         for name, value in feeds.items():
-            want = _NP_TYPES.get(specs[name].type)
+            want = ORT_DTYPES.get(specs[name].type)
             if want is not None and value.dtype != want:
                 raise ConfigError(
                     f"calibration file {file.name}: input {name} is {value.dtype}, the model wants {want}"

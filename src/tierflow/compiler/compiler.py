@@ -28,20 +28,11 @@ from tierflow.compiler.calibration import (
     lm_windows,
     load_feeds,
 )
-from tierflow.compiler.extract import (
-    KIND_IMAGE,
-    META_PRECISION,
-    META_TARGET,
-    SourceModel,
-    TargetGraph,
-    pyramid_for,
-    set_metadata,
-    strip_debug_info,
-)
+from tierflow.compiler.extract import SourceModel, TargetGraph, pyramid_for, strip_debug_info
 from tierflow.compiler.fidelity import below_floor, lm_fidelity, open_cpu, tensor_fidelity
 from tierflow.compiler.quantize import has_conv, to_fp16, to_int8_dynamic, to_int8_static
 from tierflow.errors import ConfigError, FidelityError, InvalidModelError
-from tierflow.model import lm_contract as lc
+from tierflow.model import metadata as md
 from tierflow.model.package import (
     Manifest,
     ModelInfo,
@@ -53,6 +44,7 @@ from tierflow.model.package import (
 from tierflow.model.pyramid import PyramidConfig, TargetConfig, default_pyramid
 from tierflow.model.registry import BUNDLED, resolve_model
 from tierflow.runtime.lm import CausalLM
+from tierflow.types.models import ModelKind
 
 
 @dataclass
@@ -67,7 +59,7 @@ class TargetResult:
 @dataclass
 class CompileReport:
     source: str
-    kind: str
+    kind: ModelKind
     output: Path
     targets: list[TargetResult] = field(default_factory=list)
     manifest: Manifest | None = None
@@ -124,7 +116,7 @@ def compile_model(
         say(f"compiling {target} ({spec.precision})")
         graph = graphs[target]
         model, method = _convert(graph.model, spec, src.kind, checker)
-        set_metadata(model, {META_TARGET: target, META_PRECISION: spec.precision})
+        md.write_metadata(model, target=target, precision=spec.precision)
         data = model.SerializeToString()
         say(f"measuring {target}")
         fp32 = _with_target_meta(graph.model, target).SerializeToString()
@@ -151,9 +143,8 @@ def compile_model(
 
     if report.failures:
         detail = "; ".join(f"{t.name}: {', '.join(t.misses)}" for t in report.failures)
-        error = FidelityError(f"below the fidelity floor ({detail}); nothing written")
-        error.report = report  # type: ignore[attr-defined]  # the CLI prints the table first
-        raise error
+        # the report rides along: the CLI prints every target's numbers before the error
+        raise FidelityError(f"below the fidelity floor ({detail}); nothing written", report=report)
 
     info = pyramid.info()
     report.manifest = Manifest(
@@ -195,12 +186,12 @@ def _inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def _with_target_meta(model: onnx.ModelProto, target: str) -> onnx.ModelProto:
-    set_metadata(model, {META_TARGET: target})
+    md.write_metadata(model, target=target)
     return model
 
 
 def _convert(
-    model: onnx.ModelProto, spec: TargetConfig, kind: str, checker: _Checker
+    model: onnx.ModelProto, spec: TargetConfig, kind: ModelKind, checker: _Checker
 ) -> tuple[onnx.ModelProto, str]:
     if spec.precision == "fp32":
         out = onnx.ModelProto()
@@ -208,7 +199,7 @@ def _convert(
         return out, "FP32"
     if spec.precision == "fp16":
         return to_fp16(model), "FP16, FP32 I/O"
-    if kind != lc.KIND_CAUSAL_LM and has_conv(model):
+    if kind != ModelKind.CAUSAL_LM and has_conv(model):
         return to_int8_static(model, checker.calibration_feeds(model)), "static INT8 (QDQ)"
     return to_int8_dynamic(model), "dynamic INT8"
 
@@ -223,9 +214,9 @@ class _Checker:
         self.settings = cfg.fidelity
         self.calibration = calibration
         self._full = open_cpu(source_bytes)
-        self._full_lm: CausalLM | None = CausalLM(self._full) if src.kind == lc.KIND_CAUSAL_LM else None
+        self._full_lm: CausalLM | None = CausalLM(self._full) if src.kind == ModelKind.CAUSAL_LM else None
         self._given: list[Feeds] | None = None
-        if calibration is not None and src.kind != lc.KIND_CAUSAL_LM:
+        if calibration is not None and src.kind != ModelKind.CAUSAL_LM:
             path = Path(calibration)
             if not path.exists():
                 raise ConfigError(
@@ -256,14 +247,14 @@ class _Checker:
         if self._given is not None:
             samples, check = self._given, f"{len(self._given)} given inputs"
         else:
-            res = self._resolution(graph) if self.src.kind == KIND_IMAGE else None
+            res = self._resolution(graph) if self.src.kind == ModelKind.IMAGE_GENERATOR else None
             samples = generated_feeds(
                 self._full, self.src.meta, self.settings.samples, self.settings.seed, res
             )
             check = f"{len(samples)} generated inputs" + (f" at {res} px" if res else "")
         names = {i.name for i in target.get_inputs()}
         samples = [{k: v for k, v in f.items() if k in names} for f in samples]
-        images = [o.name for o in target.get_outputs()] if self.src.kind == KIND_IMAGE else []
+        images = [o.name for o in target.get_outputs()] if self.src.kind == ModelKind.IMAGE_GENERATOR else []
         return tensor_fidelity(target, counterpart, samples, images), check
 
     def _measure_lm(self, data: bytes, fp32: bytes, graph: TargetGraph) -> tuple[dict[str, float], str]:

@@ -32,12 +32,10 @@ import numpy as np
 
 from tierflow.errors import ExportError, MissingExtraError, ModelNotFoundError, TokenizerError
 from tierflow.model import lm_contract as lc
+from tierflow.model import metadata as md
+from tierflow.types.models import ModelKind
 
 INSTALL_HINT = "pip install torch==2.13.0 && pip install 'tierflow[export]'"
-
-META_NUM_LAYERS = "tierflow.num_layers"
-META_SOURCE = "tierflow.source"
-META_MODEL_TYPE = "tierflow.model_type"
 
 # Sample sizes for tracing: >= 2 (torch.export specializes 0 and 1) and all different,
 # so no two dynamic dimensions are mistaken for one another.
@@ -483,15 +481,16 @@ def export_hf(
 
     stage(f"tracing {config.model_type} ({shape.num_layers} layers) to ONNX")
     onnx_program = _trace(wrapper, shape, options)
-    meta = onnx_program.model.metadata_props
-    meta[lc.META_KIND] = lc.KIND_CAUSAL_LM
-    meta[META_NUM_LAYERS] = str(shape.num_layers)
-    meta[META_SOURCE] = str(directory) if Path(str(source)).expanduser().exists() else str(source)
-    meta[META_MODEL_TYPE] = str(config.model_type)
+    origin = str(directory) if Path(str(source)).expanduser().exists() else str(source)
+    values: md.MetadataValues = {
+        "kind": ModelKind.CAUSAL_LM, "num_layers": shape.num_layers, "source": origin,
+        "model_type": str(config.model_type),
+    }
     if max_len is not None:
-        meta[lc.META_MAX_SEQ_LEN] = str(max_len)
+        values["max_seq_len"] = max_len
     if tokenizer is not None:
-        meta[lc.META_TOKENIZER] = tokenizer
+        values["tokenizer"] = tokenizer
+    onnx_program.model.metadata_props.update(md.encode(**values))
 
     external = options.external_data
     if external is None:
@@ -513,7 +512,7 @@ def export_hf(
         path=output,
         data_path=data_path,
         size_bytes=size,
-        source=meta[META_SOURCE],
+        source=origin,
         model_type=str(config.model_type),
         num_layers=shape.num_layers,
         kv_heads=shape.kv_heads,

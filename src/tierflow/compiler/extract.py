@@ -8,8 +8,8 @@ Three shapes of model, told apart by their metadata and signature:
   inputs ``input_ids`` (+ mask / positions) and the first layers' past, outputs
   ``exit_logits`` renamed to ``logits`` and those layers' ``present`` -- itself a
   valid contract LM the generation loop drives unchanged.
-* **image generators** (``tierflow.kind = image-generator``): the refiner
-  (``tierflow.refiner_output``) is the cloud-only layers; other targets keep the
+* **image generators** (metadata kind ``image-generator``): the refiner
+  (the metadata's refiner output) is the cloud-only layers; other targets keep the
   base generator's outputs only, so the refiner's nodes and weights are dropped.
 * **anything else** (``vision`` and foreign models): no layer pyramid, only
   precision variants -- unless a target names cut tensors (``outputs``).
@@ -26,19 +26,11 @@ import onnx
 
 from tierflow.errors import ConfigError, InvalidModelError, PlanError
 from tierflow.model import lm_contract as lc
+from tierflow.model import metadata as md
 from tierflow.model.package import LayerGroup
 from tierflow.model.partition import GraphCutter
 from tierflow.model.pyramid import TargetConfig
-
-KIND_IMAGE = "image-generator"
-KIND_GENERIC = "generic"
-META_EXIT_LAYER = "tierflow.exit_layer"
-META_NUM_LAYERS = "tierflow.num_layers"
-META_REFINER = "tierflow.refiner_output"
-META_RESOLUTIONS = "tierflow.resolutions"
-META_MAX_RESOLUTION = "tierflow.max_resolution"
-META_TARGET = "tierflow.target"
-META_PRECISION = "tierflow.precision"
+from tierflow.types.models import ModelKind
 
 
 @dataclass
@@ -58,18 +50,18 @@ class SourceModel:
 
     model: onnx.ModelProto
     name: str
-    kind: str
+    kind: ModelKind
     meta: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_proto(cls, model: onnx.ModelProto, name: str) -> SourceModel:
-        meta = {p.key: p.value for p in model.metadata_props}
+        meta = md.props(model)
         inputs = _graph_inputs(model)
         if lc.LMSignature.is_causal_lm(inputs):
-            kind = lc.KIND_CAUSAL_LM
+            kind = ModelKind.CAUSAL_LM
         else:
-            kind = meta.get(lc.META_KIND) or KIND_GENERIC
-            if kind == lc.KIND_CAUSAL_LM:
+            kind = md.kind(meta) or ModelKind.GENERIC
+            if kind == ModelKind.CAUSAL_LM:
                 raise InvalidModelError(
                     f"{name} says it is a causal LM but has no input_ids / past_key_values"
                 )
@@ -114,9 +106,9 @@ class Pyramid:
 
 
 def pyramid_for(source: SourceModel) -> Pyramid:
-    if source.kind == lc.KIND_CAUSAL_LM:
+    if source.kind == ModelKind.CAUSAL_LM:
         return LMPyramid(source)
-    if source.kind == KIND_IMAGE:
+    if source.kind == ModelKind.IMAGE_GENERATOR:
         return ImagePyramid(source)
     return GenericPyramid(source)
 
@@ -126,15 +118,14 @@ class LMPyramid(Pyramid):
         super().__init__(source)
         self.num_layers = len([n for n in source.inputs if n.startswith("past_key_values.")]) // 2
         self._exit_graphs: dict[int, onnx.ModelProto] = {}
-        exit_meta = source.meta.get(META_EXIT_LAYER)
-        self.exit_layer = int(exit_meta) if exit_meta and lc.EXIT_LOGITS in source.outputs else None
+        exit_layer = md.exit_layer(source.meta)
+        self.exit_layer = exit_layer if lc.EXIT_LOGITS in source.outputs else None
         if self.exit_layer is not None and not 1 <= self.exit_layer < self.num_layers:
             raise InvalidModelError(
-                f"{source.name}: tierflow.exit_layer={self.exit_layer} "
+                f"{source.name}: {md.EXIT_LAYER}={self.exit_layer} "
                 f"but the model has {self.num_layers} layers"
             )
-        own = source.meta.get(lc.META_MAX_SEQ_LEN)
-        self.max_seq_len = int(own) if own else None
+        self.max_seq_len = md.max_seq_len(source.meta)
 
     def info(self) -> dict[str, int | None]:
         return {"num_layers": self.num_layers, "exit_layer": self.exit_layer, "max_seq_len": self.max_seq_len}
@@ -178,7 +169,7 @@ class LMPyramid(Pyramid):
             model = self._early_exit(depth)
             quality = f"layers 0..{depth - 1} of {self.num_layers} + exit head"
         if max_seq_len is not None:
-            _set_meta(model, {lc.META_MAX_SEQ_LEN: str(max_seq_len)})
+            md.write_metadata(model, max_seq_len=max_seq_len)
             quality += f", {max_seq_len}-token context"
         return TargetGraph(model, self._components(depth), max_seq_len=max_seq_len, quality=quality)
 
@@ -198,8 +189,8 @@ class LMPyramid(Pyramid):
                 f"{self.source.name}: the exit head after layer {depth} depends on later layers ({exc})"
             ) from exc
         _rename_tensor(model, lc.EXIT_LOGITS, lc.LOGITS)
-        _set_meta(model, {META_NUM_LAYERS: str(depth)})
-        _drop_meta(model, META_EXIT_LAYER)
+        md.write_metadata(model, num_layers=depth)
+        md.drop_metadata(model, md.EXIT_LAYER)
         return model
 
     def groups(self, graphs: dict[str, TargetGraph]) -> tuple[LayerGroup, LayerGroup, LayerGroup]:
@@ -223,10 +214,10 @@ class LMPyramid(Pyramid):
 class ImagePyramid(Pyramid):
     def __init__(self, source: SourceModel) -> None:
         super().__init__(source)
-        refiner = source.meta.get(META_REFINER)
+        refiner = md.refiner_output(source.meta)
         self.refiner = refiner if refiner in source.outputs else None
         self.base_outputs = [o for o in source.outputs if o != self.refiner]
-        sizes = [int(r) for r in source.meta.get(META_RESOLUTIONS, "").split(",") if r.strip().isdigit()]
+        sizes = md.resolutions(source.meta)
         self.resolutions = sorted(sizes)
         self.max_resolution = max(sizes) if sizes else None
 
@@ -253,7 +244,7 @@ class ImagePyramid(Pyramid):
         max_res = min(cap) if cap else None
         if max_res is not None:
             sizes = [r for r in self.resolutions if r <= max_res] or [max_res]
-            _set_meta(model, {META_MAX_RESOLUTION: str(max_res), META_RESOLUTIONS: ",".join(map(str, sizes))})
+            md.write_metadata(model, max_resolution=max_res, resolutions=sizes)
         quality = "generator + refiner" if "refiner" in layers else "base generator, no refiner"
         if max_res is not None:
             quality += f", up to {max_res} px"
@@ -327,23 +318,6 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _set_meta(model: onnx.ModelProto, values: dict[str, str]) -> None:
-    props = {p.key: p.value for p in model.metadata_props}
-    props.update(values)
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
-def _drop_meta(model: onnx.ModelProto, key: str) -> None:
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key != key]
-    del model.metadata_props[:]
-    for k, v in kept:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v
-
-
 def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop per-node doc strings and metadata (exporters put stack traces there); model metadata stays."""
     graphs = [model.graph]
@@ -359,11 +333,6 @@ def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
             vi.doc_string = ""
         del graph.metadata_props[:]
     return model
-
-
-def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
-    """Set (add or replace) metadata entries of ``model``."""
-    _set_meta(model, values)
 
 
 def _rename_tensor(model: onnx.ModelProto, old: str, new: str) -> None:

@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from tierflow.model import lm_contract as lc
+from tierflow.model import metadata as md
 from tierflow.model.demo import corpus
 from tierflow.model.demo.lm_torch import DemoLM, LMConfig, export_onnx, max_export_error
+from tierflow.types.models import ModelKind
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 2048
@@ -220,16 +221,16 @@ def finish(model: DemoLM, tok: Tokenizer, run_info: dict[str, object], out: Path
                "train_ppl": round(math.exp(train_main), 2)}
     print(f"final: {quality}", flush=True)
     cfg = model.cfg
-    metadata = {
-        lc.META_KIND: lc.KIND_CAUSAL_LM,
-        lc.META_TOKENIZER: tok.to_str(),
-        lc.META_MAX_SEQ_LEN: str(cfg.max_seq_len),
-        "tierflow.num_layers": str(cfg.n_layers),
-        "tierflow.exit_layer": str(cfg.exit_layer),
-        "tierflow.corpus": corpus.corpus_name(),
-        "tierflow.config": json.dumps(cfg.to_dict()),
-        "tierflow.training": json.dumps({**run_info, **quality}),
-    }
+    metadata = md.encode(
+        kind=ModelKind.CAUSAL_LM,
+        tokenizer=tok.to_str(),
+        max_seq_len=cfg.max_seq_len,
+        num_layers=cfg.n_layers,
+        exit_layer=cfg.exit_layer,
+        corpus=corpus.corpus_name(),
+        config=cfg.to_dict(),
+        training={**run_info, **quality},
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(model, str(out), metadata)
     error = max_export_error(model, str(out), threads)
@@ -246,10 +247,9 @@ def _show_onnx_samples(path: Path, threads: int) -> None:
 
     lm = CausalLM.open(path, SessionOptions(intra_op_threads=threads))
     for prompt in PROMPTS:
-        for config in (SamplingConfig(max_new_tokens=60),
-                       SamplingConfig(max_new_tokens=60, temperature=0.8, top_k=40, seed=1)):
+        for config in (SamplingConfig.greedy(max_new_tokens=60), SamplingConfig(max_new_tokens=60, seed=1)):
             result = lm.generate(prompt, config)
-            mode = "greedy" if config.temperature == 0 else "t=0.8 k=40"
+            mode = "greedy" if config.is_greedy else "default sampling"
             print(f"[{mode}, {result.tokens_per_s:.0f} tok/s] {prompt}{result.text}", flush=True)
 
 

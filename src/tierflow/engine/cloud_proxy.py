@@ -5,20 +5,21 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from tierflow.errors import ConfigError, InvalidInputError, TierUnavailableError, TransportError
+from tierflow.errors import ConfigError, TierUnavailableError, TransportError, UnsupportedModelError
 from tierflow.model.package import Manifest
 from tierflow.runtime.image import ImageResult
-from tierflow.runtime.lm import GenerationResult, sampling_options
+from tierflow.runtime.lm import GenerationResult, SamplingConfig
+from tierflow.runtime.loader import default_resolution, model_kind
 from tierflow.transport.dataplane import SyncDataPlaneClient
 from tierflow.transport.messages import StageRequest, StageResponse
 from tierflow.transport.tls import load_identity
+from tierflow.types import ModelKind, Tier
 
 ENV_CLOUD = "TIERFLOW_CLOUD"  # HOST:PORT of the cloud node's data plane
 ENV_CERTS = "TIERFLOW_CERTS"  # folder made by `tierflow certs init`
@@ -32,8 +33,8 @@ class CloudEndpoint(BaseModel):
 
     address: str
     certs: Path
-    identity: str = "device"
-    server_name: str = "cloud"
+    identity: str = Tier.DEVICE
+    server_name: str = Tier.CLOUD
 
     @classmethod
     def from_env(cls) -> CloudEndpoint | None:
@@ -44,16 +45,18 @@ class CloudEndpoint(BaseModel):
         certs = os.environ.get(ENV_CERTS)
         if not certs:
             raise ConfigError(f"{ENV_CLOUD} is set but {ENV_CERTS} (the certificates folder) is not")
-        return cls(address=address, certs=Path(certs), identity=os.environ.get(ENV_IDENTITY, "device"))
+        return cls(address=address, certs=Path(certs), identity=os.environ.get(ENV_IDENTITY, Tier.DEVICE))
 
 
 class RemoteModel:
-    """One target of a package, served by a remote node; ``run`` and ``generate`` like a local session."""
+    """One target of a package, served by a remote node: the cloud proxy's transport
+    (:class:`tierflow.runtime.loader.RemoteTarget`)."""
 
     def __init__(self, endpoint: CloudEndpoint, manifest: Manifest, target: str = "cloud") -> None:
         spec = manifest.target(target)
         self.endpoint = endpoint
-        self.kind = manifest.model.kind
+        self.kind = model_kind(manifest.model.kind)
+        self.max_resolution = spec.max_resolution
         self.model_id = spec.sha256[:16]  # the node checks it serves exactly this artifact
         self._client: SyncDataPlaneClient | None = None
 
@@ -86,21 +89,25 @@ class RemoteModel:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(self._call(StageRequest("run", inputs=dict(feeds))).outputs)
 
-    def generate(self, prompt: str | None = None, **options: Any) -> GenerationResult | ImageResult:
-        if self.kind == "image-generator":
-            return self._generate_image(prompt, **options)
-        if prompt is None:
-            raise InvalidInputError("a language model needs a prompt")
-        config, on_text = sampling_options(options)
+    def generate_text(
+        self, prompt: str, config: SamplingConfig, on_text: Callable[[str], None] | None = None
+    ) -> GenerationResult:
+        """A whole generation on the node; ``on_text`` receives the text once, when it is back."""
+        if self.kind != ModelKind.CAUSAL_LM:
+            raise UnsupportedModelError(f"a {self.kind} model has no text generation")
         meta: dict[str, str | int | float | bool] = {
             "prompt": prompt,
             "max_tokens": config.max_new_tokens,
             "temperature": config.temperature,
             "top_k": config.top_k,
             "top_p": config.top_p,
+            "repeat_penalty": config.repeat_penalty,
+            "repeat_last_n": config.repeat_last_n,
         }
         if config.seed is not None:
             meta["seed"] = config.seed
+        if config.stop_token_ids:
+            meta["stop_token_ids"] = json.dumps(list(config.stop_token_ids))
         started = time.perf_counter()
         reply = self._call(StageRequest("generate", meta=meta))
         text = str(reply.meta["text"])
@@ -110,15 +117,27 @@ class RemoteModel:
             prompt_ids=[],
             new_ids=json.loads(str(reply.meta["new_ids"])),
             text=text,
-            provider=f"remote:{reply.meta.get('tier', 'cloud')}:{reply.meta.get('provider', '?')}",
+            provider=f"remote:{reply.meta.get('tier', Tier.CLOUD)}:{reply.meta.get('provider', '?')}",
             prefill_s=0.0,
             decode_s=time.perf_counter() - started,
         )
 
-    def _generate_image(
-        self, prompt: str | None, resolution: int = 1024, refine: bool = True, seed: int | None = None
+    def generate_image(
+        self,
+        prompt: str | None,
+        resolution: int | None = None,
+        refine: bool | None = None,
+        seed: int | None = None,
     ) -> ImageResult:
-        meta: dict[str, str | int | float | bool] = {"resolution": resolution, "refine": refine}
+        """A whole image on the node. ``resolution`` None: the local default; ``refine`` None: the node's
+        target decides (the cloud target refines)."""
+        if self.kind != ModelKind.IMAGE_GENERATOR:
+            raise UnsupportedModelError(f"a {self.kind} model has no image generation")
+        if resolution is None:
+            resolution = default_resolution(self.max_resolution)
+        meta: dict[str, str | int | float | bool] = {"resolution": resolution}
+        if refine is not None:
+            meta["refine"] = refine
         if prompt is not None:
             meta["prompt"] = prompt
         if seed is not None:
@@ -130,7 +149,7 @@ class RemoteModel:
             resolution=resolution,
             refined=bool(reply.meta["refined"]),
             seed=int(reply.meta["seed"]),
-            provider=f"remote:{reply.meta.get('tier', 'cloud')}",
+            provider=f"remote:{reply.meta.get('tier', Tier.CLOUD)}",
             elapsed_s=float(reply.meta["elapsed_s"]),
         )
 

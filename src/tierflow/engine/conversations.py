@@ -46,8 +46,14 @@ class Finished:
 class Conversations:
     """Generation with contexts (see the module docstring)."""
 
-    def __init__(self, lm: ShardedLM, store: ContextStore, *, default_expires_in: float = DEFAULT_EXPIRES_IN,
-                 clock: object = time.time) -> None:
+    def __init__(
+        self,
+        lm: ShardedLM,
+        store: ContextStore,
+        *,
+        default_expires_in: float = DEFAULT_EXPIRES_IN,
+        clock: object = time.time,
+    ) -> None:
         self.lm = lm
         self.store = store
         self.default_expires_in = default_expires_in
@@ -106,8 +112,14 @@ class Conversations:
     # --- generation --------------------------------------------------------------------------------
 
     async def generate(
-        self, owner: str, prompt: str | Sequence[int], config: SamplingConfig, *, context_id: str | None = None,
-        expires_in: float | None = None, whole: bool = False,
+        self,
+        owner: str,
+        prompt: str | Sequence[int],
+        config: SamplingConfig,
+        *,
+        context_id: str | None = None,
+        expires_in: float | None = None,
+        whole: bool = False,
     ) -> AsyncIterator[GenerationEvent | Finished]:
         """Generate for ``owner``; yields events, then :class:`Finished`.
 
@@ -124,7 +136,12 @@ class Conversations:
             record = found
         else:
             record = await asyncio.to_thread(
-                self.store.create, owner, self.lm.model_name, lifetime, meta={IMPLICIT: "1"} if whole else None)
+                self.store.create,
+                owner,
+                self.lm.model_name,
+                lifetime,
+                meta={IMPLICIT: "1"} if whole else None,
+            )
         lock = self._locks.setdefault(record.context_id, asyncio.Lock())
         async with lock:
             record = await asyncio.to_thread(self.store.get, record.context_id, owner)
@@ -138,8 +155,9 @@ class Conversations:
             kv_len = min(keep, max(len(history) - 1, 0))
             self.lm.check_length(len(tokens))
             outcome: GenerationOutcome | None = None
-            async for item in self.lm.generate(record.context_id, tokens, kv_len, self.spans_of(record), config,
-                                               prompt_tokens=len(tokens)):
+            async for item in self.lm.generate(
+                record.context_id, tokens, kv_len, self.spans_of(record), config, prompt_tokens=len(tokens)
+            ):
                 if isinstance(item, GenerationOutcome):
                     outcome = item
                 else:
@@ -152,7 +170,9 @@ class Conversations:
             text = self.lm.tokenizer.decode(outcome.generated)
             yield Finished(record, outcome, text)
 
-    async def migrate(self, context_id: str, owner: str, layers: str, to: str) -> tuple[ContextRecord, dict[str, object]]:
+    async def migrate(
+        self, context_id: str, owner: str, layers: str, to: str
+    ) -> tuple[ContextRecord, dict[str, object]]:
         """Move the KV of ``layers`` of a context to tier ``to``; later steps run those layers there."""
         try:
             target = Tier(to)

@@ -47,7 +47,7 @@ from tierflow.runtime.lm_span import SpanRunner
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.stages import simulate_slowdown
 from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
-from tierflow.transport.peers import PeerClients
+from tierflow.transport.peers import Peers
 from tierflow.transport.route import COMPUTE_PREFIX
 
 OP_LM_STEP = "lm_step"
@@ -85,9 +85,16 @@ def decode_hops(raw: MetaValue | None) -> list[RouteHop]:
 
 
 def encode_sampling(config: SamplingConfig) -> str:
-    return json.dumps({"temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p,
-                       "repeat_penalty": config.repeat_penalty, "repeat_last_n": config.repeat_last_n,
-                       "seed": config.seed})
+    return json.dumps(
+        {
+            "temperature": config.temperature,
+            "top_k": config.top_k,
+            "top_p": config.top_p,
+            "repeat_penalty": config.repeat_penalty,
+            "repeat_last_n": config.repeat_last_n,
+            "seed": config.seed,
+        }
+    )
 
 
 def decode_sampling(raw: MetaValue | None) -> SamplingConfig | None:
@@ -126,7 +133,7 @@ class LMHop:
         self,
         model: onnx.ModelProto,
         tier: str,
-        peers: PeerClients | None,
+        peers: Peers | None,
         *,
         options: SessionOptions | None = None,
         slowdown: float = 1.0,
@@ -191,21 +198,30 @@ class LMHop:
             hop, rest = route[0], route[1:]
             inputs = {IDS: ids} if hidden is None else {IDS: ids, HIDDEN: hidden}
             forwarded = StageRequest(
-                OP_LM_STEP, inputs=inputs,
-                meta={**{k: v for k, v in meta.items() if k not in ("span", "route")},
-                      "span": str(hop.span), "route": encode_hops(rest)},
-                quant=request.quant, response_quant=request.response_quant,
+                OP_LM_STEP,
+                inputs=inputs,
+                meta={
+                    **{k: v for k, v in meta.items() if k not in ("span", "route")},
+                    "span": str(hop.span),
+                    "route": encode_hops(rest),
+                },
+                quant=request.quant,
+                response_quant=request.response_quant,
             )
             reply = await self.peers.call(hop.peer, forwarded)
             out_meta.update(reply.meta)
         elif logits is None:
-            raise InvalidInputError("the last holder of a step must compute the head (span up to the last layer)")
+            raise InvalidInputError(
+                "the last holder of a step must compute the head (span up to the last layer)"
+            )
         else:
             config = decode_sampling(meta.get("sample"))
             if config is not None:
                 recent = json.loads(str(meta.get("recent", "[]")))
                 position = past_len + int(ids.shape[1])
-                out_meta["token"] = pick_token(logits[0, -1], config, token_rng(config.seed, position), recent)
+                out_meta["token"] = pick_token(
+                    logits[0, -1], config, token_rng(config.seed, position), recent
+                )
         out_meta[f"{ELAPSED_PREFIX}{self.tier}"] = time.perf_counter() - started
         return StageResponse(request.request_id, meta=out_meta)
 
@@ -223,17 +239,25 @@ class LMHop:
         if have < past_len:
             raise KVMissingError(
                 f"tier {self.tier} holds {have} tokens of the context's KV for layers {span}; "
-                f"the step needs {past_len}", tier=self.tier)
+                f"the step needs {past_len}",
+                tier=self.tier,
+            )
         if shard is not None and have > past_len:
             self.kv.truncate(context, past_len)
             shard = self._shard(context, span)
-        past = (list(zip(shard.keys, shard.values, strict=True)) if shard is not None and past_len
-                else self.runner.empty_kv(span))
+        past = (
+            list(zip(shard.keys, shard.values, strict=True))
+            if shard is not None and past_len
+            else self.runner.empty_kv(span)
+        )
         started = time.perf_counter()
         out = self.runner.step(span, ids, past, hidden)
         seconds = simulate_slowdown(started, self.slowdown)
-        self.kv.put(KVShard(context, (span.first, span.last), [k for k, _ in out.present],
-                            [v for _, v in out.present]))
+        self.kv.put(
+            KVShard(
+                context, (span.first, span.last), [k for k, _ in out.present], [v for _, v in out.present]
+            )
+        )
         return out.hidden, out.logits, seconds
 
     def _shard(self, context: str, span: Span) -> KVShard | None:
@@ -250,8 +274,9 @@ class LMHop:
         meta: dict[str, MetaValue] = {f"erased.{self.tier}": erased}
         route = [h.strip() for h in str(request.meta.get("route", "")).split(",") if h.strip()]
         if route and self.peers is not None:
-            reply = await self.peers.call(route[0], StageRequest(
-                OP_LM_DROP, meta={"context": context, "route": ",".join(route[1:])}))
+            reply = await self.peers.call(
+                route[0], StageRequest(OP_LM_DROP, meta={"context": context, "route": ",".join(route[1:])})
+            )
             meta.update(reply.meta)
         return StageResponse(request.request_id, meta=meta)
 
@@ -263,15 +288,19 @@ class LMHop:
         layers = Span.parse(str(request.meta.get("layers", "")))
         shard = self._holding(context)
         if shard is None or not (shard.layers[0] <= layers.first and layers.last <= shard.layers[1]):
-            raise KVMissingError(f"tier {self.tier} holds no KV of layers {layers} for this context",
-                                 tier=self.tier)
+            raise KVMissingError(
+                f"tier {self.tier} holds no KV of layers {layers} for this context", tier=self.tier
+            )
         outputs: dict[str, np.ndarray] = {}
         for layer in layers.layers:
             j = layer - shard.layers[0]
-            outputs[f"key.{layer}"] = shard.keys[j]
-            outputs[f"value.{layer}"] = shard.values[j]
+            # copies: the shard's own arrays are erased below when they leave, before the reply is sent
+            outputs[f"key.{layer}"] = shard.keys[j].copy()
+            outputs[f"value.{layer}"] = shard.values[j].copy()
         if request.meta.get("remove"):
-            self._keep(shard, [i for i in range(shard.layers[0], shard.layers[1] + 1) if i not in layers.layers])
+            self._keep(
+                shard, [i for i in range(shard.layers[0], shard.layers[1] + 1) if i not in layers.layers]
+            )
         return StageResponse(request.request_id, outputs=outputs, meta={"length": shard.length})
 
     def import_(self, request: StageRequest) -> StageResponse:
@@ -282,19 +311,33 @@ class LMHop:
         values = [request.inputs.get(f"value.{i}") for i in layers.layers]
         if any(a is None for a in [*keys, *values]):
             raise InvalidInputError(f"lm_kv_import needs key.<i> and value.<i> for layers {layers}")
-        incoming = KVShard(context, (layers.first, layers.last), [k for k in keys if k is not None],
-                           [v for v in values if v is not None])
+        incoming = KVShard(
+            context,
+            (layers.first, layers.last),
+            [k for k in keys if k is not None],
+            [v for v in values if v is not None],
+        )
         shard = self._holding(context)
         if shard is not None:
             if shard.length != incoming.length:
-                raise InvalidInputError(f"imported KV holds {incoming.length} tokens, this tier's {shard.length}")
+                raise InvalidInputError(
+                    f"imported KV holds {incoming.length} tokens, this tier's {shard.length}"
+                )
             first, last = shard.layers
             if layers.last + 1 == first:
-                incoming = KVShard(context, (layers.first, last), [*incoming.keys, *shard.keys],
-                                   [*incoming.values, *shard.values])
+                incoming = KVShard(
+                    context,
+                    (layers.first, last),
+                    [*incoming.keys, *shard.keys],
+                    [*incoming.values, *shard.values],
+                )
             elif last + 1 == layers.first:
-                incoming = KVShard(context, (first, layers.last), [*shard.keys, *incoming.keys],
-                                   [*shard.values, *incoming.values])
+                incoming = KVShard(
+                    context,
+                    (first, layers.last),
+                    [*shard.keys, *incoming.keys],
+                    [*shard.values, *incoming.values],
+                )
             else:
                 raise InvalidInputError(f"layers {layers} do not border this tier's layers {shard.span}")
         stored = self.kv.put(incoming)  # replaces the old shard; its arrays live on in the merged one
@@ -308,18 +351,36 @@ class LMHop:
         started = time.perf_counter()
         if meta.get("to"):
             export = self.export(StageRequest(OP_LM_KV_EXPORT, meta={**meta, "remove": True}))
-            reply = await self.peers.call(str(meta["to"]), StageRequest(
-                OP_LM_KV_IMPORT, inputs=export.outputs, meta={"context": meta["context"], "layers": meta["layers"]},
-                quant=request.quant))
+            reply = await self.peers.call(
+                str(meta["to"]),
+                StageRequest(
+                    OP_LM_KV_IMPORT,
+                    inputs=export.outputs,
+                    meta={"context": meta["context"], "layers": meta["layers"]},
+                    quant=request.quant,
+                ),
+            )
         else:
-            pulled = await self.peers.call(str(meta["from"]), StageRequest(
-                OP_LM_KV_EXPORT, meta={"context": meta["context"], "layers": meta["layers"], "remove": True},
-                response_quant=request.quant))
-            reply = self.import_(StageRequest(OP_LM_KV_IMPORT, inputs=pulled.outputs,
-                                              meta={"context": meta["context"], "layers": meta["layers"]}))
+            pulled = await self.peers.call(
+                str(meta["from"]),
+                StageRequest(
+                    OP_LM_KV_EXPORT,
+                    meta={"context": meta["context"], "layers": meta["layers"], "remove": True},
+                    response_quant=request.quant,
+                ),
+            )
+            reply = self.import_(
+                StageRequest(
+                    OP_LM_KV_IMPORT,
+                    inputs=pulled.outputs,
+                    meta={"context": meta["context"], "layers": meta["layers"]},
+                )
+            )
         moved = sum(int(a.nbytes) for a in (export.outputs if meta.get("to") else pulled.outputs).values())
-        return StageResponse(request.request_id, meta={**reply.meta, "moved_bytes": moved,
-                                                       "seconds": time.perf_counter() - started})
+        return StageResponse(
+            request.request_id,
+            meta={**reply.meta, "moved_bytes": moved, "seconds": time.perf_counter() - started},
+        )
 
     def _holding(self, context: str) -> KVShard | None:
         spans = self.kv.spans(context)
@@ -332,8 +393,12 @@ class LMHop:
             return
         first, last = layers[0], layers[-1]
         lo, hi = first - shard.layers[0], last - shard.layers[0] + 1
-        kept = KVShard(shard.context_id, (first, last), [a.copy() for a in shard.keys[lo:hi]],
-                       [a.copy() for a in shard.values[lo:hi]])
+        kept = KVShard(
+            shard.context_id,
+            (first, last),
+            [a.copy() for a in shard.keys[lo:hi]],
+            [a.copy() for a in shard.values[lo:hi]],
+        )
         self.kv.put(kept)  # overlaps the old shard, which is erased
 
     # --- what this tier can do ------------------------------------------------------------------
@@ -363,8 +428,12 @@ class LMHop:
         if self.peers is not None:
             for peer in self.peers.addresses:
                 rtts[peer] = await self._ping(peer)
-        out: dict[str, Any] = {"tier": self.tier, "layer_s": layer_s, "peers_rtt": json.dumps(rtts),
-                               "kv": json.dumps({c: dataclasses.asdict(st) for c, st in self.kv.stats().items()})}
+        out: dict[str, Any] = {
+            "tier": self.tier,
+            "layer_s": layer_s,
+            "peers_rtt": json.dumps(rtts),
+            "kv": json.dumps({c: dataclasses.asdict(st) for c, st in self.kv.stats().items()}),
+        }
         if self.memory_bytes is not None:
             out["memory_bytes"] = self.memory_bytes
         return out

@@ -10,6 +10,7 @@ from tierflow.engine.cloud_proxy import CloudEndpoint, RemoteModel
 from tierflow.model.package import Manifest
 from tierflow.runtime import loader
 from tierflow.runtime.capabilities import Capabilities
+from tierflow.runtime.interfaces import LoadedModel
 
 
 def load(
@@ -19,10 +20,12 @@ def load(
     target: str | None = None,
     threads: int = 0,
     cloud: CloudEndpoint | None = None,
-) -> loader.TierSession | loader.CloudProxy:
+) -> LoadedModel:
     """Load ``path`` on the target this machine should run (see :mod:`tierflow.runtime.loader`).
 
-    When no local target fits, the result is a cloud proxy with the same calls; it runs
+    The result is a ``TextModel``, ``ImageModel`` or ``GenericModel`` by the
+    package's kind (``model.kind`` tells them apart; see :mod:`tierflow.runtime.interfaces`).
+    When no local target fits, it is a cloud proxy with the same calls; it runs
     them on the cloud node at ``cloud`` (default: ``TIERFLOW_CLOUD`` / ``TIERFLOW_CERTS``),
     which must serve this package's ``cloud`` target.
     """

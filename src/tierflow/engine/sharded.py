@@ -46,7 +46,7 @@ from tierflow.model.tokenizer import Tokenizer
 from tierflow.planner.snapshot import LinkState
 from tierflow.planner.spans import LMShape, SpanPlan, TierCapacity, plan_spans, score
 from tierflow.runtime.lm import SamplingConfig
-from tierflow.transport.messages import MetaValue, StageRequest
+from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
 from tierflow.transport.route import COMPUTE_PREFIX
 from tierflow.types.links import LinkProfile
 from tierflow.types.quant import QuantMode
@@ -64,14 +64,19 @@ def spans_text(spans: Mapping[Tier, Span]) -> dict[str, str]:
 
 def parse_spans(text: str | Mapping[str, str], num_layers: int) -> Spans:
     """``device=0-1,edge=2-4,cloud=5-6`` (inclusive layers, holders in tier order) as spans, checked."""
-    items = text.items() if isinstance(text, Mapping) else (
-        part.split("=", 1) if "=" in part else (part, "") for part in text.split(",") if part.strip())
+    items = (
+        text.items()
+        if isinstance(text, Mapping)
+        else (part.split("=", 1) if "=" in part else (part, "") for part in text.split(",") if part.strip())
+    )
     spans: Spans = {}
     for name, value in items:
         try:
             tier = Tier(name.strip())
         except ValueError:
-            raise InvalidInputError(f"unknown tier {name.strip()!r} in spans (tiers: device, edge, cloud)") from None
+            raise InvalidInputError(
+                f"unknown tier {name.strip()!r} in spans (tiers: device, edge, cloud)"
+            ) from None
         spans[tier] = Span.parse(value)
     ordered = {t: spans[t] for t in ORDER if t in spans}
     check_cover(list(ordered.values()), num_layers)
@@ -88,8 +93,12 @@ class StepStats:
 
     def add(self, meta: Mapping[str, MetaValue], path: Sequence[str], wall_s: float) -> None:
         self.steps += 1
-        compute = {k.removeprefix(COMPUTE_PREFIX): float(v) for k, v in meta.items() if k.startswith(COMPUTE_PREFIX)}
-        elapsed = {k.removeprefix(ELAPSED_PREFIX): float(v) for k, v in meta.items() if k.startswith(ELAPSED_PREFIX)}
+        compute = {
+            k.removeprefix(COMPUTE_PREFIX): float(v) for k, v in meta.items() if k.startswith(COMPUTE_PREFIX)
+        }
+        elapsed = {
+            k.removeprefix(ELAPSED_PREFIX): float(v) for k, v in meta.items() if k.startswith(ELAPSED_PREFIX)
+        }
         for tier, seconds in compute.items():
             self.compute_s[tier] = self.compute_s.get(tier, 0.0) + seconds
         # hop i -> i+1: what tier i waited for, less what tier i+1 spent in all
@@ -179,8 +188,15 @@ class ShardedLM:
     @property
     def shape(self) -> LMShape:
         c = self.costs
-        return LMShape(self.num_layers, c.layer_weight_bytes, c.embedding_bytes, c.head_bytes,
-                       c.kv_bytes_per_token, c.hidden_bytes_per_token, self.max_seq_len or 2048)
+        return LMShape(
+            self.num_layers,
+            c.layer_weight_bytes,
+            c.embedding_bytes,
+            c.head_bytes,
+            c.kv_bytes_per_token,
+            c.hidden_bytes_per_token,
+            self.max_seq_len or 2048,
+        )
 
     async def probe(self, tier: Tier) -> bool:
         """Ask ``tier`` what it can do (its measured speed, memory, its own links); False if it is down."""
@@ -212,7 +228,10 @@ class ShardedLM:
 
     def _links(self) -> dict[frozenset[Tier], LinkState]:
         out: dict[frozenset[Tier], LinkState] = {}
-        pairs = {frozenset(p) for p in ((Tier.DEVICE, Tier.EDGE), (Tier.DEVICE, Tier.CLOUD), (Tier.EDGE, Tier.CLOUD))}
+        pairs = {
+            frozenset(p)
+            for p in ((Tier.DEVICE, Tier.EDGE), (Tier.DEVICE, Tier.CLOUD), (Tier.EDGE, Tier.CLOUD))
+        }
         for pair in pairs | set(self.link_profiles) | set(self.link_rtt):
             a, b = sorted(pair, key=ORDER.index)
             rtt = self.link_rtt.get(pair)
@@ -225,13 +244,21 @@ class ShardedLM:
             down = profile.down_bps if profile is not None and not profile.offline else 1e9
             if profile is not None and profile.offline:
                 continue
-            out[pair] = LinkState(a=a.value, b=b.value, up_bps=up, down_bps=down,
-                                  rtt_s=rtt if rtt is not None else (profile.rtt_s if profile else 0.0))
+            out[pair] = LinkState(
+                a=a.value,
+                b=b.value,
+                up_bps=up,
+                down_bps=down,
+                rtt_s=rtt if rtt is not None else (profile.rtt_s if profile else 0.0),
+            )
         return out
 
     def _capacities(self) -> dict[Tier, TierCapacity]:
-        return {t: TierCapacity(t, r.layer_s if r.layer_s is not None else 1.0, r.memory_bytes, r.available)
-                for t, r in self.tiers.items() if r.available and r.layer_s is not None}
+        return {
+            t: TierCapacity(t, r.layer_s if r.layer_s is not None else 1.0, r.memory_bytes, r.available)
+            for t, r in self.tiers.items()
+            if r.available and r.layer_s is not None
+        }
 
     async def replan(self) -> SpanPlan | None:
         """Choose the layers each tier holds now (fixed spans stay while their tiers are up)."""
@@ -240,7 +267,9 @@ class ShardedLM:
             if self.fixed is not None and all(caps.get(t) for t in self.fixed):
                 self.spans = dict(self.fixed)
                 try:
-                    self.plan = score(self.shape, caps, links, {t: (s.first, s.last) for t, s in self.fixed.items()})
+                    self.plan = score(
+                        self.shape, caps, links, {t: (s.first, s.last) for t, s in self.fixed.items()}
+                    )
                 except PlanError:
                     self.plan = None  # the user's spans run even where the model predicts trouble
                 return self.plan
@@ -272,25 +301,37 @@ class ShardedLM:
             return str(holders[0].span), holders[1:]
         return "", holders
 
-    async def _call(self, tier: Tier, request: StageRequest) -> object:
+    async def _call(self, tier: Tier, request: StageRequest) -> StageResponse:
         if self.hop.peers is None:
             raise TierUnavailableError(f"the entry point has no route to tier {tier.value}", tier=tier.value)
         return await self.hop.peers.call(tier.value, request)
 
     async def step(
-        self, context: str, spans: Spans, past_len: int, ids: Sequence[int], *,
-        sample: SamplingConfig | None, recent: Sequence[int], stats: StepStats,
+        self,
+        context: str,
+        spans: Spans,
+        past_len: int,
+        ids: Sequence[int],
+        *,
+        sample: SamplingConfig | None,
+        recent: Sequence[int],
+        stats: StepStats,
     ) -> int | None:
         """One pass of ``ids`` through the holders; the sampled token when ``sample`` is given."""
         span, route = self._route(spans)
-        meta: dict[str, MetaValue] = {"context": context, "past_len": past_len, "span": span,
-                                      "route": encode_hops(route)}
+        meta: dict[str, MetaValue] = {
+            "context": context,
+            "past_len": past_len,
+            "span": span,
+            "route": encode_hops(route),
+        }
         if sample is not None:
             meta["sample"] = encode_sampling(sample)
             window = sample.repeat_last_n
             meta["recent"] = json.dumps(list(recent[-window:]) if window else [])
-        request = StageRequest(OP_LM_STEP, inputs={IDS: np.asarray([list(ids)], np.int64)}, meta=meta,
-                               quant=self.quant)
+        request = StageRequest(
+            OP_LM_STEP, inputs={IDS: np.asarray([list(ids)], np.int64)}, meta=meta, quant=self.quant
+        )
         started = time.perf_counter()
         reply = await self.hop.step(request)
         path = [Tier.DEVICE.value, *(h.peer for h in route)]
@@ -298,17 +339,30 @@ class ShardedLM:
         return int(reply.meta["token"]) if "token" in reply.meta else None
 
     async def prefill(
-        self, context: str, spans: Spans, tokens: Sequence[int], start: int, *,
-        sample: SamplingConfig, stats: StepStats,
+        self,
+        context: str,
+        spans: Spans,
+        tokens: Sequence[int],
+        start: int,
+        *,
+        sample: SamplingConfig,
+        stats: StepStats,
     ) -> int:
         """Feed ``tokens[start:]`` (the tiers hold KV for ``tokens[:start]``); the next token."""
         token: int | None = None
         at = start
         while at < len(tokens):
-            chunk = tokens[at:at + PREFILL_CHUNK]
+            chunk = tokens[at : at + PREFILL_CHUNK]
             last = at + len(chunk) >= len(tokens)
-            token = await self.step(context, spans, at, chunk, sample=sample if last else None,
-                                    recent=tokens[:at + len(chunk)], stats=stats)
+            token = await self.step(
+                context,
+                spans,
+                at,
+                chunk,
+                sample=sample if last else None,
+                recent=tokens[: at + len(chunk)],
+                stats=stats,
+            )
             at += len(chunk)
         assert token is not None  # tokens[start:] is never empty
         return token
@@ -323,7 +377,7 @@ class ShardedLM:
                 reply = await self._call(tier, StageRequest(OP_LM_DROP, meta={"context": context}))
             except TierUnavailableError:
                 continue  # a tier that is down lost its memory with its process
-            erased += sum(int(v) for k, v in reply.meta.items() if str(k).startswith("erased."))  # type: ignore[attr-defined]
+            erased += sum(int(v) for k, v in reply.meta.items() if str(k).startswith("erased."))
         return erased
 
     async def shards(self, context: str) -> dict[str, dict[str, object]]:
@@ -339,8 +393,8 @@ class ShardedLM:
                 reply = await self._call(tier, StageRequest(OP_LM_INFO, meta={"context": context}))
             except TierUnavailableError:
                 continue
-            if reply.meta:  # type: ignore[attr-defined]
-                out[tier.value] = dict(reply.meta)  # type: ignore[attr-defined]
+            if reply.meta:
+                out[tier.value] = dict(reply.meta)
         return out
 
     # --- a whole generation -------------------------------------------------------------------------------
@@ -348,11 +402,18 @@ class ShardedLM:
     def check_length(self, tokens: int) -> None:
         if self.max_seq_len is not None and tokens >= self.max_seq_len:
             raise InvalidInputError(
-                f"the conversation is {tokens} tokens; this model's context is {self.max_seq_len} tokens")
+                f"the conversation is {tokens} tokens; this model's context is {self.max_seq_len} tokens"
+            )
 
     async def generate(
-        self, context: str, tokens: list[int], kv_len: int, spans: Spans | None, config: SamplingConfig,
-        *, prompt_tokens: int,
+        self,
+        context: str,
+        tokens: list[int],
+        kv_len: int,
+        spans: Spans | None,
+        config: SamplingConfig,
+        *,
+        prompt_tokens: int,
     ) -> AsyncIterator[GenerationEvent | GenerationOutcome]:
         """Generate after ``tokens`` (the tiers hold KV for ``tokens[:kv_len]`` under ``spans``).
 
@@ -386,8 +447,17 @@ class ShardedLM:
                 if not generated or start < len(sequence) - 1:
                     token = await self.prefill(context, spans, sequence, start, sample=config, stats=stats)
                 else:
-                    token = await self.step(context, spans, len(sequence) - 1, sequence[-1:], sample=config,
-                                            recent=sequence, stats=stats)
+                    stepped = await self.step(
+                        context,
+                        spans,
+                        len(sequence) - 1,
+                        sequence[-1:],
+                        sample=config,
+                        recent=sequence,
+                        stats=stats,
+                    )
+                    assert stepped is not None  # a step that samples returns its token
+                    token = stepped
             except KVMissingError as exc:
                 events.append({"event": "kv_rebuilt", "tier": str(exc.tier), "tokens": str(len(sequence))})
                 yield GenerationEvent(event=events[-1])
@@ -396,16 +466,25 @@ class ShardedLM:
                     raise
                 continue
             except TierUnavailableError as exc:
-                lost = Tier(exc.tier) if exc.tier in Tier.__members__.values() else None
+                lost = next((t for t in Tier if t.value == exc.tier), None)
                 if lost is None or lost is Tier.DEVICE:
                     raise
                 await self.mark_down(lost)
                 if not self.spans:
-                    raise TierUnavailableError(f"tier {lost.value} is gone and no tier left can hold its layers "
-                                               f"({exc}); the context is kept", tier=lost.value) from exc
+                    raise TierUnavailableError(
+                        f"tier {lost.value} is gone and no tier left can hold its layers "
+                        f"({exc}); the context is kept",
+                        tier=lost.value,
+                    ) from exc
                 spans, start = dict(self.spans), 0
-                events.append({"event": "failover", "lost": lost.value, "spans": json.dumps(spans_text(spans)),
-                               "rebuilt_tokens": str(len(sequence))})
+                events.append(
+                    {
+                        "event": "failover",
+                        "lost": lost.value,
+                        "spans": json.dumps(spans_text(spans)),
+                        "rebuilt_tokens": str(len(sequence)),
+                    }
+                )
                 yield GenerationEvent(event=events[-1])
                 continue
             start = len(sequence)  # everything before the new token is in the tiers' KV now
@@ -423,19 +502,31 @@ class ShardedLM:
         end = time.perf_counter()
         first_at = first_at or end
         yield GenerationOutcome(
-            tokens=sequence, kv_len=len(sequence) - 1 if generated else start, generated=generated, spans=spans,
-            stats=stats, prompt_tokens=prompt_tokens, cached_tokens=cached, ttft_s=first_at - begun,
-            decode_s=end - first_at, events=events,
+            tokens=sequence,
+            kv_len=len(sequence) - 1 if generated else start,
+            generated=generated,
+            spans=spans,
+            stats=stats,
+            prompt_tokens=prompt_tokens,
+            cached_tokens=cached,
+            ttft_s=first_at - begun,
+            decode_s=end - first_at,
+            events=events,
         )
 
-    # --- migration -------------------------------------------------------------------------------------------
+    # --- migration ---
 
-    async def migrate(self, context: str, spans: Spans, layers: Span, to: Tier) -> tuple[Spans, dict[str, object]]:
+    async def migrate(
+        self, context: str, spans: Spans, layers: Span, to: Tier
+    ) -> tuple[Spans, dict[str, object]]:
         """Move the KV of ``layers`` of a context to tier ``to``; the new spans (checked contiguous)."""
-        source = next((t for t, s in spans.items() if s.first <= layers.first and layers.last <= s.last), None)
+        source = next(
+            (t for t, s in spans.items() if s.first <= layers.first and layers.last <= s.last), None
+        )
         if source is None:
-            raise InvalidInputError(f"no tier holds all of layers {layers} for this context "
-                                    f"(spans: {spans_text(spans)})")
+            raise InvalidInputError(
+                f"no tier holds all of layers {layers} for this context (spans: {spans_text(spans)})"
+            )
         if source is to:
             raise InvalidInputError(f"layers {layers} are on {to.value} already")
         new = _moved(spans, source, layers, to, self.num_layers)
@@ -443,16 +534,23 @@ class ShardedLM:
         near, far = sorted((source, to), key=ORDER.index)
         started = time.perf_counter()
         # the nearer tier has a connection to the farther one: it pushes (towards the cloud) or pulls
-        request = StageRequest(OP_LM_KV_MOVE, meta={**move_meta, **({"to": far.value} if near is source
-                                                                     else {"from": far.value})},
-                               quant=self.quant)
+        request = StageRequest(
+            OP_LM_KV_MOVE,
+            meta={**move_meta, **({"to": far.value} if near is source else {"from": far.value})},
+            quant=self.quant,
+        )
         if near is Tier.DEVICE:
             reply = await self.hop.move(request)
         else:
-            reply = await self._call(near, request)  # type: ignore[assignment]
+            reply = await self._call(near, request)
         seconds = time.perf_counter() - started
-        moved = {"layers": str(layers), "from": source.value, "to": to.value,
-                 "bytes": int(reply.meta.get("moved_bytes", 0)), "seconds": seconds}  # type: ignore[attr-defined]
+        moved: dict[str, object] = {
+            "layers": str(layers),
+            "from": source.value,
+            "to": to.value,
+            "bytes": int(reply.meta.get("moved_bytes", 0)),
+            "seconds": seconds,
+        }
         return new, moved
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from tierflow.engine.split_runner import DEVICE, SplitPlan, SplitResult, SplitRunner
+from tierflow.engine.split_runner import SplitPlan, SplitResult, SplitRunner
 from tierflow.errors import InvalidInputError, PlanError, TierUnavailableError
 from tierflow.planner.estimate import Ewma, LinkEstimator, SnapshotSource
 from tierflow.planner.executable import actual_path, executable_plan
@@ -41,7 +41,9 @@ from tierflow.planner.profile import StageTiming, TierProfile, calibrate
 from tierflow.planner.replan import Decision, Replanner, ReplanPolicy
 from tierflow.planner.snapshot import Snapshot
 from tierflow.runtime.session import SessionOptions
+from tierflow.transport.peers import Peers
 from tierflow.transport.tls import Identity
+from tierflow.types import Tier
 
 
 def to_split_plan(plan: Plan) -> SplitPlan:
@@ -108,6 +110,7 @@ class SplitEngine:
         slowdown: float = 1.0,
         policy: ReplanPolicy | None = None,
         learn: bool = True,
+        clients: Peers | None = None,
     ) -> None:
         self.graph = source.graph
         # the engine's own copy: it recalibrates profiles and marks tiers down without touching the caller's
@@ -116,11 +119,11 @@ class SplitEngine:
             source, profiles=self.profiles, links=list(source.links), loads=dict(source.loads),
             unavailable=set(source.unavailable), memory=dict(source.memory),
         )
-        if not self.profiles or next(iter(self.profiles)) != DEVICE:
+        if not self.profiles or next(iter(self.profiles)) != Tier.DEVICE:
             raise InvalidInputError("the engine's first tier must be the device")
         self.shares = dict(shares)
         self.runner = SplitRunner(
-            model, identity, peers, options, quant=source.compression, slowdown=slowdown
+            model, identity, peers, options, quant=source.compression, slowdown=slowdown, clients=clients
         )
         self.replanner = Replanner(self.graph, policy, self._plan)
         self.learn = learn
@@ -223,9 +226,9 @@ class SplitEngine:
         if not self.learn:
             return
         stages = {s.tier: s for s in plan.stages if s.units}
-        device = stages.get(DEVICE)
+        device = stages.get(Tier.DEVICE)
         if device is not None and result.device_s > 0:
-            self._remember(DEVICE, device.inputs, device.outputs, result.device_s)
+            self._remember(Tier.DEVICE, device.inputs, device.outputs, result.device_s)
         for tier, seconds in result.remote_compute_s.items():
             stage = stages.get(tier)
             if stage is not None and seconds > 0:

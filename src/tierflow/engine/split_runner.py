@@ -20,8 +20,8 @@ import onnx
 from tierflow.errors import PlanError
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.stages import StageRunner
-from tierflow.transport.messages import Quant, StageRequest
-from tierflow.transport.peers import PeerClients
+from tierflow.transport.messages import StageRequest
+from tierflow.transport.peers import PeerClients, Peers
 from tierflow.transport.route import (
     RETURN_KEY,
     ROUTE_KEY,
@@ -31,10 +31,8 @@ from tierflow.transport.route import (
     encode_route,
 )
 from tierflow.transport.tls import Identity
-from tierflow.types import Tier
+from tierflow.types import QuantMode, Tier
 from tierflow.wire.privacy import GaussianMechanism, PrivacyAccountant
-
-DEVICE = Tier.DEVICE.value
 
 
 @dataclass(frozen=True)
@@ -48,17 +46,17 @@ class SplitPlan:
         if not self.stages:
             raise PlanError("a split plan needs at least one stage")
         tiers = [t for t, _ in self.stages]
-        device_count = tiers.count(DEVICE)
-        if tiers[:device_count] != [DEVICE] * device_count:
+        device_count = tiers.count(Tier.DEVICE)
+        if tiers[:device_count] != [Tier.DEVICE] * device_count:
             raise PlanError("device stages must come before remote ones")
 
     @property
     def device_stages(self) -> list[tuple[str, ...]]:
-        return [outs for tier, outs in self.stages if tier == DEVICE]
+        return [outs for tier, outs in self.stages if tier == Tier.DEVICE]
 
     @property
     def remote_hops(self) -> list[Hop]:
-        return [Hop(tier, outs) for tier, outs in self.stages if tier != DEVICE]
+        return [Hop(tier, outs) for tier, outs in self.stages if tier != Tier.DEVICE]
 
 
 @dataclass
@@ -83,13 +81,15 @@ class SplitRunner:
         identity: Identity,
         peers: dict[str, str],
         options: SessionOptions | None = None,
-        quant: Quant = "raw",
+        quant: QuantMode = QuantMode.RAW,
         slowdown: float = 1.0,
         privacy: GaussianMechanism | None = None,
         accountant: PrivacyAccountant | None = None,
+        clients: Peers | None = None,
     ) -> None:
         self.stages = StageRunner(model, options, slowdown=slowdown)
-        self.peers = PeerClients(identity, peers)
+        # ``clients``: how requests reach ``peers`` (default: the mTLS data plane; tests pass a fake)
+        self.peers: Peers = clients if clients is not None else PeerClients(identity, peers)
         self.quant = quant
         self.privacy = privacy
         self.accountant = accountant or (PrivacyAccountant() if privacy else None)

@@ -17,10 +17,9 @@ outputs
 Extra outputs (for example ``exit_logits`` of an early-exit head) are allowed
 and ignored by the generation loop; the compiler uses them to cut targets.
 
-Model metadata (``metadata_props``) may carry:
-  ``tierflow.kind``       ``"causal-lm"``
-  ``tierflow.tokenizer``  a Hugging Face ``tokenizers`` JSON document
-  ``tierflow.max_seq_len`` the longest context the model was built for
+Model metadata (``metadata_props``, see :mod:`tierflow.model.metadata`) may carry the kind
+(``causal-lm``), the tokenizer (a Hugging Face ``tokenizers`` JSON document) and the longest
+context the model was built for.
 """
 
 from __future__ import annotations
@@ -35,11 +34,6 @@ ATTENTION_MASK = "attention_mask"
 POSITION_IDS = "position_ids"
 LOGITS = "logits"
 EXIT_LOGITS = "exit_logits"
-
-META_KIND = "tierflow.kind"
-META_TOKENIZER = "tierflow.tokenizer"
-META_MAX_SEQ_LEN = "tierflow.max_seq_len"
-KIND_CAUSAL_LM = "causal-lm"
 
 _PAST_RE = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _PRESENT_RE = re.compile(r"^present\.(\d+)\.(key|value)$")

@@ -133,7 +133,7 @@ class LayeredLM:
             for out in node.output:
                 deps = depends.get(out, frozenset())
                 if out and deps & earlier and not deps & later and self._suffices(out, layer):
-                    return out
+                    return str(out)
         raise UnsupportedModelError(f"cannot find the hidden state between layers {layer - 1} and {layer}")
 
     @cached_property
@@ -161,9 +161,15 @@ class LayeredLM:
         if cached is not None:
             return cached
         own = {kind: lc.past_name(span.first, kind) for kind in ("key", "value")}
-        foreign = {lc.past_name(i, kind): own[kind] for i in range(self.num_layers) if i not in span.layers
-                   for kind in ("key", "value")}
-        if not any(n.op_type in SHAPE_OPS and any(i in foreign for i in n.input) for n in self.model.graph.node):
+        foreign = {
+            lc.past_name(i, kind): own[kind]
+            for i in range(self.num_layers)
+            if i not in span.layers
+            for kind in ("key", "value")
+        }
+        if not any(
+            n.op_type in SHAPE_OPS and any(i in foreign for i in n.input) for n in self.model.graph.node
+        ):
             cutter = self.cutter
         else:
             model = onnx.ModelProto()
@@ -180,7 +186,9 @@ class LayeredLM:
     def span_io(self, span: Span) -> tuple[list[str], list[str]]:
         """What the span's graph reads and writes, before trimming inputs it does not need."""
         if span.last >= self.num_layers:
-            raise InvalidInputError(f"layer {span.last} does not exist: the model has {self.num_layers} layers")
+            raise InvalidInputError(
+                f"layer {span.last} does not exist: the model has {self.num_layers} layers"
+            )
         hidden_in = [] if span.first == 0 else [self.boundaries[span.first - 1]]
         last = span.last == self.num_layers - 1
         head = [lc.LOGITS] if last else [self.boundaries[span.last]]

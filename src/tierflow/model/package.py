@@ -48,7 +48,7 @@ class ModelInfo(_Strict):
     """The one source model the package was compiled from."""
 
     name: str
-    kind: str  # causal-lm, image-generator, vision, generic
+    kind: str  # a tierflow.types.ModelKind; str so that a newer kind still reads (as generic)
     source_sha256: str = Field(pattern=_SHA256)
     source_size_bytes: int = Field(ge=0)
     num_layers: int | None = None  # LMs

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tierflow.errors import ModelNotFoundError
+from tierflow.types.models import ModelKind
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -26,7 +27,7 @@ def tierflow_home() -> Path:
 @dataclass(frozen=True)
 class BundledModel:
     name: str
-    kind: str  # "causal-lm", "image-generator", "vision"
+    kind: ModelKind
     description: str
     asset: str | None = None  # file under ASSETS
     builder: str | None = None  # "module:function(path)" that writes the model
@@ -58,19 +59,19 @@ BUNDLED: dict[str, BundledModel] = {
     for m in (
         BundledModel(
             "demo-lm",
-            "causal-lm",
+            ModelKind.CAUSAL_LM,
             "6-layer decoder-only transformer with KV cache and an early-exit head, trained on Python's docs",
             asset="demo-lm.onnx",
         ),
         BundledModel(
             "demo-image",
-            "image-generator",
+            ModelKind.IMAGE_GENERATOR,
             "text/noise-conditioned image generator (256..2048 px) with an optional refiner; random weights",
             builder="tierflow.model.demo.image:build",
         ),
         BundledModel(
             "demo-vision",
-            "vision",
+            ModelKind.VISION,
             "image classifier with branches and skip connections (a DAG); random weights",
             builder="tierflow.model.demo.vision:build",
         ),
@@ -90,3 +91,21 @@ def resolve_model(name_or_path: str | Path) -> Path:
     if not path.is_file():
         raise ModelNotFoundError(f"{key} is not a file")
     return path
+
+
+def kind_of(name_or_path: str | Path) -> ModelKind:
+    """What a bundled name, a ``.tfm`` package or an ONNX file is (generic when it does not say)."""
+    key = str(name_or_path)
+    if key in BUNDLED:
+        return BUNDLED[key].kind
+    from tierflow.model import metadata as md  # onnx is heavy: only when a file must be read
+
+    path = resolve_model(key)
+    if path.suffix == ".tfm":
+        from tierflow.model.package import Package
+
+        declared = Package.open(path).manifest.model.kind
+        return next((k for k in ModelKind if k.value == declared), ModelKind.GENERIC)
+    import onnx
+
+    return md.kind(onnx.load(str(path), load_external_data=False)) or ModelKind.GENERIC

@@ -36,6 +36,18 @@ class NodeConfig(BaseModel):
     peers: dict[str, str] = Field(
         default_factory=dict, description="next tiers by name -> HOST:PORT (may be a link emulator)"
     )
+    memory_mib: float | None = Field(
+        None, gt=0, description="SIMULATED memory budget (weights + one full context's KV) for the layer "
+        "spans of a language model: a span that does not fit is never planned here"
+    )
+    kv_mib: float = Field(256.0, gt=0, description="KV cache this node keeps (LRU contexts evicted beyond)")
+    # the entry point (device node) of a deployment serving a language model
+    spans: str | None = Field(None, description="fixed layer spans, e.g. device=0-1,edge=2-4,cloud=5-5")
+    store: str | None = Field(None, description="context store: a SQLite file or a redis:// url")
+    links: dict[str, str] = Field(
+        default_factory=dict, description="planning estimates of links, 'device-edge' -> profile name"
+    )
+    expires_in: float = Field(3600.0, gt=0, description="default lifetime of a context, seconds")
 
     @field_validator("listen", "http")
     @classmethod

@@ -1,22 +1,57 @@
 """A local three-tier deployment: edge and cloud node processes behind emulated links.
 
-The device is the caller's own process (``tierflow.load`` with the cloud proxy, or a split run);
-it reaches the edge through the access link at the chosen profile and the cloud through the same
-access link chained with the backhaul. Every link is SIMULATED by the user-space emulator.
+The device is the caller's own process (``tierflow.load`` with the cloud proxy, a split run, or
+``tierflow bench split``); it reaches the edge through the access link at the chosen profile and
+the cloud through the same access profile followed by the backhaul that carries the edge's traffic
+to the cloud (:data:`tierflow.types.links.BACKHAUL` unless told otherwise)::
+
+    device --access--> edge --backhaul--> cloud
+    device --access--------> backhaul --> cloud     (device->cloud: the two links one after the other)
+
+so a request from the device to the cloud meets ``chain(access, backhaul)`` -- the links
+:func:`tierflow.planner.snapshot.links_for` gives the planner. Every link is SIMULATED by the
+user-space emulator; the nodes' ``slowdown`` SIMULATES weaker hardware.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tierflow.node.launch import NodeProcess, start_node
 from tierflow.transport.certs import init_pki
 from tierflow.transport.linkemu import LinkEmulator
-from tierflow.types.links import LinkProfile, get_profile
+from tierflow.types import Tier
+from tierflow.types.links import BACKHAUL, LinkProfile, chain, get_profile
 
-BACKHAUL = "datacenter"  # edge <-> cloud
+DEVICE_EDGE = "device->edge"
+DEVICE_CLOUD = "device->cloud"
+EDGE_CLOUD = "edge->cloud"
+
+
+@dataclass(frozen=True)
+class EntrySettings:
+    """The device node that serves the public API (the deployment's entry point) and how it plans."""
+
+    store: str  # a SQLite file or a redis:// url: contexts and API keys
+    http: str = "127.0.0.1:8700"
+    spans: str | None = None  # fixed layer spans, "device=0-1,edge=2-4,cloud=5-6"; None: planned
+    memory_mib: Mapping[Tier, float] = field(default_factory=dict)  # SIMULATED budgets per tier
+    kv_mib: float = 256.0
+    expires_in: float = 3600.0
+    device_slowdown: float = 1.0
+
+    def node_args(self, tier: Tier) -> list[str]:
+        """The ``tierflow node`` options these settings give ``tier``'s process."""
+        args = ["--kv-mib", str(self.kv_mib)]
+        if tier in self.memory_mib:
+            args += ["--memory", str(self.memory_mib[tier])]
+        if tier is Tier.DEVICE:
+            args += ["--store", self.store, "--http", self.http, "--expires-in", str(self.expires_in)]
+            args += ["--spans", self.spans] if self.spans else []
+        return args
 
 
 @dataclass
@@ -24,23 +59,56 @@ class LocalDeployment:
     """Edge and cloud nodes plus the links between the tiers; ``stop()`` ends them all."""
 
     certs: Path
+    backhaul: LinkProfile = BACKHAUL
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
     links: dict[str, LinkEmulator] = field(default_factory=dict)
 
+    @property
+    def api(self) -> str | None:
+        """The entry point's base URL, when the deployment has one."""
+        device = self.nodes.get(Tier.DEVICE)
+        return f"http://{device.http}" if device is not None else None
+
     def describe(self) -> dict[str, object]:
         return {
+            "api": self.api,
             "certs": str(self.certs),
             "nodes": {
-                n: {"data_plane": p.data_plane, "http": p.http, "model_id": p.model_id}
+                n: {"data_plane": p.data_plane, "http": p.http, "model_id": p.model_id, "pid": p.process.pid}
                 for n, p in self.nodes.items()
             },
             "device_links": {n: link.hostport for n, link in self.links.items() if n.startswith("device->")},
-            "profile": self.links["device->edge"].profile.name if "device->edge" in self.links else None,
+            "profile": self.links[DEVICE_EDGE].profile.name if DEVICE_EDGE in self.links else None,
+            "backhaul": self.backhaul.describe(),
         }
+
+    @property
+    def peers(self) -> dict[str, str]:
+        """Where the device reaches each remote tier (the device end of its links)."""
+        return {
+            Tier.EDGE.value: self.links[DEVICE_EDGE].hostport,
+            Tier.CLOUD.value: self.links[DEVICE_CLOUD].hostport,
+        }
+
+    @property
+    def access(self) -> LinkProfile:
+        """The device's access link in force."""
+        return self.links[DEVICE_EDGE].profile
+
+    def hop_profile(self, a: str, b: str) -> LinkProfile:
+        """The link a request meets between tiers ``a`` and ``b`` (either order)."""
+        pair = {a, b}
+        if pair == {Tier.DEVICE, Tier.EDGE}:
+            return self.access
+        if pair == {Tier.EDGE, Tier.CLOUD}:
+            return self.backhaul
+        if pair == {Tier.DEVICE, Tier.CLOUD}:
+            return chain(self.access, self.backhaul)
+        raise ValueError(f"no link between {a} and {b}")
 
     def set_profile(self, profile: LinkProfile | str) -> None:
         """Change the device's access link live (both device links)."""
-        for name in ("device->edge", "device->cloud"):
+        for name in (DEVICE_EDGE, DEVICE_CLOUD):
             self.links[name].set_profile(profile)
 
     def stop(self) -> None:
@@ -54,38 +122,83 @@ class LocalDeployment:
 def deploy_local(
     model: str | Path,
     certs: Path,
-    profile: str = "4g",
+    profile: str | LinkProfile = "4g",
     *,
     threads: int = 1,
     edge_slowdown: float = 1.0,
+    cloud_slowdown: float = 1.0,
+    backhaul: LinkProfile = BACKHAUL,
+    target: str | None = None,
+    seed: int | None = None,
     log_dir: Path | None = None,
+    entry: EntrySettings | None = None,
 ) -> LocalDeployment:
     """Start cloud and edge nodes serving ``model`` and the emulated links between the tiers.
 
+    With ``entry``, a device node too: the entry point that serves the public API, runs its own
+    layer span and reaches the other tiers through the device ends of the links.
+
     ``certs`` is created with a CA and device/edge/cloud certificates when it does not exist.
+    ``target`` makes both nodes serve that target of a ``.tfm`` package (default: each tier's own);
+    ``seed`` makes the links' jitter and loss reproducible (the three links get seed, seed+1, seed+2).
     """
-    access = get_profile(profile)  # a bad name fails before anything starts
+    access = get_profile(profile) if isinstance(profile, str) else profile  # a bad name fails first
     if not (certs / "ca.crt").exists():
-        init_pki(certs, ["device", "edge", "cloud"])
-    deployment = LocalDeployment(certs)
+        init_pki(certs, [t.value for t in Tier])
+    deployment = LocalDeployment(certs, backhaul)
     log = (lambda tier: log_dir / f"{tier}.log") if log_dir else (lambda tier: None)
+    seeds = (None, None, None) if seed is None else (seed, seed + 1, seed + 2)
+
+    def extra(tier: Tier) -> list[str]:
+        return entry.node_args(tier) if entry is not None else []
+
     try:
-        cloud = start_node("cloud", model, certs, threads=threads, log=log("cloud"))
-        deployment.nodes["cloud"] = cloud
-        backhaul = LinkEmulator(cloud.data_plane, BACKHAUL).start()
-        deployment.links["edge->cloud"] = backhaul
-        edge = start_node(
-            "edge",
+        cloud = start_node(
+            Tier.CLOUD.value,
             model,
             certs,
-            peers={"cloud": backhaul.hostport},
+            threads=threads,
+            slowdown=cloud_slowdown,
+            log=log(Tier.CLOUD),
+            target_override=target,
+            extra_args=extra(Tier.CLOUD),
+        )
+        deployment.nodes[Tier.CLOUD] = cloud
+        link = LinkEmulator(cloud.data_plane, backhaul, seed=seeds[0]).start()
+        deployment.links[EDGE_CLOUD] = link
+        edge = start_node(
+            Tier.EDGE.value,
+            model,
+            certs,
+            peers={Tier.CLOUD.value: link.hostport},
             threads=threads,
             slowdown=edge_slowdown,
-            log=log("edge"),
+            log=log(Tier.EDGE),
+            target_override=target,
+            extra_args=extra(Tier.EDGE),
         )
-        deployment.nodes["edge"] = edge
-        deployment.links["device->edge"] = LinkEmulator(edge.data_plane, access).start()
-        deployment.links["device->cloud"] = LinkEmulator(backhaul.hostport, access).start()
+        deployment.nodes[Tier.EDGE] = edge
+        deployment.links[DEVICE_EDGE] = LinkEmulator(edge.data_plane, access, seed=seeds[1]).start()
+        # the device's way to the cloud: the access link, then the same backhaul the edge uses
+        deployment.links[DEVICE_CLOUD] = LinkEmulator(link.hostport, access, seed=seeds[2]).start()
+        if entry is not None:
+            estimates = {
+                "device-edge": access.name,
+                "edge-cloud": backhaul.name,
+                "device-cloud": chain(access, backhaul).name,
+            }
+            links = [arg for pair, name in estimates.items() for arg in ("--link", f"{pair}={name}")]
+            deployment.nodes[Tier.DEVICE] = start_node(
+                Tier.DEVICE.value,
+                model,
+                certs,
+                peers=deployment.peers,
+                threads=threads,
+                slowdown=entry.device_slowdown,
+                log=log(Tier.DEVICE),
+                target_override=target,
+                extra_args=[*extra(Tier.DEVICE), *links],
+            )
     except BaseException:
         deployment.stop()
         raise

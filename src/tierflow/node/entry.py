@@ -23,7 +23,9 @@ def link_estimates(links: dict[str, str]) -> dict[frozenset[Tier], LinkProfile]:
         try:
             out[frozenset((Tier(a), Tier(b)))] = get_profile(profile)
         except ValueError:
-            raise ConfigError(f"a link is named 'tier-tier' (device-edge, edge-cloud, ...), not {pair!r}") from None
+            raise ConfigError(
+                f"a link is named 'tier-tier' (device-edge, edge-cloud, ...), not {pair!r}"
+            ) from None
     return out
 
 
@@ -35,7 +37,9 @@ def entry_point(config: NodeConfig, hop: LMHop, label: str) -> APIState:
     if document is None:
         raise ConfigError("the model carries no tokenizer: the API needs one to take text")
     lm = ShardedLM(
-        hop, Tokenizer.from_json(document), model_name=label.rsplit("/", 1)[-1].removesuffix(".onnx"),
+        hop,
+        Tokenizer.from_json(document),
+        model_name=label.rsplit("/", 1)[-1].removesuffix(".onnx"),
         max_seq_len=md.max_seq_len(model),
         fixed_spans=parse_spans(config.spans, hop.runner.num_layers) if config.spans else None,
         links=link_estimates(config.links),

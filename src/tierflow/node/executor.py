@@ -13,13 +13,14 @@ import numpy as np
 import onnx
 
 from tierflow.errors import UnsupportedModelError
-from tierflow.model import lm_contract as lc
+from tierflow.model import metadata as md
 from tierflow.model.lm_contract import LMSignature
 from tierflow.model.registry import resolve_model
 from tierflow.runtime.image import ImageGenerator, ImageResult
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions, active_provider, metadata, open_session
 from tierflow.runtime.stages import StageRunner, simulate_slowdown
+from tierflow.types import ModelKind, Tier
 
 
 @dataclass
@@ -55,8 +56,17 @@ class NodeExecutor:
         self.provider = active_provider(session)
         names = [i.name for i in session.get_inputs()]
         self._lm = CausalLM(session) if LMSignature.is_causal_lm(names) else None
-        kind = metadata(session).get(lc.META_KIND)
-        self._image = ImageGenerator(session, self.stages.cutter.model) if kind == "image-generator" else None
+        image = md.kind(metadata(session)) == ModelKind.IMAGE_GENERATOR
+        self._image = ImageGenerator(session, self.stages.cutter.model) if image else None
+
+    @property
+    def is_lm(self) -> bool:
+        """Whether the node's model is a causal LM (it then serves layer spans too)."""
+        return self._lm is not None
+
+    @property
+    def lm(self) -> CausalLM | None:
+        return self._lm
 
     def run_stage(self, tensors: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """Compute ``outputs`` (all graph outputs when empty) from ``tensors``."""
@@ -68,10 +78,13 @@ class NodeExecutor:
         return result
 
     def generate_image(
-        self, prompt: str | None, resolution: int, refine: bool, seed: int | None
+        self, prompt: str | None, resolution: int, refine: bool | None, seed: int | None
     ) -> ImageResult:
+        """``refine`` None: refine when the model has a refiner stage (as a local target does)."""
         if self._image is None:
             raise UnsupportedModelError("this node's model is not an image generator")
+        if refine is None:
+            refine = self._image.has_refiner
         started = time.perf_counter()
         result = self._image.generate(prompt, resolution, refine=refine, seed=seed)
         self.stats.setdefault("generate_image", StageStats()).add(simulate_slowdown(started, self.slowdown))
@@ -91,7 +104,8 @@ class NodeExecutor:
         }
 
 
-TIER_TARGETS = {"device": "phone", "edge": "edge", "cloud": "cloud"}
+# the package target a tier serves by default
+TIER_TARGETS: dict[str, str] = {Tier.DEVICE: "phone", Tier.EDGE: "edge", Tier.CLOUD: "cloud"}
 
 
 def model_id(model_bytes: bytes) -> str:

@@ -8,6 +8,7 @@ import selectors
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,12 @@ def start_node(
     startup_timeout: float = 60.0,
     log: Path | None = None,
     target_override: str | None = None,
+    extra_args: Sequence[str] = (),
 ) -> NodeProcess:
-    """Start ``tierflow node`` in a new process and wait for its ready line."""
+    """Start ``tierflow node`` in a new process and wait for its ready line.
+
+    ``extra_args`` are more ``tierflow node`` options (``--http``, ``--store``, ``--spans``, ...).
+    """
     argv = [
         sys.executable,
         "-m",
@@ -68,6 +73,7 @@ def start_node(
         argv += ["--target", target_override]
     for name, address in (peers or {}).items():
         argv += ["--peer", f"{name}={address}"]
+    argv += list(extra_args)
     stderr = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 -- owned by the child
     env = {**os.environ, "OMP_NUM_THREADS": str(max(threads, 1))}
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, env=env)

@@ -11,14 +11,21 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
+import onnx
 import uvicorn
+from fastapi import FastAPI
 
+from tierflow.api.app import mount as mount_api
+from tierflow.api.routes import APIState
+from tierflow.engine.lm_hop import LM_OPS, LMHop
 from tierflow.errors import ModelNotFoundError, TierUnavailableError, UnsupportedModelError
 from tierflow.node.config import NodeConfig, parse_hostport
 from tierflow.node.control import NodeMetrics, NodeState, create_app
+from tierflow.node.entry import entry_point
 from tierflow.node.executor import NodeExecutor, load_node_model
 from tierflow.runtime.lm import SamplingConfig
 from tierflow.runtime.session import SessionOptions
@@ -32,7 +39,7 @@ from tierflow.transport.messages import (
     StageRequest,
     StageResponse,
 )
-from tierflow.transport.peers import PeerClients
+from tierflow.transport.peers import PeerClients, Peers
 from tierflow.transport.route import (
     COMPUTE_PREFIX,
     RETURN_KEY,
@@ -43,6 +50,7 @@ from tierflow.transport.route import (
     encode_route,
 )
 from tierflow.transport.tls import load_identity
+from tierflow.types import Tier
 
 # Operations a node answers on the data plane.
 OP_RUN = "run"  # compute request.outputs from request.inputs (a stage of the node's model)
@@ -52,7 +60,9 @@ OP_INFO = "info"  # the node's tier, model id, provider and measured stage times
 
 
 class NodeServer:
-    def __init__(self, config: NodeConfig) -> None:
+    """``peers``: how the node reaches its next tiers (default: the data plane to ``config.peers``)."""
+
+    def __init__(self, config: NodeConfig, peers: Peers | None = None) -> None:
         self.config = config
         model_bytes, label = load_node_model(config.model, config.tier.value, config.target)
         executor = NodeExecutor(
@@ -62,10 +72,26 @@ class NodeServer:
         self.state = NodeState(config, executor, NodeMetrics(), extra_registries=[self.dp_metrics.registry])
         self.identity = load_identity(config.certs, config.cert_name)
         self.data_plane = DataPlaneServer(self.identity, self.handle, metrics=self.dp_metrics)
-        self.peers = PeerClients(self.identity, config.peers, self.dp_metrics)
+        self.peers: Peers = (
+            peers if peers is not None else PeerClients(self.identity, config.peers, self.dp_metrics)
+        )
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self.http_address: str | None = None
+        self.lm_hop: LMHop | None = None
+        self.api: APIState | None = None
+        if executor.is_lm:
+            self.lm_hop = LMHop(
+                onnx.load_from_string(model_bytes),
+                config.tier.value,
+                self.peers,
+                options=SessionOptions(intra_op_threads=config.threads),
+                slowdown=config.slowdown,
+                kv_capacity_bytes=int(config.kv_mib * 2**20),
+                memory_bytes=int(config.memory_mib * 2**20) if config.memory_mib else None,
+            )
+            if config.tier is Tier.DEVICE and config.store:
+                self.api = entry_point(config, self.lm_hop, label)
 
     @property
     def executor(self) -> NodeExecutor:
@@ -92,6 +118,8 @@ class NodeServer:
         return response
 
     async def _dispatch(self, request: StageRequest) -> StageResponse:
+        if request.op in LM_OPS and self.lm_hop is not None:
+            return await self.lm_hop.handle(request)
         if request.op == OP_RUN:
             return await self._run(request)
         if request.op == OP_GENERATE_IMAGE:
@@ -100,7 +128,7 @@ class NodeServer:
                 self.executor.generate_image,
                 str(meta["prompt"]) if "prompt" in meta else None,
                 int(meta.get("resolution", 256)),
-                bool(meta.get("refine", False)),
+                bool(meta["refine"]) if "refine" in meta else None,  # None: the model refines if it can
                 int(meta["seed"]) if "seed" in meta else None,
             )
             return StageResponse(
@@ -116,12 +144,16 @@ class NodeServer:
             )
         if request.op == OP_GENERATE:
             meta = request.meta
+            default = SamplingConfig()  # what a missing option means: the default decoding
             config = SamplingConfig(
                 max_new_tokens=int(meta.get("max_tokens", 48)),
-                temperature=float(meta.get("temperature", 0.0)),
-                top_k=int(meta.get("top_k", 0)),
-                top_p=float(meta.get("top_p", 1.0)),
+                temperature=float(meta.get("temperature", default.temperature)),
+                top_k=int(meta.get("top_k", default.top_k)),
+                top_p=float(meta.get("top_p", default.top_p)),
+                repeat_penalty=float(meta.get("repeat_penalty", default.repeat_penalty)),
+                repeat_last_n=int(meta.get("repeat_last_n", default.repeat_last_n)),
                 seed=int(meta["seed"]) if "seed" in meta else None,
+                stop_token_ids=tuple(json.loads(str(meta.get("stop_token_ids", "[]")))),
             )
             out = await asyncio.to_thread(self.executor.generate, str(meta.get("prompt", "")), config)
             return StageResponse(
@@ -189,11 +221,12 @@ class NodeServer:
         host, _ = parse_hostport(self.config.listen)
         port = await self.data_plane.start(self.config.listen)
         self.state.data_plane_address = f"{host}:{port}"
+        if self.api is not None:
+            await self.api.conversations.lm.start()  # probe the tiers, plan the layer spans
+            self.api.conversations.start_purging()
         http_host, http_port = parse_hostport(self.config.http)
-        self._http = uvicorn.Server(
-            uvicorn.Config(
-                create_app(self.state), host=http_host, port=http_port, log_level="warning", lifespan="off"
-            )
+        self._http = _ControlServer(
+            uvicorn.Config(self._app(), host=http_host, port=http_port, log_level="warning", lifespan="off")
         )
         self._http_task = asyncio.create_task(self._http.serve())
         while not self._http.started:
@@ -206,8 +239,17 @@ class NodeServer:
         self.state.ready = True
         return {"data_plane": self.state.data_plane_address, "http": self.http_address}
 
+    def _app(self) -> FastAPI:
+        app = create_app(self.state)
+        return mount_api(app, self.api) if self.api is not None else app
+
     async def stop(self) -> None:
         self.state.ready = False
+        if self.api is not None:
+            await self.api.conversations.stop()
+            self.api.store.close()
+        if self.lm_hop is not None:
+            self.lm_hop.kv.clear()
         await self.peers.close()
         await self.data_plane.stop()
         if self._http is not None and self._http_task is not None:
@@ -216,8 +258,21 @@ class NodeServer:
                 await self._http_task
 
 
-async def serve(config: NodeConfig) -> None:
-    """Run a node until cancelled; print one JSON line with its addresses once it is ready."""
+class _ControlServer(uvicorn.Server):
+    """uvicorn without its own SIGINT / SIGTERM handlers: the process's signals belong to whoever runs
+    the node (``tierflow node`` stops it through :func:`serve`'s ``stop``). uvicorn's would stop only the
+    control plane, then re-raise the signal -- a no-op in a process that inherited SIGINT ignored."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(config: NodeConfig, stop: Callable[[], Awaitable[object]] | None = None) -> None:
+    """Run a node until ``stop()`` returns (default: until cancelled), then shut it down cleanly.
+
+    Prints one JSON line with its addresses once it is ready.
+    """
     node = NodeServer(config)
     addresses = await node.start()
     sys.stdout.write(
@@ -233,6 +288,6 @@ async def serve(config: NodeConfig) -> None:
     )
     sys.stdout.flush()
     try:
-        await asyncio.Event().wait()
+        await (stop() if stop is not None else asyncio.Event().wait())
     finally:
         await node.stop()

@@ -35,8 +35,9 @@ from pydantic import BaseModel, ConfigDict
 from tierflow.errors import PlanError
 from tierflow.planner.graph import TensorInfo, UnitGraph
 from tierflow.planner.power import effective_energy_weight
-from tierflow.planner.snapshot import Compression, Snapshot
+from tierflow.planner.snapshot import Snapshot
 from tierflow.types.links import Direction
+from tierflow.types.quant import QuantMode
 
 INF = math.inf
 FRAME_FIXED_BYTES = 36  # frame header before the shape (tierflow.wire.frame)
@@ -44,14 +45,16 @@ FRAME_TAG_BYTES = 16  # AES-GCM tag
 SCALE_BYTES = 4  # one float32 scale per tensor in int8 mode
 
 
-def wire_bytes(tensor: TensorInfo, compression: Compression) -> int:
+def wire_bytes(tensor: TensorInfo, compression: QuantMode) -> int:
     """Bytes one secure frame carrying ``tensor`` puts on the link."""
     header = FRAME_FIXED_BYTES + 4 * len(tensor.shape) + FRAME_TAG_BYTES
     n = tensor.elements
-    if not tensor.is_float or compression == "raw":
+    if not tensor.is_float or compression == QuantMode.RAW:
         payload = tensor.nbytes
-    elif compression == "fp16":
+    elif compression == QuantMode.FP16:
         payload = min(2 * n, tensor.nbytes)
+    elif compression == QuantMode.INT8_CHANNEL:  # a scale per slice of the last axis
+        payload = n + SCALE_BYTES * (tensor.shape[-1] if tensor.shape else 1)
     else:
         payload = n + SCALE_BYTES
     return header + payload

@@ -27,7 +27,9 @@ from tierflow.errors import InvalidInputError
 from tierflow.planner.graph import UnitGraph
 from tierflow.planner.power import DevicePower
 from tierflow.planner.profile import TierProfile
-from tierflow.planner.snapshot import Compression, LinkState, Snapshot, TierState
+from tierflow.planner.snapshot import LinkState, Snapshot, TierState
+from tierflow.types.links import Direction
+from tierflow.types.quant import QuantMode
 
 
 @dataclass
@@ -135,14 +137,16 @@ class LinkEstimator:
             self.last_change_s = time.monotonic() if now is None else now
 
     def observe_transfer(
-        self, nbytes: int, seconds: float, direction: str = "up", now: float | None = None
+        self, nbytes: int, seconds: float, direction: Direction = Direction.UP, now: float | None = None
     ) -> None:
-        """``nbytes`` went ``direction`` ("up" = a -> b), acknowledged ``seconds`` after sending began."""
-        if direction not in ("up", "down"):
-            raise InvalidInputError(f"direction must be 'up' or 'down', got {direction!r}")
+        """``nbytes`` went ``direction`` (up = a -> b), acknowledged ``seconds`` after sending began."""
+        try:
+            direction = Direction(direction)
+        except ValueError:
+            raise InvalidInputError(f"direction must be 'up' or 'down', got {direction!r}") from None
         if nbytes < 0 or seconds <= 0 or not math.isfinite(seconds):
             raise InvalidInputError("a transfer needs bytes >= 0 and a finite duration > 0")
-        figure = self.up if direction == "up" else self.down
+        figure = self.up if direction is Direction.UP else self.down
         bw = figure.value
         if nbytes < self.probe_bytes:
             sample = seconds - (nbytes * 8.0 / bw if bw else 0.0)
@@ -233,7 +237,7 @@ class SnapshotSource:
     profiles: Mapping[str, TierProfile]
     links: Sequence[LinkEstimator]
     monitor: DeviceMonitor | None = None
-    compression: Compression = "int8"
+    compression: QuantMode = QuantMode.INT8
     energy_weight: float = 0.0
     power: DevicePower = field(default_factory=DevicePower)
     privacy: bool = False

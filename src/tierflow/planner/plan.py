@@ -21,6 +21,7 @@ from tierflow.errors import PlanError
 from tierflow.planner.cost import Prediction
 from tierflow.planner.graph import UnitGraph
 from tierflow.types.links import Direction
+from tierflow.types.plans import PlanKind
 
 
 class StageRunning(Protocol):
@@ -97,10 +98,12 @@ class Plan(_Frozen):
                 parts.append(f"({s.tier})")
         return " -> ".join(parts) if parts else "(nothing)"
 
-    def kind(self) -> str:
-        """``device-only``, ``cloud-only``, ``device+cloud``, ``device+edge+cloud``, ..."""
-        used = self.tiers_used
-        return f"{used[0]}-only" if len(used) == 1 else "+".join(used)
+    def kind(self) -> PlanKind:
+        """Which tiers compute: ``device-only``, ``cloud-only``, ``device+cloud``, ``device+edge+cloud``, ...
+
+        Raises :class:`PlanError` for a plan on a tier other than device, edge and cloud.
+        """
+        return PlanKind.of(self.tiers_used)
 
 
 def stages_for(graph: UnitGraph, path: Sequence[str], labels: Sequence[int]) -> tuple[Stage, ...]:

@@ -16,21 +16,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tierflow.errors import ConfigError
 from tierflow.planner.graph import UnitGraph
 from tierflow.planner.power import DevicePower
-from tierflow.types.links import LinkProfile
+from tierflow.types.links import BACKHAUL, LinkProfile, chain
+from tierflow.types.quant import QuantMode
+from tierflow.types.tiers import Tier
 
-DEVICE = "device"
-EDGE = "edge"
-CLOUD = "cloud"
-TIER_ORDER = (DEVICE, EDGE, CLOUD)
-
-Compression = Literal["raw", "fp16", "int8"]
 MAX_LOAD = 0.9  # a load above this counts as this: compute scales by at most 10x
 
 
@@ -84,7 +79,7 @@ class Snapshot(_Frozen):
     time_s: float = 0.0
     tiers: tuple[TierState, ...]
     links: tuple[LinkState, ...]
-    compression: Compression = "int8"
+    compression: QuantMode = QuantMode.INT8
     energy_weight: float = Field(default=0.0, ge=0.0, description="w in score = latency + w * energy (s/J)")
     battery: float | None = Field(default=None, ge=0.0, le=1.0, description="0..1; None = mains / unknown")
     power: DevicePower = DevicePower()
@@ -93,7 +88,7 @@ class Snapshot(_Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> Snapshot:
         names = [t.name for t in self.tiers]
-        if not names or names[0] != DEVICE:
+        if not names or names[0] != Tier.DEVICE:
             raise ValueError("the first tier must be the device")
         if len(set(names)) != len(names):
             raise ValueError("tier names must be unique")
@@ -164,36 +159,27 @@ class Trace(_Frozen):
 def tiers_in_order(names: Iterable[str]) -> tuple[str, ...]:
     """``names`` sorted device -> edge -> cloud (other names after, in the given order)."""
     given = list(dict.fromkeys(names))
-    known = [n for n in TIER_ORDER if n in given]
-    return tuple(known + [n for n in given if n not in TIER_ORDER])
-
-
-# The link between an edge box and the cloud when nothing better is known: metro fibre from a
-# base station or factory to a cloud region (1 Gbit/s each way, 10 ms RTT). See docs/PLANNER.md.
-BACKHAUL = LinkProfile(name="backhaul", down_bps=1e9, up_bps=1e9, rtt_s=0.010, jitter_s=0.001)
+    known = [t.value for t in Tier if t in given]
+    return tuple(known + [n for n in given if n not in known])
 
 
 def links_for(
-    access: LinkProfile, backhaul: LinkProfile = BACKHAUL, tiers: Iterable[str] = TIER_ORDER
+    access: LinkProfile, backhaul: LinkProfile = BACKHAUL, tiers: Iterable[str] = tuple(Tier)
 ) -> tuple[LinkState, ...]:
     """Links between the tiers when the device reaches the network over ``access``.
 
-    device-edge is the access link; edge-cloud is ``backhaul``; device-cloud goes over
-    the access link and then the backhaul (the slower of the two bandwidths each way,
-    the sum of the RTTs) without stopping at the edge box.
+    device-edge is the access link; edge-cloud is ``backhaul`` (by default
+    :data:`tierflow.types.links.BACKHAUL`); device-cloud goes over the access link and then the
+    backhaul (:func:`tierflow.types.links.chain`: the slower of the two bandwidths each way, the
+    sum of the RTTs) without stopping at the edge box.
     """
     names = set(tiers)
     links: list[LinkState] = []
-    if EDGE in names:
-        links.append(LinkState.from_profile(DEVICE, EDGE, access))
-    if EDGE in names and CLOUD in names:
-        links.append(LinkState.from_profile(EDGE, CLOUD, backhaul))
-    if CLOUD in names:
-        if access.offline or backhaul.offline:
-            links.append(LinkState(a=DEVICE, b=CLOUD, up_bps=0.0, down_bps=0.0, rtt_s=access.rtt_s))
-        else:
-            links.append(LinkState(
-                a=DEVICE, b=CLOUD, up_bps=min(access.up_bps, backhaul.up_bps),
-                down_bps=min(access.down_bps, backhaul.down_bps), rtt_s=access.rtt_s + backhaul.rtt_s,
-            ))
+    device, edge, cloud = Tier.DEVICE, Tier.EDGE, Tier.CLOUD
+    if edge in names:
+        links.append(LinkState.from_profile(device, edge, access))
+    if edge in names and cloud in names:
+        links.append(LinkState.from_profile(edge, cloud, backhaul))
+    if cloud in names:
+        links.append(LinkState.from_profile(device, cloud, chain(access, backhaul)))
     return tuple(links)

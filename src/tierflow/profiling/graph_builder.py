@@ -26,9 +26,7 @@ are kept: nothing else can cross a cut.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,12 +40,11 @@ from onnx import helper
 
 from tierflow.errors import InvalidInputError, InvalidModelError
 from tierflow.model import lm_contract as lc
+from tierflow.model import metadata as md
+from tierflow.model.feeds import random_feeds, resolve_shape
 from tierflow.model.onnx_build import node_macs
 from tierflow.planner.graph import GRANULARITIES, Granularity, TensorInfo, Unit, UnitGraph
-from tierflow.runtime.generic import BATCH_DEFAULT, DIM_DEFAULT, is_batch_like
 
-META_BLOCKS = "tierflow.blocks"
-META_DIMS = "tierflow.dims"
 LM_SEQ_DEFAULT = 32  # prompt length planned for when a causal LM's sequence length is not given
 HEAVY_OPS = frozenset({
     "Conv", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger", "QLinearConv", "QLinearMatMul",
@@ -82,34 +79,16 @@ def default_input_shapes(
     """Concrete input shapes to plan for.
 
     Symbolic dimensions take, in order: ``dims`` (by symbol name), the model's
-    ``tierflow.dims`` metadata, then 1 for batch-like and 8 for other axes. A causal
+    ``tierflow.dims`` metadata, then the defaults of :mod:`tierflow.model.feeds`. A causal
     LM is planned for a prompt (prefill): ``seq`` = 32 new tokens and ``past`` = 0
     unless ``dims`` says otherwise.
     """
-    meta = {p.key: p.value for p in model.metadata_props}
-    sizes: dict[str, int] = {}
-    raw = meta.get(META_DIMS)
-    if raw:
-        with contextlib.suppress(ValueError, TypeError, AttributeError):  # a bad hint only loses the hint
-            sizes.update({str(k): int(v) for k, v in json.loads(raw).items()})
     given = dict(dims or {})
-    sizes.update(given)
     inputs = graph_inputs(model)
     if lc.LMSignature.is_causal_lm([i.name for i in inputs]):
         return _lm_shapes(inputs, given)
-    shapes: dict[str, tuple[int, ...]] = {}
-    for value in inputs:
-        shape: list[int] = []
-        for axis, d in enumerate(_dims(value)):
-            if isinstance(d, int) and d >= 0:
-                shape.append(d)
-            elif isinstance(d, str) and d in sizes:
-                shape.append(sizes[d])
-            else:
-                batch = is_batch_like(d if isinstance(d, str) else None, axis)
-                shape.append(BATCH_DEFAULT if batch else DIM_DEFAULT)
-        shapes[value.name] = tuple(shape)
-    return shapes
+    sizes = {**md.dims(model), **given}
+    return {value.name: resolve_shape(_dims(value), sizes) for value in inputs}
 
 
 def _lm_shapes(inputs: list[onnx.ValueInfoProto], dims: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
@@ -131,18 +110,9 @@ def _lm_shapes(inputs: list[onnx.ValueInfoProto], dims: Mapping[str, int]) -> di
 
 
 def example_feeds(graph: UnitGraph, specs: Mapping[str, str], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs at the graph's shapes: floats standard normal, integers in [0, 10)."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for name, shape in graph.input_shapes.items():
-        dtype = np.dtype(specs[name])
-        if np.issubdtype(dtype, np.floating):
-            feeds[name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[name] = rng.random(shape) < 0.5
-        else:
-            feeds[name] = rng.integers(0, 10, size=shape).astype(dtype)
-    return feeds
+    """Seeded inputs at the graph's shapes (``specs``: input -> dtype), by :mod:`tierflow.model.feeds`."""
+    shapes = graph.input_shapes
+    return random_feeds(((name, np.dtype(specs[name]), shape) for name, shape in shapes.items()), seed)
 
 
 def input_dtypes(model: onnx.ModelProto) -> dict[str, str]:
@@ -430,13 +400,7 @@ def build_unit_graph(
     nodes = _Nodes(model)
     if not nodes.live:
         raise InvalidModelError("the model computes nothing: no node leads to an output")
-    meta = {p.key: p.value for p in model.metadata_props}
-    blocks: list[str] = []
-    if META_BLOCKS in meta:
-        try:
-            blocks = [str(b) for b in json.loads(meta[META_BLOCKS])]
-        except (ValueError, TypeError):
-            raise InvalidModelError(f"{META_BLOCKS} metadata is not a JSON list of tensor names") from None
+    blocks = md.blocks(model) or []
 
     group = _choose_groups(nodes, granularity, blocks)
     q = _quotient(nodes, group)
@@ -503,12 +467,7 @@ def _tensor_infos(
         typed[name] = (dtypes[name], shape)
     unsized = [x for x in boundary if typed.get(x, ("", None))[1] is None]
     if unsized:
-        rng = np.random.default_rng(0)
-        feeds = {
-            n: (rng.standard_normal(s).astype(dtypes[n]) if np.issubdtype(np.dtype(dtypes[n]), np.floating)
-                else np.zeros(s, dtypes[n]))
-            for n, s in shapes.items()
-        }
+        feeds = random_feeds((n, np.dtype(dtypes[n]), s) for n, s in shapes.items())
         typed.update(_measure_sizes(model, unsized, feeds))
     graph_outputs = set(nodes.outputs)
     tensors: dict[str, TensorInfo] = {}
@@ -563,7 +522,7 @@ def _choose_groups(nodes: _Nodes, granularity: str, blocks: list[str]) -> dict[i
         if by_blocks is not None:
             return by_blocks
     if granularity == "blocks":
-        raise InvalidModelError(f"the model has no usable {META_BLOCKS} metadata; try --granularity layers")
+        raise InvalidModelError(f"the model has no usable {md.BLOCKS} metadata; try --granularity layers")
     if granularity == "node":
         return {i: Group.node(i) for i in nodes.live}
     singles = {i: Group.node(i) for i in nodes.live}

@@ -1,1 +1,1 @@
-"""Routing: the task-resource matrix and SLA / energy policies (pure functions over measurements). To be built."""
+"""Routing: the task-resource matrix and SLA / energy policies (pure functions over measurements)."""

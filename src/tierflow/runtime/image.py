@@ -39,8 +39,10 @@ import onnxruntime as ort
 from PIL import Image
 
 from tierflow.errors import InvalidInputError, UnsupportedModelError
+from tierflow.model import metadata as md
 from tierflow.model.partition import GraphCutter
 from tierflow.runtime.session import SessionOptions, active_provider, metadata, open_session
+from tierflow.types import ModelKind
 
 NOISE = "noise"
 COND = "cond"
@@ -137,10 +139,10 @@ class ImageGenerator:
         meta = metadata(session)
         self.latent_channels: int = noise_shape[1]
         self.cond_dim: int = cond_shape[1]
-        self.latent_factor = int(meta.get("tierflow.latent_factor", DEFAULT_LATENT_FACTOR))
-        refiner = meta.get("tierflow.refiner_output", DEFAULT_REFINER_OUTPUT)
+        self.latent_factor = md.latent_factor(meta) or DEFAULT_LATENT_FACTOR
+        refiner = md.refiner_output(meta) or DEFAULT_REFINER_OUTPUT
         self.refiner_output: str | None = refiner if refiner in outputs else None
-        self.resolutions = tuple(int(r) for r in meta.get("tierflow.resolutions", "").split(",") if r.strip())
+        self.resolutions = tuple(md.resolutions(meta))
 
     @classmethod
     def open(cls, model: str | Path | bytes, options: SessionOptions | None = None) -> ImageGenerator:
@@ -213,7 +215,7 @@ class ImageGenerator:
 
 def is_image_generator(session: ort.InferenceSession) -> bool:
     """Whether ``session`` looks like an image generator (by metadata kind or by its input names)."""
-    if metadata(session).get("tierflow.kind") == "image-generator":
+    if md.kind(metadata(session)) == ModelKind.IMAGE_GENERATOR:
         return True
     names = {i.name for i in session.get_inputs()}
     return {NOISE, COND} <= names and IMAGE in {o.name for o in session.get_outputs()}

@@ -7,17 +7,19 @@ is ever recomputed.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import onnxruntime as ort
 
 from tierflow.errors import InvalidInputError, TokenizerError
 from tierflow.model import lm_contract as lc
+from tierflow.model import metadata as md
 from tierflow.model.tokenizer import Tokenizer
 from tierflow.runtime.session import (
     SessionOptions,
@@ -33,34 +35,72 @@ KVCache = list[tuple[np.ndarray, np.ndarray]]
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How to pick the next token. ``temperature == 0`` means greedy."""
+    """How to pick the next token.
+
+    The defaults are llama.cpp's and Ollama's: temperature 0.8, top-k 40, top-p 0.95 and a
+    repetition penalty of 1.1 over the last 64 tokens (prompt included), so a small model does
+    not loop. ``temperature == 0`` picks the most likely token (after the penalty);
+    :meth:`greedy` is the deterministic path without the penalty (pure argmax).
+    """
 
     max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
+    temperature: float = 0.8
+    top_k: int = 40  # 0: all tokens
+    top_p: float = 0.95  # 1: all tokens
+    repeat_penalty: float = 1.1  # 1: off; > 1 makes recent tokens less likely
+    repeat_last_n: int = 64  # how many recent tokens the penalty looks at (0: off)
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise InvalidInputError("max_new_tokens must be >= 0")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # also refuses NaN
             raise InvalidInputError("temperature must be >= 0")
         if self.top_k < 0:
             raise InvalidInputError("top_k must be >= 0")
         if not 0 < self.top_p <= 1:
             raise InvalidInputError("top_p must be in (0, 1]")
+        if not 0 < self.repeat_penalty < math.inf:
+            raise InvalidInputError("repeat_penalty must be > 0 (1 = off)")
+        if self.repeat_last_n < 0:
+            raise InvalidInputError("repeat_last_n must be >= 0")
+        if self.seed is not None and self.seed < 0:
+            raise InvalidInputError("seed must be >= 0")
+
+    @classmethod
+    def greedy(cls, max_new_tokens: int = 64, **options: Any) -> SamplingConfig:
+        """Always the most likely token, no repetition penalty: the same tokens on every run."""
+        return cls(max_new_tokens=max_new_tokens, **{"temperature": 0.0, "repeat_penalty": 1.0, **options})
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0
 
 
-def sampling_options(options: dict[str, Any]) -> tuple[SamplingConfig, Callable[[str], None] | None]:
-    """Split ``generate(prompt, **options)`` keywords into a SamplingConfig and the ``on_text`` callback."""
-    options = dict(options)
-    on_text: Callable[[str], None] | None = options.pop("on_text", None)
-    try:
-        return SamplingConfig(**options), on_text
-    except TypeError as exc:
-        raise InvalidInputError(f"unknown generation option: {exc}") from exc
+class SamplingOptions(TypedDict, total=False):
+    """The keywords of ``generate(prompt, **options)``: any field of :class:`SamplingConfig`."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    repeat_penalty: float
+    repeat_last_n: int
+    seed: int | None
+    stop_token_ids: tuple[int, ...]
+
+
+def sampling_config(config: SamplingConfig | None, options: Mapping[str, Any]) -> SamplingConfig:
+    """``config`` (default: :class:`SamplingConfig`'s defaults) with ``options`` replacing its fields."""
+    base = config if config is not None else SamplingConfig()
+    if not options:
+        return base
+    unknown = sorted(set(options) - {f.name for f in fields(SamplingConfig)})
+    if unknown:
+        known = ", ".join(SamplingOptions.__annotations__)
+        raise InvalidInputError(f"unknown generation option {unknown[0]!r} (options: {known})")
+    return replace(base, **options)
 
 
 @dataclass
@@ -80,15 +120,36 @@ class GenerationResult:
         return steps / self.decode_s if self.decode_s > 0 else 0.0
 
 
-def pick_token(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator) -> int:
-    """Choose one token id from a 1-D logits vector."""
+def apply_repeat_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float) -> np.ndarray:
+    """llama.cpp's repeat penalty: each token seen in ``recent`` has its logit divided by ``penalty``
+    when positive and multiplied by it when negative (once per token, however often it was seen)."""
+    out = logits.astype(np.float64)
+    if penalty == 1.0 or not len(recent):
+        return out
+    seen = np.unique(np.asarray(recent, dtype=np.int64))
+    seen = seen[(seen >= 0) & (seen < out.shape[-1])]
+    values = out[seen]
+    out[seen] = np.where(values > 0, values / penalty, values * penalty)
+    return out
+
+
+def pick_token(
+    logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator, recent: Sequence[int] = ()
+) -> int:
+    """Choose one token id from a 1-D logits vector; ``recent`` are the tokens before it (prompt included)."""
+    window = recent[-config.repeat_last_n :] if config.repeat_last_n else ()
+    adjusted = apply_repeat_penalty(logits, window, config.repeat_penalty)
     if config.temperature == 0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / config.temperature
-    if config.top_k:
+        return int(np.argmax(adjusted))
+    with np.errstate(over="ignore"):
+        scaled = adjusted / config.temperature
+    top = scaled.max()
+    if not np.isfinite(top):  # a temperature so small that the scaled logits overflow: the argmax
+        return int(np.argmax(adjusted))
+    if 0 < config.top_k < len(scaled):
         kth = np.partition(scaled, -config.top_k)[-config.top_k]
         scaled = np.where(scaled < kth, -np.inf, scaled)
-    probs = np.exp(scaled - scaled.max())
+    probs = np.exp(scaled - top)
     probs /= probs.sum()
     if config.top_p < 1.0:
         order = np.argsort(-probs)
@@ -107,9 +168,9 @@ class CausalLM:
         self.session = session
         self.signature = lc.LMSignature.from_specs(input_specs(session), output_specs(session))
         meta = metadata(session)
-        doc = meta.get(lc.META_TOKENIZER)
+        doc = md.tokenizer(meta)
         self.tokenizer: Tokenizer | None = Tokenizer.from_json(doc) if doc else None
-        self.max_seq_len: int | None = int(meta[lc.META_MAX_SEQ_LEN]) if lc.META_MAX_SEQ_LEN in meta else None
+        self.max_seq_len: int | None = md.max_seq_len(meta)
         self._kv_np_dtype = np.float16 if self.signature.kv_dtype == "float16" else np.float32
         self._input_names = {i.name for i in session.get_inputs()}
 
@@ -166,9 +227,11 @@ class CausalLM:
         rng = np.random.default_rng(config.seed)
         past = self.empty_cache()
         ids = np.asarray([prompt_ids], dtype=np.int64)
+        history = list(prompt_ids)  # what the repetition penalty looks back on
         for _ in range(budget):
             logits, past = self.forward(ids, past)
-            token = pick_token(logits[0, -1], config, rng)
+            token = pick_token(logits[0, -1], config, rng, history)
+            history.append(token)
             yield token
             if token in config.stop_token_ids:
                 return

@@ -67,7 +67,7 @@ class SpanRunner:
     def step(
         self, span: Span, ids: np.ndarray, past: list[KVPair], hidden: np.ndarray | None = None
     ) -> SpanOutput:
-        """Run ``ids`` [batch, seq] (and ``hidden``, entering the span) after ``past`` for the span's layers."""
+        """Run ``ids`` [batch, seq] (and ``hidden``, entering the span) after ``past`` for its layers."""
         if ids.ndim != 2 or ids.dtype != np.int64:
             raise InvalidInputError(f"input_ids must be int64 [batch, seq], got {ids.dtype} {ids.shape}")
         if len(past) != len(span.layers):
@@ -97,7 +97,11 @@ class SpanRunner:
         try:
             values = session.run(wanted, feeds)
         except Exception as exc:  # ORT reports shape/type mismatches as opaque runtime errors
-            raise InvalidInputError(f"span {span} rejected its inputs: {' '.join(str(exc).split())[:300]}") from exc
+            raise InvalidInputError(
+                f"span {span} rejected its inputs: {' '.join(str(exc).split())[:300]}"
+            ) from exc
         present = [(values[1 + 2 * j], values[2 + 2 * j]) for j in range(len(span.layers))]
         last = out_name == lc.LOGITS
-        return SpanOutput(hidden=None if last else values[0], logits=values[0] if last else None, present=present)
+        return SpanOutput(
+            hidden=None if last else values[0], logits=values[0] if last else None, present=present
+        )

@@ -3,7 +3,8 @@
 The loader reads the machine's capabilities (:mod:`tierflow.runtime.capabilities`),
 picks a target with a :class:`Policy`, checks the artifact's hash, and returns a
 :class:`TierSession` -- or a :class:`CloudProxy` with the same interface when no
-local target fits.
+local target fits. Both come in one class per kind of model, each meeting that kind's
+protocol of :mod:`tierflow.runtime.interfaces` (``TextModel``, ``ImageModel``, ``GenericModel``).
 
 Policy (docs/PACKAGE.md has the details and examples):
 
@@ -27,7 +28,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, NoReturn, Protocol, Unpack
 
 import numpy as np
 import yaml
@@ -39,15 +40,16 @@ from tierflow.errors import (
     ProxyUnavailableError,
     UnsupportedModelError,
 )
-from tierflow.model import lm_contract as lc
 from tierflow.model.package import Manifest, Package, TargetManifest
 from tierflow.model.pyramid import first_error
 from tierflow.runtime.capabilities import GB, Capabilities, detect
 from tierflow.runtime.generic import GenericRunner
 from tierflow.runtime.image import ImageGenerator, ImageResult
-from tierflow.runtime.lm import CausalLM, GenerationResult, sampling_options
+from tierflow.runtime.interfaces import GenericKind, ImageKind, LoadedModel, TextKind
+from tierflow.runtime.lm import CausalLM, GenerationResult, SamplingConfig, SamplingOptions, sampling_config
 from tierflow.runtime.providers import available_providers, ranked_providers, short_name
 from tierflow.runtime.session import SessionOptions, active_provider, open_session
+from tierflow.types import ModelKind
 
 CLOUD_PROXY = "cloud-proxy"
 POLICY_ENV = "TIERFLOW_POLICY"
@@ -209,50 +211,34 @@ def choose(manifest: Manifest, caps: Capabilities, policy: Policy = DEFAULT_POLI
 # --- sessions ----------------------------------------------------------------------------------
 
 
-class ModelSession(Protocol):
-    """The one interface of every loaded target and of the cloud proxy."""
-
-    target: str
-    decision: str
-
-    @property
-    def provider(self) -> str | None: ...
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-    def generate(self, prompt: str | None = None, **options: Any) -> GenerationResult | ImageResult: ...
+def model_kind(kind: str) -> ModelKind:
+    """A manifest's ``model.kind`` as a :class:`ModelKind` (a kind this version does not know: generic)."""
+    try:
+        return ModelKind(kind)
+    except ValueError:
+        return ModelKind.GENERIC
 
 
 class TierSession:
-    """One target of a package, open on ONNX Runtime.
+    """One target of a package, open on ONNX Runtime: :class:`TextSession`, :class:`ImageSession`
+    or :class:`GenericSession` by the package's kind (see :mod:`tierflow.runtime.interfaces`).
 
-    ``run(feeds)`` works for every model; ``generate(prompt, ...)`` for language
-    models (options of :class:`SamplingConfig` plus ``on_text``) and image
-    generators (``resolution``, ``refine``, ``seed``).
+    ``run(feeds)`` works for every model.
     """
+
+    kind: ModelKind
 
     def __init__(self, package: Package, target: str, data: bytes, decision: str, options: SessionOptions):
         self.package = package
         self.manifest = package.manifest
         self.target = target
         self.spec = package.manifest.target(target)
-        self.kind = package.manifest.model.kind
         self.decision = decision
         self.session = open_session(data, options)
-        self._lm: CausalLM | None = None
-        self._image: ImageGenerator | None = None
-        if self.kind == lc.KIND_CAUSAL_LM:
-            self._lm = CausalLM(self.session)
-        elif self.kind == "image-generator":
-            self._image = ImageGenerator(self.session)
 
     @property
     def provider(self) -> str:
         return active_provider(self.session)
-
-    @property
-    def lm(self) -> CausalLM | None:
-        return self._lm
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the artifact on ``feeds`` (every input, by name); all outputs by name."""
@@ -263,61 +249,117 @@ class TierSession:
             )
         return GenericRunner(self.session).run(dict(feeds)).arrays
 
-    def generate(self, prompt: str | None = None, **options: Any) -> GenerationResult | ImageResult:
-        if self._lm is not None:
-            if prompt is None:
-                raise InvalidInputError("a language model needs a prompt")
-            config, on_text = sampling_options(options)
-            return self._lm.generate(prompt, config, on_text=on_text)
-        if self._image is not None:
-            return self._generate_image(prompt, **options)
-        raise UnsupportedModelError(f"a {self.kind} model has no generate(); call run(feeds)")
+    def describe(self) -> str:
+        return f"target={self.target} provider={short_name(self.provider)} precision={self.spec.precision}"
 
-    def _generate_image(
+
+class TextSession(TierSession):
+    """A language model's target: ``generate(prompt, config, on_text=..., **options)``."""
+
+    kind: TextKind = ModelKind.CAUSAL_LM
+
+    def __init__(self, package: Package, target: str, data: bytes, decision: str, options: SessionOptions):
+        super().__init__(package, target, data, decision, options)
+        self.lm = CausalLM(self.session)
+
+    def generate(
         self,
-        prompt: str | None,
+        prompt: str,
+        config: SamplingConfig | None = None,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        **options: Unpack[SamplingOptions],
+    ) -> GenerationResult:
+        if prompt is None:
+            raise InvalidInputError("a language model needs a prompt")
+        return self.lm.generate(prompt, sampling_config(config, options), on_text=on_text)
+
+
+class ImageSession(TierSession):
+    """An image generator's target: ``generate(prompt, resolution=..., refine=..., seed=...)``."""
+
+    kind: ImageKind = ModelKind.IMAGE_GENERATOR
+
+    def __init__(self, package: Package, target: str, data: bytes, decision: str, options: SessionOptions):
+        super().__init__(package, target, data, decision, options)
+        self.image = ImageGenerator(self.session)
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
         resolution: int | None = None,
         refine: bool | None = None,
         seed: int | None = None,
     ) -> ImageResult:
-        assert self._image is not None
         cap = self.spec.max_resolution
         if resolution is None:
-            resolution = min(256, cap) if cap else 256
+            resolution = default_resolution(cap)
         if cap is not None and resolution > cap:
             raise InvalidInputError(
                 f"target {self.target} makes images up to {cap} px; asked for {resolution}"
             )
         if refine is None:
-            refine = self._image.has_refiner  # the cloud target refines by default
-        return self._image.generate(prompt, resolution, refine=refine, seed=seed)
+            refine = self.image.has_refiner  # the cloud target refines by default
+        return self.image.generate(prompt, resolution, refine=refine, seed=seed)
 
-    def describe(self) -> str:
-        return f"target={self.target} provider={short_name(self.provider)} precision={self.spec.precision}"
+
+class GenericSession(TierSession):
+    """Any other model's target: ``run(feeds)`` only."""
+
+    kind: GenericKind
+
+    def __init__(
+        self,
+        package: Package,
+        target: str,
+        data: bytes,
+        decision: str,
+        options: SessionOptions,
+        kind: GenericKind = ModelKind.GENERIC,
+    ):
+        super().__init__(package, target, data, decision, options)
+        self.kind = kind
+
+    def generate(self, *args: object, **kwargs: object) -> NoReturn:
+        """Not for this kind: a one-line error for a caller that did not look at ``kind``."""
+        raise UnsupportedModelError(f"a {self.kind} model has no generate(); call run(feeds)")
+
+
+def default_resolution(cap: int | None) -> int:
+    """The side an image is painted at when the caller does not say: 256, or the target's limit if lower."""
+    return min(256, cap) if cap else 256
 
 
 class RemoteTarget(Protocol):
-    """What the cloud proxy delegates to (the client room provides it over the data plane)."""
+    """What the cloud proxy delegates to (the engine room provides it over the data plane)."""
 
     @property
     def provider(self) -> str: ...
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    def generate(self, prompt: str | None = None, **options: Any) -> GenerationResult | ImageResult: ...
+    def generate_text(
+        self, prompt: str, config: SamplingConfig, on_text: Callable[[str], None] | None
+    ) -> GenerationResult: ...
+
+    def generate_image(
+        self, prompt: str | None, resolution: int | None, refine: bool | None, seed: int | None
+    ) -> ImageResult: ...
 
 
 class CloudProxy:
-    """Stands in for a target this machine cannot run: the same calls, run by a cloud node.
+    """Stands in for a target this machine cannot run: the same calls, run by a cloud node
+    (:class:`TextProxy`, :class:`ImageProxy` or :class:`GenericProxy` by the package's kind).
 
     Without a configured cloud node every call raises :class:`ProxyUnavailableError`.
     """
 
     target = CLOUD_PROXY
+    kind: ModelKind
 
     def __init__(self, manifest: Manifest, decision: str, remote: RemoteTarget | None = None) -> None:
         self.manifest = manifest
-        self.kind = manifest.model.kind
         self.decision = decision
         self.remote = remote
 
@@ -336,11 +378,62 @@ class CloudProxy:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._target().run(feeds)
 
-    def generate(self, prompt: str | None = None, **options: Any) -> GenerationResult | ImageResult:
-        return self._target().generate(prompt, **options)
-
     def describe(self) -> str:
         return f"target={CLOUD_PROXY} provider={self.provider or 'none'}"
+
+
+class TextProxy(CloudProxy):
+    """A language model run by the cloud node."""
+
+    kind: TextKind = ModelKind.CAUSAL_LM
+
+    def generate(
+        self,
+        prompt: str,
+        config: SamplingConfig | None = None,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        **options: Unpack[SamplingOptions],
+    ) -> GenerationResult:
+        if prompt is None:
+            raise InvalidInputError("a language model needs a prompt")
+        return self._target().generate_text(prompt, sampling_config(config, options), on_text)
+
+
+class ImageProxy(CloudProxy):
+    """An image generator run by the cloud node."""
+
+    kind: ImageKind = ModelKind.IMAGE_GENERATOR
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        resolution: int | None = None,
+        refine: bool | None = None,
+        seed: int | None = None,
+    ) -> ImageResult:
+        return self._target().generate_image(prompt, resolution, refine, seed)
+
+
+class GenericProxy(CloudProxy):
+    """Any other model run by the cloud node: ``run(feeds)`` only."""
+
+    kind: GenericKind
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        decision: str,
+        remote: RemoteTarget | None = None,
+        kind: GenericKind = ModelKind.GENERIC,
+    ) -> None:
+        super().__init__(manifest, decision, remote)
+        self.kind = kind
+
+    def generate(self, *args: object, **kwargs: object) -> NoReturn:
+        """Not for this kind: a one-line error for a caller that did not look at ``kind``."""
+        raise UnsupportedModelError(f"a {self.kind} model has no generate(); call run(feeds)")
 
 
 def load(
@@ -350,12 +443,15 @@ def load(
     target: str | None = None,
     threads: int = 0,
     remote: Callable[[Manifest], RemoteTarget] | None = None,
-) -> TierSession | CloudProxy:
+) -> LoadedModel:
     """Open the package at ``path`` on the target this machine should run (see the module doc).
 
-    ``target`` forces a target by name (or ``"cloud-proxy"``) without the fit check;
-    ``capabilities`` replaces detection (tests, what-if planning); ``remote``
-    makes the cloud proxy's transport for a manifest (see :func:`tierflow.engine.load.load`).
+    The result is a :class:`~tierflow.runtime.interfaces.TextModel`, ``ImageModel`` or
+    ``GenericModel`` by the package's kind -- a local :class:`TierSession` or a
+    :class:`CloudProxy`, with the same calls. ``target`` forces a target by name (or
+    ``"cloud-proxy"``) without the fit check; ``capabilities`` replaces detection (tests,
+    what-if planning); ``remote`` makes the cloud proxy's transport for a manifest (see
+    :func:`tierflow.engine.load.load`).
     """
     package = Package.open(path)
     caps = capabilities or detect()
@@ -365,12 +461,21 @@ def load(
         decision = Decision(target, f"target {target} requested")
     else:
         decision = choose(package.manifest, caps, load_policy(policy))
+    kind = model_kind(package.manifest.model.kind)
     if decision.target == CLOUD_PROXY:
         transport = remote(package.manifest) if remote else None
-        return CloudProxy(package.manifest, decision.reason, transport)
+        if kind is ModelKind.CAUSAL_LM:
+            return TextProxy(package.manifest, decision.reason, transport)
+        if kind is ModelKind.IMAGE_GENERATOR:
+            return ImageProxy(package.manifest, decision.reason, transport)
+        return GenericProxy(package.manifest, decision.reason, transport, kind)
     data = package.artifact(decision.target)  # checks size and sha256
-    providers = _providers(caps)
-    return TierSession(package, decision.target, data, decision.reason, SessionOptions(threads, providers))
+    options = SessionOptions(threads, _providers(caps))
+    if kind is ModelKind.CAUSAL_LM:
+        return TextSession(package, decision.target, data, decision.reason, options)
+    if kind is ModelKind.IMAGE_GENERATOR:
+        return ImageSession(package, decision.target, data, decision.reason, options)
+    return GenericSession(package, decision.target, data, decision.reason, options, kind)
 
 
 def _providers(caps: Capabilities) -> tuple[str, ...]:

@@ -27,8 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tierflow.errors import ConfigError
+from tierflow.types import Tier
 
-DEFAULT_NODES: tuple[str, ...] = ("device", "edge", "cloud", "client")
+DEFAULT_NODES: tuple[str, ...] = (*Tier, "client")
 DEFAULT_DAYS = 365
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"

@@ -10,7 +10,6 @@ from __future__ import annotations
 from tierflow.errors import InvalidInputError
 from tierflow.transport.envelope import Kind
 from tierflow.transport.messages import (
-    QUANT_MODES,
     MetaValue,
     StageError,
     StageRequest,
@@ -19,6 +18,7 @@ from tierflow.transport.messages import (
     check_quant,
 )
 from tierflow.transport.session import MessageRejected, OpenedMessage, Session
+from tierflow.types.quant import QuantMode
 
 MAX_TEXT = 4096  # op, model, error messages
 
@@ -53,16 +53,18 @@ def open_request(session: Session, data: bytes) -> StageRequest:
         raise _bad(opened, "request has no valid model name")
     if not isinstance(out, list) or not all(isinstance(n, str) for n in out):
         raise _bad(opened, "request output names are not a list of strings")
-    if rq not in QUANT_MODES:
-        raise _bad(opened, f"unknown response quantization {str(rq)[:40]!r}")
+    try:
+        response_quant = check_quant(rq)
+    except InvalidInputError:
+        raise _bad(opened, f"unknown response quantization {str(rq)[:40]!r}") from None
     return StageRequest(
         op=op,
         model=model,
         inputs=opened.tensors,
         outputs=out,
         meta=_meta(opened),
-        quant="raw",  # how the inputs travelled is per frame; the request keeps the decoded values
-        response_quant=rq,
+        quant=QuantMode.RAW,  # how the inputs travelled is per frame; the request keeps the decoded values
+        response_quant=response_quant,
         request_id=opened.request_id,
     )
 
@@ -70,13 +72,14 @@ def open_request(session: Session, data: bytes) -> StageRequest:
 def seal_response(session: Session, response: StageResponse) -> bytes:
     """Seal a response (outputs in ``response.quant``). Raises InvalidInputError for bad outputs/meta."""
     err = response.error
+    quant = check_quant(response.quant)
     header = {
         "err": None if err is None else [err.code[:MAX_TEXT], err.message[:MAX_TEXT], err.reason[:MAX_TEXT]],
         "meta": check_meta(dict(response.meta)),
-        "q": check_quant(response.quant),
+        "q": quant,
     }
     outputs = response.outputs if err is None else {}
-    return session.seal(Kind.RESPONSE, response.request_id, header, outputs, response.quant)
+    return session.seal(Kind.RESPONSE, response.request_id, header, outputs, quant)
 
 
 def open_response(session: Session, data: bytes) -> StageResponse:
@@ -88,9 +91,11 @@ def open_response(session: Session, data: bytes) -> StageResponse:
         if not (isinstance(err, list) and len(err) == 3 and all(isinstance(x, str) for x in err)):
             raise _bad(opened, "response error is not [code, message, reason]")
         error = StageError(err[0], err[1], err[2])
-    if q not in QUANT_MODES:
-        raise _bad(opened, f"unknown response quantization {str(q)[:40]!r}")
-    return StageResponse(opened.request_id, opened.tensors, error, _meta(opened), quant=q)
+    try:
+        quant = check_quant(q)
+    except InvalidInputError:
+        raise _bad(opened, f"unknown response quantization {str(q)[:40]!r}") from None
+    return StageResponse(opened.request_id, opened.tensors, error, _meta(opened), quant=quant)
 
 
 def _meta(opened: OpenedMessage) -> dict[str, MetaValue]:

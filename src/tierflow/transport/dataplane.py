@@ -40,6 +40,7 @@ from tierflow.errors import (
     FrameError,
     InvalidInputError,
     KeyAgreementError,
+    KVMissingError,
     ModelNotFoundError,
     RecoverableError,
     TierflowError,
@@ -60,6 +61,7 @@ from tierflow.transport.session import (
     server_accept,
 )
 from tierflow.transport.tls import Identity, cert_fingerprint, channel_credentials, server_credentials
+from tierflow.types.quant import QuantMode
 from tierflow.wire import ChannelConfig
 
 SERVICE = "tierflow.DataPlane"
@@ -95,6 +97,8 @@ def error_code_for(exc: BaseException) -> str:
         return ErrorCode.UNKNOWN_MODEL
     if isinstance(exc, UserError):
         return ErrorCode.INVALID_INPUT
+    if isinstance(exc, KVMissingError):
+        return ErrorCode.KV_MISSING
     if isinstance(exc, RecoverableError):
         return ErrorCode.UNAVAILABLE
     return ErrorCode.INTERNAL
@@ -264,8 +268,9 @@ class _ServerConnection:
                     request.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"
                 )
             response.request_id = request.request_id
-            if response.error is None and request.response_quant is not None and response.quant == "raw":
-                response.quant = request.response_quant
+            asked = request.response_quant
+            if response.error is None and asked is not None and response.quant == QuantMode.RAW:
+                response.quant = asked
             outcome = await self._send(response)
             self.m.request(outcome, time.perf_counter() - received)
         except (grpc.aio.AioRpcError, asyncio.CancelledError, ConnectionError):

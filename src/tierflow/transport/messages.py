@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
 from tierflow.errors import (
     FrameError,
     InvalidInputError,
+    KVMissingError,
     ModelNotFoundError,
     TierUnavailableError,
     UserError,
 )
+from tierflow.types.quant import QuantMode
 
 MetaValue = str | int | float | bool
 FAILED_TIER_KEY = "failed_tier"  # response meta: which tier a relayed unavailability is about
-# How float tensors travel (tierflow.wire.QuantMode by name); other dtypes always go raw.
-Quant = Literal["raw", "fp16", "int8", "int8_channel"]
-QUANT_MODES: tuple[str, ...] = ("raw", "fp16", "int8", "int8_channel")
 
 
 class ErrorCode:
@@ -39,6 +37,7 @@ class ErrorCode:
     UNKNOWN_OP = "unknown_op"
     INTERNAL = "internal"  # the handler raised something that is not a tierflow error
     UNAVAILABLE = "unavailable"  # a recoverable failure behind the handler
+    KV_MISSING = "kv_missing"  # the tier lacks the KV cache the step needs (rebuild from history)
     # Set on the client when the stream broke before a reply came.
     DISCONNECTED = "disconnected"
 
@@ -59,8 +58,8 @@ class StageRequest:
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
     meta: dict[str, MetaValue] = field(default_factory=dict)
-    quant: Quant = "raw"
-    response_quant: Quant | None = None
+    quant: QuantMode = QuantMode.RAW
+    response_quant: QuantMode | None = None
     request_id: int = 0
 
 
@@ -79,7 +78,7 @@ class StageResponse:
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     error: StageError | None = None
     meta: dict[str, MetaValue] = field(default_factory=dict)
-    quant: Quant = "raw"
+    quant: QuantMode = QuantMode.RAW
 
     @property
     def ok(self) -> bool:
@@ -109,7 +108,8 @@ class StageResponse:
         if code == ErrorCode.UNKNOWN_OP:
             raise UserError(text)
         failed = self.meta.get(FAILED_TIER_KEY, peer)
-        raise TierUnavailableError(text, tier=str(failed) if failed is not None else None)
+        error = KVMissingError if code == ErrorCode.KV_MISSING else TierUnavailableError
+        raise error(text, tier=str(failed) if failed is not None else None)
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,15 @@ class PeerInfo:
     session_id: int  # which stream (session) on this server the request came on
 
 
-def check_quant(mode: str) -> Quant:
-    if mode not in QUANT_MODES:
-        raise InvalidInputError(f"unknown quantization mode {mode!r}; use one of {', '.join(QUANT_MODES)}")
-    return mode  # type: ignore[return-value]
+def check_quant(mode: object) -> QuantMode:
+    """``mode`` as a :class:`QuantMode` (a member, or exactly its name); else InvalidInputError."""
+    if isinstance(mode, str):
+        try:
+            return QuantMode(mode)
+        except ValueError:
+            pass
+    names = ", ".join(QuantMode)
+    raise InvalidInputError(f"unknown quantization mode {str(mode)[:40]!r}; use one of {names}")
 
 
 def check_meta(meta: dict[str, MetaValue]) -> dict[str, MetaValue]:

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Protocol
 
 from tierflow.errors import TierUnavailableError, TransportError
 from tierflow.transport.dataplane import DataPlaneClient
 from tierflow.transport.dataplane_metrics import DataPlaneMetrics
 from tierflow.transport.messages import StageRequest, StageResponse
 from tierflow.transport.tls import Identity
+
+
+class Peers(Protocol):
+    """How a tier reaches its next tiers: :class:`PeerClients` over the data plane, or a fake.
+
+    A split runner (the device) and a node take one (default: :class:`PeerClients`), so tests
+    can run the real routing code against in-process tiers (``tests/support/fake_peers.py``).
+    """
+
+    @property
+    def addresses(self) -> Mapping[str, str]:
+        """The peer tiers this one reaches directly, by name."""
+        ...
+
+    async def call(self, peer: str, request: StageRequest, timeout: float | None = None) -> StageResponse:
+        """Send ``request`` to ``peer``; a lost peer or an error reply raises a tierflow error."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class PeerClients:

@@ -224,7 +224,7 @@ class Session:
         Float tensors travel in ``quant``; every other dtype raw (ids and masks must stay exact).
         Raw tensors up to ``inline_limit`` bytes in all ride inside the header frame.
         """
-        mode = quant if isinstance(quant, QuantMode) else _MODES.get(quant) or QuantMode.parse(quant)
+        mode = QuantMode.parse(quant)
         budget = self.inline_limit
         inline: list[np.ndarray] = []
         framed: list[tuple[np.ndarray, QuantMode]] = []
@@ -368,7 +368,6 @@ def _as_array(name: str, value: Any) -> np.ndarray:
     return array
 
 
-_MODES = {m.name.lower(): m for m in QuantMode}
 _NATIVE_DTYPES = frozenset(d.newbyteorder("=") for d in DTYPE_CODES)
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # json.dumps builds one per call
 _BLOB_LEN = struct.Struct(">I")

@@ -137,13 +137,43 @@ PROFILES: Mapping[str, LinkProfile] = MappingProxyType({
     "datacenter": _p("datacenter", 1000, 1000, 0.5, 0.05, 0.0),
 })
 
+# The link between an edge box and the cloud when nothing better is known: metro fibre from a base
+# station or factory to a cloud region (an assumption; docs/PLANNER.md). The planner (``links_for``),
+# `tierflow up` and the benchmarks (``node/deploy.py``) all use this one profile.
+BACKHAUL = _p("backhaul", 1000, 1000, 10, 1, 0.0)
+
+
+def chain(first: LinkProfile, then: LinkProfile = BACKHAUL) -> LinkProfile:
+    """``first`` followed by ``then`` without stopping in between (the device's access link, then the
+    backhaul to the cloud): the slower bandwidth each way, the RTTs added, independent jitter and loss
+    combined; offline if either is."""
+    name = f"{first.name}+{then.name}"
+    rtt = first.rtt_s + then.rtt_s
+    if first.offline or then.offline:
+        return LinkProfile(name=name, down_bps=0.0, up_bps=0.0, rtt_s=rtt, offline=True)
+    return LinkProfile(
+        name=name,
+        down_bps=min(first.down_bps, then.down_bps),
+        up_bps=min(first.up_bps, then.up_bps),
+        rtt_s=rtt,
+        jitter_s=math.hypot(first.jitter_s, then.jitter_s),
+        loss=1.0 - (1.0 - first.loss) * (1.0 - then.loss),
+    )
+
+
 _ALIASES = {"wi-fi": "wifi", "dc": "datacenter", "lte": "4g", "edge": "2g"}
 
 
 def get_profile(name: str) -> LinkProfile:
-    """The named profile (case-insensitive); an unknown name raises :class:`ConfigError`."""
+    """The named profile (case-insensitive), ``backhaul``, or ``a+b`` for ``chain(a, b)`` (what
+    :attr:`LinkProfile.name` of a chain reads); an unknown name raises :class:`ConfigError`."""
+    if "+" in name:
+        first, _, then = name.partition("+")
+        return chain(get_profile(first), get_profile(then))
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
+    if key == BACKHAUL.name:
+        return BACKHAUL
     try:
         return PROFILES[key]
     except KeyError:

@@ -6,6 +6,7 @@ numbered so a replayed or reordered-too-far frame is rejected. Optional Gaussian
 differential privacy runs before quantization. Frame layout and key schedule: docs/WIRE.md.
 """
 
+from tierflow.types.quant import QuantMode
 from tierflow.wire.channel import ChannelConfig, SecureChannel
 from tierflow.wire.frame import FrameHeader, FrameLimits, parse_frame
 from tierflow.wire.keys import KeyShare, SessionKeys, new_session_id, next_epoch_key
@@ -15,7 +16,7 @@ from tierflow.wire.privacy import (
     analytic_sigma,
     classic_sigma,
 )
-from tierflow.wire.quantize import Quantized, QuantMode, QuantParams, dequantize, quantize
+from tierflow.wire.quantize import Quantized, QuantParams, dequantize, quantize
 from tierflow.wire.replay import ReplayWindow
 
 __all__ = [

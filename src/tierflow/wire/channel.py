@@ -33,10 +33,11 @@ from tierflow.errors import (
     ReplayedFrameError,
     TamperedFrameError,
 )
+from tierflow.types.quant import QuantMode
 from tierflow.wire import frame as fr
 from tierflow.wire.keys import KEY_LEN, SessionKeys, next_epoch_key
 from tierflow.wire.privacy import GaussianMechanism, PrivacyAccountant
-from tierflow.wire.quantize import QuantMode, dequantize, quantize
+from tierflow.wire.quantize import dequantize, quantize
 from tierflow.wire.replay import ReplayWindow
 
 _MAX_DIM = 2**32 - 1

@@ -28,7 +28,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tierflow.errors import FrameFormatError, InvalidInputError, TamperedFrameError
-from tierflow.wire.quantize import QuantMode, QuantParams, channel_count, payload_dtype
+from tierflow.types.quant import QuantMode
+from tierflow.wire.quantize import QuantParams, channel_count, payload_dtype
 
 MAGIC = b"TW"
 VERSION = 1
@@ -120,7 +121,7 @@ def encode_header(h: FrameHeader) -> bytes:
     p = h.params
     flags = (FLAG_ASYMMETRIC if p.asymmetric else 0) | (FLAG_DP if h.dp else 0)
     fixed = _FIXED.pack(
-        MAGIC, h.version, flags, int(p.mode), dtype_code(h.dtype), len(h.shape), p.axis,
+        MAGIC, h.version, flags, p.mode.code, dtype_code(h.dtype), len(h.shape), p.axis,
         h.epoch, h.seq, h.session_id,
     )  # fmt: skip
     parts = [fixed, struct.pack(f"<{len(h.shape)}I", *h.shape)]
@@ -169,7 +170,7 @@ def parse_frame(frame: bytes | bytearray | memoryview, limits: FrameLimits) -> P
     if flags & ~_KNOWN_FLAGS:
         raise FrameFormatError(f"unknown frame flags 0x{flags:02x}")
     try:
-        mode = QuantMode(mode_code)
+        mode = QuantMode.from_code(mode_code)
     except ValueError:
         raise FrameFormatError(f"unknown quantization mode code {mode_code}") from None
     dtype = CODE_DTYPES.get(dcode)
@@ -205,14 +206,14 @@ def _check_mode(
     if rank > limits.max_rank:
         raise FrameFormatError(f"frame has rank {rank}, above this receiver's limit of {limits.max_rank}")
     if mode is not QuantMode.RAW and dtype not in (np.dtype("<f4"), np.dtype("<f2")):
-        raise FrameFormatError(f"mode {mode.name.lower()} cannot carry dtype {dtype}")
+        raise FrameFormatError(f"mode {mode.value} cannot carry dtype {dtype}")
     if asymmetric and not mode.is_int8:
-        raise FrameFormatError(f"mode {mode.name.lower()} has no asymmetric form")
+        raise FrameFormatError(f"mode {mode.value} has no asymmetric form")
     if mode is QuantMode.INT8_CHANNEL:
         if axis >= rank:
             raise FrameFormatError(f"channel axis {axis} is out of range for rank {rank}")
     elif axis:
-        raise FrameFormatError(f"mode {mode.name.lower()} carries no axis, got {axis}")
+        raise FrameFormatError(f"mode {mode.value} carries no axis, got {axis}")
 
 
 def _read_params(

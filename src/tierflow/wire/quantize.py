@@ -16,7 +16,6 @@ _kernels), small ones through numpy.
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass, field
 from functools import cache
@@ -24,34 +23,12 @@ from functools import cache
 import numpy as np
 
 from tierflow.errors import InvalidInputError
+from tierflow.types.quant import QuantMode
 from tierflow.wire import _kernels
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 _NO_SCALES = np.ones(0, np.float32)
 _NO_SCALES.flags.writeable = False
-
-
-class QuantMode(enum.IntEnum):
-    """How a tensor's values travel; the value is the mode's code in the frame header."""
-
-    RAW = 0
-    FP16 = 1
-    INT8 = 2
-    INT8_CHANNEL = 3
-
-    @classmethod
-    def parse(cls, value: QuantMode | str) -> QuantMode:
-        if isinstance(value, QuantMode):
-            return value
-        try:
-            return cls[str(value).strip().upper().replace("-", "_")]
-        except KeyError:
-            names = ", ".join(m.name.lower() for m in cls)
-            raise InvalidInputError(f"unknown quantization mode {value!r} (one of: {names})") from None
-
-    @property
-    def is_int8(self) -> bool:
-        return self is QuantMode.INT8 or self is QuantMode.INT8_CHANNEL
 
 
 @dataclass(frozen=True)
@@ -109,10 +86,10 @@ def quantize(
         return Quantized(x.reshape(-1), QuantParams(mode), dtype, shape)
     if dtype not in FLOAT_DTYPES:
         raise InvalidInputError(
-            f"mode {mode.name.lower()} needs a float32 or float16 tensor, got {dtype}; use mode raw"
+            f"mode {mode.value} needs a float32 or float16 tensor, got {dtype}; use mode raw"
         )
     if asymmetric and not mode.is_int8:
-        raise InvalidInputError(f"mode {mode.name.lower()} has no asymmetric form")
+        raise InvalidInputError(f"mode {mode.value} has no asymmetric form")
     if mode is QuantMode.FP16:
         return Quantized(_to_f16(x.reshape(-1)), QuantParams(mode), dtype, shape)
     x32 = _to_f32(x.reshape(-1))

@@ -32,14 +32,15 @@ generator block and crosses any cut before ``up1/out``), ``tierflow.refiner_outp
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from tierflow.model import metadata as md
 from tierflow.model.onnx_build import GraphBuilder
+from tierflow.types.models import ModelKind
 
 SEED = 20261125
 NOISE = "noise"
@@ -57,7 +58,6 @@ DECODER_CHANNELS = (32, 16, 8)  # after up1, up2, up3
 REFINER_CHANNELS = 8
 REFINER_BLOCKS = 2
 RESOLUTIONS = (256, 512, 1024, 2048)
-KIND = "image-generator"
 
 
 def _gen_block(b: GraphBuilder, k: int, x: str, style: str) -> str:
@@ -128,15 +128,15 @@ def build_model(seed: int = SEED) -> onnx.ModelProto:
     b.output(IMAGE, [1, 3, "H", "W"])
     b.output(REFINED_IMAGE, [1, 3, "H", "W"])
     side = RESOLUTIONS[0] // LATENT_FACTOR
-    metadata = {
-        "tierflow.kind": KIND,
-        "tierflow.latent_factor": str(LATENT_FACTOR),
-        "tierflow.cond_dim": str(COND_DIM),
-        "tierflow.resolutions": ",".join(str(r) for r in RESOLUTIONS),
-        "tierflow.blocks": json.dumps(blocks),
-        "tierflow.refiner_output": REFINED_IMAGE,
-        "tierflow.dims": json.dumps({"h": side, "w": side}),
-    }
+    metadata = md.encode(
+        kind=ModelKind.IMAGE_GENERATOR,
+        latent_factor=LATENT_FACTOR,
+        cond_dim=COND_DIM,
+        resolutions=RESOLUTIONS,
+        blocks=blocks,
+        refiner_output=REFINED_IMAGE,
+        dims={"h": side, "w": side},
+    )
     doc = f"tierflow demo-image: latent generator + x8 decoder + refiner, random weights (seed {seed})"
     return b.model("demo_image", doc, metadata)
 

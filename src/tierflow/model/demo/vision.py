@@ -24,19 +24,19 @@ tensors in topological order; inside the long skip a cut also carries
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import onnx
 
+from tierflow.model import metadata as md
 from tierflow.model.onnx_build import GraphBuilder
+from tierflow.types.models import ModelKind
 
 SEED = 20261126
 IMAGE = "image"
 LOGITS = "logits"
 INPUT_SIZE = 224
 NUM_CLASSES = 100
-KIND = "vision"
 
 
 def _conv_bn(b: GraphBuilder, p: str, x: str, c_in: int, c_out: int, kernel: int = 3, stride: int = 1,
@@ -93,12 +93,7 @@ def build_model(seed: int = SEED) -> onnx.ModelProto:
     b.output(LOGITS, ["batch", NUM_CLASSES])
     blocks = ["stem/out", "inc1/out", "down1/out", "res1/out", "inc2/out", "down2/out", "res2/out",
               "skip/out"]
-    metadata = {
-        "tierflow.kind": KIND,
-        "tierflow.num_classes": str(NUM_CLASSES),
-        "tierflow.input_size": str(INPUT_SIZE),
-        "tierflow.blocks": json.dumps(blocks),
-    }
+    metadata = md.encode(kind=ModelKind.VISION, num_classes=NUM_CLASSES, input_size=INPUT_SIZE, blocks=blocks)
     doc = f"tierflow demo-vision: inception/residual classifier, long skip, random weights (seed {seed})"
     return b.model("demo_vision", doc, metadata)
 

@@ -1,0 +1,198 @@
+"""What the sync and the async client share: settings, the API's calls, reading the answers.
+
+Each endpoint of docs/API.md is written once here as a :class:`Call` (method, path, body and
+how to read the answer); :class:`~tierflow.client.sdk.Client` and ``AsyncClient`` only send
+them, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from tierflow.client.errors import error_for_event, error_for_response
+from tierflow.client.models import (
+    JSON,
+    ContextInfo,
+    DoneEvent,
+    GenerateRequest,
+    GenerateResult,
+    MigrateResult,
+    StreamEvent,
+    TokenEvent,
+)
+from tierflow.client.sse import SSEEvent
+from tierflow.errors import InvalidInputError, RecoverableError, TierUnavailableError
+
+URL_ENV = "TIERFLOW_URL"
+API_KEY_ENV = "TIERFLOW_API_KEY"
+DEFAULT_URL = "http://127.0.0.1:8700"
+SSE_ACCEPT = {"Accept": "text/event-stream"}
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+def resolve_url(base_url: str | None) -> str:
+    """``base_url``, else ``$TIERFLOW_URL``, else the local entry point ``tierflow up`` starts."""
+    return (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    """``api_key``, else ``$TIERFLOW_API_KEY``; None (or empty): no Authorization header."""
+    key = os.environ.get(API_KEY_ENV) if api_key is None else api_key
+    return key or None
+
+
+def headers(api_key: str | None) -> dict[str, str]:
+    """The headers every call carries: the bearer token when there is a key."""
+    found = {"Accept": "application/json", "User-Agent": "tierflow-client"}
+    if api_key:
+        found["Authorization"] = f"Bearer {api_key}"
+    return found
+
+
+@contextmanager
+def reaching(url: str) -> Iterator[None]:
+    """Turn httpx's connection failures into :class:`TierUnavailableError` naming ``url``."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise TierUnavailableError(
+            f"no answer in time from the tierflow entry point at {url} ({type(exc).__name__})"
+        ) from exc
+    except httpx.TransportError as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise TierUnavailableError(f"cannot reach the tierflow entry point at {url}: {reason}") from exc
+
+
+# --- the calls -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One request of the API and how its answer becomes a value."""
+
+    method: str
+    path: str
+    read: Callable[[httpx.Response], T]
+    json: JSON | None = None
+
+
+class _ContextList(BaseModel):
+    contexts: list[ContextInfo]
+
+
+class _ModelEntry(BaseModel):
+    id: str
+
+
+class _ModelList(BaseModel):
+    data: list[_ModelEntry]
+
+
+def generate_request(**fields: Any) -> GenerateRequest:
+    """The body of ``POST /generate``; an argument of the wrong type is the caller's mistake."""
+    try:
+        return GenerateRequest(**fields)
+    except ValidationError as exc:
+        raise InvalidInputError(f"generate: {_first_problem(exc)}") from exc
+
+
+def generate(request: GenerateRequest) -> Call[GenerateResult]:
+    return Call("POST", "/generate", lambda r: parse(GenerateResult, r), request.body())
+
+
+def context(context_id: str) -> Call[ContextInfo]:
+    return Call("GET", _context_path(context_id), lambda r: parse(ContextInfo, r))
+
+
+def contexts() -> Call[list[ContextInfo]]:
+    return Call("GET", "/contexts", lambda r: parse(_ContextList, r).contexts)
+
+
+def delete_context(context_id: str) -> Call[None]:
+    return Call("DELETE", _context_path(context_id), _no_content)
+
+
+def migrate(context_id: str, layers: str, to: str) -> Call[MigrateResult]:
+    body = {"layers": layers, "to": to}
+    return Call("POST", _context_path(context_id) + "/migrate", lambda r: parse(MigrateResult, r), body)
+
+
+def models() -> Call[list[str]]:
+    return Call("GET", "/v1/models", lambda r: [m.id for m in parse(_ModelList, r).data])
+
+
+def _context_path(context_id: str) -> str:
+    if not context_id:
+        raise InvalidInputError("a context id must not be empty")
+    return "/contexts/" + quote(context_id, safe="")
+
+
+# --- reading the answers -------------------------------------------------------------------------
+
+
+def parse(model: type[M], response: httpx.Response) -> M:
+    """The body of a (read) successful ``response`` as ``model``; a failed one raises its error."""
+    check(response)
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise _unexpected(response.request.url, exc) from exc
+
+
+def check(response: httpx.Response) -> None:
+    """Raise the mapped tierflow error unless ``response`` (read) succeeded."""
+    if not response.is_success:
+        raise error_for_response(response)
+
+
+def _no_content(response: httpx.Response) -> None:
+    check(response)
+
+
+def is_json(response: httpx.Response) -> bool:
+    """True for a JSON answer to a stream request (a server that does not stream answers whole)."""
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.split(";")[0].strip() == "application/json"
+
+
+def stream_event(sse: SSEEvent, url: str) -> StreamEvent | None:
+    """The SDK's event for one server-sent event; ``error`` raises, unknown events give None."""
+    try:
+        if sse.event == "token":
+            return TokenEvent.model_validate_json(sse.data)
+        if sse.event == "done":
+            return DoneEvent(result=GenerateResult.model_validate_json(sse.data))
+    except ValidationError as exc:
+        raise _unexpected(url, exc) from exc
+    if sse.event == "error":
+        raise error_for_event(sse.data)
+    return None  # an event a newer server sends that this SDK does not know
+
+
+def ended_early(url: str) -> TierUnavailableError:
+    """The error for a stream that ended before its ``done`` event (the connection dropped)."""
+    return TierUnavailableError(f"the stream from the tierflow entry point at {url} ended before its result")
+
+
+def _unexpected(url: object, exc: ValidationError) -> RecoverableError:
+    return RecoverableError(f"unexpected answer from {url}: {_first_problem(exc)}")
+
+
+def _first_problem(exc: ValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return str(exc).splitlines()[0]
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return (f"{where}: " if where else "") + f"{first['msg']}{more}"

@@ -1,0 +1,281 @@
+"""``tierflow.Client`` and ``tierflow.AsyncClient``: a deployment's public HTTP API from Python.
+
+They speak only HTTP to the entry point (docs/API.md), so an app that imports them needs neither
+ONNX Runtime nor gRPC at run time. Every failure is a tierflow error: the API's error statuses
+map onto the error tree (:mod:`tierflow.client.errors`), and an entry point that cannot be
+reached is a :class:`~tierflow.errors.TierUnavailableError` naming its URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Generator
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+
+from tierflow.client import _protocol as api
+from tierflow.client.models import (
+    JSON,
+    ContextInfo,
+    DoneEvent,
+    GenerateResult,
+    MigrateResult,
+    StreamEvent,
+)
+from tierflow.client.sse import aiter_sse, iter_sse
+
+T = TypeVar("T")
+
+
+class Client:
+    """A synchronous client of one deployment's entry point.
+
+    ``base_url`` defaults to ``$TIERFLOW_URL`` (else ``http://127.0.0.1:8700``), ``api_key`` to
+    ``$TIERFLOW_API_KEY``; ``transport`` replaces httpx's network transport (tests, proxies).
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = api.resolve_url(base_url)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=api.headers(api.resolve_api_key(api_key)),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        context_id: str | None = None,
+        max_tokens: int = 64,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repeat_penalty: float | None = None,
+        seed: int | None = None,
+        expires_in: float | None = None,
+        sla: str | JSON | None = None,
+    ) -> GenerateResult:
+        """Generate up to ``max_tokens`` after ``prompt``; ``context_id`` continues a conversation.
+
+        An option left None takes the server's default. The result's ``context_id`` continues
+        this conversation; ``route`` says which tier ran which layers and how fast.
+        """
+        request = api.generate_request(
+            prompt=prompt, context_id=context_id, max_tokens=max_tokens, temperature=temperature,
+            top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, expires_in=expires_in,
+            sla=sla, stream=False,
+        )
+        return self._call(api.generate(request))
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        context_id: str | None = None,
+        max_tokens: int = 64,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repeat_penalty: float | None = None,
+        seed: int | None = None,
+        expires_in: float | None = None,
+        sla: str | JSON | None = None,
+    ) -> Generator[StreamEvent, None, None]:
+        """:meth:`generate`, token by token: :class:`TokenEvent` s, then one :class:`DoneEvent`.
+
+        The request is sent when iteration starts; leaving the loop early (or ``close()``) closes
+        the stream.
+        An error after streaming began raises the mapped tierflow error.
+        """
+        request = api.generate_request(
+            prompt=prompt, context_id=context_id, max_tokens=max_tokens, temperature=temperature,
+            top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, expires_in=expires_in,
+            sla=sla, stream=True,
+        )
+        sending = self._http.stream("POST", "/generate", json=request.body(), headers=api.SSE_ACCEPT)
+        with api.reaching(self.base_url), sending as r:
+            if not r.is_success or api.is_json(r):
+                r.read()
+                yield DoneEvent(result=api.parse(GenerateResult, r))
+                return
+            for sse in iter_sse(r.iter_bytes()):
+                event = api.stream_event(sse, self.base_url)
+                if event is not None:
+                    yield event
+                    if isinstance(event, DoneEvent):
+                        return
+        raise api.ended_early(self.base_url)
+
+    def context(self, context_id: str) -> ContextInfo:
+        """One conversation of the caller: its lifetime, tokens, and which tier holds which KV shard."""
+        return self._call(api.context(context_id))
+
+    def contexts(self) -> list[ContextInfo]:
+        """The caller's conversations."""
+        return self._call(api.contexts())
+
+    def delete_context(self, context_id: str) -> None:
+        """Drop a conversation and its KV shards on every tier."""
+        self._call(api.delete_context(context_id))
+
+    def migrate(self, context_id: str, layers: str, to: str) -> MigrateResult:
+        """Move the KV shard of ``layers`` (``"a-b"``) of a conversation to the tier ``to``."""
+        return self._call(api.migrate(context_id, layers, to))
+
+    def models(self) -> list[str]:
+        """The names of the models the deployment serves."""
+        return self._call(api.models())
+
+    def health(self) -> bool:
+        """Whether the entry point answers ``/healthz``; False (not an error) when it cannot be reached."""
+        try:
+            return self._http.get("/healthz").is_success
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _call(self, call: api.Call[T]) -> T:
+        with api.reaching(self.base_url):
+            return call.read(self._http.request(call.method, call.path, json=call.json))
+
+
+class AsyncClient:
+    """:class:`Client` for asyncio: the same calls, awaited; :meth:`stream` is an async iterator."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 120.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = api.resolve_url(base_url)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=api.headers(api.resolve_api_key(api_key)),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        context_id: str | None = None,
+        max_tokens: int = 64,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repeat_penalty: float | None = None,
+        seed: int | None = None,
+        expires_in: float | None = None,
+        sla: str | JSON | None = None,
+    ) -> GenerateResult:
+        """See :meth:`Client.generate`."""
+        request = api.generate_request(
+            prompt=prompt, context_id=context_id, max_tokens=max_tokens, temperature=temperature,
+            top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, expires_in=expires_in,
+            sla=sla, stream=False,
+        )
+        return await self._call(api.generate(request))
+
+    async def stream(
+        self,
+        prompt: str,
+        *,
+        context_id: str | None = None,
+        max_tokens: int = 64,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repeat_penalty: float | None = None,
+        seed: int | None = None,
+        expires_in: float | None = None,
+        sla: str | JSON | None = None,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """See :meth:`Client.stream`. Leaving the loop early: wrap it in ``contextlib.aclosing``."""
+        request = api.generate_request(
+            prompt=prompt, context_id=context_id, max_tokens=max_tokens, temperature=temperature,
+            top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, expires_in=expires_in,
+            sla=sla, stream=True,
+        )
+        with api.reaching(self.base_url):
+            sending = self._http.stream("POST", "/generate", json=request.body(), headers=api.SSE_ACCEPT)
+            async with sending as r:
+                if not r.is_success or api.is_json(r):
+                    await r.aread()
+                    yield DoneEvent(result=api.parse(GenerateResult, r))
+                    return
+                async for sse in aiter_sse(r.aiter_bytes()):
+                    event = api.stream_event(sse, self.base_url)
+                    if event is not None:
+                        yield event
+                        if isinstance(event, DoneEvent):
+                            return
+        raise api.ended_early(self.base_url)
+
+    async def context(self, context_id: str) -> ContextInfo:
+        """See :meth:`Client.context`."""
+        return await self._call(api.context(context_id))
+
+    async def contexts(self) -> list[ContextInfo]:
+        """See :meth:`Client.contexts`."""
+        return await self._call(api.contexts())
+
+    async def delete_context(self, context_id: str) -> None:
+        """See :meth:`Client.delete_context`."""
+        await self._call(api.delete_context(context_id))
+
+    async def migrate(self, context_id: str, layers: str, to: str) -> MigrateResult:
+        """See :meth:`Client.migrate`."""
+        return await self._call(api.migrate(context_id, layers, to))
+
+    async def models(self) -> list[str]:
+        """See :meth:`Client.models`."""
+        return await self._call(api.models())
+
+    async def health(self) -> bool:
+        """See :meth:`Client.health`."""
+        try:
+            return (await self._http.get("/healthz")).is_success
+        except httpx.HTTPError:
+            return False
+
+    async def close(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _call(self, call: api.Call[T]) -> T:
+        with api.reaching(self.base_url):
+            return call.read(await self._http.request(call.method, call.path, json=call.json))

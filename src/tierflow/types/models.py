@@ -1,0 +1,14 @@
+"""What kind of model a file is: its ``tierflow.kind`` metadata, a package's ``model.kind``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ModelKind(StrEnum):
+    """The kinds of model tierflow drives; each has its own runner and its own way of being cut."""
+
+    CAUSAL_LM = "causal-lm"  # the LM contract (tierflow.model.lm_contract)
+    IMAGE_GENERATOR = "image-generator"  # the image-generator contract of demo-image
+    VISION = "vision"  # an image classifier (demo-vision)
+    GENERIC = "generic"  # any other ONNX model: run on given or generated inputs

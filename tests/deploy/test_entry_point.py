@@ -1,0 +1,202 @@
+"""`tierflow up MODEL`: three node processes, the public API at the device node, real sockets.
+
+What a user of the deployment relies on: greedy text through three tiers equals the unsplit model's,
+contexts belong to whoever created them, the official `openai` package works against it, and a
+tier killed in the middle of a streamed reply costs the user nothing but time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+import tierflow
+from tests.support.processes import LineReader
+from tierflow.client.models import DoneEvent, TokenEvent
+from tierflow.errors import AuthenticationError, ContextForbiddenError, ContextNotFoundError
+from tierflow.model.registry import resolve_model
+from tierflow.runtime.lm import CausalLM, SamplingConfig
+from tierflow.runtime.session import SessionOptions
+
+pytestmark = pytest.mark.slow
+
+SPANS = "device=0-1,edge=2-3,cloud=4-5"
+PROMPT = "def "
+
+
+@dataclass
+class Deployment:
+    info: dict[str, object]
+    process: subprocess.Popen[str]
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def api(self) -> str:
+        return str(self.info["api"])
+
+    @property
+    def key(self) -> str:
+        return str(self.info["api_key"])
+
+    def client(self, key: str | None = None) -> tierflow.Client:
+        return tierflow.Client(self.api, key or self.key, timeout=60)
+
+    def node(self, tier: str) -> dict[str, object]:
+        return self.info["nodes"][tier]  # type: ignore[index, no-any-return]
+
+    def new_key(self) -> str:
+        """A key of another identity, issued the way an operator does (`tierflow token`)."""
+        argv = [sys.executable, "-m", "tierflow", "token", "--store", str(self.root / "contexts.sqlite")]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=self.env, check=True)
+        return str(json.loads(done.stdout)["api_key"])
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("up")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TIERFLOW_HOME": str(root / "home")}
+    argv = [
+        sys.executable,
+        "-m",
+        "tierflow",
+        "up",
+        "demo-lm",
+        "--port",
+        "0",
+        "--spans",
+        SPANS,
+        "--certs",
+        str(root / "pki"),
+        "--profile",
+        "wifi",
+        "--store",
+        str(root / "contexts.sqlite"),
+    ]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    try:
+        info = json.loads(LineReader(process.stdout).next(timeout=180))
+        yield Deployment(info, process, root, env)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+@pytest.fixture(scope="module")
+def unsplit() -> CausalLM:
+    return CausalLM.open(resolve_model("demo-lm"), SessionOptions(intra_op_threads=1))
+
+
+def test_up_prints_the_entry_point_and_a_key_that_works(up: Deployment) -> None:
+    assert set(up.info["nodes"]) == {"device", "edge", "cloud"}  # type: ignore[arg-type]
+    assert up.key.startswith("tf_")
+    with up.client() as client:
+        assert client.health()
+        assert client.models() == ["demo-lm"]
+
+
+def test_greedy_through_three_processes_is_the_unsplit_models_text(up: Deployment, unsplit: CausalLM) -> None:
+    expected = unsplit.generate(PROMPT, SamplingConfig.greedy(24)).text
+    with up.client() as client:
+        first = client.generate(PROMPT, max_tokens=24, temperature=0)
+        assert first.text == expected
+        assert first.route.spans == {"device": "0-1", "edge": "2-3", "cloud": "4-5"}
+        assert first.route.tiers == ["device", "edge", "cloud"]
+        # a follow-up continues the conversation: the tiers still hold its KV, nothing is recomputed
+        follow = client.generate("\n", context_id=first.context_id, max_tokens=8, temperature=0)
+        assert follow.context_id == first.context_id
+        assert follow.route.cached_tokens >= first.route.prompt_tokens + 23
+        shards = client.context(first.context_id).shards
+        assert {tier: s.layers for tier, s in shards.items()} == {
+            "device": "0-1",
+            "edge": "2-3",
+            "cloud": "4-5",
+        }
+
+
+def test_contexts_belong_to_their_creator(up: Deployment) -> None:
+    with up.client() as alice:
+        made = alice.generate(PROMPT, max_tokens=2, temperature=0)
+        with up.client(up.new_key()) as bob, pytest.raises(ContextForbiddenError):
+            bob.generate(PROMPT, context_id=made.context_id, max_tokens=2)
+        with pytest.raises(ContextNotFoundError):
+            alice.generate(PROMPT, context_id="ctx-" + "0" * 32, max_tokens=2)
+        alice.delete_context(made.context_id)
+        with pytest.raises(ContextNotFoundError):
+            alice.context(made.context_id)
+    with (
+        tierflow.Client(up.api, "tf_not-a-key-of-this-deployment") as stranger,
+        pytest.raises(AuthenticationError),
+    ):
+        stranger.generate(PROMPT, max_tokens=2)
+    assert httpx.post(f"{up.api}/generate", json={"prompt": PROMPT}).status_code == 401
+    assert httpx.get(f"{up.api}/healthz").status_code == 200  # health stays open
+
+
+def test_bad_requests_are_422_naming_what_is_wrong(up: Deployment, unsplit: CausalLM) -> None:
+    auth = {"Authorization": f"Bearer {up.key}"}
+    too_long = httpx.post(f"{up.api}/generate", json={"prompt": "x " * 5000}, headers=auth, timeout=60)
+    assert too_long.status_code == 422
+    assert str(unsplit.max_seq_len) in too_long.json()["detail"]
+    bad_json = httpx.post(
+        f"{up.api}/generate", content=b"{not json", headers={**auth, "content-type": "application/json"}
+    )
+    assert bad_json.status_code == 422
+    zero = httpx.post(f"{up.api}/generate", json={"prompt": PROMPT, "max_tokens": 0}, headers=auth)
+    assert zero.status_code == 422
+
+
+def test_the_openai_package_chats_streams_and_reuses_the_prefix(up: Deployment) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{up.api}/v1", api_key=up.key)
+    assert [m.id for m in client.models.list()] == ["demo-lm"]
+    question = [{"role": "user", "content": "What does len do?"}]
+    reply = client.chat.completions.create(model="demo-lm", messages=question, max_tokens=12, temperature=0)
+    answer = reply.choices[0].message.content
+    assert answer and reply.usage.completion_tokens > 0
+    streamed = client.chat.completions.create(
+        model="demo-lm", messages=question, max_tokens=12, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer
+    # the next turn extends that conversation: its KV shards are reused, as vLLM's prefix caching does
+    turn = [*question, {"role": "assistant", "content": answer}, {"role": "user", "content": "And str?"}]
+    second = client.chat.completions.create(model="demo-lm", messages=turn, max_tokens=8, temperature=0)
+    assert second.usage.prompt_tokens_details.cached_tokens >= reply.usage.prompt_tokens
+    completion = client.completions.create(model="demo-lm", prompt=PROMPT, max_tokens=6, temperature=0)
+    assert completion.choices[0].text and completion.usage.completion_tokens == 6
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{up.api}/v1", api_key="tf_wrong").models.list()
+
+
+def test_a_tier_killed_mid_stream_the_reply_completes_with_the_same_tokens(
+    up: Deployment, unsplit: CausalLM
+) -> None:  # last in this module: the deployment goes on without its edge
+    expected = unsplit.generate(PROMPT, SamplingConfig.greedy(48)).text
+    pieces: list[str] = []
+    done: DoneEvent | None = None
+    with up.client() as client:
+        for event in client.stream(PROMPT, max_tokens=48, temperature=0):
+            if isinstance(event, TokenEvent):
+                pieces.append(event.text)
+                if len(pieces) == 4:
+                    os.kill(int(up.node("edge")["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+            elif isinstance(event, DoneEvent):
+                done = event
+        assert done is not None
+        assert "".join(pieces) == done.result.text == expected
+        route = done.result.route
+        assert any(e.get("event") == "failover" and e.get("lost") == "edge" for e in route.events), route
+        assert "edge" not in route.spans and route.spans  # the edge's layers now run elsewhere
+        # the context survives: a follow-up continues it on the tiers left
+        follow = client.generate("\n", context_id=done.result.context_id, max_tokens=4, temperature=0)
+        assert "edge" not in follow.route.tiers
