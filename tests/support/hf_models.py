@@ -4,28 +4,9 @@ tierflow's ONNX LM form: no download, a tokenizer trained here on stdlib docstri
 
 from __future__ import annotations
 
-import inspect
-import json
-import os
-import textwrap
 from pathlib import Path
 
-
-def train_tokenizer(folder: Path) -> int:
-    """A byte-level BPE trained on a few KB of stdlib docstrings, saved as a fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    text = "\n".join(inspect.getdoc(m) or "" for m in (json, os, inspect, textwrap, Path))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator([text], trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(folder)
-    return int(tok.get_vocab_size())
+from tierflow.compiler.random_hf import NO_SPECIAL, train_tokenizer
 
 
 def save_hf(folder: Path, kind: str, layers: int = 2) -> Path:
@@ -36,19 +17,27 @@ def save_hf(folder: Path, kind: str, layers: int = 2) -> Path:
     folder.mkdir(parents=True)
     vocab = train_tokenizer(folder)
     torch.manual_seed(0)
-    # no special tokens: generate() never stops early, like CausalLM without stop ids
-    no_special = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     if kind == "gpt2":
         config = transformers.GPT2Config(
-            n_layer=layers, n_embd=64, n_head=4, vocab_size=vocab, n_positions=128,
+            n_layer=layers,
+            n_embd=64,
+            n_head=4,
+            vocab_size=vocab,
+            n_positions=128,
             initializer_range=0.2,  # wide enough weights that greedy decoding does not loop on one token
-            **no_special,
+            **NO_SPECIAL,
         )
         model = transformers.GPT2LMHeadModel(config)
     else:
         config = transformers.LlamaConfig(
-            num_hidden_layers=layers, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, **no_special,
+            num_hidden_layers=layers,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=vocab,
+            max_position_embeddings=256,
+            **NO_SPECIAL,
         )
         model = transformers.LlamaForCausalLM(config)
     model.save_pretrained(folder)

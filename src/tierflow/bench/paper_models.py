@@ -49,28 +49,55 @@ class PaperModel:
 
 # AlexNet features: 0 conv1, 1 relu, 2 pool1, 3 conv2, 4 relu, 5 pool2, 6 conv3, 7 relu, 8 conv4, 9 relu,
 # 10 conv5, 11 relu, 12 pool5; classifier: 0 drop, 1 fc6, 2 relu, 3 drop, 4 fc7, 5 relu, 6 fc8
-_ALEXNET = (("features.1", "conv1"), ("features.2", "pool1"), ("features.4", "conv2"),
-            ("features.5", "pool2"), ("features.7", "conv3"), ("features.9", "conv4"),
-            ("features.11", "conv5"), ("features.12", "pool5"), ("avgpool", "avgpool"),
-            ("classifier.2", "fc6"), ("classifier.5", "fc7"))
-_RESNET18 = (("maxpool", "stem"), *((f"layer{i}.{j}", f"layer{i}.{j}") for i in range(1, 5) for j in (0, 1)),
-             ("avgpool", "avgpool"))
+_ALEXNET = (
+    ("features.1", "conv1"),
+    ("features.2", "pool1"),
+    ("features.4", "conv2"),
+    ("features.5", "pool2"),
+    ("features.7", "conv3"),
+    ("features.9", "conv4"),
+    ("features.11", "conv5"),
+    ("features.12", "pool5"),
+    ("avgpool", "avgpool"),
+    ("classifier.2", "fc6"),
+    ("classifier.5", "fc7"),
+)
+_RESNET18 = (
+    ("maxpool", "stem"),
+    *((f"layer{i}.{j}", f"layer{i}.{j}") for i in range(1, 5) for j in (0, 1)),
+    ("avgpool", "avgpool"),
+)
 # MobileNetV2 features: 0 the stem conv, 1..17 inverted residual blocks, 18 the last 1x1 conv
-_MOBILENET_V2 = (("features.0", "stem"), *((f"features.{i}", f"ir{i}") for i in range(1, 18)),
-                 ("features.18", "conv_last"))
+_MOBILENET_V2 = (
+    ("features.0", "stem"),
+    *((f"features.{i}", f"ir{i}") for i in range(1, 18)),
+    ("features.18", "conv_last"),
+)
 
 PAPER_MODELS: dict[str, PaperModel] = {
     m.name: m
     for m in (
-        PaperModel("alexnet",
-                   "AlexNet (Krizhevsky et al. 2012; torchvision's), 61 M parameters, random weights",
-                   _ALEXNET, "fc8", "_alexnet"),
-        PaperModel("resnet18",
-                   "ResNet-18 (He et al. 2016; torchvision's), 11.7 M parameters, random weights",
-                   _RESNET18, "fc", "_resnet18"),
-        PaperModel("mobilenetv2",
-                   "MobileNetV2 (Sandler et al. 2018; torchvision's), 3.5 M parameters, random weights",
-                   _MOBILENET_V2, "classifier", "_mobilenet_v2"),
+        PaperModel(
+            "alexnet",
+            "AlexNet (Krizhevsky et al. 2012; torchvision's), 61 M parameters, random weights",
+            _ALEXNET,
+            "fc8",
+            "_alexnet",
+        ),
+        PaperModel(
+            "resnet18",
+            "ResNet-18 (He et al. 2016; torchvision's), 11.7 M parameters, random weights",
+            _RESNET18,
+            "fc",
+            "_resnet18",
+        ),
+        PaperModel(
+            "mobilenetv2",
+            "MobileNetV2 (Sandler et al. 2018; torchvision's), 3.5 M parameters, random weights",
+            _MOBILENET_V2,
+            "classifier",
+            "_mobilenet_v2",
+        ),
     )
 }
 
@@ -134,14 +161,27 @@ def export(name: str, path: Path) -> None:
     example = torch.zeros(1, 3, 224, 224)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
-                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
     proto = onnx.load(str(path))
     blocks = block_outputs(proto, [module for module, _ in spec.blocks])
     name_by_block(proto, blocks, [label for _, label in spec.blocks], spec.head)
     del proto.metadata_props[:]
-    meta = md.encode(kind=ModelKind.VISION, num_classes=1000, input_size=224, blocks=blocks,
-                     paper_model=f"{name} v{VERSION} seed {SEED}")
+    meta = md.encode(
+        kind=ModelKind.VISION,
+        num_classes=1000,
+        input_size=224,
+        blocks=blocks,
+        paper_model=f"{name} v{VERSION} seed {SEED}",
+    )
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = spec.description
@@ -183,19 +223,28 @@ def _alexnet(nn: Any) -> Any:
         def __init__(self, num_classes: int = 1000) -> None:
             super().__init__()
             self.features = nn.Sequential(
-                nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+                nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+                nn.ReLU(inplace=True),
                 nn.MaxPool2d(kernel_size=3, stride=2),
-                nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+                nn.Conv2d(64, 192, kernel_size=5, padding=2),
+                nn.ReLU(inplace=True),
                 nn.MaxPool2d(kernel_size=3, stride=2),
-                nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-                nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-                nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(192, 384, kernel_size=3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(384, 256, kernel_size=3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(256, 256, kernel_size=3, padding=1),
+                nn.ReLU(inplace=True),
                 nn.MaxPool2d(kernel_size=3, stride=2),
             )
             self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
             self.classifier = nn.Sequential(
-                nn.Dropout(p=0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-                nn.Dropout(p=0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+                nn.Dropout(p=0.5),
+                nn.Linear(256 * 6 * 6, 4096),
+                nn.ReLU(inplace=True),
+                nn.Dropout(p=0.5),
+                nn.Linear(4096, 4096),
+                nn.ReLU(inplace=True),
                 nn.Linear(4096, num_classes),
             )
 
@@ -232,8 +281,9 @@ def _resnet18(nn: Any) -> Any:
             self.bn2 = nn.BatchNorm2d(planes)
             self.downsample = None
             if stride != 1 or inplanes != planes:
-                self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
-                                                nn.BatchNorm2d(planes))
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+                )
 
         def forward(self, x: Any) -> Any:
             identity = x if self.downsample is None else self.downsample(x)
@@ -267,8 +317,10 @@ def _resnet18(nn: Any) -> Any:
 
 def _mobilenet_v2(nn: Any) -> Any:
     def conv_bn(inp: int, oup: int, kernel: int, stride: int, groups: int = 1, act: bool = True) -> Any:
-        layers = [nn.Conv2d(inp, oup, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-                  nn.BatchNorm2d(oup)]
+        layers = [
+            nn.Conv2d(inp, oup, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(oup),
+        ]
         if act:
             layers.append(nn.ReLU6(inplace=True))
         return nn.Sequential(*layers)
@@ -279,8 +331,10 @@ def _mobilenet_v2(nn: Any) -> Any:
             hidden = inp * expand
             self.use_res_connect = stride == 1 and inp == oup
             layers = [conv_bn(inp, hidden, 1, 1)] if expand != 1 else []
-            layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden),
-                       conv_bn(hidden, oup, 1, 1, act=False)]
+            layers += [
+                conv_bn(hidden, hidden, 3, stride, groups=hidden),
+                conv_bn(hidden, oup, 1, 1, act=False),
+            ]
             self.conv = nn.Sequential(*layers)
 
         def forward(self, x: Any) -> Any:
@@ -289,8 +343,15 @@ def _mobilenet_v2(nn: Any) -> Any:
     class MobileNetV2(nn.Module):  # type: ignore[misc]
         def __init__(self, num_classes: int = 1000) -> None:
             super().__init__()
-            settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                        (6, 160, 3, 2), (6, 320, 1, 1)]  # expansion t, channels c, repeats n, stride s
+            settings = [
+                (1, 16, 1, 1),
+                (6, 24, 2, 2),
+                (6, 32, 3, 2),
+                (6, 64, 4, 2),
+                (6, 96, 3, 1),
+                (6, 160, 3, 2),
+                (6, 320, 1, 1),
+            ]  # expansion t, channels c, repeats n, stride s
             inp = 32
             features = [conv_bn(3, inp, 3, 2)]
             for t, c, n, s in settings:

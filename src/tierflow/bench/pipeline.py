@@ -197,8 +197,9 @@ def run_pipeline_bench(
         try:
             for name in profiles:
                 profile = get_profile(name)
-                cut, _ = choose_cut(local, batch[0], blocks, outputs, profile.up_bps, profile.down_bps,
-                                    remote_slowdown)
+                cut, _ = choose_cut(
+                    local, batch[0], blocks, outputs, profile.up_bps, profile.down_bps, remote_slowdown
+                )
                 plan = SplitPlan(
                     stages=((Tier.DEVICE, (cut,)), (Tier.CLOUD, tuple(outputs))), returns=tuple(outputs)
                 )

@@ -172,13 +172,15 @@ def open_model(spec: str) -> BenchModel:
     path = Path(spec)
     if not path.is_file():
         known = ", ".join([*BUNDLED, *PAPER_MODELS])
-        raise ModelNotFoundError(f"no such model file, bundled model or paper network: {spec} "
-                                 f"(known: {known})")
+        raise ModelNotFoundError(
+            f"no such model file, bundled model or paper network: {spec} (known: {known})"
+        )
     if path.suffix == ".tfm":
         package = Package.open(path)
         target = list(package.manifest.targets)[-1]  # the most capable target, on every tier
-        return BenchModel(f"{path.name}#{target}", onnx.load_from_string(package.artifact(target)), path,
-                          target)
+        return BenchModel(
+            f"{path.name}#{target}", onnx.load_from_string(package.artifact(target)), path, target
+        )
     try:
         proto = onnx.load(str(path))
     except Exception as exc:
@@ -245,7 +247,7 @@ def sample_grid(
     if len(others) > room:
         top = others[: room // 2]
         rng = random.Random(seed)
-        drawn = rng.sample(others[room // 2:], room - len(top))
+        drawn = rng.sample(others[room // 2 :], room - len(top))
         order = {p.key: i for i, p in enumerate(others)}
         others = sorted(top + drawn, key=lambda p: order[p.key])
     return must, others
@@ -257,9 +259,14 @@ def energy_j(m: Measured, power: DevicePower, access: LinkProfile) -> float:
     t_tx = transfer_s(m.sent_bytes, access.up_bps)
     t_rx = transfer_s(m.received_bytes, access.down_bps)
     radio = power.radio
-    return (power.idle_w * latency + (power.busy_w - power.idle_w) * m.device_s
-            + radio.tx_w * t_tx + radio.tx_j_per_byte * m.sent_bytes
-            + radio.rx_w * t_rx + radio.rx_j_per_byte * m.received_bytes)
+    return (
+        power.idle_w * latency
+        + (power.busy_w - power.idle_w) * m.device_s
+        + radio.tx_w * t_tx
+        + radio.tx_j_per_byte * m.sent_bytes
+        + radio.rx_w * t_rx
+        + radio.rx_j_per_byte * m.received_bytes
+    )
 
 
 @dataclass
@@ -278,9 +285,16 @@ class Settings:
 class ModelBench:
     """All profiles of one model over one set of tiers (async; see the module docstring)."""
 
-    def __init__(self, name: str, proto: onnx.ModelProto, graph: UnitGraph, tiers: LocalDeployment,
-                 certs: Path,
-                 settings: Settings, log: Log) -> None:
+    def __init__(
+        self,
+        name: str,
+        proto: onnx.ModelProto,
+        graph: UnitGraph,
+        tiers: LocalDeployment,
+        certs: Path,
+        settings: Settings,
+        log: Log,
+    ) -> None:
         self.name, self.proto, self.graph, self.tiers = name, proto, graph, tiers
         self.settings, self.log = settings, log
         self.certs = certs
@@ -296,8 +310,10 @@ class ModelBench:
 
     def overhead_ms(self) -> dict[str, float]:
         order: dict[str, int] = {t: i for i, t in enumerate(Tier)}
-        return {"-".join(sorted(pair, key=order.__getitem__)): round(v * 1000.0, 2)
-                for pair, v in self.overhead.items()}
+        return {
+            "-".join(sorted(pair, key=order.__getitem__)): round(v * 1000.0, 2)
+            for pair, v in self.overhead.items()
+        }
 
     async def _runs(self, engine: SplitEngine, p: Plan, n: int) -> list[SplitResult]:
         return [await engine.run_plan(dict(self.feeds), p) for _ in range(n)]
@@ -311,8 +327,15 @@ class ModelBench:
             t: device.model_copy(update={"tier": t}) for t in (Tier.EDGE, Tier.CLOUD)
         }
         source = SnapshotSource(self.graph, {Tier.DEVICE: device, **stand_in}, self._links(get_profile(FAST)))
-        engine = SplitEngine(self.proto, source, load_identity(self.certs, Tier.DEVICE), self.tiers.peers,
-                             shares=self.profiler.shares, options=self.options, slowdown=s.device_slowdown)
+        engine = SplitEngine(
+            self.proto,
+            source,
+            load_identity(self.certs, Tier.DEVICE),
+            self.tiers.peers,
+            shares=self.profiler.shares,
+            options=self.options,
+            slowdown=s.device_slowdown,
+        )
         samples = await self.profile_tiers(engine)
         three = [p for p in candidate_grid(self.graph, engine.snapshot()) if len(actual_path(p)) == 3][:2]
         access = self.tiers.access
@@ -352,11 +375,13 @@ class ModelBench:
             samples = [r.device_s if t == Tier.DEVICE else r.remote_compute_s[t] for r in runs[t]]
             seconds = lower_quartile(samples)
             timing = StageTiming(inputs=stage.inputs, outputs=stage.outputs, seconds=seconds)
-            profile = profile_remote(self.graph, self.profiler.shares, [timing], tier=t,
-                                     fingerprint=f"{t}-node")
+            profile = profile_remote(
+                self.graph, self.profiler.shares, [timing], tier=t, fingerprint=f"{t}-node"
+            )
             if t == Tier.DEVICE:  # measured here: keep the local profile's identity, with the new figures
                 profile = engine.profiles[Tier.DEVICE].model_copy(
-                    update={"unit_s": profile.unit_s, "stages": profile.stages})
+                    update={"unit_s": profile.unit_s, "stages": profile.stages}
+                )
             engine.set_profile(t, profile)
         self.whole_ms = {t: engine.profiles[t].total_s * 1000.0 for t in engine.profiles}
         return [(only[t], r) for t in (Tier.EDGE, Tier.CLOUD) for r in runs[t]]
@@ -373,8 +398,15 @@ class ModelBench:
         finally:
             self.tiers.set_profile(access)
 
-    async def _measure(self, engine: SplitEngine, p: Plan, n: int, best_ms: float | None,
-                       into: Measured | None = None, full: bool = False) -> Measured:
+    async def _measure(
+        self,
+        engine: SplitEngine,
+        p: Plan,
+        n: int,
+        best_ms: float | None,
+        into: Measured | None = None,
+        full: bool = False,
+    ) -> Measured:
         m = into or Measured(p)
         before = device_bytes(self.tiers)
         count = 0
@@ -431,16 +463,28 @@ class ModelBench:
         if singles:
             refine.append(min(singles, key=lambda m: m.total_ms))
         fastest = by_time[0].total_ms
-        refine = [m for m in {id(m): m for m in refine}.values()
-                  if len(m.results) >= s.requests and m.total_ms <= CONTENDER * fastest]
+        refine = [
+            m
+            for m in {id(m): m for m in refine}.values()
+            if len(m.results) >= s.requests and m.total_ms <= CONTENDER * fastest
+        ]
         for _ in range(REFINE_ROUNDS * s.requests):  # interleaved: one request of each in turn
             for m in refine:
                 await self._measure(engine, m.plan, 1, None, into=m)
         elapsed = time.perf_counter() - started
         return self._figures(access, chosen, measured, must, len(grid), skipped, elapsed, engine)
 
-    def _figures(self, access: LinkProfile, chosen: Plan, measured: dict[Any, Measured], must: list[Plan],
-                 grid_size: int, skipped: int, elapsed: float, engine: SplitEngine) -> dict[str, Any]:
+    def _figures(
+        self,
+        access: LinkProfile,
+        chosen: Plan,
+        measured: dict[Any, Measured],
+        must: list[Plan],
+        grid_size: int,
+        skipped: int,
+        elapsed: float,
+        engine: SplitEngine,
+    ) -> dict[str, Any]:
         power = engine.source.power
         c = measured[chosen.key]
         oracle = min(measured.values(), key=lambda m: m.total_ms)
@@ -474,27 +518,44 @@ class ModelBench:
             "speedup_vs_cloud_only": round(cloud.total_ms / c.total_ms, 3) if cloud else None,
             "speedup_vs_device_only": round(dev.total_ms / c.total_ms, 3) if dev else None,
             "speedup_vs_best_single_tier": round(best_single.total_ms / c.total_ms, 3),
-            "energy_vs_device_only": (round(energy_j(c, power, access) / energy_j(dev, power, access), 3)
-                                      if dev else None),
+            "energy_vs_device_only": (
+                round(energy_j(c, power, access) / energy_j(dev, power, access), 3) if dev else None
+            ),
             "chosen_energy_j": round(energy_j(c, power, access), 4),
             "grid_plans": grid_size,
             "measured_plans": len(measured),
             "skipped_by_bound": skipped,
             "requests_timed": sum(len(m.results) for m in measured.values()),
             "seconds": round(elapsed, 1),
-            "plans": [[m.plan.describe(), round(m.plan.prediction.latency_s * 1000.0, 2),
-                       round(m.total_ms, 2), len(m.results)] for m in rows],
+            "plans": [
+                [
+                    m.plan.describe(),
+                    round(m.plan.prediction.latency_s * 1000.0, 2),
+                    round(m.total_ms, 2),
+                    len(m.results),
+                ]
+                for m in rows
+            ],
         }
 
 
-async def _bench_model(name: str, proto: onnx.ModelProto, graph: UnitGraph, tiers: LocalDeployment,
-                       certs: Path,
-                       profiles: Sequence[str], settings: Settings, log: Log) -> dict[str, Any]:
+async def _bench_model(
+    name: str,
+    proto: onnx.ModelProto,
+    graph: UnitGraph,
+    tiers: LocalDeployment,
+    certs: Path,
+    profiles: Sequence[str],
+    settings: Settings,
+    log: Log,
+) -> dict[str, Any]:
     bench = ModelBench(name, proto, graph, tiers, certs, settings, log)
     engine = await bench.setup()
     try:
-        log(f"{name}: whole model {', '.join(f'{t} {v:.1f} ms' for t, v in bench.whole_ms.items())}; "
-            f"overhead per hop {bench.overhead_ms()} ms")
+        log(
+            f"{name}: whole model {', '.join(f'{t} {v:.1f} ms' for t, v in bench.whole_ms.items())}; "
+            f"overhead per hop {bench.overhead_ms()} ms"
+        )
         out: dict[str, Any] = {
             "units": len(graph.units),
             "overhead_per_hop_ms": bench.overhead_ms(),
@@ -504,9 +565,11 @@ async def _bench_model(name: str, proto: onnx.ModelProto, graph: UnitGraph, tier
             figures = await bench.profile(engine, access)
             figures["whole_model_ms"] = {t: round(v, 2) for t, v in bench.whole_ms.items()}
             out["profiles"][access] = figures
-            log(f"{name} {access}: chosen {figures['chosen']} {figures['chosen_ms']} ms, oracle "
+            log(
+                f"{name} {access}: chosen {figures['chosen']} {figures['chosen_ms']} ms, oracle "
                 f"{figures['oracle_ms']} ms ({figures['chosen_over_oracle']}x), {figures['measured_plans']}"
-                f"/{figures['grid_plans']} plans in {figures['seconds']} s")
+                f"/{figures['grid_plans']} plans in {figures['seconds']} s"
+            )
         return out
     finally:
         await engine.close()
@@ -532,15 +595,22 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
     def figures(key: str, among: list[dict[str, Any]]) -> list[float]:
         return [r[key] for r in among if r[key]]
 
-    neurosurgeon = [f["speedup_vs_cloud_only"] for _, access, f in cases
-                    if access in NEUROSURGEON_NETWORKS and f["speedup_vs_cloud_only"]]
+    neurosurgeon = [
+        f["speedup_vs_cloud_only"]
+        for _, access, f in cases
+        if access in NEUROSURGEON_NETWORKS and f["speedup_vs_cloud_only"]
+    ]
     return {
         "cases": len(rows),
         "chosen_kinds": dict(Counter(str(r["chosen_kind"]) for r in rows)),
-        "split_chosen": [f"{name} {access}: {f['chosen']}" for name, access, f in cases
-                         if f["chosen_is_split"]],
-        "no_split_pays": [f"{name} {access}: fastest measured {f['oracle_kind']}" for name, access, f in cases
-                          if PlanKind(f["oracle_kind"]).single is not None],
+        "split_chosen": [
+            f"{name} {access}: {f['chosen']}" for name, access, f in cases if f["chosen_is_split"]
+        ],
+        "no_split_pays": [
+            f"{name} {access}: fastest measured {f['oracle_kind']}"
+            for name, access, f in cases
+            if PlanKind(f["oracle_kind"]).single is not None
+        ],
         "where_split": {
             "cases": len(split),
             "mean_speedup_vs_cloud_only": mean(figures("speedup_vs_cloud_only", split)),
@@ -551,10 +621,12 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
             "max_chosen_over_oracle": max((r["chosen_over_oracle"] for r in split), default=None),
         },
         "all_cases_mean_speedup_vs_cloud_only_on_3g_4g_wifi": mean(neurosurgeon),
-        "neurosurgeon": {"mean_speedup_vs_cloud_only": NEUROSURGEON_SPEEDUP,
-                         "networks": list(NEUROSURGEON_NETWORKS),
-                         "what": "its chosen partition (mobile-only, cloud-only or a split) vs cloud-only, "
-                                 "mean over 8 DNN apps (Kang et al., ASPLOS 2017)"},
+        "neurosurgeon": {
+            "mean_speedup_vs_cloud_only": NEUROSURGEON_SPEEDUP,
+            "networks": list(NEUROSURGEON_NETWORKS),
+            "what": "its chosen partition (mobile-only, cloud-only or a split) vs cloud-only, "
+            "mean over 8 DNN apps (Kang et al., ASPLOS 2017)",
+        },
         "max_chosen_over_oracle": round(max(over), 3),
         "worst_speedup_vs_best_single_tier": round(min(vs_single), 3),
         "cases_within_10pct_of_oracle": sum(x <= 1.10 for x in over),
@@ -583,12 +655,21 @@ def run_split_bench(
         certs = Path(tmp) / "pki"
         for model in opened:
             graph = build_unit_graph(model.proto)
-            tiers = deploy_local(model.serve, certs, FAST, threads=s.threads, edge_slowdown=s.edge_slowdown,
-                                 cloud_slowdown=s.cloud_slowdown, target=model.target, seed=1,
-                                 log_dir=Path(tmp))
+            tiers = deploy_local(
+                model.serve,
+                certs,
+                FAST,
+                threads=s.threads,
+                edge_slowdown=s.edge_slowdown,
+                cloud_slowdown=s.cloud_slowdown,
+                target=model.target,
+                seed=1,
+                log_dir=Path(tmp),
+            )
             try:
                 results[model.name] = asyncio.run(
-                    _bench_model(model.name, model.proto, graph, tiers, certs, profiles, s, say))
+                    _bench_model(model.name, model.proto, graph, tiers, certs, profiles, s, say)
+                )
             finally:
                 tiers.stop()
     return {

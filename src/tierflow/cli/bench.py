@@ -10,7 +10,9 @@ from rich.table import Table
 
 from tierflow.cli._common import console, spinner
 
-bench_app = typer.Typer(help="Measure tierflow: transport, pipeline, split.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Measure tierflow: transport, pipeline, split, generate, migrate.", no_args_is_help=True
+)
 
 
 def _print(result: Any, as_json: bool, rows: list[dict[str, Any]], title: str) -> None:
@@ -154,6 +156,78 @@ def split(
     _print(result, as_json, rows, "chosen split vs measured alternatives (ms)")
     if not as_json:
         console.print(result["summary"])
+
+
+@bench_app.command("generate")
+def generate(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    profiles: str = typer.Option(
+        "loopback,wifi,4g", "--profiles", help="Access link profiles, comma separated ('loopback': none)."
+    ),
+    large: str | None = typer.Option(
+        "8x512",
+        "--large",
+        help="Also a random-init Llama of this shape (8x512, 24x1024; needs the export "
+        "extra); '' for demo-lm only.",
+    ),
+    tokens: int = typer.Option(64, "--tokens", min=2, help="Tokens decoded per run."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per placement (median)."),
+) -> None:
+    """Tokens/s and time to first token: device-only, edge-only, cloud-only and the three-tier split."""
+    from tierflow.bench.generate import PLACEMENTS, default_models, run_generate_bench
+    from tierflow.cli._common import err_console
+
+    with spinner("preparing the models"):
+        models = default_models(large or None)
+    result = run_generate_bench(
+        models,
+        [p.strip() for p in profiles.split(",") if p.strip()],
+        tokens=tokens,
+        repeats=repeats,
+        on_stage=lambda line: err_console.print(line, style="dim", highlight=False, markup=False),
+    )
+    rows = [
+        {
+            "model": name,
+            "profile": profile,
+            "placement": placement,
+            "tok/s": figures.get("tokens_per_s", "infeasible"),
+            "ttft_s": figures.get("ttft_s", ""),
+            "bound tok/s": figures.get("bound_tokens_per_s", ""),
+            "efficiency": figures.get("efficiency", ""),
+        }
+        for name, per in result["models"].items()
+        for profile, placements in per.items()
+        if isinstance(placements, dict)
+        for placement, figures in placements.items()
+        if placement in PLACEMENTS
+    ]
+    _print(result, as_json, rows, "generation across tiers")
+    if not as_json:
+        for name, per in result["models"].items():
+            if "split_over_local" in per:
+                console.print(f"{name}: split over loopback / one process = {per['split_over_local']}")
+
+
+@bench_app.command("migrate")
+def migrate(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    profiles: str = typer.Option("wifi,4g,5g", "--profiles", help="Access link profiles, comma separated."),
+    context_tokens: int = typer.Option(192, "--context-tokens", min=8, help="Tokens of KV per context."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Migrations per profile (median)."),
+) -> None:
+    """Moving a context's KV shard between tiers: bytes, time, and the time over its link bound."""
+    from tierflow.bench.migrate import run_migrate_bench
+    from tierflow.cli._common import err_console
+
+    result = run_migrate_bench(
+        [p.strip() for p in profiles.split(",") if p.strip()],
+        context_tokens=context_tokens,
+        repeats=repeats,
+        on_stage=lambda line: err_console.print(line, style="dim", highlight=False, markup=False),
+    )
+    rows = [{"profile": name, **figures} for name, figures in result["profiles"].items()]
+    _print(result, as_json, rows, "KV migration vs its link bound")
 
 
 def register(app: typer.Typer) -> None:

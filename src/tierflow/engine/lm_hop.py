@@ -427,7 +427,7 @@ class LMHop:
         rtts: dict[str, float] = {}
         if self.peers is not None:
             for peer in self.peers.addresses:
-                rtts[peer] = await self._ping(peer)
+                rtts[peer] = await self.ping(peer)
         out: dict[str, Any] = {
             "tier": self.tier,
             "layer_s": layer_s,
@@ -438,7 +438,7 @@ class LMHop:
             out["memory_bytes"] = self.memory_bytes
         return out
 
-    async def _ping(self, peer: str, rounds: int = 3) -> float:
+    async def ping(self, peer: str, rounds: int = 3) -> float:
         """Median round trip of an empty request to ``peer`` (inf if it does not answer)."""
         assert self.peers is not None
         times: list[float] = []

@@ -206,9 +206,9 @@ class ShardedLM:
             if tier is Tier.DEVICE:
                 meta = await self.hop.info()
             else:
-                started = time.perf_counter()
                 meta = (await self._call(tier, StageRequest(OP_LM_INFO))).meta
-                self.link_rtt[frozenset((Tier.DEVICE, tier))] = time.perf_counter() - started
+                # timed apart from the info call: the tier's first answer measures its own speed
+                self.link_rtt[frozenset((Tier.DEVICE, tier))] = await self.hop.ping(tier.value)
         except TierUnavailableError:
             record.available = False
             return False
@@ -259,6 +259,12 @@ class ShardedLM:
             for t, r in self.tiers.items()
             if r.available and r.layer_s is not None
         }
+
+    def predict(self, spans: Mapping[Tier, Span]) -> SpanPlan:
+        """What ``spans`` would cost per token now; PlanError if a span does not fit or cannot run."""
+        return score(
+            self.shape, self._capacities(), self._links(), {t: (s.first, s.last) for t, s in spans.items()}
+        )
 
     async def replan(self) -> SpanPlan | None:
         """Choose the layers each tier holds now (fixed spans stay while their tiers are up)."""

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tierflow.errors import ConfigError
 from tierflow.node.launch import NodeProcess, start_node
 from tierflow.transport.certs import init_pki
 from tierflow.transport.linkemu import LinkEmulator
@@ -59,9 +60,12 @@ class LocalDeployment:
     """Edge and cloud nodes plus the links between the tiers; ``stop()`` ends them all."""
 
     certs: Path
-    backhaul: LinkProfile = BACKHAUL
+    backhaul: LinkProfile | None = BACKHAUL  # None: no emulated links (plain loopback)
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
     links: dict[str, LinkEmulator] = field(default_factory=dict)
+    # where each hop's sender connects: a link emulator's listening end, or the node itself when the
+    # deployment runs with no emulated links (plain loopback)
+    addresses: dict[str, str] = field(default_factory=dict)
 
     @property
     def api(self) -> str | None:
@@ -77,17 +81,17 @@ class LocalDeployment:
                 n: {"data_plane": p.data_plane, "http": p.http, "model_id": p.model_id, "pid": p.process.pid}
                 for n, p in self.nodes.items()
             },
-            "device_links": {n: link.hostport for n, link in self.links.items() if n.startswith("device->")},
+            "device_links": {n: a for n, a in self.addresses.items() if n.startswith("device->")},
             "profile": self.links[DEVICE_EDGE].profile.name if DEVICE_EDGE in self.links else None,
-            "backhaul": self.backhaul.describe(),
+            "backhaul": self.backhaul.describe() if self.backhaul else None,
         }
 
     @property
     def peers(self) -> dict[str, str]:
         """Where the device reaches each remote tier (the device end of its links)."""
         return {
-            Tier.EDGE.value: self.links[DEVICE_EDGE].hostport,
-            Tier.CLOUD.value: self.links[DEVICE_CLOUD].hostport,
+            Tier.EDGE.value: self.addresses[DEVICE_EDGE],
+            Tier.CLOUD.value: self.addresses[DEVICE_CLOUD],
         }
 
     @property
@@ -98,6 +102,8 @@ class LocalDeployment:
     def hop_profile(self, a: str, b: str) -> LinkProfile:
         """The link a request meets between tiers ``a`` and ``b`` (either order)."""
         pair = {a, b}
+        if self.backhaul is None:
+            raise ConfigError("this deployment runs over plain loopback: it emulates no links")
         if pair == {Tier.DEVICE, Tier.EDGE}:
             return self.access
         if pair == {Tier.EDGE, Tier.CLOUD}:
@@ -122,12 +128,12 @@ class LocalDeployment:
 def deploy_local(
     model: str | Path,
     certs: Path,
-    profile: str | LinkProfile = "4g",
+    profile: str | LinkProfile | None = "4g",
     *,
     threads: int = 1,
     edge_slowdown: float = 1.0,
     cloud_slowdown: float = 1.0,
-    backhaul: LinkProfile = BACKHAUL,
+    backhaul: LinkProfile | None = BACKHAUL,
     target: str | None = None,
     seed: int | None = None,
     log_dir: Path | None = None,
@@ -143,6 +149,7 @@ def deploy_local(
     ``seed`` makes the links' jitter and loss reproducible (the three links get seed, seed+1, seed+2).
     """
     access = get_profile(profile) if isinstance(profile, str) else profile  # a bad name fails first
+    backhaul = backhaul if access is not None else None  # plain loopback: no emulator anywhere
     if not (certs / "ca.crt").exists():
         init_pki(certs, [t.value for t in Tier])
     deployment = LocalDeployment(certs, backhaul)
@@ -151,6 +158,15 @@ def deploy_local(
 
     def extra(tier: Tier) -> list[str]:
         return entry.node_args(tier) if entry is not None else []
+
+    def emulate(name: str, target: str, link: LinkProfile | None, seed: int | None) -> str:
+        """The address that reaches ``target`` through ``link`` (``target`` itself with no link)."""
+        if link is None:
+            deployment.addresses[name] = target
+        else:
+            deployment.links[name] = LinkEmulator(target, link, seed=seed).start()
+            deployment.addresses[name] = deployment.links[name].hostport
+        return deployment.addresses[name]
 
     try:
         cloud = start_node(
@@ -164,13 +180,12 @@ def deploy_local(
             extra_args=extra(Tier.CLOUD),
         )
         deployment.nodes[Tier.CLOUD] = cloud
-        link = LinkEmulator(cloud.data_plane, backhaul, seed=seeds[0]).start()
-        deployment.links[EDGE_CLOUD] = link
+        to_cloud = emulate(EDGE_CLOUD, cloud.data_plane, backhaul, seeds[0])
         edge = start_node(
             Tier.EDGE.value,
             model,
             certs,
-            peers={Tier.CLOUD.value: link.hostport},
+            peers={Tier.CLOUD.value: to_cloud},
             threads=threads,
             slowdown=edge_slowdown,
             log=log(Tier.EDGE),
@@ -178,16 +193,21 @@ def deploy_local(
             extra_args=extra(Tier.EDGE),
         )
         deployment.nodes[Tier.EDGE] = edge
-        deployment.links[DEVICE_EDGE] = LinkEmulator(edge.data_plane, access, seed=seeds[1]).start()
+        emulate(DEVICE_EDGE, edge.data_plane, access, seeds[1])
         # the device's way to the cloud: the access link, then the same backhaul the edge uses
-        deployment.links[DEVICE_CLOUD] = LinkEmulator(link.hostport, access, seed=seeds[2]).start()
+        emulate(DEVICE_CLOUD, to_cloud, access, seeds[2])
         if entry is not None:
             estimates = {
-                "device-edge": access.name,
-                "edge-cloud": backhaul.name,
-                "device-cloud": chain(access, backhaul).name,
+                "device-edge": access,
+                "edge-cloud": backhaul,
+                "device-cloud": chain(access, backhaul) if access and backhaul else None,
             }
-            links = [arg for pair, name in estimates.items() for arg in ("--link", f"{pair}={name}")]
+            links = [
+                arg
+                for pair, link in estimates.items()
+                if link is not None
+                for arg in ("--link", f"{pair}={link.name}")
+            ]
             deployment.nodes[Tier.DEVICE] = start_node(
                 Tier.DEVICE.value,
                 model,

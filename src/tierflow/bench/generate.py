@@ -1,0 +1,230 @@
+"""``tierflow bench generate``: a language model served across tiers, per link profile.
+
+For each model and each link profile, edge and cloud are real node processes started by
+:func:`tierflow.node.deploy.deploy_local` (the wiring ``tierflow up`` uses), behind the user-space
+link emulator (SIMULATED links); the benchmark process is the device, the entry point, driving
+them through :class:`tierflow.engine.sharded.ShardedLM` as the device node does. Each placement
+decodes the same number of tokens greedily from the same prompt, EOS ignored (as llama.cpp's
+``llama-bench`` does):
+
+- ``device-only``, ``edge-only``, ``cloud-only``: every layer on one tier (the device then sends
+  token ids and gets tokens back);
+- ``split``: the layers in thirds, device -> edge -> cloud.
+
+A placement a tier's memory budget cannot hold is reported as infeasible and not run (the device's
+SIMULATED budget is set below the larger model's size, so that model needs the other tiers).
+
+Figures per placement: decode ``tokens_per_s``, ``ttft_s`` (the prompt's prefill and the first
+token), and the per-token stage compute of each tier (the decode run's compute less a one-token
+run's, which is the prefill, over the decode steps). For remote placements, ``bound_tokens_per_s``
+is ``1 / (sum of per-token stage compute + sum over the hops of the link's RTT and the hidden
+state's transfer time)`` and ``efficiency`` is measured tokens/s over that bound. ``loopback`` runs
+with no emulated links at all, and there the split is also compared with the unsplit model decoding
+in one process (``split_over_local``), one ONNX Runtime thread everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from tierflow.bench.entry import device_entry
+from tierflow.compiler.random_hf import LlamaShape, ensure_random_llama
+from tierflow.context.ids import new_context_id
+from tierflow.engine.sharded import GenerationOutcome, ShardedLM, Spans, spans_text
+from tierflow.errors import ConfigError, PlanError
+from tierflow.model import metadata as md
+from tierflow.model.lm_layers import Span
+from tierflow.model.registry import resolve_model
+from tierflow.model.tokenizer import Tokenizer
+from tierflow.node.deploy import LocalDeployment, deploy_local
+from tierflow.runtime.lm import CausalLM, SamplingConfig
+from tierflow.runtime.session import SessionOptions
+from tierflow.types.links import BACKHAUL, LinkProfile, chain, get_profile, transfer_s
+from tierflow.types.tiers import Tier
+
+LOOPBACK = "loopback"  # no emulated links: the nodes' own sockets
+PLACEMENTS = ("device-only", "edge-only", "cloud-only", "split")
+PROMPT = "Return the number of items in a container. The argument may be a sequence or a collection"
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """A model to measure; ``device_memory_mib`` is the device's SIMULATED budget (None: unlimited)."""
+
+    name: str
+    path: Path
+    device_memory_mib: float | None = None
+
+
+def placement_spans(placement: str, num_layers: int) -> Spans:
+    whole = Span(0, num_layers - 1)
+    if placement == "device-only":
+        return {Tier.DEVICE: whole}
+    if placement == "edge-only":
+        return {Tier.EDGE: whole}
+    if placement == "cloud-only":
+        return {Tier.CLOUD: whole}
+    if placement == "split":
+        a, b = max(num_layers // 3, 1), max(2 * num_layers // 3, 2)
+        return {Tier.DEVICE: Span(0, a - 1), Tier.EDGE: Span(a, b - 1), Tier.CLOUD: Span(b, num_layers - 1)}
+    raise ConfigError(f"unknown placement {placement!r}; known: {', '.join(PLACEMENTS)}")
+
+
+def hop_links(spans: Spans, access: LinkProfile | None) -> list[LinkProfile | None]:
+    """The link each hop of the placement's route crosses (None: plain loopback)."""
+    path = [Tier.DEVICE, *(t for t in spans if t is not Tier.DEVICE)]
+    links: list[LinkProfile | None] = []
+    for a, b in zip(path, path[1:], strict=False):
+        if access is None:
+            links.append(None)
+        elif {a, b} == {Tier.EDGE, Tier.CLOUD}:
+            links.append(BACKHAUL)
+        elif {a, b} == {Tier.DEVICE, Tier.EDGE}:
+            links.append(access)
+        else:  # device -> cloud: the access link, then the backhaul (node/deploy.py)
+            links.append(chain(access, BACKHAUL))
+    return links
+
+
+async def _run_once(lm: ShardedLM, ids: list[int], spans: Spans, tokens: int, tag: str) -> GenerationOutcome:
+    outcome: GenerationOutcome | None = None
+    config = SamplingConfig.greedy(tokens)
+    async for item in lm.generate(tag, ids, 0, spans, config, prompt_tokens=len(ids)):
+        if isinstance(item, GenerationOutcome):
+            outcome = item
+    await lm.drop(tag)
+    if outcome is None or len(outcome.generated) != tokens:
+        raise RuntimeError(f"the {tag} run ended early")
+    return outcome
+
+
+async def measure_placement(
+    lm: ShardedLM, ids: list[int], spans: Spans, tokens: int, repeats: int, access: LinkProfile | None
+) -> dict[str, Any]:
+    """Decode ``tokens`` tokens ``repeats`` times under ``spans``; the median figures."""
+    await _run_once(lm, ids, spans, tokens, new_context_id())  # warm-up: sessions, shapes, connections
+    prefill = await _run_once(lm, ids, spans, 1, new_context_id())
+    runs = [await _run_once(lm, ids, spans, tokens, new_context_id()) for _ in range(repeats)]
+    best = sorted(runs, key=lambda o: o.tokens_per_s)[len(runs) // 2]
+    steps = tokens - 1
+    compute = {
+        tier: max(seconds - prefill.stats.compute_s.get(tier, 0.0), 0.0) / steps
+        for tier, seconds in best.stats.compute_s.items()
+    }
+    hidden = lm.costs.hidden_bytes_per_token
+    link_s = 0.0
+    for link in hop_links(spans, access):
+        if link is not None:
+            link_s += link.rtt_s + transfer_s(hidden, link.up_bps) + transfer_s(64, link.down_bps)
+    bound = 1.0 / (sum(compute.values()) + link_s)
+    figures: dict[str, Any] = {
+        "spans": spans_text(spans),
+        "tokens_per_s": round(statistics.median(o.tokens_per_s for o in runs), 2),
+        "ttft_s": round(statistics.median(o.ttft_s for o in runs), 4),
+        "compute_ms_per_token": {t: round(s * 1e3, 3) for t, s in compute.items()},
+        "link_ms_per_token": round(link_s * 1e3, 3),
+        "bound_tokens_per_s": round(bound, 2),
+    }
+    figures["efficiency"] = round(figures["tokens_per_s"] / bound, 3)
+    return figures
+
+
+def local_tokens_per_s(path: Path, ids: list[int], tokens: int, repeats: int) -> float:
+    """The unsplit model decoding in this one process, one ONNX Runtime thread."""
+    lm = CausalLM.open(path, SessionOptions(intra_op_threads=1))
+    rates = [lm.generate_ids(ids, SamplingConfig.greedy(tokens)).tokens_per_s for _ in range(repeats)]
+    return statistics.median(rates)
+
+
+async def measure_profile(
+    model: BenchModel,
+    deployment: LocalDeployment,
+    access: LinkProfile | None,
+    tokens: int,
+    repeats: int,
+) -> dict[str, Any]:
+    memory = int(model.device_memory_mib * 2**20) if model.device_memory_mib else None
+    out: dict[str, Any] = {}
+    async with device_entry(model.path, model.name, deployment, access, memory) as lm:
+        ids = lm.tokenizer.encode(PROMPT)
+        for placement in PLACEMENTS:
+            spans = placement_spans(placement, lm.num_layers)
+            try:
+                predicted = lm.predict(spans)
+            except PlanError as exc:
+                out[placement] = {"spans": spans_text(spans), "feasible": False, "reason": str(exc)}
+                continue
+            figures = await measure_placement(lm, ids, spans, tokens, repeats, access)
+            figures["predicted_tokens_per_s"] = round(1.0 / predicted.token_s, 2)
+            out[placement] = figures
+    return out
+
+
+def run_generate_bench(
+    models: Sequence[BenchModel],
+    profiles: Sequence[str],
+    *,
+    tokens: int = 64,
+    repeats: int = 3,
+    on_stage: Any = None,
+) -> dict[str, Any]:
+    """Every model over every profile (``loopback``: no emulated links); see the module docstring."""
+    stage = on_stage or (lambda _msg: None)
+    result: dict[str, Any] = {"tokens": tokens, "repeats": repeats, "prompt_tokens": None, "models": {}}
+    for model in models:
+        per_profile: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory(prefix="tierflow-bench-generate-") as tmp:
+            certs = Path(tmp) / "pki"
+            for name in profiles:
+                access = None if name == LOOPBACK else get_profile(name)
+                stage(f"{model.name} over {name}: starting edge and cloud nodes")
+                deployment = deploy_local(model.path, certs, access, threads=1)
+                try:
+                    started = time.perf_counter()
+                    stage(f"{model.name} over {name}: decoding")
+                    per_profile[name] = asyncio.run(
+                        measure_profile(model, deployment, access, tokens, repeats)
+                    )
+                    per_profile[name]["wall_s"] = round(time.perf_counter() - started, 1)
+                finally:
+                    deployment.stop()
+        if LOOPBACK in per_profile and "tokens_per_s" in per_profile[LOOPBACK]["split"]:
+            tokenizer = Tokenizer.from_json(md.tokenizer(onnx.load(str(model.path))) or "")
+            ids = tokenizer.encode(PROMPT)
+            result["prompt_tokens"] = len(ids)
+            stage(f"{model.name}: the unsplit model in one process")
+            local = local_tokens_per_s(model.path, ids, tokens, repeats)
+            per_profile["one_process_tokens_per_s"] = round(local, 2)
+            per_profile["split_over_local"] = round(per_profile[LOOPBACK]["split"]["tokens_per_s"] / local, 3)
+        result["models"][model.name] = {"path": str(model.path), **per_profile}
+    return result
+
+
+def default_models(large: str | None) -> list[BenchModel]:
+    """demo-lm, and with ``large`` a random-init Llama of that shape (``8x512``, ``24x1024``) whose
+    weights are twice the device's budget."""
+    models = [BenchModel("demo-lm", resolve_model("demo-lm"))]
+    if large:
+        shape = LLAMA_SHAPES.get(large)
+        if shape is None:
+            raise ConfigError(f"unknown Llama shape {large!r}; known: {', '.join(LLAMA_SHAPES)}")
+        path = ensure_random_llama(shape)
+        weights = sum(len(t.raw_data) for t in onnx.load(str(path)).graph.initializer)
+        models.append(BenchModel(shape.name, path, device_memory_mib=weights / 2 / 2**20))
+    return models
+
+
+# the shapes llama.cpp's RPC backend was measured on (docs/BENCHMARKS.md)
+LLAMA_SHAPES = {
+    "8x512": LlamaShape(layers=8, hidden=512, intermediate=1376, heads=8, kv_heads=4),
+    "24x1024": LlamaShape(layers=24, hidden=1024, intermediate=2752, heads=16, kv_heads=8),
+}
