@@ -130,7 +130,7 @@ def test_contexts_belong_to_their_creator(up: Deployment) -> None:
         with up.client(up.new_key()) as bob, pytest.raises(ContextForbiddenError):
             bob.generate(PROMPT, context_id=made.context_id, max_tokens=2)
         with pytest.raises(ContextNotFoundError):
-            alice.generate(PROMPT, context_id="ctx-" + "0" * 32, max_tokens=2)
+            alice.generate(PROMPT, context_id="ctx_" + "A" * 32, max_tokens=2)
         alice.delete_context(made.context_id)
         with pytest.raises(ContextNotFoundError):
             alice.context(made.context_id)

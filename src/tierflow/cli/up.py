@@ -72,6 +72,12 @@ def up(
     certs: Path = typer.Option(
         Path("tierflow-pki"), "--certs", help="Certificates folder (made if missing)."
     ),
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        help="Target of a .tfm every node serves (default: each tier's own; for a language model, "
+        "'cloud' on every tier: its layer spans must come from one model).",
+    ),
     threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads per node."),
     edge_slowdown: float = typer.Option(1.0, "--edge-slowdown", min=1.0, help="SIMULATED slower edge box."),
     device_slowdown: float = typer.Option(1.0, "--device-slowdown", min=1.0, help="SIMULATED slower device."),
@@ -104,13 +110,21 @@ def up(
             expires_in=expires_in,
             device_slowdown=device_slowdown,
         )
+        if target is None and model.endswith(".tfm"):
+            target = "cloud"  # the phone target of an LM exits early: its layers are not the others'
     # SIGINT or SIGTERM (Ctrl-C, a service manager, a test) stops the node processes this one started,
     # also when it was started with SIGINT ignored; one during start-up stops it as soon as it is up
     with StopSignals() as stop:
         tiers = "device, edge and cloud" if entry else "edge and cloud"
         with spinner(f"starting {tiers} nodes for {model}"):
             deployment = deploy_local(
-                model, certs, profile, threads=threads, edge_slowdown=edge_slowdown, entry=entry
+                model,
+                certs,
+                profile,
+                threads=threads,
+                edge_slowdown=edge_slowdown,
+                target=target,
+                entry=entry,
             )
         try:
             if not stop.requested:
