@@ -119,8 +119,8 @@ class LayeredLM:
     def _suffices(self, tensor: str, layer: int) -> bool:
         wanted = [*_present(range(layer, self.num_layers)), lc.LOGITS]
         available = {tensor, *self.step_inputs, *_past(range(layer, self.num_layers))}
-        try:
-            self.cutter.needed_inputs(wanted, available)
+        try:  # the tail's own cutter: a shape read of an earlier layer's past is not a dependency
+            self._span_cutter(Span(layer, self.num_layers - 1)).needed_inputs(wanted, available)
         except PlanError:
             return False
         return True
