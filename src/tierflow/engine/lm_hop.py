@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import statistics
 import time
@@ -78,8 +79,13 @@ def encode_hops(hops: Sequence[RouteHop]) -> str:
 def decode_hops(raw: MetaValue | None) -> list[RouteHop]:
     if raw in (None, ""):
         return []
+    return list(_decode_hops(str(raw)))
+
+
+@functools.lru_cache(maxsize=256)  # every step of a generation carries the same route
+def _decode_hops(raw: str) -> tuple[RouteHop, ...]:
     try:
-        return [RouteHop(str(h["peer"]), Span.parse(str(h["span"]))) for h in json.loads(str(raw))]
+        return tuple(RouteHop(str(h["peer"]), Span.parse(str(h["span"]))) for h in json.loads(raw))
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidInputError(f"malformed lm route: {exc}") from None
 
@@ -100,16 +106,34 @@ def encode_sampling(config: SamplingConfig) -> str:
 def decode_sampling(raw: MetaValue | None) -> SamplingConfig | None:
     if raw in (None, ""):
         return None
+    return _decode_sampling(str(raw))
+
+
+@functools.lru_cache(maxsize=256)  # the config is frozen; a generation sends the same one each step
+def _decode_sampling(raw: str) -> SamplingConfig:
     try:
-        return SamplingConfig(**json.loads(str(raw)))
+        return SamplingConfig(**json.loads(raw))
     except (ValueError, TypeError) as exc:
         raise InvalidInputError(f"malformed sampling config: {exc}") from None
+
+
+_UNSEEDED = np.random.default_rng()  # seeded from the OS once: per-token entropy costs ~0.1 ms
 
 
 def token_rng(seed: int | None, position: int) -> np.random.Generator:
     """The generator for the token at ``position``: with a seed, the same token whichever tier samples
     it and however often the context was rebuilt."""
-    return np.random.default_rng(None if seed is None else [seed, position])
+    return _UNSEEDED if seed is None else np.random.default_rng([seed, position])
+
+
+def needs_rng(config: SamplingConfig) -> bool:
+    """Whether picking a token under ``config`` draws random numbers (greedy does not)."""
+    return config.temperature > 0
+
+
+def needs_recent(config: SamplingConfig) -> bool:
+    """Whether picking a token under ``config`` reads the recent tokens (the repeat penalty does)."""
+    return config.repeat_penalty != 1.0 and config.repeat_last_n > 0
 
 
 def _meta_int(meta: dict[str, MetaValue], key: str) -> int:
@@ -217,11 +241,10 @@ class LMHop:
         else:
             config = decode_sampling(meta.get("sample"))
             if config is not None:
-                recent = json.loads(str(meta.get("recent", "[]")))
+                recent = json.loads(str(meta.get("recent", "[]"))) if needs_recent(config) else []
                 position = past_len + int(ids.shape[1])
-                out_meta["token"] = pick_token(
-                    logits[0, -1], config, token_rng(config.seed, position), recent
-                )
+                rng = token_rng(config.seed, position) if needs_rng(config) else _UNSEEDED
+                out_meta["token"] = pick_token(logits[0, -1], config, rng, recent)
         out_meta[f"{ELAPSED_PREFIX}{self.tier}"] = time.perf_counter() - started
         return StageResponse(request.request_id, meta=out_meta)
 

@@ -39,6 +39,7 @@ from tierflow.engine.lm_hop import (
     RouteHop,
     encode_hops,
     encode_sampling,
+    needs_recent,
 )
 from tierflow.errors import InvalidInputError, KVMissingError, PlanError, TierUnavailableError
 from tierflow.model.lm_layers import LayerCosts, Span, check_cover, layer_costs
@@ -333,8 +334,8 @@ class ShardedLM:
         }
         if sample is not None:
             meta["sample"] = encode_sampling(sample)
-            window = sample.repeat_last_n
-            meta["recent"] = json.dumps(list(recent[-window:]) if window else [])
+            if needs_recent(sample):
+                meta["recent"] = json.dumps(list(recent[-sample.repeat_last_n :]))
         request = StageRequest(
             OP_LM_STEP, inputs={IDS: np.asarray([list(ids)], np.int64)}, meta=meta, quant=self.quant
         )
