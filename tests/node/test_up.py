@@ -95,3 +95,16 @@ def test_up_with_an_unknown_profile_is_a_one_line_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr.decode()
     assert "7g" in proc.stderr.decode()
+
+
+def test_up_with_spans_that_leave_a_gap_is_a_one_line_error(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "tierflow", "up", "demo-lm", "--spans", "device=0-1,edge=3-5"]
+    argv += ["--certs", str(tmp_path / "p"), "--store", str(tmp_path / "contexts.sqlite")]
+    proc = subprocess.run(
+        argv, capture_output=True, timeout=60, env={**os.environ, "TIERFLOW_HOME": str(tmp_path)}
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2
+    assert "Traceback" not in err
+    assert "gap at layer 2" in err
+    assert not (tmp_path / "p").exists()  # nothing was started

@@ -44,6 +44,22 @@ def parse_memory(items: list[str]) -> dict[Tier, float]:
     return out
 
 
+def check_spans(model: str, spans: str, target: str | None) -> None:
+    """Raise a one-line error unless ``spans`` cover the LM's layers exactly, in tier order."""
+    import onnx
+
+    from tierflow.engine.sharded import parse_spans
+    from tierflow.model import lm_contract as lc
+    from tierflow.node.executor import load_node_model
+
+    data, _ = load_node_model(
+        model, Tier.CLOUD.value, target or ("cloud" if model.endswith(".tfm") else None)
+    )
+    graph = onnx.load_from_string(data).graph
+    layers = {i for i in range(len(graph.input)) if lc.past_name(i, "key") in {x.name for x in graph.input}}
+    parse_spans(spans, len(layers))
+
+
 def up(
     model: str = typer.Argument("demo-lm", help="Model every tier serves: .onnx, .tfm or a bundled name."),
     profile: str = typer.Option(
@@ -95,6 +111,10 @@ def up(
     entry: EntrySettings | None = None
     api_key: str | None = None
     if kind_of(model) is ModelKind.CAUSAL_LM:
+        if target is None and model.endswith(".tfm"):
+            target = "cloud"  # the phone target of an LM exits early: its layers are not the others'
+        if spans:
+            check_spans(model, spans, target)  # before any process starts: a one-line error
         store_spec = store or str(default_store())
         opened = open_store(store_spec)
         try:
@@ -110,8 +130,6 @@ def up(
             expires_in=expires_in,
             device_slowdown=device_slowdown,
         )
-        if target is None and model.endswith(".tfm"):
-            target = "cloud"  # the phone target of an LM exits early: its layers are not the others'
     # SIGINT or SIGTERM (Ctrl-C, a service manager, a test) stops the node processes this one started,
     # also when it was started with SIGINT ignored; one during start-up stops it as soon as it is up
     with StopSignals() as stop:
