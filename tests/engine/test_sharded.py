@@ -14,7 +14,9 @@ import pytest
 
 from tests.support.fake_peers import FakeNetwork
 from tierflow.engine.conversations import Conversations, Finished
+from tierflow.engine.sharded import PROBE_EVERY_S
 from tierflow.errors import ContextNotFoundError, InvalidInputError
+from tierflow.model.lm_layers import Span
 from tierflow.model.registry import resolve_model
 from tierflow.node.server import NodeServer
 from tierflow.runtime.lm import CausalLM, SamplingConfig
@@ -191,6 +193,13 @@ def test_the_cloud_lost_mid_generation_the_rest_finish_it_with_the_same_tokens(
         assert events and events[0]["event"] == "failover" and events[0]["lost"] == "cloud"
         assert Tier.CLOUD not in item.outcome.spans
         assert item.record.spans == {t.value: str(s) for t, s in item.outcome.spans.items()}
+        # the cloud comes back: once the entry point asks again, the next conversation uses it
+        net.revive("cloud")
+        now = conv.lm.clock()
+        conv.lm.clock = lambda: now + PROBE_EVERY_S
+        again, done = await run(conv, "The for statement")
+        assert again == tokens
+        assert done.outcome.spans[Tier.CLOUD] == Span(5, 5)
 
     asyncio.run(go())
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tierflow.context.kv import KVShardStore
 from tierflow.errors import TierUnavailableError
 from tierflow.node.config import NodeConfig
 from tierflow.node.server import NodeServer
@@ -59,15 +60,21 @@ class FakeNetwork:
         self._pending: dict[str, set[asyncio.Future[None]]] = {}
 
     def node(
-        self, tier: Tier, model: str | Path, reaches: Iterable[str] = (), *, slowdown: float = 1.0,
+        self,
+        tier: Tier,
+        model: str | Path,
+        reaches: Iterable[str] = (),
+        *,
+        slowdown: float = 1.0,
         **settings: Any,
     ) -> NodeServer:
         """A real node for ``tier`` serving ``model``, whose next hops (``reaches``) are in this network.
 
         ``settings`` are further :class:`NodeConfig` fields (an LM entry point's ``store``, ``spans``).
         """
-        config = NodeConfig(tier=tier, model=str(model), certs=self.certs, threads=1, slowdown=slowdown,
-                            **settings)
+        config = NodeConfig(
+            tier=tier, model=str(model), certs=self.certs, threads=1, slowdown=slowdown, **settings
+        )
         server = NodeServer(config, peers=self.peers(tier.value, reaches))
         self.nodes[tier.value] = server
         return server
@@ -92,6 +99,14 @@ class FakeNetwork:
         for lost in self._pending.pop(tier, set()):
             if not lost.done():
                 lost.set_result(None)
+
+    def revive(self, tier: str) -> None:
+        """``tier`` answers again (a restarted process: what it held is gone)."""
+        self.dead.discard(tier)
+        self.release(tier)  # a door held before it died opens: the new process waits for nobody
+        hop = self.nodes[tier].lm_hop
+        if hop is not None:
+            hop.kv = KVShardStore(hop.kv.capacity_bytes)
 
     async def deliver(
         self, caller: str, peer: str, request: StageRequest, timeout: float | None

@@ -48,6 +48,7 @@ from tierflow.node.deploy import LocalDeployment, deploy_local
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions
 from tierflow.types.links import BACKHAUL, LinkProfile, chain, get_profile, transfer_s
+from tierflow.types.quant import QuantMode
 from tierflow.types.tiers import Tier
 
 LOOPBACK = "loopback"  # no emulated links: the nodes' own sockets
@@ -158,6 +159,20 @@ async def split_over_local(
     }
 
 
+async def token_agreement(
+    lm: ShardedLM, ids: list[int], spans: Spans, tokens: int, quant: QuantMode
+) -> float:
+    """Of the greedy tokens with hidden states in ``quant`` frames, the share equal to the lossless
+    split's, position by position (one early difference changes the rest: a strict measure)."""
+    exact = (await _run_once(lm, ids, spans, tokens, new_context_id())).generated
+    lm.quant, lossless = quant, lm.quant
+    try:
+        lossy = (await _run_once(lm, ids, spans, tokens, new_context_id())).generated
+    finally:
+        lm.quant = lossless
+    return sum(a == b for a, b in zip(exact, lossy, strict=True)) / len(exact)
+
+
 async def measure_profile(
     model: BenchModel,
     deployment: LocalDeployment,
@@ -182,6 +197,9 @@ async def measure_profile(
         if access is None and "tokens_per_s" in out.get("split", {}):
             split = placement_spans("split", lm.num_layers)
             out["vs_one_process"] = await split_over_local(lm, model.path, ids, split, tokens, repeats)
+            out["vs_one_process"]["int8_token_agreement"] = round(
+                await token_agreement(lm, ids, split, tokens, QuantMode.INT8), 3
+            )
     return out
 
 

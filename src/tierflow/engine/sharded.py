@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,11 +161,12 @@ class ShardedLM:
         fixed_spans: Spans | None = None,
         links: Mapping[frozenset[Tier], LinkProfile] | None = None,
         quant: QuantMode = QuantMode.RAW,
-        clock: object = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if hop.tier != Tier.DEVICE.value:
             raise InvalidInputError("the entry point of a deployment is its device node")
         self.hop = hop
+        self.clock = clock  # when a tier that is down is asked again (PROBE_EVERY_S)
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_seq_len = max_seq_len
@@ -202,7 +203,7 @@ class ShardedLM:
     async def probe(self, tier: Tier) -> bool:
         """Ask ``tier`` what it can do (its measured speed, memory, its own links); False if it is down."""
         record = self.tiers[tier]
-        record.last_probe = time.monotonic()
+        record.last_probe = self.clock()
         try:
             if tier is Tier.DEVICE:
                 meta = await self.hop.info()
@@ -287,7 +288,7 @@ class ShardedLM:
 
     async def _revive(self) -> None:
         """Probe tiers that are down (at most every PROBE_EVERY_S); re-plan when one came back."""
-        now = time.monotonic()
+        now = self.clock()
         came_back = False
         for tier, record in self.tiers.items():
             if not record.available and now - record.last_probe >= PROBE_EVERY_S:
@@ -297,7 +298,7 @@ class ShardedLM:
 
     async def mark_down(self, tier: Tier) -> None:
         self.tiers[tier].available = False
-        self.tiers[tier].last_probe = time.monotonic()
+        self.tiers[tier].last_probe = self.clock()
         await self.replan()
 
     # --- steps ----------------------------------------------------------------------------------------
