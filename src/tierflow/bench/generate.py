@@ -221,7 +221,7 @@ def run_generate_bench(
             for name in profiles:
                 access = None if name == LOOPBACK else get_profile(name)
                 stage(f"{model.name} over {name}: starting edge and cloud nodes")
-                deployment = deploy_local(model.path, certs, access, threads=1)
+                deployment = deploy_local(model.path, certs, access, threads=1, startup_timeout=600.0)
                 try:
                     started = time.perf_counter()
                     stage(f"{model.name} over {name}: decoding")

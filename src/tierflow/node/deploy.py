@@ -138,6 +138,7 @@ def deploy_local(
     seed: int | None = None,
     log_dir: Path | None = None,
     entry: EntrySettings | None = None,
+    startup_timeout: float = 60.0,
 ) -> LocalDeployment:
     """Start cloud and edge nodes serving ``model`` and the emulated links between the tiers.
 
@@ -178,6 +179,7 @@ def deploy_local(
             log=log(Tier.CLOUD),
             target_override=target,
             extra_args=extra(Tier.CLOUD),
+            startup_timeout=startup_timeout,
         )
         deployment.nodes[Tier.CLOUD] = cloud
         to_cloud = emulate(EDGE_CLOUD, cloud.data_plane, backhaul, seeds[0])
@@ -191,6 +193,7 @@ def deploy_local(
             log=log(Tier.EDGE),
             target_override=target,
             extra_args=extra(Tier.EDGE),
+            startup_timeout=startup_timeout,
         )
         deployment.nodes[Tier.EDGE] = edge
         emulate(DEVICE_EDGE, edge.data_plane, access, seeds[1])
@@ -218,6 +221,7 @@ def deploy_local(
                 log=log(Tier.DEVICE),
                 target_override=target,
                 extra_args=[*extra(Tier.DEVICE), *links],
+                startup_timeout=startup_timeout,
             )
     except BaseException:
         deployment.stop()

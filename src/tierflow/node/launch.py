@@ -88,7 +88,9 @@ def start_node(
             break
     selector.close()
     if not line:
+        code = process.poll()
         process.kill()
-        raise TierUnavailableError(f"{tier} node did not start (exit code {process.poll()})")
+        why = f"exit code {code}" if code is not None else f"not ready within {startup_timeout:g} s"
+        raise TierUnavailableError(f"{tier} node did not start ({why})")
     info = json.loads(line)
     return NodeProcess(tier, process, info["data_plane"], info["http"], info["model_id"])
