@@ -475,7 +475,8 @@ def test_switching_the_profile_changes_rtt_on_an_open_connection() -> None:
         assert link.profile.name == "3g"
         assert statistics.median(pings(s, 5)) == pytest.approx(0.15, rel=0.10)
         link.set_profile(quiet("4g").scaled(rtt=0.2))
-        assert statistics.median(pings(s, 5)) == pytest.approx(0.01, rel=0.15)
+        # 10 ms: a few ms of scheduling on a loaded two-core VM is within reach of a user-space link
+        assert statistics.median(pings(s, 5)) == pytest.approx(0.01, abs=0.004)
 
 
 @pytest.mark.slow
