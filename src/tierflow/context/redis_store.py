@@ -28,19 +28,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from tierflow.context.ids import check_identity, is_key_hash, new_context_id
+from tierflow.context.ids import check_identity, is_key_hash
 from tierflow.context.spans import check_spans
 from tierflow.context.store import (
     DEFAULT_EXPIRES_IN,
     EXPIRED_GRACE_S,
     ContextRecord,
     check_expires_in,
-    check_owner_model,
     check_tokens,
     decode_tokens,
     encode_tokens,
     expired,
     forbidden,
+    new_record,
     not_found,
 )
 from tierflow.errors import InvalidInputError, TransportError
@@ -161,19 +161,8 @@ class RedisContextStore:
         meta: Mapping[str, str] | None = None,
     ) -> ContextRecord:
         """A new context with a fresh id; one MULTI/EXEC writes it, its tombstone and its index."""
-        check_owner_model(owner, model)
-        lifetime = check_expires_in(expires_in)
-        now = self._clock()
-        record = ContextRecord(
-            context_id=new_context_id(),
-            owner=owner,
-            model=model,
-            tokens=check_tokens(tokens),
-            spans=check_spans(dict(spans or {})),
-            created_at=now,
-            expires_at=now + lifetime,
-            meta={str(k): str(v) for k, v in (meta or {}).items()},
-        )
+        lifetime = check_expires_in(expires_in)  # the key's TTL, exactly as asked
+        record = new_record(owner, model, lifetime, self._clock(), spans=spans, tokens=tokens, meta=meta)
         cid = record.context_id
         with self._guard(), self._r.pipeline(transaction=True) as pipe:
             pipe.hset(self._ctx(cid), mapping=cast(Any, _fields(record)))

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from tierflow.context.ids import check_identity, is_key_hash, new_context_id
+from tierflow.context.ids import check_identity, is_key_hash
 from tierflow.context.spans import check_spans
 from tierflow.context.store import (
     DEFAULT_EXPIRES_IN,
@@ -36,12 +36,12 @@ from tierflow.context.store import (
     ContextRecord,
     check_expires_in,
     check_keep,
-    check_owner_model,
     check_tokens,
     decode_tokens,
     encode_tokens,
     expired,
     forbidden,
+    new_record,
     not_found,
 )
 from tierflow.errors import ContextExpiredError, InvalidInputError, RecoverableError
@@ -175,18 +175,7 @@ class SQLiteContextStore:
         meta: Mapping[str, str] | None = None,
     ) -> ContextRecord:
         """A new context with a fresh id; see the protocol."""
-        check_owner_model(owner, model)
-        now = self._clock()
-        record = ContextRecord(
-            context_id=new_context_id(),
-            owner=owner,
-            model=model,
-            tokens=check_tokens(tokens),
-            spans=check_spans(dict(spans or {})),
-            created_at=now,
-            expires_at=now + check_expires_in(expires_in),
-            meta={str(k): str(v) for k, v in (meta or {}).items()},
-        )
+        record = new_record(owner, model, expires_in, self._clock(), spans=spans, tokens=tokens, meta=meta)
         with self._tx() as conn:
             conn.execute(
                 f"INSERT INTO contexts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -205,9 +194,11 @@ class SQLiteContextStore:
 
     def get(self, context_id: str, owner: str) -> ContextRecord:
         """The live context if it is ``owner``'s; see the protocol for the errors."""
-        row = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM contexts WHERE context_id = ?", (context_id,)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(f"SELECT {_COLUMNS} FROM contexts WHERE context_id = ?", (context_id,))
+            .fetchone()
+        )
         if row is not None:  # the common case needs no write lock
             record = _record(row)
             if record.owner == owner and not record.expired(self._clock()):
@@ -244,9 +235,7 @@ class SQLiteContextStore:
         with self._tx() as conn:
             record = self._live(conn, context_id, None)
             expires_at = self._clock() + lifetime
-            conn.execute(
-                "UPDATE contexts SET expires_at = ? WHERE context_id = ?", (expires_at, context_id)
-            )
+            conn.execute("UPDATE contexts SET expires_at = ? WHERE context_id = ?", (expires_at, context_id))
         return replace(record, expires_at=expires_at)
 
     def delete(self, context_id: str) -> bool:
@@ -324,9 +313,11 @@ class SQLiteContextStore:
 
     def identity_for(self, token_hash: str) -> str | None:
         """The identity of a key hash, or None."""
-        row = self._conn().execute(
-            "SELECT identity FROM api_keys WHERE token_hash = ?", (token_hash,)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT identity FROM api_keys WHERE token_hash = ?", (token_hash,))
+            .fetchone()
+        )
         return None if row is None else str(row["identity"])
 
     def list_identities(self) -> builtins.list[str]:

@@ -26,6 +26,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from tierflow.context.ids import new_context_id
+from tierflow.context.spans import check_spans
 from tierflow.errors import (
     ContextExpiredError,
     ContextForbiddenError,
@@ -175,6 +177,31 @@ def check_owner_model(owner: str, model: str) -> None:
         raise InvalidInputError("a context needs an owner identity")
     if not model:
         raise InvalidInputError("a context needs a model id")
+
+
+def new_record(
+    owner: str,
+    model: str,
+    expires_in: float,
+    now: float,
+    *,
+    spans: Mapping[str, str] | None = None,
+    tokens: Sequence[int] = (),
+    meta: Mapping[str, str] | None = None,
+) -> ContextRecord:
+    """A new context's record with a fresh unguessable id, every field checked: what each store's
+    ``create`` writes."""
+    check_owner_model(owner, model)
+    return ContextRecord(
+        context_id=new_context_id(),
+        owner=owner,
+        model=model,
+        tokens=check_tokens(tokens),
+        spans=check_spans(dict(spans or {})),
+        created_at=now,
+        expires_at=now + check_expires_in(expires_in),
+        meta={str(k): str(v) for k, v in (meta or {}).items()},
+    )
 
 
 def not_found(context_id: str) -> ContextNotFoundError:
