@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from tierflow.errors import InvalidInputError
+from tierflow.model.lm_layers import Span
 
 _SPAN = re.compile(r"^(\d+)-(\d+)$")
 
@@ -21,14 +22,12 @@ def parse_span(text: str) -> tuple[int, int]:
 
 def format_span(first: int, last: int) -> str:
     """``(2, 4)`` -> ``"2-4"``."""
-    check_span(first, last)
-    return f"{first}-{last}"
+    return str(Span(first, last))
 
 
 def check_span(first: int, last: int) -> None:
-    """A UserError unless ``0 <= first <= last``."""
-    if first < 0 or last < first:
-        raise InvalidInputError(f"layer span {first}-{last} is empty or negative")
+    """A UserError unless ``0 <= first <= last`` (the rule of :class:`~tierflow.model.lm_layers.Span`)."""
+    Span(first, last)
 
 
 def check_spans(spans: dict[str, str]) -> dict[str, str]:
