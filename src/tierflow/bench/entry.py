@@ -9,45 +9,53 @@ from pathlib import Path
 import onnx
 
 from tierflow.engine.lm_hop import LMHop
-from tierflow.engine.sharded import ShardedLM
-from tierflow.errors import ConfigError
-from tierflow.model import metadata as md
-from tierflow.model.tokenizer import Tokenizer
+from tierflow.engine.sharded import GenerationOutcome, ShardedLM, Spans
 from tierflow.node.deploy import LocalDeployment
+from tierflow.node.entry import sharded_lm
+from tierflow.runtime.lm import SamplingConfig
 from tierflow.runtime.session import SessionOptions
 from tierflow.transport.peers import PeerClients
 from tierflow.transport.tls import load_identity
-from tierflow.types.links import BACKHAUL, LinkProfile
+from tierflow.types.links import LinkProfile
 from tierflow.types.tiers import Tier
 
 
 @contextlib.asynccontextmanager
 async def device_entry(
-    path: Path,
-    name: str,
-    deployment: LocalDeployment,
-    access: LinkProfile | None,
-    memory_bytes: int | None = None,
+    path: Path, name: str, deployment: LocalDeployment, memory_bytes: int | None = None
 ) -> AsyncIterator[ShardedLM]:
     """A started :class:`ShardedLM` over ``deployment``'s edge and cloud, as the device node builds it
-    (one ONNX Runtime thread); EOS is ignored so that every run decodes what it asks for."""
-    proto = onnx.load(str(path))
-    document = md.tokenizer(proto)
-    if document is None:
-        raise ConfigError(f"{path} carries no tokenizer")
+    (one ONNX Runtime thread, the deployment's links as planning estimates); EOS is ignored so that
+    every run decodes what it asks for."""
     peers = PeerClients(load_identity(deployment.certs, Tier.DEVICE.value), deployment.peers)
     hop = LMHop(
-        proto, Tier.DEVICE.value, peers, options=SessionOptions(intra_op_threads=1), memory_bytes=memory_bytes
+        onnx.load(str(path)),
+        Tier.DEVICE.value,
+        peers,
+        options=SessionOptions(intra_op_threads=1),
+        memory_bytes=memory_bytes,
     )
-    links = {}
-    if access is not None:
-        links = {frozenset((Tier.DEVICE, Tier.EDGE)): access, frozenset((Tier.EDGE, Tier.CLOUD)): BACKHAUL}
-    lm = ShardedLM(
-        hop, Tokenizer.from_json(document), model_name=name, max_seq_len=md.max_seq_len(proto), links=links
-    )
+    links: dict[frozenset[Tier], LinkProfile] = {}
+    if deployment.backhaul is not None:  # an emulated deployment: what its links are set to
+        for a, b in ((Tier.DEVICE, Tier.EDGE), (Tier.EDGE, Tier.CLOUD)):
+            links[frozenset((a, b))] = deployment.hop_profile(a, b)
+    lm = sharded_lm(hop, name, links=links)
     lm.eos = None
     try:
         await lm.start()
         yield lm
     finally:
         await peers.close()
+
+
+async def finish(
+    lm: ShardedLM, context: str, tokens: list[int], kv_len: int, spans: Spans, config: SamplingConfig
+) -> GenerationOutcome:
+    """Run one generation to its end; its outcome."""
+    outcome: GenerationOutcome | None = None
+    async for item in lm.generate(context, tokens, kv_len, spans, config, prompt_tokens=len(tokens)):
+        if isinstance(item, GenerationOutcome):
+            outcome = item
+    if outcome is None:
+        raise RuntimeError("the generation ended without an outcome")
+    return outcome

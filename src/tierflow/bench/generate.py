@@ -37,7 +37,7 @@ from typing import Any
 
 import onnx
 
-from tierflow.bench.entry import device_entry
+from tierflow.bench.entry import device_entry, finish
 from tierflow.compiler.random_hf import LlamaShape, ensure_random_llama
 from tierflow.context.ids import new_context_id
 from tierflow.engine.sharded import GenerationOutcome, ShardedLM, Spans, spans_text
@@ -47,7 +47,7 @@ from tierflow.model.registry import resolve_model
 from tierflow.node.deploy import LocalDeployment, deploy_local
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions
-from tierflow.types.links import BACKHAUL, LinkProfile, chain, get_profile, transfer_s
+from tierflow.types.links import LinkProfile, get_profile, transfer_s
 from tierflow.types.quant import QuantMode
 from tierflow.types.tiers import Tier
 
@@ -79,36 +79,24 @@ def placement_spans(placement: str, num_layers: int) -> Spans:
     raise ConfigError(f"unknown placement {placement!r}; known: {', '.join(PLACEMENTS)}")
 
 
-def hop_links(spans: Spans, access: LinkProfile | None) -> list[LinkProfile | None]:
-    """The link each hop of the placement's route crosses (None: plain loopback)."""
+def hop_links(spans: Spans, deployment: LocalDeployment) -> list[LinkProfile]:
+    """The link each hop of the placement's route crosses (none over plain loopback)."""
+    if deployment.backhaul is None:
+        return []
     path = [Tier.DEVICE, *(t for t in spans if t is not Tier.DEVICE)]
-    links: list[LinkProfile | None] = []
-    for a, b in zip(path, path[1:], strict=False):
-        if access is None:
-            links.append(None)
-        elif {a, b} == {Tier.EDGE, Tier.CLOUD}:
-            links.append(BACKHAUL)
-        elif {a, b} == {Tier.DEVICE, Tier.EDGE}:
-            links.append(access)
-        else:  # device -> cloud: the access link, then the backhaul (node/deploy.py)
-            links.append(chain(access, BACKHAUL))
-    return links
+    return [deployment.hop_profile(a, b) for a, b in zip(path, path[1:], strict=False)]
 
 
 async def _run_once(lm: ShardedLM, ids: list[int], spans: Spans, tokens: int, tag: str) -> GenerationOutcome:
-    outcome: GenerationOutcome | None = None
-    config = SamplingConfig.greedy(tokens)
-    async for item in lm.generate(tag, ids, 0, spans, config, prompt_tokens=len(ids)):
-        if isinstance(item, GenerationOutcome):
-            outcome = item
+    outcome = await finish(lm, tag, ids, 0, spans, SamplingConfig.greedy(tokens))
     await lm.drop(tag)
-    if outcome is None or len(outcome.generated) != tokens:
+    if len(outcome.generated) != tokens:
         raise RuntimeError(f"the {tag} run ended early")
     return outcome
 
 
 async def measure_placement(
-    lm: ShardedLM, ids: list[int], spans: Spans, tokens: int, repeats: int, access: LinkProfile | None
+    lm: ShardedLM, ids: list[int], spans: Spans, tokens: int, repeats: int, deployment: LocalDeployment
 ) -> dict[str, Any]:
     """Decode ``tokens`` tokens ``repeats`` times under ``spans``; the median figures."""
     await _run_once(lm, ids, spans, tokens, new_context_id())  # warm-up: sessions, shapes, connections
@@ -122,9 +110,8 @@ async def measure_placement(
     }
     hidden = lm.costs.hidden_bytes_per_token
     link_s = 0.0
-    for link in hop_links(spans, access):
-        if link is not None:
-            link_s += link.rtt_s + transfer_s(hidden, link.up_bps) + transfer_s(64, link.down_bps)
+    for link in hop_links(spans, deployment):
+        link_s += link.rtt_s + transfer_s(hidden, link.up_bps) + transfer_s(64, link.down_bps)
     bound = 1.0 / (sum(compute.values()) + link_s)
     figures: dict[str, Any] = {
         "spans": spans_text(spans),
@@ -176,13 +163,12 @@ async def token_agreement(
 async def measure_profile(
     model: BenchModel,
     deployment: LocalDeployment,
-    access: LinkProfile | None,
     tokens: int,
     repeats: int,
 ) -> dict[str, Any]:
     memory = int(model.device_memory_mib * 2**20) if model.device_memory_mib else None
     out: dict[str, Any] = {}
-    async with device_entry(model.path, model.name, deployment, access, memory) as lm:
+    async with device_entry(model.path, model.name, deployment, memory) as lm:
         ids = lm.tokenizer.encode(PROMPT)
         for placement in PLACEMENTS:
             spans = placement_spans(placement, lm.num_layers)
@@ -191,10 +177,10 @@ async def measure_profile(
             except PlanError as exc:
                 out[placement] = {"spans": spans_text(spans), "feasible": False, "reason": str(exc)}
                 continue
-            figures = await measure_placement(lm, ids, spans, tokens, repeats, access)
+            figures = await measure_placement(lm, ids, spans, tokens, repeats, deployment)
             figures["predicted_tokens_per_s"] = round(1.0 / predicted.token_s, 2)
             out[placement] = figures
-        if access is None and "tokens_per_s" in out.get("split", {}):
+        if deployment.backhaul is None and "tokens_per_s" in out.get("split", {}):
             split = placement_spans("split", lm.num_layers)
             out["vs_one_process"] = await split_over_local(lm, model.path, ids, split, tokens, repeats)
             out["vs_one_process"]["int8_token_agreement"] = round(
@@ -225,9 +211,7 @@ def run_generate_bench(
                 try:
                     started = time.perf_counter()
                     stage(f"{model.name} over {name}: decoding")
-                    per_profile[name] = asyncio.run(
-                        measure_profile(model, deployment, access, tokens, repeats)
-                    )
+                    per_profile[name] = asyncio.run(measure_profile(model, deployment, tokens, repeats))
                     per_profile[name]["wall_s"] = round(time.perf_counter() - started, 1)
                 finally:
                     deployment.stop()

@@ -18,13 +18,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tierflow.bench.entry import device_entry
+from tierflow.bench.entry import device_entry, finish
 from tierflow.context.ids import new_context_id
-from tierflow.engine.sharded import GenerationOutcome, ShardedLM, Spans, parse_spans
+from tierflow.engine.sharded import parse_spans
 from tierflow.errors import ConfigError
 from tierflow.model.lm_layers import Span
 from tierflow.model.registry import resolve_model
-from tierflow.node.deploy import deploy_local
+from tierflow.node.deploy import LocalDeployment, deploy_local
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions
 from tierflow.types.links import LinkProfile, get_profile, transfer_s
@@ -35,38 +35,32 @@ MOVED = Span(0, 1)
 CONTINUE = 16  # tokens decoded after the moves, checked against the unsplit model
 
 
-async def _generate(
-    lm: ShardedLM, context: str, tokens: list[int], kv_len: int, spans: Spans, n: int
-) -> GenerationOutcome:
-    outcome: GenerationOutcome | None = None
-    async for item in lm.generate(
-        context, tokens, kv_len, spans, SamplingConfig.greedy(n), prompt_tokens=len(tokens)
-    ):
-        if isinstance(item, GenerationOutcome):
-            outcome = item
-    assert outcome is not None
-    return outcome
-
-
 async def _one_profile(
-    model: Path, deployment: Any, access: LinkProfile, context_tokens: int, repeats: int, expected: list[int]
+    model: Path,
+    deployment: LocalDeployment,
+    access: LinkProfile,
+    context_tokens: int,
+    repeats: int,
+    expected: list[int],
 ) -> dict[str, Any]:
     up_s: list[float] = []
     down_s: list[float] = []
     moved_bytes = 0
     exact = True
-    async with device_entry(model, "demo-lm", deployment, access) as lm:
+    async with device_entry(model, "demo-lm", deployment) as lm:
         prompt = [int(i) for i in expected[:context_tokens]]
         for _ in range(repeats):
             context = new_context_id()
             spans = parse_spans(SPANS, lm.num_layers)
-            first = await _generate(lm, context, prompt, 0, spans, 1)
+            first = await finish(lm, context, prompt, 0, spans, SamplingConfig.greedy(1))
             spans, there = await lm.migrate(context, spans, MOVED, Tier.EDGE)
             spans, back = await lm.migrate(context, spans, MOVED, Tier.DEVICE)
             up_s.append(float(there["seconds"]))  # type: ignore[arg-type]
             down_s.append(float(back["seconds"]))  # type: ignore[arg-type]
             moved_bytes = int(there["bytes"])  # type: ignore[call-overload]
-            rest = await _generate(lm, context, first.tokens, first.kv_len, spans, CONTINUE)
+            rest = await finish(
+                lm, context, first.tokens, first.kv_len, spans, SamplingConfig.greedy(CONTINUE)
+            )
             exact &= rest.tokens == expected[: len(rest.tokens)]
             await lm.drop(context)
     up_bound = transfer_s(moved_bytes, access.up_bps) + access.rtt_s

@@ -271,17 +271,15 @@ class ShardedLM:
     async def replan(self) -> SpanPlan | None:
         """Choose the layers each tier holds now (fixed spans stay while their tiers are up)."""
         async with self._plan_lock:
-            caps, links = self._capacities(), self._links()
+            caps = self._capacities()
             if self.fixed is not None and all(caps.get(t) for t in self.fixed):
                 self.spans = dict(self.fixed)
                 try:
-                    self.plan = score(
-                        self.shape, caps, links, {t: (s.first, s.last) for t, s in self.fixed.items()}
-                    )
+                    self.plan = self.predict(self.fixed)
                 except PlanError:
                     self.plan = None  # the user's spans run even where the model predicts trouble
                 return self.plan
-            best, self.alternatives = plan_spans(self.shape, caps, links)
+            best, self.alternatives = plan_spans(self.shape, caps, self._links())
             self.plan = best
             self.spans = {t: Span(a, b) for t, (a, b) in best.spans.items()}
             return best

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from tierflow.api.routes import APIState
 from tierflow.context.factory import open_store
 from tierflow.engine.conversations import Conversations
@@ -29,20 +31,33 @@ def link_estimates(links: dict[str, str]) -> dict[frozenset[Tier], LinkProfile]:
     return out
 
 
-def entry_point(config: NodeConfig, hop: LMHop, label: str) -> APIState:
-    """The API state of a device node serving ``hop``'s LM with the store ``config.store``."""
-    assert config.store is not None
+def sharded_lm(
+    hop: LMHop,
+    model_name: str,
+    *,
+    spans: str | None = None,
+    links: Mapping[frozenset[Tier], LinkProfile] | None = None,
+) -> ShardedLM:
+    """The entry point's driver of ``hop``'s LM across the tiers (its tokenizer and context length
+    from the model's metadata; ``spans`` fixed, e.g. ``device=0-1,edge=2-4,cloud=5-5``)."""
     model = hop.runner.layered.model
     document = md.tokenizer(model)
     if document is None:
         raise ConfigError("the model carries no tokenizer: the API needs one to take text")
-    lm = ShardedLM(
+    return ShardedLM(
         hop,
         Tokenizer.from_json(document),
-        model_name=label.rsplit("/", 1)[-1].removesuffix(".onnx"),
+        model_name=model_name,
         max_seq_len=md.max_seq_len(model),
-        fixed_spans=parse_spans(config.spans, hop.runner.num_layers) if config.spans else None,
-        links=link_estimates(config.links),
+        fixed_spans=parse_spans(spans, hop.runner.num_layers) if spans else None,
+        links=links,
     )
+
+
+def entry_point(config: NodeConfig, hop: LMHop, label: str) -> APIState:
+    """The API state of a device node serving ``hop``'s LM with the store ``config.store``."""
+    assert config.store is not None
+    name = label.rsplit("/", 1)[-1].removesuffix(".onnx")
+    lm = sharded_lm(hop, name, spans=config.spans, links=link_estimates(config.links))
     store = open_store(config.store)
     return APIState(Conversations(lm, store, default_expires_in=config.expires_in), store)
