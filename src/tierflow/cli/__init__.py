@@ -26,8 +26,20 @@ app = typer.Typer(
 
 # One module per command group; each has `register(app)`.
 COMMAND_MODULES = (
-    "models", "run", "export", "demo", "certs", "compile", "inspect", "link", "node", "up", "bench", "plan",
-    "generate", "token",
+    "models",
+    "run",
+    "export",
+    "demo",
+    "certs",
+    "compile",
+    "inspect",
+    "link",
+    "node",
+    "up",
+    "bench",
+    "plan",
+    "generate",
+    "token",
 )
 
 for _name in COMMAND_MODULES:

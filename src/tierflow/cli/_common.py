@@ -21,12 +21,24 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tierflow.errors import RecoverableError, TierflowError, UserError
+from tierflow.errors import ConfigError, RecoverableError, TierflowError, UserError
 
 console = Console(emoji=False)
 err_console = Console(stderr=True, emoji=False)
 
 UNBOUNDED_WIDTH = 100_000  # what a table may take off a terminal: more than any row needs
+
+
+def parse_assignments(items: list[str], option: str, form: str) -> dict[str, str]:
+    """Repeated ``NAME=VALUE`` options as a mapping; a one-line ConfigError naming ``option`` and the
+    ``form`` it expects when an item is not one."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError(f"{option} expects {form}, got '{item}'")
+        out[name] = value
+    return out
 
 
 def print_table(table: Table, to: Console | None = None) -> None:
@@ -42,6 +54,7 @@ def print_table(table: Table, to: Console | None = None) -> None:
         return
     natural = out.measure(table, options=out.options.update_width(UNBOUNDED_WIDTH)).maximum
     Console(file=out.file, width=max(natural, 1), emoji=False, color_system=None).print(table)
+
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1

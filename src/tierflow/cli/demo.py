@@ -96,8 +96,9 @@ def _three_tiers(profile: str, device_slowdown: float, edge_slowdown: float) -> 
     model_path = resolve_model("demo-vision")
     proto = onnx.load(str(model_path))
     graph = build_unit_graph(proto)
-    settings = Settings(device_slowdown=device_slowdown, edge_slowdown=edge_slowdown, profile_rounds=2,
-                        calibration_runs=2)
+    settings = Settings(
+        device_slowdown=device_slowdown, edge_slowdown=edge_slowdown, profile_rounds=2, calibration_runs=2
+    )
     with tempfile.TemporaryDirectory() as tmp:
         certs = Path(tmp) / "pki"
         with spinner("starting the edge and cloud node processes"):
@@ -138,8 +139,11 @@ async def _report_and_run(bench: ModelBench, engine: SplitEngine, chosen: Plan) 
         label = str(kind) if kind.single is not None else f"best {len(kind.tiers)}-tier split"
         rows.setdefault(label, p)
     whole = ", ".join(f"{t} {ms:.1f} ms" for t, ms in bench.whole_ms.items())
-    console.print(f"[dim]measured for the whole model: {whole}; per-hop overhead "
-                  f"{bench.overhead_ms()} ms[/]", highlight=False, soft_wrap=True)
+    console.print(
+        f"[dim]measured for the whole model: {whole}; per-hop overhead {bench.overhead_ms()} ms[/]",
+        highlight=False,
+        soft_wrap=True,
+    )
     table = Table("alternative", "plan", "predicted ms", "vs chosen", title="the planner's predictions")
     for label in ("device-only", "edge-only", "cloud-only", "best 2-tier split", "best 3-tier split"):
         alt = rows.get(label)
@@ -147,13 +151,19 @@ async def _report_and_run(bench: ModelBench, engine: SplitEngine, chosen: Plan) 
             continue
         latency = alt.prediction.latency_s * 1000.0
         mark = "  <- chosen" if alt.key == chosen.key else ""
-        table.add_row(label, escape(alt.describe()), f"{latency:.1f}",
-                      f"{alt.prediction.latency_s / chosen.prediction.latency_s:.2f}x{mark}")
+        table.add_row(
+            label,
+            escape(alt.describe()),
+            f"{latency:.1f}",
+            f"{alt.prediction.latency_s / chosen.prediction.latency_s:.2f}x{mark}",
+        )
     console.print(table)
     runner_up = next((p for p in grid if p.key != chosen.key), None)
-    why = (f"the lowest predicted latency of the {len(grid)} placements (exact search)"
-           + (f"; next best {escape(runner_up.describe())} at {runner_up.prediction.latency_s * 1000:.1f} ms"
-              if runner_up else ""))
+    why = f"the lowest predicted latency of the {len(grid)} placements (exact search)" + (
+        f"; next best {escape(runner_up.describe())} at {runner_up.prediction.latency_s * 1000:.1f} ms"
+        if runner_up
+        else ""
+    )
     console.print(
         f"chosen by the planner: [bold]{escape(chosen.describe())}[/] ({chosen.kind()}), predicted "
         f"{chosen.prediction.latency_s * 1000:.1f} ms: {why}",

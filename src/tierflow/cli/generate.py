@@ -36,7 +36,9 @@ def generate(
     ),
     seed: int | None = typer.Option(None, "--seed", help="Random seed for sampling."),
     url: str | None = typer.Option(
-        None, "--url", help="The deployment's entry point (default: $TIERFLOW_URL, else http://127.0.0.1:8700)."
+        None,
+        "--url",
+        help="The deployment's entry point (default: $TIERFLOW_URL, else http://127.0.0.1:8700).",
     ),
     api_key: str | None = typer.Option(None, "--api-key", help="API key (default: $TIERFLOW_API_KEY)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON, not streamed."),
@@ -48,8 +50,11 @@ def generate(
             raise InvalidInputError("--greedy means temperature 0; drop one of them")
         temperature, repeat_penalty = 0.0, 1.0
     options: dict[str, Any] = {
-        "context_id": context, "max_tokens": max_tokens, "temperature": temperature,
-        "repeat_penalty": repeat_penalty, "seed": seed,
+        "context_id": context,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "repeat_penalty": repeat_penalty,
+        "seed": seed,
     }
     try:
         with make_client(url, api_key) as client:

@@ -46,12 +46,13 @@ def link(
     listen: str = typer.Option(
         "127.0.0.1:0", "--listen", "-l", help="Where clients connect: HOST:PORT (port 0 picks a free one)."
     ),
-    profile: str = typer.Option(
-        "4g", "--profile", "-p", help=f"Named link profile: {', '.join(PROFILES)}."
-    ),
-    trace: Annotated[Path | None, typer.Option(
-        "--trace", help="CSV trace (time_s,down_mbps,up_mbps,rtt_ms,loss) replayed over the profile."
-    )] = None,
+    profile: str = typer.Option("4g", "--profile", "-p", help=f"Named link profile: {', '.join(PROFILES)}."),
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace", help="CSV trace (time_s,down_mbps,up_mbps,rtt_ms,loss) replayed over the profile."
+        ),
+    ] = None,
     loop: bool = typer.Option(
         False, "--loop/--hold", help="At the end of the trace start over, or hold its last row (default)."
     ),
@@ -90,8 +91,10 @@ def link(
             if link_trace is not None and trace is not None:
                 pts = link_trace.points
                 end = "then start over" if loop else "then hold the last row"
-                typer.echo(f"trace {trace}: {len(pts)} rows over {pts[-1].time_s:g} s, {end}; "
-                           f"jitter from {base.name}")
+                typer.echo(
+                    f"trace {trace}: {len(pts)} rows over {pts[-1].time_s:g} s, {end}; "
+                    f"jitter from {base.name}"
+                )
             typer.echo(f"profile {emulator.profile.describe()}")
             t0 = last_t = time.monotonic()
             last = emulator.stats()

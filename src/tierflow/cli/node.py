@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from tierflow.cli._common import StopSignals
+from tierflow.cli._common import StopSignals, parse_assignments
 from tierflow.errors import ConfigError
 from tierflow.types import Tier
 
@@ -58,18 +58,8 @@ def node(
     from tierflow.node.config import NodeConfig
     from tierflow.node.server import serve
 
-    peers: dict[str, str] = {}
-    for item in peer:
-        peer_name, sep, address = item.partition("=")
-        if not sep or not peer_name:
-            raise ConfigError(f"--peer expects NAME=HOST:PORT, got '{item}'")
-        peers[peer_name] = address
-    links: dict[str, str] = {}
-    for item in link:
-        pair, sep, profile = item.partition("=")
-        if not sep or not pair or not profile:
-            raise ConfigError(f"--link expects TIER-TIER=PROFILE, got '{item}'")
-        links[pair] = profile
+    peers = parse_assignments(peer, "--peer", "NAME=HOST:PORT")
+    links = parse_assignments(link, "--link", "TIER-TIER=PROFILE")
     try:
         config = NodeConfig(
             tier=tier,

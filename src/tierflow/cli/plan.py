@@ -116,8 +116,15 @@ def plan_command(
         TierSetup(Tier.CLOUD, speedup=cloud_speedup, timings=cloud_timings),
     ]
     monitor = DeviceMonitor(threads)
-    profiler = LocalProfiler(proto, graph, SessionOptions(intra_op_threads=threads), runs=runs,
-                             cache=ProfileCache(), refresh=reprofile, monitor=monitor)
+    profiler = LocalProfiler(
+        proto,
+        graph,
+        SessionOptions(intra_op_threads=threads),
+        runs=runs,
+        cache=ProfileCache(),
+        refresh=reprofile,
+        monitor=monitor,
+    )
     with spinner(f"profiling {label} on device, edge and cloud"):
         profiles = profiler.profiles(setups)
     now = monitor.read(window_s=0.5)
@@ -133,8 +140,12 @@ def plan_command(
     )
     links = links_for(access, back) if back else links_for(access)
     snapshot = Snapshot(
-        tiers=tiers, links=links, compression=quant,
-        energy_weight=energy_weight, battery=level, power=DevicePower(radio=radio_for_profile(access.name)),
+        tiers=tiers,
+        links=links,
+        compression=quant,
+        energy_weight=energy_weight,
+        battery=level,
+        power=DevicePower(radio=radio_for_profile(access.name)),
         privacy=privacy,
     )
     chosen = plan(graph, snapshot)
@@ -162,8 +173,15 @@ def plan_json(p: Plan) -> dict[str, Any]:
         "assignment": p.assignment,
         "stages": [s.model_dump() for s in p.stages],
         "transfers": [
-            {"from": h.src, "to": h.dst, "direction": h.direction, "tensors": list(h.tensors),
-             "raw_bytes": h.raw_bytes, "wire_bytes": h.wire_bytes, "ms": h.seconds * 1e3}
+            {
+                "from": h.src,
+                "to": h.dst,
+                "direction": h.direction,
+                "tensors": list(h.tensors),
+                "raw_bytes": h.raw_bytes,
+                "wire_bytes": h.wire_bytes,
+                "ms": h.seconds * 1e3,
+            }
             for h in pred.traffic
         ],
         "latency_ms": pred.latency_s * 1e3,
@@ -177,22 +195,35 @@ def plan_json(p: Plan) -> dict[str, Any]:
 
 
 def _report(
-    label: str, graph: UnitGraph, snapshot: Snapshot, link: str, setups: list[TierSetup],
-    profiles: dict[str, TierProfile], chosen: Plan, alts: dict[str, Plan | str], grid: int | None,
+    label: str,
+    graph: UnitGraph,
+    snapshot: Snapshot,
+    link: str,
+    setups: list[TierSetup],
+    profiles: dict[str, TierProfile],
+    chosen: Plan,
+    alts: dict[str, Plan | str],
+    grid: int | None,
 ) -> dict[str, Any]:
     return {
         "model": label,
         "model_sha256": graph.model_sha256,
         "granularity": graph.granularity,
         "input_shapes": {k: list(v) for k, v in graph.input_shapes.items()},
-        "units": [{"name": u.name, "nodes": len(u.nodes), "weight_bytes": u.weight_bytes, "macs": u.macs}
-                  for u in graph.units],
+        "units": [
+            {"name": u.name, "nodes": len(u.nodes), "weight_bytes": u.weight_bytes, "macs": u.macs}
+            for u in graph.units
+        ],
         "link": link,
         "links": [x.model_dump() for x in snapshot.links],
         "tiers": {
-            s.name: {"profile": s.how, "source": profiles[s.name].source,
-                     "model_ms": profiles[s.name].total_s * 1e3,
-                     "available": snapshot.tier(s.name).available, "load": snapshot.tier(s.name).load}
+            s.name: {
+                "profile": s.how,
+                "source": profiles[s.name].source,
+                "model_ms": profiles[s.name].total_s * 1e3,
+                "available": snapshot.tier(s.name).available,
+                "load": snapshot.tier(s.name).load,
+            }
             for s in setups
         },
         "battery": snapshot.battery,
@@ -237,14 +268,20 @@ def _print(report: dict[str, Any], graph: UnitGraph, chosen: Plan) -> None:
         cuts = Table("hop", "tensors", "bytes", "on the wire", "ms")
         for h in c["transfers"]:
             hop = f"{h['from']} -> {h['to']}" + (" (results)" if h["direction"] == Direction.DOWN else "")
-            cuts.add_row(hop, _short(h["tensors"]), _human_bytes(h["raw_bytes"]),
-                         _human_bytes(h["wire_bytes"]), f"{h['ms']:.2f}")
+            cuts.add_row(
+                hop,
+                _short(h["tensors"]),
+                _human_bytes(h["raw_bytes"]),
+                _human_bytes(h["wire_bytes"]),
+                f"{h['ms']:.2f}",
+            )
         print_table(cuts)
     console.print(
         f"predicted latency [bold]{c['latency_ms']:.2f} ms[/] (compute {sum(c['compute_ms'].values()):.2f}, "
         f"transfer {c['transfer_ms']:.2f}, RTT {c['link_ms']:.2f}), device energy "
         f"[bold]{c['device_energy_j']:.3f} J[/], score {c['score']:.4f}",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )
     alts = Table("alternative", "tiers", "placement", "latency ms", "energy J", "vs chosen")
     alts.columns[2].overflow = "fold"
@@ -253,8 +290,14 @@ def _print(report: dict[str, Any], graph: UnitGraph, chosen: Plan) -> None:
             alts.add_row(name, "-", a["error"], "-", "-", "-")
             continue
         ratio = a["latency_ms"] / c["latency_ms"] if c["latency_ms"] else 1.0
-        alts.add_row(name, a["kind"], a["placement"], f"{a['latency_ms']:.2f}", f"{a['device_energy_j']:.3f}",
-                     f"{ratio:.2f}x")
+        alts.add_row(
+            name,
+            a["kind"],
+            a["placement"],
+            f"{a['latency_ms']:.2f}",
+            f"{a['device_energy_j']:.3f}",
+            f"{ratio:.2f}x",
+        )
     print_table(alts)
     grid = report["candidate_plans"]
     if grid is not None:

@@ -27,18 +27,25 @@ def run(
     ),
     max_tokens: int = typer.Option(48, "--max-tokens", "-n", min=0, help="New tokens to generate (LMs)."),
     temperature: float | None = typer.Option(
-        None, "--temperature", "-t", min=0.0,
+        None,
+        "--temperature",
+        "-t",
+        min=0.0,
         help=f"Sampling temperature (default {DEFAULTS.temperature:g}; 0 = the most likely token).",
     ),
     top_k: int | None = typer.Option(
-        None, "--top-k", min=0,
+        None,
+        "--top-k",
+        min=0,
         help=f"Sample only from the k most likely tokens (default {DEFAULTS.top_k}; 0 = all).",
     ),
     top_p: float | None = typer.Option(
         None, "--top-p", min=0.0, max=1.0, help=f"Nucleus sampling mass (default {DEFAULTS.top_p:g})."
     ),
     repeat_penalty: float | None = typer.Option(
-        None, "--repeat-penalty", min=0.0,
+        None,
+        "--repeat-penalty",
+        min=0.0,
         help=f"Penalty on the last {DEFAULTS.repeat_last_n} tokens (default {DEFAULTS.repeat_penalty:g}; "
         "1 = off; with --greedy: 1).",
     ),
@@ -111,8 +118,13 @@ def sampling_from_options(
     """The command line's decoding: SamplingConfig's defaults, ``--greedy``, or the options given."""
     if greedy and temperature not in (None, 0):
         raise typer.BadParameter("--greedy means temperature 0; drop one of them", param_hint="--greedy")
-    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "repeat_penalty": repeat_penalty,
-             "seed": seed}
+    given = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "repeat_penalty": repeat_penalty,
+        "seed": seed,
+    }
     base = SamplingConfig.greedy(max_tokens) if greedy else SamplingConfig(max_new_tokens=max_tokens)
     return sampling_config(base, {key: value for key, value in given.items() if value is not None})
 

@@ -50,8 +50,13 @@ def model_label(path: Path) -> str:
 
 
 def _run_image(
-    generator: ImageGenerator, path: Path, prompt: str | None, resolution: int, refine: bool,
-    seed: int | None, out: Path | None,
+    generator: ImageGenerator,
+    path: Path,
+    prompt: str | None,
+    resolution: int,
+    refine: bool,
+    seed: int | None,
+    out: Path | None,
 ) -> None:
     generator.check_resolution(resolution)  # fail before the spinner on a bad value
     target = out if out is not None else Path.cwd() / f"{model_label(path)}-{resolution}.png"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from tierflow.cli._common import StopSignals, err_console, spinner
+from tierflow.cli._common import StopSignals, err_console, parse_assignments, spinner
 from tierflow.errors import ConfigError
 from tierflow.types import Tier
 
@@ -33,14 +33,13 @@ def default_store() -> Path:
 def parse_memory(items: list[str]) -> dict[Tier, float]:
     """``["device=64", "edge=512"]`` -> MiB per tier."""
     out: dict[Tier, float] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
+    for name, value in parse_assignments(items, "--memory", "TIER=MIB (device=64)").items():
         try:
             out[Tier(name)] = float(value)
         except ValueError:
-            raise ConfigError(f"--memory expects TIER=MIB (device=64), got '{item}'") from None
-        if not sep or out[Tier(name)] <= 0:
-            raise ConfigError(f"--memory expects TIER=MIB with MIB > 0, got '{item}'")
+            raise ConfigError(f"--memory expects TIER=MIB (device=64), got '{name}={value}'") from None
+        if out[Tier(name)] <= 0:
+            raise ConfigError(f"--memory expects TIER=MIB with MIB > 0, got '{name}={value}'")
     return out
 
 
