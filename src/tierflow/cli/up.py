@@ -43,7 +43,7 @@ def parse_memory(items: list[str]) -> dict[Tier, float]:
     return out
 
 
-def check_spans(model: str, spans: str, target: str | None) -> None:
+def check_fixed_spans(model: str, spans: str, target: str | None) -> None:
     """Raise a one-line error unless ``spans`` cover the LM's layers exactly, in tier order."""
     import onnx
 
@@ -51,12 +51,8 @@ def check_spans(model: str, spans: str, target: str | None) -> None:
     from tierflow.model import lm_contract as lc
     from tierflow.node.executor import load_node_model
 
-    data, _ = load_node_model(
-        model, Tier.CLOUD.value, target or ("cloud" if model.endswith(".tfm") else None)
-    )
-    graph = onnx.load_from_string(data).graph
-    layers = {i for i in range(len(graph.input)) if lc.past_name(i, "key") in {x.name for x in graph.input}}
-    parse_spans(spans, len(layers))
+    data, _ = load_node_model(model, Tier.CLOUD.value, target)
+    parse_spans(spans, lc.layer_count([x.name for x in onnx.load_from_string(data).graph.input]))
 
 
 def up(
@@ -113,7 +109,7 @@ def up(
         if target is None and model.endswith(".tfm"):
             target = "cloud"  # the phone target of an LM exits early: its layers are not the others'
         if spans:
-            check_spans(model, spans, target)  # before any process starts: a one-line error
+            check_fixed_spans(model, spans, target)  # before any process starts: a one-line error
         store_spec = store or str(default_store())
         opened = open_store(store_spec)
         try:

@@ -43,6 +43,12 @@ def past_name(layer: int, kind: str) -> str:
     return f"past_key_values.{layer}.{kind}"
 
 
+def layer_count(input_names: list[str]) -> int:
+    """How many layers an LM's ``past_key_values.N.*`` inputs name (0 when none)."""
+    layers = [int(m.group(1)) for n in input_names if (m := _PAST_RE.match(n))]
+    return max(layers) + 1 if layers else 0
+
+
 def present_name(layer: int, kind: str) -> str:
     return f"present.{layer}.{kind}"
 

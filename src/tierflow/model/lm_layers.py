@@ -103,8 +103,7 @@ class LayeredLM:
             raise UnsupportedModelError("only a causal LM (input_ids + past_key_values) can be cut by layer")
         self.model = model
         self.cutter = GraphCutter(model)
-        layers = {int(n.split(".")[1]) for n in names if n.startswith("past_key_values.")}
-        self.num_layers = max(layers) + 1
+        self.num_layers = lc.layer_count(names)
         self.step_inputs = [n for n in STEP_INPUTS if n in self.cutter.graph_inputs]
         self._cutters: dict[Span, GraphCutter] = {}
 
