@@ -110,8 +110,10 @@ def test_the_bench_measures_a_split_where_the_answer_is_known(tmp_path: Path) ->
     settings = Settings(requests=2, device_slowdown=100, edge_slowdown=50, cloud_slowdown=1, max_plans=8)
     result = run_split_bench([str(model)], ["3g"], settings)  # any ONNX file, as `--model PATH` takes
     figures = result["models"]["known.onnx"]["profiles"]["3g"]
-    # the planner chose the split, and the measurement agrees that it is the fastest plan
-    assert figures["chosen"] == "device[reduce] -> cloud[heavy]", figures["plans"]
+    # the planner chose the split (straight to the cloud or relayed by the edge, which computes
+    # nothing: the same placement), and the measurement agrees that it is the fastest plan
+    placement = figures["chosen"].replace("(edge) -> ", "")
+    assert placement == "device[reduce] -> cloud[heavy]", figures["plans"]
     assert figures["chosen_is_split"] and figures["chosen_kind"] == "device+cloud"
     assert figures["oracle"] == figures["chosen"], figures["plans"]
     assert figures["chosen_over_oracle"] == 1.0

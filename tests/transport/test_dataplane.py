@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,19 +28,18 @@ from tierflow.errors import InvalidInputError, TransportError
 from tierflow.transport import envelope as env
 from tierflow.transport.certs import init_pki, issue_node_cert
 from tierflow.transport.dataplane import (
-    PATH,
     DataPlaneClient,
     DataPlaneServer,
     SealedRequest,
     SyncDataPlaneClient,
-    grpc_options,
 )
 from tierflow.transport.dataplane_metrics import DataPlaneMetrics
 from tierflow.transport.envelope import Kind
 from tierflow.transport.linkemu import LinkEmulator
 from tierflow.transport.messages import ErrorCode, PeerInfo, StageRequest, StageResponse
 from tierflow.transport.session import MessageRejected, Session, pack_header_frame
-from tierflow.transport.tls import Identity, channel_credentials, load_identity, server_credentials
+from tierflow.transport.stream import StreamClosed, read_message, write_message
+from tierflow.transport.tls import Identity, client_ssl_context, load_identity, server_ssl_context
 from tierflow.wire import ChannelConfig, KeyShare, SecureChannel, SessionKeys, new_session_id
 
 T = TypeVar("T")
@@ -593,14 +592,16 @@ def test_a_client_without_a_certificate_from_our_ca_cannot_connect(pki: Path, ro
             with pytest.raises(TransportError, match="cannot reach|handshake"):
                 await make_client(port, load_identity(rogue_pki, "device")).connect()
             # no client certificate at all: TLS itself fails, before any data-plane message
-            creds = grpc.ssl_channel_credentials(root_certificates=load_identity(pki, "cloud").ca_pem)
-            options = [*grpc_options(), ("grpc.ssl_target_name_override", "cloud")]
-            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options) as channel:
-                call = channel.stream_stream(PATH)()
-                with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await call.write(b"\x01\x01" + bytes(10))
-                    await asyncio.wait_for(call.read(), 5)
-                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            anonymous.load_verify_locations(cadata=load_identity(pki, "cloud").ca_pem.decode())
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=anonymous, server_hostname="cloud"
+            )
+            with pytest.raises((ssl.SSLError, ConnectionError, StreamClosed)):
+                write_message(writer, b"\x01\x01" + bytes(10))
+                await writer.drain()
+                await asyncio.wait_for(read_message(reader, 1 << 16), 5)
+            writer.close()
             assert server.sessions == 0
             async with make_client(port, load_identity(pki, "device")) as good:
                 await assert_still_serves(good)
@@ -626,42 +627,29 @@ def test_a_relay_with_another_ca_signed_certificate_cannot_splice(pki: Path, clo
 
     async def go() -> None:
         async with serving(load_identity(pki, "cloud")) as (real, port):
-            options = [*grpc_options(), ("grpc.ssl_target_name_override", "cloud")]
-            upstream = grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(cloud2), options)
-
-            async def relay(
-                requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[bytes]:
-                call = upstream.stream_stream(PATH)()
-
-                async def up() -> None:
-                    async for message in requests:
-                        await call.write(message)
-
-                pump = asyncio.create_task(up())
-                try:
-                    while (message := await call.read()) is not grpc.aio.EOF:
-                        yield message
-                finally:
-                    pump.cancel()
-
-            mitm = grpc.aio.server()
-            mitm.add_generic_rpc_handlers(
-                (
-                    grpc.method_handlers_generic_handler(
-                        "tierflow.DataPlane", {"Stream": grpc.stream_stream_rpc_method_handler(relay)}
-                    ),
+            async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                up_reader, up_writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=client_ssl_context(cloud2), server_hostname="cloud"
                 )
-            )
-            mitm_port = mitm.add_secure_port("127.0.0.1:0", server_credentials(cloud2))
-            await mitm.start()
+
+                async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                    try:
+                        while True:
+                            write_message(dst, await read_message(src, 1 << 20))
+                            await dst.drain()
+                    except (StreamClosed, ConnectionError, ssl.SSLError):
+                        dst.close()
+
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+            mitm = await asyncio.start_server(relay, "127.0.0.1", 0, ssl=server_ssl_context(cloud2))
+            mitm_port = mitm.sockets[0].getsockname()[1]
             try:
                 with pytest.raises(TransportError, match="did not see our certificate"):
                     await make_client(mitm_port, load_identity(pki, "device")).connect()
                 assert real.metrics.handshakes.labels(side="server", outcome="ok")._value.get() == 1
             finally:
-                await mitm.stop(None)
-                await upstream.close()
+                mitm.close()
 
     run(go())
 
@@ -806,7 +794,7 @@ def test_sync_client_is_shared_by_threads(pki: Path) -> None:
 def test_loopback_benchmark_reports_its_figures() -> None:
     result = measure_loopback_overhead(n=50, payload_bytes=1024)
     assert result["n"] >= 50 and result["payload_bytes"] == 1024
-    for key in ("loopback_rtt_ms", "tcp_rtt_ms", "grpc_rtt_ms", "sync_rtt_ms", "loopback_rtt_p90_ms"):
+    for key in ("loopback_rtt_ms", "tcp_rtt_ms", "tls_rtt_ms", "sync_rtt_ms", "loopback_rtt_p90_ms"):
         assert result[key] > 0, key
     assert result["loopback_rtt_overhead_ms"] == pytest.approx(
         result["loopback_rtt_ms"] - result["tcp_rtt_ms"], abs=1e-3

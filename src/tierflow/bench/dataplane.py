@@ -5,8 +5,8 @@ from this process times, one request at a time:
 
 * ``tcp_rtt_ms`` -- a bare TCP ping-pong of the same payload (blocking sockets, TCP_NODELAY, a
   thread echoing on the other side): what the kernel's loopback costs;
-* ``grpc_rtt_ms`` -- the same bytes echoed on a mutual-TLS gRPC bidirectional stream with no
-  tierflow layer (a breakdown: what gRPC + TLS cost);
+* ``tls_rtt_ms`` -- the same bytes echoed as one length-prefixed message on a mutual-TLS asyncio
+  stream with no tierflow layer (a breakdown: what the transport the data plane runs on costs);
 * ``loopback_rtt_ms`` -- a :class:`StageRequest` with one tensor of that size (float32, raw)
   echoed through :class:`DataPlaneServer` / :class:`DataPlaneClient`: sealed header and tensor
   frames, request ids, metrics;
@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
 from tierflow.errors import InvalidInputError, TransportError
@@ -43,13 +42,12 @@ from tierflow.transport.dataplane import (
     DataPlaneClient,
     DataPlaneServer,
     SyncDataPlaneClient,
-    grpc_options,
 )
 from tierflow.transport.messages import ErrorCode, PeerInfo, StageRequest, StageResponse
-from tierflow.transport.tls import channel_credentials, load_identity, server_credentials
+from tierflow.transport.stream import StreamClosed, read_message, write_message
+from tierflow.transport.tls import client_ssl_context, load_identity, server_ssl_context
 from tierflow.types import Tier
 
-_RAW_SERVICE, _RAW_METHOD = "tierflow.bench.Echo", "Stream"
 _WARMUP = 100
 _ROUND = 50  # round trips per path before switching to the next one
 _SERVER_START_TIMEOUT_S = 60.0
@@ -93,9 +91,13 @@ def _tcp_echo_conn(conn: socket.socket) -> None:
             conn.sendall(data)
 
 
-async def _raw_echo(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-    async for data in requests:
-        yield data
+async def _tls_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            write_message(writer, await read_message(reader, 1 << 30))
+            await writer.drain()
+    except (StreamClosed, ConnectionError):
+        writer.close()
 
 
 async def serve(pki: Path, name: str = Tier.CLOUD, host: str = "127.0.0.1") -> None:
@@ -104,27 +106,19 @@ async def serve(pki: Path, name: str = Tier.CLOUD, host: str = "127.0.0.1") -> N
     identity = load_identity(pki, name)
     server = DataPlaneServer(identity, echo_handler)
     port = await server.start(f"{host}:0")
-    raw = grpc.aio.server(options=grpc_options())
-    raw.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                _RAW_SERVICE, {_RAW_METHOD: grpc.stream_stream_rpc_method_handler(_raw_echo)}
-            ),
-        )
-    )
-    raw_port = raw.add_secure_port(f"{host}:0", server_credentials(identity))
-    await raw.start()
+    raw = await asyncio.start_server(_tls_echo, host, 0, ssl=server_ssl_context(identity))
+    raw_port = raw.sockets[0].getsockname()[1]
     listener = socket.create_server((host, 0))
     threading.Thread(target=_tcp_echo, args=(listener,), daemon=True).start()
     print(
         json.dumps(
-            {"port": port, "grpc_port": raw_port, "tcp_port": listener.getsockname()[1], "pid": os.getpid()}
+            {"port": port, "tls_port": raw_port, "tcp_port": listener.getsockname()[1], "pid": os.getpid()}
         ),
         flush=True,
     )
     await asyncio.to_thread(sys.stdin.read)  # the parent closes our stdin to stop us
     listener.close()
-    await raw.stop(None)
+    raw.close()
     await server.stop(None)
 
 
@@ -132,7 +126,7 @@ class EchoServerProcess:
     """``serve`` in a child process; ``with EchoServerProcess(pki) as p: p.port ...``."""
 
     def __init__(self, pki: Path, name: str = Tier.CLOUD) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "GRPC_VERBOSITY": "ERROR"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tierflow.bench.dataplane", "serve", str(pki), "--name", name],
             stdin=subprocess.PIPE,
@@ -141,7 +135,7 @@ class EchoServerProcess:
         )
         ports = self._read_ports()
         self.port: int = ports["port"]
-        self.grpc_port: int = ports["grpc_port"]
+        self.tls_port: int = ports["tls_port"]
         self.tcp_port: int = ports["tcp_port"]
         self.pid: int = ports["pid"]
 
@@ -192,30 +186,27 @@ def _tcp_round_trip(sock: socket.socket, payload: bytes, buf: bytearray) -> None
 
 
 async def _measure(server: EchoServerProcess, pki: Path, x: np.ndarray, n: int) -> dict[str, list[float]]:
-    """TCP, gRPC and the data plane connected at once and timed in alternating rounds, so changes in
+    """TCP, bare TLS and the data plane connected at once and timed in alternating rounds, so changes in
     the machine's load hit them alike; then the sync client alone.
 
     The bare TCP round trips block this loop's thread on purpose: nothing else runs on it meanwhile.
     """
     payload = x.tobytes()
     device = load_identity(pki, Tier.DEVICE)
-    options = [*grpc_options(), ("grpc.ssl_target_name_override", Tier.CLOUD.value)]
-    samples: dict[str, list[float]] = {"tcp": [], "grpc": [], "dataplane": [], "sync": []}
+    samples: dict[str, list[float]] = {"tcp": [], "tls": [], "dataplane": [], "sync": []}
     with socket.create_connection(("127.0.0.1", server.tcp_port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = bytearray(len(payload))
-        async with (
-            grpc.aio.secure_channel(
-                f"127.0.0.1:{server.grpc_port}", channel_credentials(device), options
-            ) as channel,
-            DataPlaneClient(f"127.0.0.1:{server.port}", device, Tier.CLOUD) as client,
-        ):
-            call = channel.stream_stream(f"/{_RAW_SERVICE}/{_RAW_METHOD}")()
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.tls_port, ssl=client_ssl_context(device), server_hostname=Tier.CLOUD.value
+        )
+        async with DataPlaneClient(f"127.0.0.1:{server.port}", device, Tier.CLOUD) as client:
             request = StageRequest("echo", inputs={"x": x})
 
-            async def grpc_round_trip() -> None:
-                await call.write(payload)
-                await call.read()
+            async def tls_round_trip() -> None:
+                write_message(writer, payload)
+                await writer.drain()
+                await read_message(reader, len(payload))
 
             async def dataplane_round_trip() -> None:
                 (await client.call(request)).raise_for_error()
@@ -229,17 +220,14 @@ async def _measure(server: EchoServerProcess, pki: Path, x: np.ndarray, n: int) 
                         _tcp_round_trip(sock, payload, buf)
                         if keep:
                             samples["tcp"].append(time.perf_counter() - start)
-                    for name, round_trip in (("grpc", grpc_round_trip), ("dataplane", dataplane_round_trip)):
+                    for name, round_trip in (("tls", tls_round_trip), ("dataplane", dataplane_round_trip)):
                         for _ in range(_ROUND):
                             start = time.perf_counter()
                             await round_trip()
                             if keep:
                                 samples[name].append(time.perf_counter() - start)
-                await call.done_writing()
-                while await call.read() is not grpc.aio.EOF:  # let the call finish before its loop does
-                    pass
             finally:
-                call.cancel()
+                writer.close()
     # The sync client runs its own event loop thread: measured alone, after the others are closed.
     with SyncDataPlaneClient(f"127.0.0.1:{server.port}", device, Tier.CLOUD) as sync_client:
         for i in range(n + _WARMUP):
@@ -251,10 +239,10 @@ async def _measure(server: EchoServerProcess, pki: Path, x: np.ndarray, n: int) 
 
 
 def measure_loopback_overhead(n: int = 2000, payload_bytes: int = 1024) -> dict[str, float | int]:
-    """Median round trips (ms) of a ``payload_bytes`` echo: bare TCP, gRPC+mTLS, the data plane.
+    """Median round trips (ms) of a ``payload_bytes`` echo: bare TCP, bare mTLS, the data plane.
 
     Returns ``loopback_rtt_ms``, ``tcp_rtt_ms``, ``loopback_rtt_overhead_ms`` (their difference),
-    ``grpc_rtt_ms``, ``sync_rtt_ms``, ``loopback_rtt_p90_ms``, ``n`` and ``payload_bytes``.
+    ``tls_rtt_ms``, ``sync_rtt_ms``, ``loopback_rtt_p90_ms``, ``n`` and ``payload_bytes``.
     """
     if n < 1:
         raise InvalidInputError(f"n must be >= 1, got {n}")
@@ -271,7 +259,7 @@ def measure_loopback_overhead(n: int = 2000, payload_bytes: int = 1024) -> dict[
         "loopback_rtt_ms": round(loopback, 4),
         "tcp_rtt_ms": round(tcp_ms, 4),
         "loopback_rtt_overhead_ms": round(loopback - tcp_ms, 4),
-        "grpc_rtt_ms": round(_median_ms(samples["grpc"]), 4),
+        "tls_rtt_ms": round(_median_ms(samples["tls"]), 4),
         "sync_rtt_ms": round(_median_ms(samples["sync"]), 4),
         "loopback_rtt_p90_ms": round(float(np.percentile(samples["dataplane"], 90)) * 1e3, 4),
         "n": len(samples["dataplane"]),

@@ -60,6 +60,11 @@ OP_LM_INFO = "lm_info"
 LM_OPS = frozenset({OP_LM_STEP, OP_LM_DROP, OP_LM_KV_EXPORT, OP_LM_KV_IMPORT, OP_LM_KV_MOVE, OP_LM_INFO})
 
 ELAPSED_PREFIX = "elapsed_s."
+# A decode step alone on this tier computes on the event loop: handing a few milliseconds of work to
+# a worker thread and back costs two thread wake-ups per hop. Several steps at once (other contexts)
+# or a prefill chunk go to worker threads, so that contexts compute in parallel and the loop stays free.
+INLINE_MAX_TOKENS = 4
+PROBE_LAYERS = 4  # how many layers the speed probe runs (layer_seconds)
 HIDDEN = "hidden"
 IDS = "input_ids"
 
@@ -73,6 +78,11 @@ class RouteHop:
 
 
 def encode_hops(hops: Sequence[RouteHop]) -> str:
+    return _encode_hops(tuple(hops))
+
+
+@functools.lru_cache(maxsize=256)  # every step of a generation forwards the same rest of the route
+def _encode_hops(hops: tuple[RouteHop, ...]) -> str:
     return json.dumps([{"peer": h.peer, "span": str(h.span)} for h in hops])
 
 
@@ -172,6 +182,7 @@ class LMHop:
         self.memory_bytes = memory_bytes
         self._locks: dict[str, asyncio.Lock] = {}
         self._layer_s: float | None = None
+        self._in_flight = 0  # steps between entering and leaving step(), all contexts
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -198,6 +209,13 @@ class LMHop:
         return {"layers": stats.layers, "tokens": stats.tokens, "bytes": stats.bytes}
 
     async def step(self, request: StageRequest) -> StageResponse:
+        self._in_flight += 1
+        try:
+            return await self._step(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _step(self, request: StageRequest) -> StageResponse:
         meta = request.meta
         context = _context(meta)
         past_len = _meta_int(meta, "past_len")
@@ -212,9 +230,12 @@ class LMHop:
         logits: np.ndarray | None = None
         if span is not None:
             async with self._locks.setdefault(context, asyncio.Lock()):
-                hidden, logits, seconds = await asyncio.to_thread(
-                    self._compute, context, span, past_len, ids, hidden
-                )
+                if self._in_flight == 1 and ids.shape[1] <= INLINE_MAX_TOKENS:
+                    hidden, logits, seconds = self._compute(context, span, past_len, ids, hidden)
+                else:
+                    hidden, logits, seconds = await asyncio.to_thread(
+                        self._compute, context, span, past_len, ids, hidden
+                    )
             out_meta[f"{COMPUTE_PREFIX}{self.tier}"] = seconds
         if route:
             if self.peers is None:
@@ -427,22 +448,27 @@ class LMHop:
     # --- what this tier can do ------------------------------------------------------------------
 
     def layer_seconds(self, steps: int = 8, past: int = 32) -> float:
-        """Measured decode seconds per layer per token here (the whole model, ``past`` tokens of context).
+        """Measured decode seconds per layer per token here (the first layers, ``past`` tokens of context).
 
         Measured once, on this tier's real path (its threads, provider and simulated slowdown):
-        the span planner reads the tier's speed from this, never from a setting.
+        the span planner reads the tier's speed from this, never from a setting. The probe span is
+        the embedding and the first :data:`PROBE_LAYERS` layers (a decoder's layers are alike), and
+        its session is closed afterwards unless this tier runs that span anyway.
         """
         if self._layer_s is None:
-            whole = Span(0, self.runner.num_layers - 1)
-            kv = self.runner.empty_kv(whole)
+            probe = Span(0, min(self.runner.num_layers, PROBE_LAYERS) - 1)
+            was_open = self.runner.is_open(probe)
+            kv = self.runner.empty_kv(probe)
             prompt = np.zeros((1, past), np.int64)
-            kv = self.runner.step(whole, prompt, kv).present
+            kv = self.runner.step(probe, prompt, kv).present
             times = []
             for _ in range(steps):
                 started = time.perf_counter()
-                kv = self.runner.step(whole, np.zeros((1, 1), np.int64), kv).present
+                kv = self.runner.step(probe, np.zeros((1, 1), np.int64), kv).present
                 times.append(simulate_slowdown(started, self.slowdown))
-            self._layer_s = statistics.median(times) / self.runner.num_layers
+            if not was_open:
+                self.runner.close(probe)
+            self._layer_s = statistics.median(times) / len(probe.layers)
         return self._layer_s
 
     async def info(self) -> dict[str, MetaValue]:

@@ -21,6 +21,7 @@ suffice, since the residual stream itself is needed. Found boundaries are cached
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,6 +35,35 @@ from tierflow.model.partition import GraphCutter
 
 STEP_INPUTS = (lc.INPUT_IDS, lc.ATTENTION_MASK, lc.POSITION_IDS)  # what every span may read of a step
 SHAPE_OPS = frozenset({"Shape", "Size"})
+WEIGHT_MIN_ELEMENTS = 1024  # smaller initializers (shape constants) keep their values for shape inference
+
+
+def weightless(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
+    """``model``'s graph with its weights left out (each large initializer keeps its name, type and
+    shape), and those weights by name: the model's own messages, not copies.
+
+    Finding layer boundaries and cutting spans copies and re-infers the graph several times; on the
+    skeleton that costs kilobytes where the weights would cost the model's size each time.
+    """
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.metadata_props.extend(model.metadata_props)
+    skeleton.functions.extend(model.functions)
+    graph, bare = model.graph, skeleton.graph
+    bare.name = graph.name
+    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(bare, field).extend(getattr(graph, field))
+    weights: dict[str, onnx.TensorProto] = {}
+    for tensor in graph.initializer:
+        if math.prod(tensor.dims) < WEIGHT_MIN_ELEMENTS:
+            bare.initializer.append(tensor)
+            continue
+        stub = bare.initializer.add()
+        stub.name, stub.data_type = tensor.name, tensor.data_type
+        stub.dims.extend(tensor.dims)
+        weights[tensor.name] = tensor
+    return skeleton, weights
 
 
 @dataclass(frozen=True)
@@ -102,7 +132,8 @@ class LayeredLM:
         if not lc.LMSignature.is_causal_lm(names):
             raise UnsupportedModelError("only a causal LM (input_ids + past_key_values) can be cut by layer")
         self.model = model
-        self.cutter = GraphCutter(model)
+        self._skeleton, self._weights = weightless(model)
+        self.cutter = GraphCutter(self._skeleton)
         self.num_layers = lc.layer_count(names)
         self.step_inputs = [n for n in STEP_INPUTS if n in self.cutter.graph_inputs]
         self._cutters: dict[Span, GraphCutter] = {}
@@ -172,7 +203,7 @@ class LayeredLM:
             cutter = self.cutter
         else:
             model = onnx.ModelProto()
-            model.CopyFrom(self.model)
+            model.CopyFrom(self._skeleton)
             for node in model.graph.node:
                 if node.op_type in SHAPE_OPS:
                     for k, name in enumerate(node.input):
@@ -242,9 +273,14 @@ class LayeredLM:
         raise UnsupportedModelError(f"cannot tell the width of the hidden state {name}")
 
     def extract(self, span: Span) -> onnx.ModelProto:
-        """The ONNX graph of ``span`` (inputs it does not need are dropped)."""
+        """The ONNX graph of ``span`` (inputs it does not need are dropped), with its weights only."""
         inputs, outputs = self.span_io(span)
-        return self._span_cutter(span).extract(inputs, outputs)
+        stage = self._span_cutter(span).extract(inputs, outputs)
+        for tensor in stage.graph.initializer:
+            weight = self._weights.get(tensor.name)
+            if weight is not None:
+                tensor.CopyFrom(weight)
+        return stage
 
 
 def annotate(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -293,8 +329,6 @@ def layer_costs(layered: LayeredLM) -> LayerCosts:
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    import math
-
     import numpy as np
     from onnx import helper
 

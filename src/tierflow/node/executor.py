@@ -1,16 +1,22 @@
 """What a node computes: stages of its model, and whole generations for the cloud proxy.
 
 Blocking ONNX Runtime work; the node's async server calls it in a thread.
+
+An LM node mostly runs layer spans (:class:`~tierflow.engine.lm_hop.LMHop`, on the same parsed
+model, :attr:`NodeExecutor.proto`): its whole-model session and stage cutter open on first use
+only, so that a node holds the weights once plus its span's session, not the model several times.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
+from functools import cached_property
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from tierflow.errors import UnsupportedModelError
 from tierflow.model import metadata as md
@@ -18,6 +24,7 @@ from tierflow.model.lm_contract import LMSignature
 from tierflow.model.registry import resolve_model
 from tierflow.runtime.image import ImageGenerator, ImageResult
 from tierflow.runtime.lm import CausalLM, SamplingConfig
+from tierflow.runtime.providers import ranked_providers
 from tierflow.runtime.session import SessionOptions, active_provider, metadata, open_session
 from tierflow.runtime.stages import StageRunner, simulate_slowdown
 from tierflow.types import ModelKind, Tier
@@ -41,32 +48,39 @@ class StageStats:
 class NodeExecutor:
     """Runs one model's stages; ``slowdown`` > 1 simulates a weaker device on the real code path."""
 
-    model_bytes: bytes  # the serialized model exactly as stored (its sha256 is the model id)
+    model_bytes: InitVar[bytes]  # the serialized model exactly as stored (its sha256 is the model id)
     label: str
     options: SessionOptions = field(default_factory=SessionOptions)
     slowdown: float = 1.0
     stats: dict[str, StageStats] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.model_id = model_id(self.model_bytes)
-        session = open_session(self.model_bytes, self.options)  # validates the model with a clear error
-        self.stages = StageRunner(
-            onnx.load_from_string(self.model_bytes), self.options, slowdown=self.slowdown
-        )
+    def __post_init__(self, model_bytes: bytes) -> None:
+        self.model_id = model_id(model_bytes)
+        self.proto = onnx.load_from_string(model_bytes)
+        initializers = {t.name for t in self.proto.graph.initializer}
+        names = [i.name for i in self.proto.graph.input if i.name not in initializers]
+        self.is_lm = LMSignature.is_causal_lm(names)  # it then serves layer spans too
+        self._image: ImageGenerator | None = None
+        if self.is_lm:  # the session the spans will use picks the same provider
+            self.provider = self.options.providers[0] if self.options.providers else ranked_providers()[0]
+            return
+        session = self._session  # validates the model with a clear error
         self.provider = active_provider(session)
-        names = [i.name for i in session.get_inputs()]
-        self._lm = CausalLM(session) if LMSignature.is_causal_lm(names) else None
-        image = md.kind(metadata(session)) == ModelKind.IMAGE_GENERATOR
-        self._image = ImageGenerator(session, self.stages.cutter.model) if image else None
+        if md.kind(metadata(session)) == ModelKind.IMAGE_GENERATOR:
+            self._image = ImageGenerator(session, self.stages.cutter.model)
 
-    @property
-    def is_lm(self) -> bool:
-        """Whether the node's model is a causal LM (it then serves layer spans too)."""
-        return self._lm is not None
+    @cached_property
+    def _session(self) -> ort.InferenceSession:
+        return open_session(self.proto.SerializeToString(), self.options)
 
-    @property
+    @cached_property
+    def stages(self) -> StageRunner:
+        return StageRunner(self.proto, self.options, slowdown=self.slowdown)
+
+    @cached_property
     def lm(self) -> CausalLM | None:
-        return self._lm
+        """The whole model as one generator (a node's own ``/v1/generate``); None if not an LM."""
+        return CausalLM(self._session) if self.is_lm else None
 
     def run_stage(self, tensors: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """Compute ``outputs`` (all graph outputs when empty) from ``tensors``."""
@@ -91,10 +105,10 @@ class NodeExecutor:
         return result
 
     def generate(self, prompt: str, config: SamplingConfig) -> dict[str, object]:
-        if self._lm is None:
+        if self.lm is None:
             raise UnsupportedModelError("this node's model is not a language model")
         started = time.perf_counter()
-        result = self._lm.generate(prompt, config)
+        result = self.lm.generate(prompt, config)
         self.stats.setdefault("generate", StageStats()).add(simulate_slowdown(started, self.slowdown))
         return {
             "text": result.text or "",

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
-import onnx
 import uvicorn
 from fastapi import FastAPI
 
@@ -82,7 +81,7 @@ class NodeServer:
         self.api: APIState | None = None
         if executor.is_lm:
             self.lm_hop = LMHop(
-                onnx.load_from_string(model_bytes),
+                executor.proto,
                 config.tier.value,
                 self.peers,
                 options=SessionOptions(intra_op_threads=config.threads),

@@ -60,6 +60,15 @@ class SpanRunner:
                 found = self._sessions[span] = (session, [i.name for i in session.get_inputs()])
         return found
 
+    def is_open(self, span: Span) -> bool:
+        with self._lock:
+            return span in self._sessions
+
+    def close(self, span: Span) -> None:
+        """Drop ``span``'s session (its weights); it reopens on the next step that names it."""
+        with self._lock:
+            self._sessions.pop(span, None)
+
     def empty_kv(self, span: Span, batch: int = 1) -> list[KVPair]:
         shape = (batch, self.kv_heads, 0, self.head_dim)
         return [(np.zeros(shape, self.kv_dtype), np.zeros(shape, self.kv_dtype)) for _ in span.layers]

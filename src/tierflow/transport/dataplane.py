@@ -1,14 +1,18 @@
-"""The data plane: stage requests and their tensors between tier processes, over mutual-TLS gRPC.
+"""The data plane: stage requests and their tensors between tier processes, over mutual TLS.
 
-One persistent bidirectional gRPC stream per client connection (method
-``/tierflow.DataPlane/Stream``, raw-bytes messages, no protoc). The stream opens with a handshake
-(:mod:`session`) that agrees per-session AES-256-GCM keys bound to both TLS certificates; every
-later message is a sealed request or response (:mod:`envelope`, :mod:`codec`). Many requests may
-be in flight on one stream: responses carry the request id and come back in completion order.
+One persistent TLS connection per client session (asyncio streams; messages are length-prefixed,
+:mod:`stream`). The connection opens with a handshake (:mod:`session`) that agrees per-session
+AES-256-GCM keys bound to both TLS certificates; every later message is a sealed request or response
+(:mod:`envelope`, :mod:`codec`). Many requests may be in flight on one connection: responses carry
+the request id and come back in completion order.
 
 A message the server cannot accept is answered with a ``frame_rejected`` response for its request
 id (see :class:`session.MessageRejected` for which id is trusted) and counted by reason; a message
-too broken to name a request id is dropped and counted. Neither ends the stream.
+too broken to name a request id is dropped and counted. Neither ends the connection.
+
+Why not gRPC (the first transport): a decode step crosses every hop once, with a few KiB; on the
+2-core VM a bare gRPC + mTLS round trip of 2 KiB cost 0.32 ms and an asyncio TLS stream's 0.14 ms,
+and gRPC's own threads compete with the tiers' compute for the cores.
 
 Async API::
 
@@ -27,13 +31,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import grpc
 
 from tierflow.errors import (
     ConfigError,
@@ -60,33 +63,22 @@ from tierflow.transport.session import (
     client_hello,
     server_accept,
 )
-from tierflow.transport.tls import Identity, cert_fingerprint, channel_credentials, server_credentials
+from tierflow.transport.stream import StreamClosed, read_message, split_address, tune, write_message
+from tierflow.transport.tls import Identity, cert_fingerprint, client_ssl_context, server_ssl_context
 from tierflow.types.quant import QuantMode
 from tierflow.wire import ChannelConfig
 
-SERVICE = "tierflow.DataPlane"
-METHOD = "Stream"
-PATH = f"/{SERVICE}/{METHOD}"
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 30  # gRPC's default is 4 MiB; activations and KV shards are larger
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 30  # activations and KV shards travel whole
+HANDSHAKE_MAX_BYTES = 64 * 1024  # a HELLO or HELLO_ACK: keys, a certificate and a signature
+STREAM_BUFFER_BYTES = 1 << 20  # the reader buffers this much before pausing the socket
 OFFLOAD_BYTES = 256 * 1024  # seal/open bigger messages in a worker thread, keeping the loop responsive
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+# what a broken connection raises on read or write (a peer gone, a reset, a TLS alert)
+_LINK_ERRORS = (TransportError, ConnectionError, ssl.SSLError, OSError)
 
 Handler = Callable[[StageRequest, PeerInfo], Awaitable[StageResponse]]
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
-
-
-def grpc_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
-    """Channel/server options shared by both ends: big messages, keepalive on idle persistent streams."""
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
 
 
 def error_code_for(exc: BaseException) -> str:
@@ -110,6 +102,12 @@ async def _maybe_offload(size: int, fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
+async def _close_writer(writer: asyncio.StreamWriter, grace: float) -> None:
+    writer.close()
+    with contextlib.suppress(Exception):  # a peer that is gone does not answer TLS's close_notify
+        await asyncio.wait_for(writer.wait_closed(), max(grace, 0.1))
+
+
 # --- server -------------------------------------------------------------------------------------
 
 
@@ -131,80 +129,99 @@ class DataPlaneServer:
         self.metrics = metrics or default_metrics()
         self.channel_config = channel_config or ChannelConfig()
         self.max_in_flight = max_in_flight
-        self._options = grpc_options(max_message_bytes)
-        self._server: grpc.aio.Server | None = None
+        self.max_message_bytes = max_message_bytes
+        self._ssl = server_ssl_context(identity)
+        self._server: asyncio.Server | None = None
+        self._connections: set[_ServerConnection] = set()
+        self._stopped = asyncio.Event()
         self._stream_ids = itertools.count(1)
         self.port: int | None = None
-        self.sessions = 0  # streams currently open
+        self.sessions = 0  # connections currently open past the handshake
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
         """Listen on ``address`` (``host:port``, port 0 for any); return the bound port."""
         if self._server is not None:
             raise TransportError("data-plane server already started")
-        # no SO_REUSEPORT: a second node on a busy port must fail, not share the port silently
-        server = grpc.aio.server(options=[*self._options, ("grpc.so_reuseport", 0)])
-        behavior = grpc.stream_stream_rpc_method_handler(self._stream)  # no (de)serializers: raw bytes
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: behavior}),))
+        host, port = split_address(address)
         try:
-            port = int(server.add_secure_port(address, server_credentials(self.identity)))
-        except RuntimeError as exc:
+            # SO_REUSEADDR (asyncio's default) but never SO_REUSEPORT: a second node on a busy port fails
+            server = await asyncio.start_server(
+                self._accept, host, port, ssl=self._ssl, limit=STREAM_BUFFER_BYTES, reuse_port=False
+            )
+        except OSError as exc:
             raise TransportError(
-                f"cannot listen on {address}: the address is in use or not available"
+                f"cannot listen on {address}: the address is in use or not available ({exc.strerror})"
             ) from exc
-        if port == 0:
-            raise TransportError(f"cannot listen on {address}: the address is in use or not available")
-        await server.start()
-        self._server, self.port = server, port
-        return port
+        self._server, self.port = server, int(server.sockets[0].getsockname()[1])
+        self._stopped.clear()
+        return self.port
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        """Stop accepting streams; in-flight requests get ``grace`` seconds to finish."""
-        if self._server is not None:
-            server, self._server = self._server, None
-            await server.stop(grace)
+        """Stop accepting connections; in-flight requests get ``grace`` seconds to finish."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        connections = list(self._connections)
+        running = {t for c in connections for t in c.tasks}
+        if running and grace:
+            await asyncio.wait(running, timeout=grace)
+        for connection in connections:
+            await connection.close()
+        self._stopped.set()
 
     async def wait_closed(self) -> None:
         if self._server is not None:
-            await self._server.wait_for_termination()
+            await self._stopped.wait()
 
-    async def _stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream_id = next(self._stream_ids)
-        pem = _peer_cert(context)
-        if pem is None:  # cannot happen with require_client_auth, but never serve an anonymous peer
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
-            return
-        incoming = requests.__aiter__()
-        try:
-            hello = await anext(incoming)
-        except StopAsyncIteration:
+        tune(writer)
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:  # cannot happen with CERT_REQUIRED, but never serve an anonymous peer
+            await _close_writer(writer, 0)
             return
         try:
-            session, ack = server_accept(hello, self.identity, pem, self.channel_config)
+            hello = await asyncio.wait_for(
+                read_message(reader, HANDSHAKE_MAX_BYTES), DEFAULT_CONNECT_TIMEOUT_S
+            )
+            session, ack = server_accept(
+                hello, self.identity, ssl.DER_cert_to_PEM_cert(der).encode(), self.channel_config
+            )
         except (KeyAgreementError, InvalidInputError) as exc:
             self.metrics.handshakes.labels(side="server", outcome="rejected").inc()
-            await context.write(alert("handshake", str(exc)))
+            with contextlib.suppress(*_LINK_ERRORS):
+                write_message(writer, alert("handshake", str(exc)))
+                await writer.drain()
+            await _close_writer(writer, 1.0)
+            return
+        except (*_LINK_ERRORS, TimeoutError):
+            await _close_writer(writer, 0)
             return
         self.metrics.handshakes.labels(side="server", outcome="ok").inc()
-        peer = PeerInfo(session.peer_name, session.peer_fingerprint, context.peer(), stream_id)
+        host, port, *_ = writer.get_extra_info("peername") or ("?", 0)
+        peer = PeerInfo(session.peer_name, session.peer_fingerprint, f"{host}:{port}", stream_id)
         peer_metrics = self.metrics.for_peer("server", peer.name)
         peer_metrics.received.inc(len(hello))
         peer_metrics.sent.inc(len(ack))
-        await context.write(ack)
-        conn = _ServerConnection(self, session, peer, peer_metrics, context)
+        conn = _ServerConnection(self, session, peer, peer_metrics, reader, writer)
+        self._connections.add(conn)
         self.sessions += 1
         try:
-            await conn.serve(incoming)
+            write_message(writer, ack)
+            await writer.drain()
+            await conn.serve()
+        except _LINK_ERRORS:
+            pass  # the peer went away
         finally:
             self.sessions -= 1
-
-
-def _peer_cert(context: grpc.aio.ServicerContext) -> bytes | None:
-    values = context.auth_context().get("x509_pem_cert")
-    return bytes(values[0]) if values else None
+            self._connections.discard(conn)
+            await conn.close()
 
 
 class _ServerConnection:
-    """One stream's session on the server: reads requests in order, serves them concurrently."""
+    """One connection's session on the server: reads requests in order, serves them concurrently."""
 
     def __init__(
         self,
@@ -212,20 +229,26 @@ class _ServerConnection:
         session: Session,
         peer: PeerInfo,
         peer_metrics: PeerMetrics,
-        context: grpc.aio.ServicerContext,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> None:
         self.server = server
         self.m = peer_metrics
         self.session = session
         self.peer = peer
-        self.context = context
+        self.reader = reader
+        self.writer = writer
         self._write_lock = asyncio.Lock()  # responses go out in the order they are sealed
         self._slots = asyncio.Semaphore(server.max_in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
 
-    async def serve(self, incoming: AsyncIterator[bytes]) -> None:
+    async def serve(self) -> None:
         try:
-            async for data in incoming:
+            while True:
+                try:
+                    data = await read_message(self.reader, self.server.max_message_bytes)
+                except StreamClosed:
+                    break
                 received = time.perf_counter()
                 self.m.received.inc(len(data))
                 try:
@@ -238,11 +261,16 @@ class _ServerConnection:
                     continue
                 await self._slots.acquire()
                 task = asyncio.create_task(self._run(request, received))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
         finally:
-            if self._tasks:  # the peer finished sending: let the requests it is waiting for complete
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self.tasks:  # the peer finished sending: let the requests it is waiting for complete
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await _close_writer(self.writer, 0)
 
     async def _reject(self, exc: MessageRejected) -> None:
         self.m.rejected(exc.reason)
@@ -273,8 +301,8 @@ class _ServerConnection:
                 response.quant = asked
             outcome = await self._send(response)
             self.m.request(outcome, time.perf_counter() - received)
-        except (grpc.aio.AioRpcError, asyncio.CancelledError, ConnectionError):
-            pass  # the stream went away: nobody is left to answer
+        except (*_LINK_ERRORS, asyncio.CancelledError):
+            pass  # the connection went away: nobody is left to answer
         finally:
             self._slots.release()
 
@@ -290,7 +318,8 @@ class _ServerConnection:
                     response.request_id, ErrorCode.INTERNAL, f"unsendable response: {exc}"
                 )
                 data = codec.seal_response(self.session, response)
-            await self.context.write(data)
+            write_message(self.writer, data)
+            await self.writer.drain()
         self.m.sent.inc(len(data))
         return "ok" if response.error is None else response.error.code
 
@@ -337,12 +366,9 @@ class DataPlaneClient:
         self.m = self.metrics.for_peer("client", self.server_name)
         self.channel_config = channel_config or ChannelConfig()
         self.connect_timeout = connect_timeout
-        self._options = [
-            *grpc_options(max_message_bytes),
-            ("grpc.ssl_target_name_override", self.server_name),
-        ]
-        self._channel: grpc.aio.Channel | None = None
-        self._call: grpc.aio.StreamStreamCall | None = None
+        self.max_message_bytes = max_message_bytes
+        self._ssl = client_ssl_context(identity)
+        self._writer: asyncio.StreamWriter | None = None
         self._session: Session | None = None
         self._reader: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
@@ -372,25 +398,26 @@ class DataPlaneClient:
         await self.close()
 
     async def connect(self) -> None:
-        """Open the stream and run the handshake; raises TransportError (TLS refused, bad server, timeout)."""
+        """Open the connection and run the handshake; raises TransportError (TLS refused, bad server,
+        timeout)."""
         if self.connected:
             return
         await self.close()
         self._broken = None
-        self._channel = grpc.aio.secure_channel(
-            self.target, channel_credentials(self.identity), self._options
-        )
-        call = self._channel.stream_stream(PATH, request_serializer=None, response_deserializer=None)()
-        self._call = call
+        host, port = split_address(self.target)
+        where = f"{self.server_name} at {self.target}"
         share, hello = client_hello()
+        writer: asyncio.StreamWriter | None = None
         try:
-            await asyncio.wait_for(call.write(hello), self.connect_timeout)
-            ack = await asyncio.wait_for(call.read(), self.connect_timeout)
-            if ack is grpc.aio.EOF:
-                raise TransportError(
-                    f"{self.server_name} at {self.target} closed the stream during the handshake"
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=self._ssl, server_hostname=self.server_name, limit=STREAM_BUFFER_BYTES
                 )
-            self._session = client_finish(
+                tune(writer)
+                write_message(writer, hello)
+                await writer.drain()
+                ack = await read_message(reader, HANDSHAKE_MAX_BYTES)
+            session = client_finish(
                 share,
                 hello,
                 ack,
@@ -400,47 +427,52 @@ class DataPlaneClient:
                 self.pinned_fingerprint,
             )
         except TimeoutError:
-            await self._fail_connect()
+            await self._fail_connect(writer)
+            raise TransportError(f"no handshake from {where} within {self.connect_timeout:g}s") from None
+        except StreamClosed:
+            await self._fail_connect(writer)
             raise TransportError(
-                f"no handshake from {self.server_name} at {self.target} within {self.connect_timeout:g}s"
+                f"{where} closed the stream during the handshake (did it refuse our certificate?)"
             ) from None
-        except grpc.aio.AioRpcError as exc:
-            await self._fail_connect()
+        except ssl.SSLCertVerificationError as exc:
+            await self._fail_connect(writer)
             raise TransportError(
-                f"cannot reach {self.server_name} at {self.target}: {_rpc_text(exc)}"
+                f"cannot reach {where}: its TLS certificate is refused ({exc.verify_message})"
             ) from None
+        except (ssl.SSLError, OSError) as exc:
+            await self._fail_connect(writer)
+            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+            raise TransportError(f"cannot reach {where}: {str(reason).lower()}") from None
         except BaseException:
-            await self._fail_connect()
+            await self._fail_connect(writer)
             raise
+        self._writer, self._session = writer, session
         self.metrics.handshakes.labels(side="client", outcome="ok").inc()
         self.m.sent.inc(len(hello))
         self.m.received.inc(len(ack))
-        self._reader = asyncio.create_task(self._read_loop(call, self._session))
+        self._reader = asyncio.create_task(self._read_loop(reader, session))
 
-    async def _fail_connect(self) -> None:
+    async def _fail_connect(self, writer: asyncio.StreamWriter | None) -> None:
         self.metrics.handshakes.labels(side="client", outcome="failed").inc()
+        if writer is not None:
+            await _close_writer(writer, 0)
         await self.close()
 
     async def close(self, grace: float = 1.0) -> None:
-        """Finish the stream and the channel. Replies already on their way are delivered for up to
-        ``grace`` seconds; calls still pending after that fail with ``disconnected``."""
-        call, channel, reader = self._call, self._channel, self._reader
-        self._call = self._channel = self._reader = None
+        """End the connection. Replies already on their way are delivered for up to ``grace``
+        seconds; calls still pending after that fail with ``disconnected``."""
+        writer, reader = self._writer, self._reader
+        self._writer = self._reader = None
         self._session = None  # no new calls from here on
-        if call is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(call.done_writing(), grace)
+        waiting = [f for f in self._pending.values() if not f.done()]
+        if waiting and reader is not None and not reader.done() and grace > 0:
+            await asyncio.wait(waiting, timeout=grace)
         if reader is not None:
-            # the server ends its side once it has answered everything: the reader then sees EOF
-            finished, _ = await asyncio.wait({reader}, timeout=grace)
-            if not finished:
-                reader.cancel()
-                with contextlib.suppress(BaseException):
-                    await reader
-        if call is not None:
-            call.cancel()
-        if channel is not None:
-            await channel.close()
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+        if writer is not None:
+            await _close_writer(writer, grace)
         self._fail_pending("connection closed")
 
     def seal(self, request: StageRequest) -> SealedRequest:
@@ -497,11 +529,14 @@ class DataPlaneClient:
         return future
 
     async def _write(self, data: bytes) -> None:
-        assert self._call is not None
+        writer = self._writer
+        if writer is None or self._broken is not None:
+            raise TransportError(f"stream to {self.server_name} is down: {self._broken or 'closed'}")
         try:
-            await self._call.write(data)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-            reason = _rpc_text(exc) if isinstance(exc, grpc.aio.AioRpcError) else "stream closed"
+            write_message(writer, data)
+            await writer.drain()
+        except _LINK_ERRORS as exc:
+            reason = str(exc) or type(exc).__name__
             self._mark_broken(reason)
             raise TransportError(f"stream to {self.server_name} is down: {reason}") from None
         self.m.sent.inc(len(data))
@@ -527,20 +562,20 @@ class DataPlaneClient:
             )
         return response
 
-    async def _read_loop(self, call: grpc.aio.StreamStreamCall, session: Session) -> None:
+    async def _read_loop(self, reader: asyncio.StreamReader, session: Session) -> None:
         reason = "server ended the stream"
         try:
             while True:
-                data = await call.read()
-                if data is grpc.aio.EOF:
-                    break
+                data = await read_message(reader, self.max_message_bytes)
                 self.m.received.inc(len(data))
                 if len(data) < OFFLOAD_BYTES:
                     self._deliver(self._open(session, data))
                 else:
                     self._deliver(await asyncio.to_thread(self._open, session, data))
-        except grpc.aio.AioRpcError as exc:
-            reason = _rpc_text(exc)
+        except StreamClosed:
+            pass
+        except _LINK_ERRORS as exc:
+            reason = str(exc) or type(exc).__name__
         except asyncio.CancelledError:
             reason = "connection closed"
             raise
@@ -577,11 +612,6 @@ class DataPlaneClient:
         for rid, future in pending.items():
             if not future.done():
                 future.set_result(StageResponse.failure(rid, ErrorCode.DISCONNECTED, reason))
-
-
-def _rpc_text(exc: grpc.aio.AioRpcError) -> str:
-    details = (exc.details() or "").strip().splitlines()
-    return f"{exc.code().name.lower()}: {details[0] if details else 'no details'}"
 
 
 # --- sync wrapper -------------------------------------------------------------------------------

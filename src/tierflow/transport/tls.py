@@ -1,4 +1,4 @@
-"""TLS identities of tier nodes: loading, fingerprints, verification against the CA, gRPC credentials.
+"""TLS identities of tier nodes: loading, fingerprints, verification against the CA, TLS contexts.
 
 An :class:`Identity` is what a node presents (its certificate and key) and
 what it trusts (the CA). Fingerprints are SHA-256 over the DER certificate;
@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import ssl
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -137,19 +138,27 @@ def verify_signature(cert: x509.Certificate, data: bytes, signature: bytes) -> N
         raise TransportError("peer handshake signature is invalid") from exc
 
 
-def server_credentials(identity: Identity) -> grpc.ServerCredentials:
-    """mTLS server credentials: a client without a certificate from our CA fails the TLS handshake."""
-    return grpc.ssl_server_credentials(
-        [(identity.key_pem, identity.cert_pem)],
-        root_certificates=identity.ca_pem,
-        require_client_auth=True,
-    )
+def server_ssl_context(identity: Identity) -> ssl.SSLContext:
+    """mTLS server context: a client without a certificate from our CA fails the TLS handshake."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return _with_identity(context, identity)
 
 
-def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
-    """mTLS client credentials: trust only our CA, present our node certificate."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=identity.ca_pem,
-        private_key=identity.key_pem,
-        certificate_chain=identity.cert_pem,
-    )
+def client_ssl_context(identity: Identity) -> ssl.SSLContext:
+    """mTLS client context: trust only our CA, present our node certificate; the caller passes the
+    server's node name as ``server_hostname``, which its certificate must name."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
+    return _with_identity(context, identity)
+
+
+def _with_identity(context: ssl.SSLContext, identity: Identity) -> ssl.SSLContext:
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_verify_locations(cadata=identity.ca_pem.decode("ascii"))
+    # the ssl module loads a key only from a file: a private one, removed as soon as it is read
+    with tempfile.TemporaryDirectory(prefix="tierflow-tls-") as tmp:
+        chain = Path(tmp) / "identity.pem"
+        chain.touch(mode=0o600)
+        chain.write_bytes(identity.cert_pem + b"\n" + identity.key_pem)
+        context.load_cert_chain(str(chain))
+    return context

@@ -1,0 +1,68 @@
+"""Messages on a TLS byte stream: each one a 4-byte big-endian length, then that many bytes.
+
+The data plane's transport (:mod:`tierflow.transport.dataplane`): asyncio streams over mutual TLS,
+one connection per session. A length above the connection's limit ends the connection (the other
+side is not speaking this protocol, or is hostile), as does a read that stops mid-message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+from tierflow.errors import ConfigError, TransportError
+
+_LENGTH = struct.Struct(">I")
+_JOIN_BELOW = 64 * 1024  # smaller messages go out as one write with their length (one TLS record)
+KEEPALIVE_IDLE_S = 30  # probe an idle connection after this long, every 10 s, give up after 3 misses
+
+
+class StreamClosed(TransportError):
+    """The other side ended the connection (cleanly at a message boundary, or not)."""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) as a (host, port) pair; ConfigError if it is not one."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{address!r} is not a host:port address")
+    return host.strip("[]"), int(port)
+
+
+def tune(writer: asyncio.StreamWriter) -> None:
+    """TCP keepalive, so that a peer that vanished without a FIN is noticed on an idle session."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+async def read_message(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
+    """The next message; StreamClosed when the stream ended, TransportError when it is not ours."""
+    try:
+        head = await reader.readexactly(_LENGTH.size)
+    except asyncio.IncompleteReadError as exc:
+        raise StreamClosed(
+            "the peer ended the stream" if not exc.partial else "stream cut mid-message"
+        ) from None
+    (length,) = _LENGTH.unpack(head)
+    if length > max_bytes:
+        raise TransportError(f"a {length}-byte message is over this connection's {max_bytes}-byte limit")
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise StreamClosed("stream cut mid-message") from None
+
+
+def write_message(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Queue one message; the caller awaits ``writer.drain()`` (and holds the connection's write lock)."""
+    head = _LENGTH.pack(len(data))
+    if len(data) < _JOIN_BELOW:
+        writer.write(head + data)
+    else:  # no copy of a big message just to prepend four bytes
+        writer.write(head)
+        writer.write(data)
