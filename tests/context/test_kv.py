@@ -176,3 +176,20 @@ def test_threads_keep_the_total_consistent() -> None:
     assert not errors
     assert store.total_bytes == sum(s.bytes for s in store.stats().values())
     assert store.total_bytes <= store.capacity_bytes
+
+
+def test_a_deferred_replacement_keeps_the_old_arrays_until_erased_and_a_drop_erases_them() -> None:
+    store = KVShardStore(10 * BYTES)
+    old = store.put(shard("ctx_a", 0, 1))
+    old_refs = arrays(old)
+    new = store.put(shard("ctx_a", 0, 1, length=5), defer_erase=True)
+    assert store.get("ctx_a", 0, 1) is new
+    assert not any(np.all(x == 0) for x in old_refs)  # still intact: the step's reply goes first
+    assert store.erase_superseded() == sum(x.nbytes for x in old_refs)
+    assert all(np.all(x == 0) for x in old_refs)
+    assert store.erase_superseded() == 0
+    replaced = arrays(store.get("ctx_a", 0, 1))
+    store.put(shard("ctx_a", 0, 1, length=6), defer_erase=True)
+    store.drop("ctx_a")  # deleting the context erases what was waiting too
+    assert all(np.all(x == 0) for x in replaced)
+    assert store.erase_superseded() == 0

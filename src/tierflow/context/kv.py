@@ -94,6 +94,7 @@ class KVShardStore:
         self._shards: OrderedDict[str, dict[tuple[int, int], KVShard]] = OrderedDict()
         self._pins: dict[str, int] = {}
         self._dropped: OrderedDict[str, None] = OrderedDict()
+        self._superseded: list[tuple[KVShard, KVShard]] = []  # (replaced, its replacement): to erase
         self._total = 0
 
     @property
@@ -115,10 +116,12 @@ class KVShardStore:
         with self._lock:
             return sorted(self._shards.get(context_id, {}))
 
-    def put(self, shard: KVShard) -> KVShard:
+    def put(self, shard: KVShard, *, defer_erase: bool = False) -> KVShard:
         """Store ``shard`` (in owned buffers) and return what is stored.
 
-        Any shard of the same context whose layers overlap it is replaced and erased. Then other
+        Any shard of the same context whose layers overlap it is replaced and erased -- with
+        ``defer_erase``, kept referenced (never released unerased) until :meth:`erase_superseded`:
+        a decode step replaces its whole past and erases it after its reply has left. Then other
         contexts are evicted until the store fits its capacity (this one alone may exceed it).
         """
         owned = KVShard(
@@ -132,12 +135,21 @@ class KVShardStore:
             for span in [s for s in held if s[0] <= last and first <= s[1]]:
                 old = held.pop(span)
                 self._total -= old.nbytes
-                _erase(old, keep=owned)
+                if defer_erase:
+                    self._superseded.append((old, owned))
+                else:
+                    _erase(old, keep=owned)
             held[owned.layers] = owned
             self._total += owned.nbytes
             self._shards.move_to_end(shard.context_id)
             self._evict(self.capacity_bytes, spare=shard.context_id)
             return owned
+
+    def erase_superseded(self) -> int:
+        """Erase the shards that deferred puts replaced; bytes zeroed."""
+        with self._lock:
+            pending, self._superseded = self._superseded, []
+        return sum(_erase(old, keep=new) for old, new in pending)
 
     def truncate(self, context_id: str, length: int) -> None:
         """Keep the first ``length`` tokens of every shard of a context; erase the cut-off rest."""
@@ -225,7 +237,11 @@ class KVShardStore:
 
     def _remove(self, context_id: str) -> int:
         held = self._shards.pop(context_id, {})
-        erased = sum(_erase(shard) for shard in held.values())
+        pending = [p for p in self._superseded if p[0].context_id == context_id]
+        if pending:
+            self._superseded = [p for p in self._superseded if p[0].context_id != context_id]
+        erased = sum(_erase(old, keep=new) for old, new in pending)
+        erased += sum(_erase(shard) for shard in held.values())
         self._total -= sum(shard.nbytes for shard in held.values())
         return erased
 

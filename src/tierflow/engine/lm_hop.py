@@ -214,6 +214,8 @@ class LMHop:
             return await self._step(request)
         finally:
             self._in_flight -= 1
+            # runs once the data plane has written this reply: the erasure is off the token's path
+            asyncio.get_running_loop().call_soon(self.kv.erase_superseded)
 
     async def _step(self, request: StageRequest) -> StageResponse:
         meta = request.meta
@@ -300,7 +302,8 @@ class LMHop:
         self.kv.put(
             KVShard(
                 context, (span.first, span.last), [k for k, _ in out.present], [v for _, v in out.present]
-            )
+            ),
+            defer_erase=True,  # the replaced past is erased once the reply is on its way (step())
         )
         return out.hidden, out.logits, seconds
 
