@@ -18,7 +18,8 @@ from tierflow.transport.messages import ErrorCode, StageError, StageResponse
 def test_importing_tierflow_loads_no_transport_and_load_is_a_function() -> None:
     code = (
         "import sys, inspect, tierflow; "
-        "assert not {'tierflow.transport.dataplane', 'tierflow.engine'} & set(sys.modules), sorted(sys.modules); "
+        "loaded = {'tierflow.transport.dataplane', 'tierflow.engine'} & set(sys.modules); "
+        "assert not loaded, sorted(sys.modules); "
         "assert inspect.isfunction(tierflow.load); "
         "print(inspect.signature(tierflow.load))"
     )
