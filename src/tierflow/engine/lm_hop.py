@@ -64,7 +64,6 @@ ELAPSED_PREFIX = "elapsed_s."
 # a worker thread and back costs two thread wake-ups per hop. Several steps at once (other contexts)
 # or a prefill chunk go to worker threads, so that contexts compute in parallel and the loop stays free.
 INLINE_MAX_TOKENS = 4
-PROBE_LAYERS = 4  # how many layers the speed probe runs (layer_seconds)
 HIDDEN = "hidden"
 IDS = "input_ids"
 
@@ -451,15 +450,15 @@ class LMHop:
     # --- what this tier can do ------------------------------------------------------------------
 
     def layer_seconds(self, steps: int = 8, past: int = 32) -> float:
-        """Measured decode seconds per layer per token here (the first layers, ``past`` tokens of context).
+        """Measured decode seconds per layer per token here (the whole model, ``past`` tokens of context).
 
         Measured once, on this tier's real path (its threads, provider and simulated slowdown):
-        the span planner reads the tier's speed from this, never from a setting. The probe span is
-        the embedding and the first :data:`PROBE_LAYERS` layers (a decoder's layers are alike), and
-        its session is closed afterwards unless this tier runs that span anyway.
+        the span planner reads the tier's speed from this, never from a setting. The whole model,
+        head included (in a small model the head weighs as much as several layers), and its session
+        is closed afterwards unless this tier runs every layer anyway: a node keeps only its span.
         """
         if self._layer_s is None:
-            probe = Span(0, min(self.runner.num_layers, PROBE_LAYERS) - 1)
+            probe = Span(0, self.runner.num_layers - 1)
             was_open = self.runner.is_open(probe)
             kv = self.runner.empty_kv(probe)
             prompt = np.zeros((1, past), np.int64)
