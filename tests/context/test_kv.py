@@ -193,3 +193,13 @@ def test_a_deferred_replacement_keeps_the_old_arrays_until_erased_and_a_drop_era
     store.drop("ctx_a")  # deleting the context erases what was waiting too
     assert all(np.all(x == 0) for x in replaced)
     assert store.erase_superseded() == 0
+
+
+def test_fresh_buffers_are_taken_without_a_copy_and_borrowed_ones_are_copied() -> None:
+    store = KVShardStore(10 * BYTES)
+    base = np.ones((2, 1, 2, 4, 8), dtype=np.float32)
+    borrowed = [base[0], base[1]]  # views: numpy says they do not own their memory
+    kept = store.put(KVShard("ctx_a", (0, 0), [borrowed[0]], [borrowed[1]]))
+    assert not np.shares_memory(kept.keys[0], base)
+    taken = store.put(KVShard("ctx_b", (0, 0), [borrowed[0]], [borrowed[1]]), fresh=True)
+    assert np.shares_memory(taken.keys[0], base) and np.shares_memory(taken.values[0], base)

@@ -43,6 +43,7 @@ from tierflow.transport.dataplane import (
     DataPlaneServer,
     SyncDataPlaneClient,
 )
+from tierflow.transport.loop import run
 from tierflow.transport.messages import ErrorCode, PeerInfo, StageRequest, StageResponse
 from tierflow.transport.stream import StreamClosed, read_message, write_message
 from tierflow.transport.tls import client_ssl_context, load_identity, server_ssl_context
@@ -253,7 +254,7 @@ def measure_loopback_overhead(n: int = 2000, payload_bytes: int = 1024) -> dict[
         pki = Path(tmp)
         init_pki(pki, [Tier.CLOUD, Tier.DEVICE])
         with EchoServerProcess(pki) as server:
-            samples = asyncio.run(_measure(server, pki, x, n))
+            samples = run(_measure(server, pki, x, n))
     loopback, tcp_ms = _median_ms(samples["dataplane"]), _median_ms(samples["tcp"])
     return {
         "loopback_rtt_ms": round(loopback, 4),
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--payload-bytes", type=int, default=1024)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        asyncio.run(serve(args.pki, args.name))
+        run(serve(args.pki, args.name))  # on the loop the tier processes use
         return
     print(json.dumps(measure_loopback_overhead(args.n, args.payload_bytes), indent=2))
 

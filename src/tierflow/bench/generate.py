@@ -26,7 +26,6 @@ everywhere.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import tempfile
 import time
@@ -47,6 +46,7 @@ from tierflow.model.registry import resolve_model
 from tierflow.node.deploy import LocalDeployment, deploy_local
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions
+from tierflow.transport.loop import run
 from tierflow.types.links import LinkProfile, get_profile, transfer_s
 from tierflow.types.quant import QuantMode
 from tierflow.types.tiers import Tier
@@ -211,7 +211,7 @@ def run_generate_bench(
                 try:
                     started = time.perf_counter()
                     stage(f"{model.name} over {name}: decoding")
-                    per_profile[name] = asyncio.run(measure_profile(model, deployment, tokens, repeats))
+                    per_profile[name] = run(measure_profile(model, deployment, tokens, repeats))
                     per_profile[name]["wall_s"] = round(time.perf_counter() - started, 1)
                 finally:
                     deployment.stop()

@@ -11,7 +11,6 @@ decodes on and its tokens are compared with the unsplit model's (``exact``).
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from tierflow.model.registry import resolve_model
 from tierflow.node.deploy import LocalDeployment, deploy_local
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions
+from tierflow.transport.loop import run
 from tierflow.types.links import LinkProfile, get_profile, transfer_s
 from tierflow.types.tiers import Tier
 
@@ -109,7 +109,7 @@ def run_migrate_bench(
             deployment = deploy_local(model, Path(tmp) / "pki", access, threads=1)
             try:
                 stage(f"{name}: moving layers {MOVED} device -> edge -> device")
-                result["profiles"][name] = asyncio.run(
+                result["profiles"][name] = run(
                     _one_profile(model, deployment, access, context_tokens, repeats, expected)
                 )
             finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import typer
@@ -57,6 +56,7 @@ def node(
     """
     from tierflow.node.config import NodeConfig
     from tierflow.node.server import serve
+    from tierflow.transport.loop import run
 
     peers = parse_assignments(peer, "--peer", "NAME=HOST:PORT")
     links = parse_assignments(link, "--link", "TIER-TIER=PROFILE")
@@ -83,7 +83,7 @@ def node(
         raise ConfigError("; ".join(e["msg"] for e in exc.errors())) from exc
     # SIGINT or SIGTERM shuts the node down cleanly, also when it was started with SIGINT ignored
     with StopSignals() as stop:
-        asyncio.run(serve(config, stop.wait_async))
+        run(serve(config, stop.wait_async))  # on uvloop where installed (transport/loop.py)
 
 
 def register(app: typer.Typer) -> None:

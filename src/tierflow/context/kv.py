@@ -116,8 +116,11 @@ class KVShardStore:
         with self._lock:
             return sorted(self._shards.get(context_id, {}))
 
-    def put(self, shard: KVShard, *, defer_erase: bool = False) -> KVShard:
+    def put(self, shard: KVShard, *, defer_erase: bool = False, fresh: bool = False) -> KVShard:
         """Store ``shard`` (in owned buffers) and return what is stored.
+
+        ``fresh``: the arrays are new buffers that nothing else holds (a session's outputs, which
+        numpy sees as borrowed memory), so the store takes them without a copy.
 
         Any shard of the same context whose layers overlap it is replaced and erased -- with
         ``defer_erase``, kept referenced (never released unerased) until :meth:`erase_superseded`:
@@ -125,7 +128,10 @@ class KVShardStore:
         contexts are evicted until the store fits its capacity (this one alone may exceed it).
         """
         owned = KVShard(
-            shard.context_id, shard.layers, [_owned(a) for a in shard.keys], [_owned(a) for a in shard.values]
+            shard.context_id,
+            shard.layers,
+            [_owned(a, fresh) for a in shard.keys],
+            [_owned(a, fresh) for a in shard.values],
         )
         with self._lock:
             if shard.context_id in self._dropped:
@@ -257,10 +263,10 @@ class KVShardStore:
         return evicted
 
 
-def _owned(array: np.ndarray) -> np.ndarray:
+def _owned(array: np.ndarray, fresh: bool = False) -> np.ndarray:
     """``array`` itself if the store may own and erase it, else a private copy."""
     flags = array.flags
-    if flags.writeable and flags.owndata and flags.c_contiguous:
+    if flags.writeable and flags.c_contiguous and (flags.owndata or fresh):
         return array
     return np.array(array, copy=True, order="C")
 

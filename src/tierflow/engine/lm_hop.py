@@ -303,6 +303,7 @@ class LMHop:
                 context, (span.first, span.last), [k for k, _ in out.present], [v for _, v in out.present]
             ),
             defer_erase=True,  # the replaced past is erased once the reply is on its way (step())
+            fresh=True,  # ONNX Runtime's outputs: new buffers, nothing else holds them
         )
         return out.hidden, out.logits, seconds
 

@@ -411,7 +411,11 @@ class DataPlaneClient:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 reader, writer = await asyncio.open_connection(
-                    host, port, ssl=self._ssl, server_hostname=self.server_name, limit=STREAM_BUFFER_BYTES
+                    host,
+                    port,
+                    ssl=self._ssl,
+                    server_hostname=str(self.server_name),  # a plain str: uvloop takes no StrEnum
+                    limit=STREAM_BUFFER_BYTES,
                 )
                 tune(writer)
                 write_message(writer, hello)
