@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.fake_peers import FakeNetwork
 from tierflow.engine.conversations import Conversations, Finished
-from tierflow.engine.sharded import PROBE_EVERY_S
+from tierflow.engine.sharded import PROBE_EVERY_S, StepStats
 from tierflow.errors import ContextNotFoundError, InvalidInputError
 from tierflow.model.lm_layers import Span
 from tierflow.model.registry import resolve_model
@@ -279,3 +279,22 @@ def test_exported_hf_models_split_three_ways_give_the_unsplit_tokens(
     assert asyncio.run(go()) == unsplit(
         lm, lm.require_tokenizer().encode("Return the JSON object as"), SamplingConfig.greedy(16)
     )
+
+
+def test_what_a_generation_s_hops_cost_beyond_the_ping_goes_into_the_plan(pki: Path, tmp_path: Path) -> None:
+    async def go() -> None:
+        _net, dev = deployment(pki, tmp_path)
+        lm = conversations(dev).lm
+        await lm.start()
+        spans = dict(lm.spans)
+        before = lm.predict(spans).token_s
+        hops = [(Tier.DEVICE.value, Tier.EDGE.value), (Tier.EDGE.value, Tier.CLOUD.value)]
+        lm.learn_hops(StepStats(hop_s={h: 0.010 * 20 for h in hops}, steps=20))  # 10 ms a hop
+        learned = lm.predict(spans).token_s
+        assert learned - before == pytest.approx(0.020, abs=0.002)  # each hop's step cost, not its ping
+        lm.learn_hops(StepStats(hop_s={h: 0.0 for h in hops}, steps=20))  # cheaper now: it moves back
+        assert before < lm.predict(spans).token_s < learned
+        lm.learn_hops(StepStats(hop_s={h: 1.0 for h in hops}, steps=2))  # too few steps to learn from
+        assert lm.predict(spans).token_s < learned
+
+    asyncio.run(go())

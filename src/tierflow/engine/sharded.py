@@ -45,17 +45,22 @@ from tierflow.errors import InvalidInputError, KVMissingError, PlanError, TierUn
 from tierflow.model.lm_layers import LayerCosts, Span, check_cover, layer_costs
 from tierflow.model.tokenizer import Tokenizer
 from tierflow.planner.snapshot import LinkState
-from tierflow.planner.spans import LMShape, SpanPlan, TierCapacity, plan_spans, score
+from tierflow.planner.spans import TOKEN_BYTES, LMShape, SpanPlan, TierCapacity, plan_spans, score
 from tierflow.runtime.lm import SamplingConfig
 from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
 from tierflow.transport.route import COMPUTE_PREFIX
-from tierflow.types.links import LinkProfile
+from tierflow.types.links import LinkProfile, transfer_s
 from tierflow.types.quant import QuantMode
 from tierflow.types.tiers import Tier
 
 ORDER = (Tier.DEVICE, Tier.EDGE, Tier.CLOUD)
 PREFILL_CHUNK = 64  # prompt tokens per prefill step (long prompts go in several)
 PROBE_EVERY_S = 5.0  # how often a tier that is down is asked again
+# A step's hop costs more than an empty request's round trip (sealing the hidden state, the tiers'
+# dispatch): what generations measured beyond RTT and transfer is learned per link, so that the
+# planner's per-hop term is a step's, not a ping's. Learned from generations of this many steps on.
+LEARN_HOPS_MIN_STEPS = 8
+LEARN_HOPS_WEIGHT = 0.3  # of the newest generation in the running mean
 Spans = dict[Tier, Span]
 
 
@@ -176,6 +181,7 @@ class ShardedLM:
         self.tiers = {t: TierRecord(t) for t in tiers}
         self.link_profiles = dict(links or {})
         self.link_rtt: dict[frozenset[Tier], float] = {}
+        self.hop_overhead_s: dict[frozenset[Tier], float] = {}  # learned, see LEARN_HOPS_MIN_STEPS
         self.fixed = fixed_spans
         if fixed_spans is not None:
             check_cover(list(fixed_spans.values()), self.num_layers)
@@ -252,8 +258,31 @@ class ShardedLM:
                 up_bps=up,
                 down_bps=down,
                 rtt_s=rtt if rtt is not None else (profile.rtt_s if profile else 0.0),
+                overhead_s=self.hop_overhead_s.get(pair, 0.0),
             )
         return out
+
+    def learn_hops(self, stats: StepStats) -> None:
+        """Fold what a generation's hops cost beyond each link's RTT and transfer into the links the
+        planner scores (``hop_overhead_s``)."""
+        if stats.steps < LEARN_HOPS_MIN_STEPS:
+            return
+        links = self._links()
+        for (a, b), total in stats.hop_s.items():
+            pair = frozenset((Tier(a), Tier(b)))
+            link = links.get(pair)
+            if link is None:
+                continue
+            known = self.hop_overhead_s.get(pair, 0.0)
+            expected = (
+                link.rtt_s
+                + transfer_s(self.costs.hidden_bytes_per_token, link.up_bps)
+                + transfer_s(TOKEN_BYTES, link.down_bps)
+            )
+            extra = max(total / stats.steps - expected, 0.0)
+            self.hop_overhead_s[pair] = (
+                extra if pair not in self.hop_overhead_s else known + LEARN_HOPS_WEIGHT * (extra - known)
+            )
 
     def _capacities(self) -> dict[Tier, TierCapacity]:
         return {
@@ -507,6 +536,7 @@ class ShardedLM:
                 break
         end = time.perf_counter()
         first_at = first_at or end
+        self.learn_hops(stats)
         yield GenerationOutcome(
             tokens=sequence,
             kv_len=len(sequence) - 1 if generated else start,
