@@ -1,8 +1,10 @@
 """The link emulator on real loopback sockets: timing, order, loss, outages, live changes.
 
 Every test talks to a real upstream server (echo, source or sink) through a
-real :class:`LinkEmulator`. Timing figures are compared with the profile
-within 10 %; the tests that need more than two seconds are marked slow.
+real :class:`LinkEmulator`. A timing figure must be on schedule (:func:`on_schedule`): never early,
+and late by no more than 10 % plus 10 ms -- the emulator's timers run on a shared two-core host,
+whose bursts of load made a 440 ms ping 18 ms late in one CI run. The tests that need more than
+two seconds are marked slow.
 """
 
 from __future__ import annotations
@@ -154,6 +156,16 @@ def quiet(profile: str | LinkProfile, **changes: float) -> LinkProfile:
     return p.replace(**{"jitter_s": 0.0, "loss": 0.0, **changes})
 
 
+LATE_REL, LATE_ABS = 0.10, 0.010  # how late the shared host may run the emulator's timers
+EARLY = 0.02  # a timer's rounding; the emulator holds bytes at least as long as the schedule says
+
+
+def on_schedule(measured: float, expected: float, *, spread: float = EARLY) -> bool:
+    """``measured`` is at most ``spread`` early and at most 10 % + 10 ms late (``spread``: a fraction
+    of ``expected``, larger where jitter moves figures both ways)."""
+    return expected * (1 - spread) <= measured <= expected * (1 + LATE_REL) + LATE_ABS
+
+
 FAST = LinkProfile(name="fast", down_bps=400e6, up_bps=400e6, rtt_s=0.002)
 
 
@@ -234,7 +246,7 @@ def test_median_ping_matches_the_profile_rtt(name: str) -> None:
         s = connect(link)
         ping(s)  # includes the handshake
         rtt = statistics.median(pings(s, 7))
-    assert rtt == pytest.approx(profile.rtt_s, rel=0.10)
+    assert on_schedule(rtt, profile.rtt_s), rtt
 
 
 def test_jitter_spreads_the_rtt_around_the_profile_value() -> None:
@@ -244,9 +256,11 @@ def test_jitter_spreads_the_rtt_around_the_profile_value() -> None:
         ping(s)
         samples = pings(s, 15)
     # Each way adds N(0, 5 ms): the RTT spreads with sd sqrt(2) * 5 ms around 100 ms. The
-    # median of 15 has a standard error of ~2.3 ms, so 10 % is a margin of four of them.
-    assert statistics.median(samples) == pytest.approx(profile.rtt_s, rel=0.10)
-    assert statistics.stdev(samples) == pytest.approx(2**0.5 * profile.jitter_s, rel=0.5)
+    # median of 15 has a standard error of ~2.3 ms, so 10 % early is a margin of four of them.
+    assert on_schedule(statistics.median(samples), profile.rtt_s, spread=0.10), samples
+    q1, _, q3 = statistics.quantiles(samples, n=4)
+    spread = (q3 - q1) / 1.349  # the sd from the quartiles: one late sample of a loaded host barely moves it
+    assert spread == pytest.approx(2**0.5 * profile.jitter_s, rel=0.5), samples
 
 
 def test_the_handshake_costs_one_rtt() -> None:
@@ -258,8 +272,8 @@ def test_the_handshake_costs_one_rtt() -> None:
         assert s.recv(1) == b"x"
         first = time.perf_counter() - t
         second = ping(s)
-    assert first == pytest.approx(2 * profile.rtt_s, rel=0.10)
-    assert second == pytest.approx(profile.rtt_s, rel=0.10)
+    assert on_schedule(first, 2 * profile.rtt_s), first
+    assert on_schedule(second, profile.rtt_s), second
 
 
 def _download_time(link: LinkEmulator, nbytes: int) -> float:
@@ -288,7 +302,7 @@ def test_download_takes_rtt_plus_size_over_bandwidth_plus_loss_stalls(name: str,
         after = link.stats()
     stalls = (after.down.stall_s - before.down.stall_s) + (after.up.stall_s - before.up.stall_s)
     expected = profile.rtt_s + nbytes * 8 / profile.down_bps + stalls
-    assert took == pytest.approx(expected, rel=0.10)
+    assert on_schedule(took, expected, spread=0.10), (took, expected)  # jitter: either way
 
 
 @pytest.mark.slow
@@ -310,7 +324,7 @@ def test_upload_takes_delay_plus_size_over_bandwidth_plus_loss_stalls(name: str,
         stalls = link.stats().up.stall_s - before
     assert sink.total == nbytes + 1
     expected = profile.rtt_s / 2 + nbytes * 8 / profile.up_bps + stalls
-    assert took == pytest.approx(expected, rel=0.10)
+    assert on_schedule(took, expected, spread=0.10), (took, expected)  # jitter: either way
 
 
 def test_connections_share_the_link_bandwidth() -> None:
@@ -330,7 +344,7 @@ def test_connections_share_the_link_bandwidth() -> None:
             th.join()
         took = time.perf_counter() - t
     # Two transfers over one 16 Mbit/s link take the sum of their bytes over the link rate.
-    assert took == pytest.approx(profile.rtt_s + 2 * nbytes * 8 / profile.down_bps, rel=0.10)
+    assert on_schedule(took, profile.rtt_s + 2 * nbytes * 8 / profile.down_bps), took
 
 
 # --- loss --------------------------------------------------------------------------
@@ -368,7 +382,7 @@ def test_a_lost_ping_arrives_one_rto_late() -> None:
     late = [round((x - profile.rtt_s) / rto) for x in samples]
     assert sum(late) == timeouts >= 1  # every counted timeout shows up as one RTO
     for x, k in zip(samples, late, strict=True):
-        assert x == pytest.approx(profile.rtt_s + k * rto, abs=0.012)
+        assert on_schedule(x, profile.rtt_s + k * rto), samples
 
 
 def test_bulk_loss_costs_one_rtt_per_lost_packet() -> None:
@@ -382,7 +396,7 @@ def test_bulk_loss_costs_one_rtt_per_lost_packet() -> None:
             before = link.stats().down
             took = _download_time(link, nbytes)
             after = link.stats().down
-    assert clean == pytest.approx(lossless.rtt_s + nbytes * 8 / lossless.down_bps, rel=0.10)
+    assert on_schedule(clean, lossless.rtt_s + nbytes * 8 / lossless.down_bps), clean
     packets = nbytes // MSS
     assert 1 <= after.lost_packets <= 4 * packets * lossy.loss  # both transfers counted
     assert after.fast_retransmits > 0 and after.stall_s > before.stall_s
@@ -470,13 +484,12 @@ def test_switching_the_profile_changes_rtt_on_an_open_connection() -> None:
     with serve(echo) as up, LinkEmulator(up, quiet("4g")) as link:
         s = connect(link)
         ping(s)
-        assert statistics.median(pings(s, 5)) == pytest.approx(0.05, rel=0.10)
+        assert on_schedule(statistics.median(pings(s, 5)), 0.05)
         link.set_profile(quiet("3g"))
         assert link.profile.name == "3g"
-        assert statistics.median(pings(s, 5)) == pytest.approx(0.15, rel=0.10)
+        assert on_schedule(statistics.median(pings(s, 5)), 0.15)
         link.set_profile(quiet("4g").scaled(rtt=0.2))
-        # 10 ms: a few ms of scheduling on a loaded two-core VM is within reach of a user-space link
-        assert statistics.median(pings(s, 5)) == pytest.approx(0.01, abs=0.004)
+        assert on_schedule(statistics.median(pings(s, 5)), 0.01)
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ from tierflow.model.lm_layers import Span
 from tierflow.runtime.lm import SamplingConfig, pick_token
 from tierflow.runtime.lm_span import SpanRunner
 from tierflow.runtime.session import SessionOptions
-from tierflow.runtime.stages import simulate_slowdown
+from tierflow.runtime.slowdown import SimulatedSlowdown
 from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
 from tierflow.transport.peers import Peers
 from tierflow.transport.route import COMPUTE_PREFIX
@@ -177,6 +177,7 @@ class LMHop:
         self.peers = peers
         self.runner = SpanRunner(model, options)
         self.slowdown = slowdown
+        self._slow = SimulatedSlowdown(slowdown)
         self.kv = KVShardStore(kv_capacity_bytes)
         self.memory_bytes = memory_bytes
         self._locks: dict[str, asyncio.Lock] = {}
@@ -297,7 +298,7 @@ class LMHop:
         )
         started = time.perf_counter()
         out = self.runner.step(span, ids, past, hidden)
-        seconds = simulate_slowdown(started, self.slowdown)
+        seconds = self._slow.stretch((span.first, span.last, ids.shape[-1]), started)
         self.kv.put(
             KVShard(
                 context, (span.first, span.last), [k for k, _ in out.present], [v for _, v in out.present]
@@ -468,7 +469,7 @@ class LMHop:
             for _ in range(steps):
                 started = time.perf_counter()
                 kv = self.runner.step(probe, np.zeros((1, 1), np.int64), kv).present
-                times.append(simulate_slowdown(started, self.slowdown))
+                times.append(self._slow.stretch(("probe", probe.first, probe.last), started))
             if not was_open:
                 self.runner.close(probe)
             self._layer_s = statistics.median(times) / len(probe.layers)

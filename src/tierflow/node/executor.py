@@ -26,7 +26,8 @@ from tierflow.runtime.image import ImageGenerator, ImageResult
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.providers import ranked_providers
 from tierflow.runtime.session import SessionOptions, active_provider, metadata, open_session
-from tierflow.runtime.stages import StageRunner, simulate_slowdown
+from tierflow.runtime.slowdown import SimulatedSlowdown
+from tierflow.runtime.stages import StageRunner
 from tierflow.types import ModelKind, Tier
 
 
@@ -59,6 +60,7 @@ class NodeExecutor:
         self.proto = onnx.load_from_string(model_bytes)
         initializers = {t.name for t in self.proto.graph.initializer}
         names = [i.name for i in self.proto.graph.input if i.name not in initializers]
+        self._slow = SimulatedSlowdown(self.slowdown)
         self.is_lm = LMSignature.is_causal_lm(names)  # it then serves layer spans too
         self._image: ImageGenerator | None = None
         if self.is_lm:  # the session the spans will use picks the same provider
@@ -101,7 +103,8 @@ class NodeExecutor:
             refine = self._image.has_refiner
         started = time.perf_counter()
         result = self._image.generate(prompt, resolution, refine=refine, seed=seed)
-        self.stats.setdefault("generate_image", StageStats()).add(simulate_slowdown(started, self.slowdown))
+        seconds = self._slow.stretch("generate_image", started)
+        self.stats.setdefault("generate_image", StageStats()).add(seconds)
         return result
 
     def generate(self, prompt: str, config: SamplingConfig) -> dict[str, object]:
@@ -109,7 +112,7 @@ class NodeExecutor:
             raise UnsupportedModelError("this node's model is not a language model")
         started = time.perf_counter()
         result = self.lm.generate(prompt, config)
-        self.stats.setdefault("generate", StageStats()).add(simulate_slowdown(started, self.slowdown))
+        self.stats.setdefault("generate", StageStats()).add(self._slow.stretch("generate", started))
         return {
             "text": result.text or "",
             "new_ids": result.new_ids,

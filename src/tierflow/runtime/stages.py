@@ -14,24 +14,13 @@ import onnxruntime as ort
 from tierflow.errors import InvalidInputError
 from tierflow.model.partition import GraphCutter
 from tierflow.runtime.session import SessionOptions, open_session
-
-
-def simulate_slowdown(started: float, factor: float) -> float:
-    """SIMULATED weaker hardware: stretch work that began at ``started`` to ``factor`` times its length.
-
-    It sleeps on the real code path, so whoever measures the tier (the planner)
-    sees the slower speed without being told the factor. Returns the stretched duration.
-    """
-    elapsed = time.perf_counter() - started
-    if factor > 1.0:
-        time.sleep(elapsed * (factor - 1.0))
-    return time.perf_counter() - started
+from tierflow.runtime.slowdown import SimulatedSlowdown
 
 
 class StageRunner:
     """Runs any stage of one model; extracted stages and their sessions are cached.
 
-    ``slowdown`` > 1 simulates a weaker device (see :func:`simulate_slowdown`).
+    ``slowdown`` > 1 simulates a weaker device (see :mod:`tierflow.runtime.slowdown`).
     """
 
     def __init__(
@@ -45,6 +34,7 @@ class StageRunner:
         self.cutter = GraphCutter(proto)
         self.options = options or SessionOptions()
         self.slowdown = slowdown
+        self._slow = SimulatedSlowdown(slowdown)
         self._sessions: dict[tuple[tuple[str, ...], tuple[str, ...]], ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
@@ -68,5 +58,5 @@ class StageRunner:
             values = session.run(outputs, feeds)
         except Exception as exc:  # ORT reports shape/type mismatches as opaque runtime errors
             raise InvalidInputError(f"stage rejected its inputs: {' '.join(str(exc).split())[:300]}") from exc
-        simulate_slowdown(started, self.slowdown)
+        self._slow.stretch((tuple(needed), tuple(outputs)), started)
         return dict(zip(outputs, values, strict=True))
