@@ -1,4 +1,4 @@
-"""The SIMULATED slowdown stretches a kind of work's typical length, so a burst of host load is not multiplied."""
+"""The SIMULATED slowdown stretches the typical length of a kind of work, not one burst of host load."""
 
 from __future__ import annotations
 
