@@ -58,10 +58,10 @@ def test_none_options_are_left_out_and_the_token_is_sent(api: FakeAPI, client: t
     assert seen.headers["authorization"] == f"Bearer {KEY}"
     assert seen.body == {"prompt": "hi", "max_tokens": 64, "stream": False}
     client.generate("hi", context_id="ctx_abc123", max_tokens=5, temperature=0, top_k=40, top_p=0.95,
-                    repeat_penalty=1, seed=7, expires_in=60, sla="latency")
+                    repeat_penalty=1, seed=7, expires_in=60, sla={"prefer": "latency"})
     assert api.seen[-1].body == {"prompt": "hi", "context_id": "ctx_abc123", "max_tokens": 5,
                                  "temperature": 0, "top_k": 40, "top_p": 0.95, "repeat_penalty": 1,
-                                 "seed": 7, "expires_in": 60, "sla": "latency", "stream": False}
+                                 "seed": 7, "expires_in": 60, "sla": {"prefer": "latency"}, "stream": False}
 
 
 def test_a_wrongly_typed_option_is_the_callers_mistake(client: tierflow.Client) -> None:

@@ -102,3 +102,17 @@ def test_snapshot_is_plain_json_with_every_cell() -> None:
     assert row["device"] == {"expected_s": None, "prior_s": None, "mean_s": None, "count": 0,
                              "feasible": False}
     assert snap["tiers"]["cloud"] == {"available": False, "load": 0.0}
+
+
+def test_a_new_prior_carries_what_was_learned_as_a_ratio() -> None:
+    m = TaskResourceMatrix({"text_short": {"cloud": 0.010}})
+    for _ in range(40):  # observed 50 % slower than the prior: the mean converges on 0.015
+        m.observe("text_short", "cloud", 0.015)
+    assert m.predict("text_short", "cloud") == pytest.approx(0.015, rel=1e-3)
+    m.set_prior("text_short", "cloud", 0.020)  # the link got slower: the planner now predicts 20 ms
+    assert m.predict("text_short", "cloud") == pytest.approx(0.030, rel=1e-3)
+    assert m.cell("text_short", "cloud").count == 40
+    fresh = m.set_prior("text_short", "edge", 0.005)  # never observed: the prior is the mean
+    assert fresh.mean_s == 0.005 and m.predict("text_short", "edge") == 0.005
+    with pytest.raises(InvalidInputError, match="prior"):
+        m.set_prior("text_short", "edge", -1.0)

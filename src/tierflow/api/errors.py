@@ -23,6 +23,7 @@ from tierflow.errors import (
     TierUnavailableError,
     TokenizerError,
 )
+from tierflow.router.sla import SLAUnmetError
 
 
 class APIError(BaseModel):
@@ -40,6 +41,7 @@ MAPPING: tuple[tuple[type[Exception], int, str], ...] = (
     (ContextExpiredError, 410, "ContextExpired"),
     (ModelNotFoundError, 422, "UnknownModel"),
     (InvalidInputError, 422, "InvalidRequest"),
+    (SLAUnmetError, 422, "SLAUnmet"),
     (TokenizerError, 422, "InvalidRequest"),
     (PlanError, 503, "TierUnavailable"),
     (TierUnavailableError, 503, "TierUnavailable"),
@@ -50,7 +52,7 @@ _DESCRIPTIONS = {
     403: "The context belongs to another identity",
     404: "No context has this id",
     410: "The context has expired; it and its KV are gone",
-    422: "The request cannot be used (the detail says why)",
+    422: "The request cannot be used (the detail says why; SLAUnmet names the best offer)",
     503: "A tier is gone and no tier left can take its work; retry later",
 }
 

@@ -66,12 +66,16 @@ async def _run(
 ) -> Any:
     _check_model(request, body.model)
     state = state_of(request)
+    sla, battery = body.routing()
     items = state.conversations.generate(
         owner,
         state.conversations.lm.tokenizer.encode(prompt),
         body.config(),
         context_id=body.context_id,
         whole=body.context_id is None,
+        sla=sla,
+        battery=battery,
+        metered=body.metered,
     )
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tierflow.router.energy import BatteryState
+from tierflow.router.sla import SLA
 from tierflow.runtime.lm import SamplingConfig
 
 DEFAULTS = SamplingConfig()
@@ -33,14 +35,35 @@ class Sampling(BaseModel):
         )
 
 
-class GenerateBody(Sampling):
+SLA_DESCRIPTION = (
+    "service level: max_latency (s), min_quality (text: early_exit, full) or min_resolution (images), "
+    "offline_ok, prefer (latency, quality, energy); docs/ROUTING.md"
+)
+
+
+class Routed(BaseModel):
+    """What the router reads from a request besides its work (docs/ROUTING.md)."""
+
+    sla: dict[str, Any] | None = Field(None, description=SLA_DESCRIPTION)
+    battery: dict[str, Any] | None = Field(
+        None, description='the device battery, {"level": 0..100, "charging": bool}; kept for later requests'
+    )
+    metered: bool | None = Field(None, description="the device's network is metered; kept for later requests")
+
+    def routing(self) -> tuple[SLA | None, BatteryState | None]:
+        """The parsed SLA and battery report (InvalidInputError naming the field on bad values)."""
+        sla = SLA.parse(self.sla) if self.sla is not None else None
+        battery = BatteryState.parse(self.battery) if self.battery is not None else None
+        return sla, battery
+
+
+class GenerateBody(Sampling, Routed):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=200_000)
     context_id: str | None = Field(None, max_length=200, description="continue this conversation")
     stream: bool = False
     expires_in: float | None = Field(None, gt=0, le=30 * 86400, description="seconds; default 3600")
-    sla: dict[str, Any] | None = Field(None, description="service level (read by the router)")
 
 
 class Hop(BaseModel):
@@ -63,6 +86,9 @@ class Route(BaseModel):
     prompt_tokens: int
     cached_tokens: int
     events: list[dict[str, str]]
+    decision: dict[str, Any] | None = Field(
+        None, description="the router's choice, its alternatives and why (when the request was routed)"
+    )
 
 
 class GenerateReply(BaseModel):
@@ -115,7 +141,7 @@ class ChatMessage(BaseModel):
     content: str = Field(max_length=200_000)
 
 
-class OpenAISampling(BaseModel):
+class OpenAISampling(Routed):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (n=1, ...)
 
     model: str = Field(max_length=200)
@@ -127,7 +153,6 @@ class OpenAISampling(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     stream: bool = False
     context_id: str | None = Field(None, max_length=200, description="tierflow: continue this context")
-    sla: dict[str, Any] | None = None
 
     def config(self) -> SamplingConfig:
         tokens = self.max_completion_tokens or self.max_tokens or 64
@@ -151,3 +176,12 @@ class ChatBody(OpenAISampling):
 
 class CompletionBody(OpenAISampling):
     prompt: str = Field(min_length=1, max_length=200_000)
+
+
+class DeviceReport(BaseModel):
+    """``PUT /routing/device``: the device's conditions for the requests that follow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    battery: dict[str, Any] | None = Field(None, description='{"level": 0..100, "charging": bool}')
+    metered: bool | None = None

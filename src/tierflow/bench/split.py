@@ -258,14 +258,9 @@ def energy_j(m: Measured, power: DevicePower, access: LinkProfile) -> float:
     latency = m.total_ms / 1000.0
     t_tx = transfer_s(m.sent_bytes, access.up_bps)
     t_rx = transfer_s(m.received_bytes, access.down_bps)
-    radio = power.radio
-    return (
-        power.idle_w * latency
-        + (power.busy_w - power.idle_w) * m.device_s
-        + radio.tx_w * t_tx
-        + radio.tx_j_per_byte * m.sent_bytes
-        + radio.rx_w * t_rx
-        + radio.rx_j_per_byte * m.received_bytes
+    return power.energy_j(
+        latency, m.device_s,
+        sent_bytes=m.sent_bytes, send_s=t_tx, received_bytes=m.received_bytes, receive_s=t_rx,
     )
 
 

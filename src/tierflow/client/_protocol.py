@@ -127,6 +127,15 @@ def migrate(context_id: str, layers: str, to: str) -> Call[MigrateResult]:
     return Call("POST", _context_path(context_id) + "/migrate", lambda r: parse(MigrateResult, r), body)
 
 
+def routing_matrix() -> Call[JSON]:
+    return Call("GET", "/routing/matrix", _json_object)
+
+
+def report_device(battery: JSON | None, metered: bool | None) -> Call[JSON]:
+    body = {k: v for k, v in (("battery", battery), ("metered", metered)) if v is not None}
+    return Call("PUT", "/routing/device", _json_object, body)
+
+
 def models() -> Call[list[str]]:
     return Call("GET", "/v1/models", lambda r: [m.id for m in parse(_ModelList, r).data])
 
@@ -157,6 +166,16 @@ def check(response: httpx.Response) -> None:
 
 def _no_content(response: httpx.Response) -> None:
     check(response)
+
+
+def _json_object(response: httpx.Response) -> JSON:
+    check(response)
+    body = response.json()
+    if not isinstance(body, dict):
+        raise RecoverableError(
+            f"unexpected answer from {response.request.url}: not a JSON object but {type(body).__name__}"
+        )
+    return body
 
 
 def is_json(response: httpx.Response) -> bool:

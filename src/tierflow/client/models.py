@@ -35,7 +35,9 @@ class GenerateRequest(BaseModel):
     seed: int | None = None
     stream: bool = False
     expires_in: int | float | None = None
-    sla: str | JSON | None = None
+    sla: JSON | None = None  # max_latency, min_quality / min_resolution, offline_ok, prefer
+    battery: JSON | None = None  # {"level": 0..100, "charging": bool}
+    metered: bool | None = None
 
     def body(self) -> JSON:
         """The JSON body to send: every field that is not None."""
@@ -62,6 +64,7 @@ class Route(_Body):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     events: list[JSON] = Field(default_factory=list)  # failover, KV rebuild, migration, ...
+    decision: JSON | None = None  # the router's choice, its alternatives and why (routed requests)
 
 
 class GenerateResult(_Body):

@@ -64,7 +64,9 @@ class Client:
         repeat_penalty: float | None = None,
         seed: int | None = None,
         expires_in: float | None = None,
-        sla: str | JSON | None = None,
+        sla: JSON | None = None,
+        battery: JSON | None = None,
+        metered: bool | None = None,
     ) -> GenerateResult:
         """Generate up to ``max_tokens`` after ``prompt``; ``context_id`` continues a conversation.
 
@@ -74,7 +76,7 @@ class Client:
         request = api.generate_request(
             prompt=prompt, context_id=context_id, max_tokens=max_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, expires_in=expires_in,
-            sla=sla, stream=False,
+            sla=sla, battery=battery, metered=metered, stream=False,
         )
         return self._call(api.generate(request))
 
@@ -90,7 +92,9 @@ class Client:
         repeat_penalty: float | None = None,
         seed: int | None = None,
         expires_in: float | None = None,
-        sla: str | JSON | None = None,
+        sla: JSON | None = None,
+        battery: JSON | None = None,
+        metered: bool | None = None,
     ) -> Generator[StreamEvent, None, None]:
         """:meth:`generate`, token by token: :class:`TokenEvent` s, then one :class:`DoneEvent`.
 
@@ -101,7 +105,7 @@ class Client:
         request = api.generate_request(
             prompt=prompt, context_id=context_id, max_tokens=max_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, expires_in=expires_in,
-            sla=sla, stream=True,
+            sla=sla, battery=battery, metered=metered, stream=True,
         )
         sending = self._http.stream("POST", "/generate", json=request.body(), headers=api.SSE_ACCEPT)
         with api.reaching(self.base_url), sending as r:
@@ -136,6 +140,14 @@ class Client:
     def models(self) -> list[str]:
         """The names of the models the deployment serves."""
         return self._call(api.models())
+
+    def routing_matrix(self) -> JSON:
+        """``GET /routing/matrix``: expected latency per task kind and tier, the rules, the energy policy."""
+        return self._call(api.routing_matrix())
+
+    def report_device(self, battery: JSON | None = None, metered: bool | None = None) -> JSON:
+        """Tell the router the device's battery (``{"level", "charging"}``) and metered state."""
+        return self._call(api.report_device(battery, metered))
 
     def health(self) -> bool:
         """Whether the entry point answers ``/healthz``; False (not an error) when it cannot be reached."""
@@ -192,13 +204,15 @@ class AsyncClient:
         repeat_penalty: float | None = None,
         seed: int | None = None,
         expires_in: float | None = None,
-        sla: str | JSON | None = None,
+        sla: JSON | None = None,
+        battery: JSON | None = None,
+        metered: bool | None = None,
     ) -> GenerateResult:
         """See :meth:`Client.generate`."""
         request = api.generate_request(
             prompt=prompt, context_id=context_id, max_tokens=max_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, expires_in=expires_in,
-            sla=sla, stream=False,
+            sla=sla, battery=battery, metered=metered, stream=False,
         )
         return await self._call(api.generate(request))
 
@@ -214,13 +228,15 @@ class AsyncClient:
         repeat_penalty: float | None = None,
         seed: int | None = None,
         expires_in: float | None = None,
-        sla: str | JSON | None = None,
+        sla: JSON | None = None,
+        battery: JSON | None = None,
+        metered: bool | None = None,
     ) -> AsyncGenerator[StreamEvent, None]:
         """See :meth:`Client.stream`. Leaving the loop early: wrap it in ``contextlib.aclosing``."""
         request = api.generate_request(
             prompt=prompt, context_id=context_id, max_tokens=max_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, expires_in=expires_in,
-            sla=sla, stream=True,
+            sla=sla, battery=battery, metered=metered, stream=True,
         )
         with api.reaching(self.base_url):
             sending = self._http.stream("POST", "/generate", json=request.body(), headers=api.SSE_ACCEPT)
@@ -256,6 +272,14 @@ class AsyncClient:
     async def models(self) -> list[str]:
         """See :meth:`Client.models`."""
         return await self._call(api.models())
+
+    async def routing_matrix(self) -> JSON:
+        """See :meth:`Client.routing_matrix`."""
+        return await self._call(api.routing_matrix())
+
+    async def report_device(self, battery: JSON | None = None, metered: bool | None = None) -> JSON:
+        """See :meth:`Client.report_device`."""
+        return await self._call(api.report_device(battery, metered))
 
     async def health(self) -> bool:
         """See :meth:`Client.health`."""

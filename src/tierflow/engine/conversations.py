@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from tierflow.context.store import DEFAULT_EXPIRES_IN, ContextRecord, ContextStore, common_prefix_len
+from tierflow.engine.routing import EntryRouter, TextRoute, deepest, text_task
 from tierflow.engine.sharded import (
     GenerationEvent,
     GenerationOutcome,
@@ -27,6 +28,8 @@ from tierflow.engine.sharded import (
 )
 from tierflow.errors import ContextError, ContextExpiredError, InvalidInputError
 from tierflow.model.lm_layers import Span
+from tierflow.router.energy import BatteryState
+from tierflow.router.sla import SLA
 from tierflow.runtime.lm import SamplingConfig
 from tierflow.types.tiers import Tier
 
@@ -41,6 +44,7 @@ class Finished:
     record: ContextRecord
     outcome: GenerationOutcome
     text: str
+    route: TextRoute | None = None  # the router's decision, when the request was routed
 
 
 class Conversations:
@@ -53,8 +57,10 @@ class Conversations:
         *,
         default_expires_in: float = DEFAULT_EXPIRES_IN,
         clock: object = time.time,
+        router: EntryRouter | None = None,
     ) -> None:
         self.lm = lm
+        self.router = router if router is not None else EntryRouter()
         self.store = store
         self.default_expires_in = default_expires_in
         self._locks: dict[str, asyncio.Lock] = {}
@@ -120,21 +126,34 @@ class Conversations:
         context_id: str | None = None,
         expires_in: float | None = None,
         whole: bool = False,
+        sla: SLA | None = None,
+        battery: BatteryState | None = None,
+        metered: bool | None = None,
     ) -> AsyncIterator[GenerationEvent | Finished]:
         """Generate for ``owner``; yields events, then :class:`Finished`.
 
         ``whole``: ``prompt`` is the whole conversation (an OpenAI request), matched against the
         context's history; otherwise it is appended to the context's history.
+
+        The request is routed (:class:`~tierflow.engine.routing.EntryRouter`) when it carries an
+        ``sla``, the client reports its ``battery`` or a ``metered`` network, or the deployment
+        knows the device's battery or a metered network; otherwise it runs on the context's
+        placement or the plan in force, as the span planner chose. ``battery`` and ``metered`` are
+        kept as the device's conditions for later requests.
         """
+        if battery is not None or metered is not None:
+            self.router.report(battery, metered)
         ids = list(prompt) if not isinstance(prompt, str) else self.lm.tokenizer.encode(prompt)
         if not ids:
             raise InvalidInputError("the prompt has no tokens")
         lifetime = self.default_expires_in if expires_in is None else expires_in
+        created = False
         if context_id is not None:
             record = await self.get(context_id, owner)
         elif whole and (found := await self._implicit_match(owner, ids)) is not None:
             record = found
         else:
+            created = True
             record = await asyncio.to_thread(
                 self.store.create,
                 owner,
@@ -154,9 +173,32 @@ class Conversations:
                 tokens = [*history, *ids]
             kv_len = min(keep, max(len(history) - 1, 0))
             self.lm.check_length(len(tokens))
+            current = self.spans_of(record)
+            route: TextRoute | None = None
+            conditions = self.router.conditions
+            if sla is not None or conditions.battery is not None or conditions.metered:
+                try:
+                    route = self.router.route_text(
+                        self.lm,
+                        sla or SLA(),
+                        max_tokens=config.max_new_tokens,
+                        current=current,
+                        history=len(tokens),
+                        new_prompt=len(tokens) - kv_len,
+                    )
+                except Exception:
+                    if created:  # refused before any work: the conversation it would have begun goes too
+                        await asyncio.to_thread(self.store.delete, record.context_id)
+                    raise
             outcome: GenerationOutcome | None = None
             async for item in self.lm.generate(
-                record.context_id, tokens, kv_len, self.spans_of(record), config, prompt_tokens=len(tokens)
+                record.context_id,
+                tokens,
+                kv_len,
+                current,
+                config,
+                prompt_tokens=len(tokens),
+                placement=route.spans if route is not None else None,
             ):
                 if isinstance(item, GenerationOutcome):
                     outcome = item
@@ -168,7 +210,9 @@ class Conversations:
             await asyncio.to_thread(self.store.set_spans, record.context_id, spans_text(outcome.spans))
             record = await asyncio.to_thread(self.store.touch, record.context_id, lifetime)
             text = self.lm.tokenizer.decode(outcome.generated)
-            yield Finished(record, outcome, text)
+            task = text_task(config.max_new_tokens)
+            self.router.observe_text(task, deepest(outcome.spans), outcome.decode_s, len(outcome.generated))
+            yield Finished(record, outcome, text, route)
 
     async def migrate(
         self, context_id: str, owner: str, layers: str, to: str

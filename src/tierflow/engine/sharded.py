@@ -297,6 +297,34 @@ class ShardedLM:
             self.shape, self._capacities(), self._links(), {t: (s.first, s.last) for t, s in spans.items()}
         )
 
+    def placements(self) -> list[SpanPlan]:
+        """Every placement that can run now, fastest per token first (the fixed spans only, if set)."""
+        if self.fixed is not None:
+            try:
+                return [self.predict(self.fixed)]
+            except PlanError:
+                return []
+        try:
+            return plan_spans(self.shape, self._capacities(), self._links())[1]
+        except PlanError:
+            return []
+
+    def prefill_s(self, spans: Mapping[Tier, Span], tokens: int) -> float:
+        """Predicted seconds to feed ``tokens`` tokens through ``spans`` at once (0 for none)."""
+        if tokens <= 0:
+            return 0.0
+        plan = score(
+            self.shape,
+            self._capacities(),
+            self._links(),
+            {t: (s.first, s.last) for t, s in spans.items()},
+            tokens=tokens,
+        )
+        return plan.token_s
+
+    def holders_available(self, spans: Mapping[Tier, Span]) -> bool:
+        return all(self.tiers[t].available for t in spans)
+
     async def replan(self) -> SpanPlan | None:
         """Choose the layers each tier holds now (fixed spans stay while their tiers are up)."""
         async with self._plan_lock:
@@ -449,18 +477,29 @@ class ShardedLM:
         config: SamplingConfig,
         *,
         prompt_tokens: int,
+        placement: Spans | None = None,
     ) -> AsyncIterator[GenerationEvent | GenerationOutcome]:
         """Generate after ``tokens`` (the tiers hold KV for ``tokens[:kv_len]`` under ``spans``).
+
+        ``placement``: the spans the router chose for this request (default: the context's own
+        while its tiers are up, else the plan in force). A context that moves to another placement
+        has its KV rebuilt there and dropped where it was.
 
         Yields a :class:`GenerationEvent` per token (and per thing that happened), then one
         :class:`GenerationOutcome`.
         """
         self.check_length(len(tokens))
         await self._revive()
-        if not self.spans:
+        if not self.spans and placement is None:
             raise TierUnavailableError("no tier can hold the model's layers now")
         events: list[dict[str, str]] = []
         stats = StepStats()
+        if placement is not None and spans is not None and dict(spans) != dict(placement):
+            events.append({"event": "rerouted", "spans": json.dumps(spans_text(placement))})
+            await self.drop(context, [t for t, s in spans.items() if placement.get(t) != s])
+            spans, kv_len = dict(placement), 0
+        elif placement is not None and spans is None:
+            spans, kv_len = dict(placement), 0
         usable = spans is not None and all(self.tiers[t].available for t in spans)
         if not usable:  # a new context, or one whose tiers are gone: the plan in force, KV rebuilt
             if spans:

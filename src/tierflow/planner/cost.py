@@ -269,9 +269,8 @@ class PathCosts:
         p = snap.power
         device_compute = compute[self.path[0]]
         (b_tx, t_tx), (b_rx, t_rx) = (sent[1], received[1]) if self.m else ((0, 0.0), (0, 0.0))
-        energy = (p.idle_w * latency + (p.busy_w - p.idle_w) * device_compute
-                  + p.radio.tx_w * t_tx + p.radio.tx_j_per_byte * b_tx
-                  + p.radio.rx_w * t_rx + p.radio.rx_j_per_byte * b_rx)
+        energy = p.energy_j(latency, device_compute, sent_bytes=b_tx, send_s=t_tx,
+                            received_bytes=b_rx, receive_s=t_rx)
         return Prediction(
             latency_s=latency,
             compute_s=compute,

@@ -83,6 +83,26 @@ class DevicePower(BaseModel):
             raise ValueError("busy_w must be at least idle_w")
         return self
 
+    def energy_j(
+        self,
+        latency_s: float,
+        device_compute_s: float,
+        *,
+        sent_bytes: float = 0.0,
+        send_s: float = 0.0,
+        received_bytes: float = 0.0,
+        receive_s: float = 0.0,
+    ) -> float:
+        """The device's joules for one request (the module docstring's formula)."""
+        return (
+            self.idle_w * latency_s
+            + (self.busy_w - self.idle_w) * device_compute_s
+            + self.radio.tx_w * send_s
+            + self.radio.tx_j_per_byte * sent_bytes
+            + self.radio.rx_w * receive_s
+            + self.radio.rx_j_per_byte * received_bytes
+        )
+
 
 # Battery levels at which a joule starts to cost more, and how much more at the bottom.
 BATTERY_COMFORT = 0.5

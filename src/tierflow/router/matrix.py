@@ -18,6 +18,10 @@ prediction at load ``L`` is ``mean / (1 - min(L, MAX_LOAD))`` -- the planner's r
 fully loaded tier is at most 10x slower, never infinitely.
 
 A tier can be marked unavailable (down, or not deployed); its cells stay, but are not feasible.
+
+A prior can be replaced by a live estimate (:meth:`TaskResourceMatrix.set_prior`: the span
+planner's prediction once a link's estimate changed); what was learned then carries over as a
+ratio to the prior, so the matrix follows both the live estimate and what it observed.
 """
 
 from __future__ import annotations
@@ -113,6 +117,27 @@ class TaskResourceMatrix:
             old = self._cells.get((kind, where), Cell(None, None, 0))
             mean = unloaded if old.mean_s is None else (1.0 - self.alpha) * old.mean_s + self.alpha * unloaded
             cell = Cell(prior_s=old.prior_s, mean_s=mean, count=old.count + 1)
+            self._cells[(kind, where)] = cell
+            return cell
+
+    def set_prior(self, task: TaskKind | str, tier: Tier | str, prior_s: float) -> Cell:
+        """Replace the prior of a cell with a live estimate (the planner's, after a link or a tier changed).
+
+        What was learned is kept relative to the prior: a cell observed 20 % slower than its old prior
+        expects 20 % over the new one (``mean <- mean * new / old``); a cell without a learned mean
+        takes the new prior as its mean.
+        """
+        kind, where = parse_task(task), parse_tier(tier)
+        seconds = _seconds(prior_s, f"prior of {kind} on {where}", InvalidInputError)
+        with self._lock:
+            old = self._cells.get((kind, where), Cell(None, None, 0))
+            if old.count and old.mean_s is not None and old.prior_s:
+                mean = old.mean_s * seconds / old.prior_s
+            elif old.count and old.mean_s is not None:
+                mean = old.mean_s  # learned without a prior: nothing to scale by
+            else:
+                mean = seconds
+            cell = Cell(prior_s=seconds, mean_s=mean, count=old.count)
             self._cells[(kind, where)] = cell
             return cell
 

@@ -1,0 +1,225 @@
+"""The entry point's router: which placement serves a generation, under its SLA, the network and the battery.
+
+The pure rules live in :mod:`tierflow.router` (the matrix, the hard rules, SLA choice, the energy
+policy); this module feeds them what the deployment knows now and learns from what happened.
+
+For text, an offer per tier: the fastest placement of the LM's layers (``ShardedLM.placements``)
+whose deepest holder is that tier -- ``device`` runs every layer on the device and needs no
+network, ``edge`` the best placement over device and edge, ``cloud`` the best one that reaches
+the cloud. The matrix rows ``text_short`` / ``text_long`` hold **seconds per generated token**
+per tier: their prior is the span planner's live prediction for that placement (measured layer
+speeds, each link's estimate), re-set before every decision, and they learn the ratio of what
+decoding really took (:meth:`TaskResourceMatrix.set_prior`). A request's predicted latency is
+the prefill of what the placement does not hold yet (the whole history when the context moves)
+plus ``max_tokens`` times the matrix's per-token figure.
+
+Energy per offer is the planner's device power model (:class:`~tierflow.planner.power.DevicePower`)
+over the predicted latency, the device's own layers and the bytes its radio moves (a hidden state
+up and a token id down per step, the prompt's hidden states once).
+
+Quality: every tier runs the full model (``full`` on the text ladder), which meets any
+``min_quality``; the phone's early-exit INT8 target is not deployed as a separate offer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tierflow.engine.sharded import ShardedLM, Spans
+from tierflow.errors import PlanError, TierUnavailableError
+from tierflow.model.lm_layers import Span
+from tierflow.planner.power import DevicePower, radio_for_profile
+from tierflow.planner.spans import ORDER, TOKEN_BYTES, SpanPlan
+from tierflow.router.energy import BatteryState, EnergyPolicy, apply, read_battery
+from tierflow.router.matrix import TaskResourceMatrix
+from tierflow.router.rules import RoutingRules
+from tierflow.router.sla import SLA, Decision, Offer, choose
+from tierflow.types.links import transfer_s
+from tierflow.types.tasks import TaskKind
+from tierflow.types.tiers import Tier
+
+TEXT_LONG_TOKENS = 128  # a generation of more new tokens than this is ``text_long``
+TEXT_QUALITY_FULL = "full"
+
+
+def text_task(max_tokens: int) -> TaskKind:
+    return TaskKind.TEXT_LONG if max_tokens > TEXT_LONG_TOKENS else TaskKind.TEXT_SHORT
+
+
+def deepest(spans: Mapping[Tier, Any]) -> Tier:
+    """The holder farthest from the device (the device when it holds everything)."""
+    return max(spans, key=ORDER.index) if spans else Tier.DEVICE
+
+
+@dataclass(frozen=True)
+class TextRoute:
+    """A routing decision for a generation and the placement it runs on."""
+
+    decision: Decision
+    task: TaskKind
+    spans: Spans
+    token_prior_s: float  # the planner's per-token prediction the decision used
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.decision.to_dict()
+
+
+@dataclass
+class DeviceConditions:
+    """The device's battery and whether its network is metered (the deployment's; a request may override)."""
+
+    battery: BatteryState | None = None
+    metered: bool = False
+
+
+@dataclass
+class EntryRouter:
+    """Routes the entry point's requests (see the module docstring); one per deployment."""
+
+    matrix: TaskResourceMatrix = field(default_factory=TaskResourceMatrix)
+    rules: RoutingRules = field(default_factory=RoutingRules)
+    policy: EnergyPolicy = field(default_factory=EnergyPolicy)
+    conditions: DeviceConditions = field(default_factory=lambda: DeviceConditions(battery=read_battery()))
+    power: DevicePower = field(default_factory=DevicePower)
+
+    def report(self, battery: BatteryState | None = None, metered: bool | None = None) -> None:
+        """What the client says of its device now (kept for later requests of the deployment)."""
+        if battery is not None:
+            self.conditions.battery = battery
+        if metered is not None:
+            self.conditions.metered = metered
+
+    # --- text ------------------------------------------------------------------------------------
+
+    def text_offers(
+        self,
+        lm: ShardedLM,
+        task: TaskKind,
+        current: Spans | None,
+        history: int,
+        new_prompt: int,
+        max_tokens: int,
+    ) -> tuple[list[Offer], dict[Tier, SpanPlan], dict[Tier, float]]:
+        """One offer per tier that can hold the deepest span now, with its placement and device energy."""
+        best: dict[Tier, SpanPlan] = {}
+        for plan in lm.placements():  # fastest first: the first per deepest tier is that tier's best
+            best.setdefault(deepest(plan.spans), plan)
+        if current is not None and lm.holders_available(current):
+            # the context's own placement (planned, fixed or migrated) stands for its tier: no rebuild
+            with contextlib.suppress(PlanError):
+                best[deepest(current)] = lm.predict(current)
+        for tier, record in lm.tiers.items():
+            self.matrix.set_available(tier, record.available)
+        offers: list[Offer] = []
+        energy: dict[Tier, float] = {}
+        for tier, plan in best.items():
+            spans = {t: Span(a, b) for t, (a, b) in plan.spans.items()}
+            self.matrix.set_prior(task, tier, plan.token_s)
+            per_token = self.matrix.predict(task, tier)
+            assert per_token is not None  # a prior was just set
+            stays = current is not None and dict(current) == spans and lm.holders_available(current)
+            fed = new_prompt if stays else history  # moving the context rebuilds its whole KV
+            prefill = lm.prefill_s(spans, fed)
+            latency = prefill + max_tokens * per_token
+            offers.append(Offer(tier, TEXT_QUALITY_FULL, latency_s=latency))
+            energy[tier] = self._text_energy(lm, plan, fed, max_tokens, latency)
+        return offers, best, energy
+
+    def _text_energy(self, lm: ShardedLM, plan: SpanPlan, fed: int, max_tokens: int, latency: float) -> float:
+        device = plan.spans.get(Tier.DEVICE)
+        layers = device[1] - device[0] + 1 if device else 0
+        per_layer = lm.tiers[Tier.DEVICE].layer_s or 0.0
+        compute = per_layer * layers * (max_tokens + fed)
+        remote = [t for t in plan.spans if t is not Tier.DEVICE]
+        if not remote:
+            return self.power.energy_j(latency, compute)
+        first = remote[0]
+        profile = lm.link_profiles.get(frozenset((Tier.DEVICE, first)))
+        power = self.power
+        if profile is not None:  # the radio of the device's first link (wifi, LTE, ...)
+            power = power.model_copy(update={"radio": radio_for_profile(profile.name)})
+        up_bps = profile.up_bps if profile and not profile.offline else 1e9
+        down_bps = profile.down_bps if profile and not profile.offline else 1e9
+        hidden = lm.costs.hidden_bytes_per_token if device else 4  # no device layers: token ids go up
+        sent = hidden * (max_tokens + fed)
+        received = TOKEN_BYTES * max_tokens
+        return power.energy_j(
+            latency,
+            compute,
+            sent_bytes=sent,
+            send_s=transfer_s(sent, up_bps),
+            received_bytes=received,
+            receive_s=transfer_s(received, down_bps),
+        )
+
+    def route_text(
+        self,
+        lm: ShardedLM,
+        sla: SLA,
+        *,
+        max_tokens: int,
+        current: Spans | None,
+        history: int,
+        new_prompt: int,
+        battery: BatteryState | None = None,
+        metered: bool | None = None,
+    ) -> TextRoute:
+        """Choose the placement of a generation of ``max_tokens`` after ``history`` tokens, of which
+        the context's placement ``current`` lacks ``new_prompt``. SLAUnmetError / TierUnavailableError
+        when nothing can serve it (see :func:`tierflow.router.sla.choose`)."""
+        task = text_task(max_tokens)
+        offers, plans, energy = self.text_offers(lm, task, current, history, new_prompt, max_tokens)
+        battery = battery if battery is not None else self.conditions.battery
+        metered = self.conditions.metered if metered is None else metered
+        policy = apply(self.policy, battery, metered, sla)
+        network_up = any(r.available for t, r in lm.tiers.items() if t is not Tier.DEVICE)
+        if not offers:
+            down = ", ".join(t.value for t, r in lm.tiers.items() if not r.available) or "none"
+            raise TierUnavailableError(f"no placement of the model's layers can run now (tiers down: {down})")
+        decision = choose(
+            task,
+            sla,
+            self.matrix,
+            self.rules,
+            network_up,
+            offers,
+            allowed=policy.allowed,
+            avoid=policy.avoid,
+            prefer=policy.prefer,
+            energy_j=energy,
+        )
+        if policy.reasons:
+            decision = Decision(
+                decision.task,
+                decision.sla,
+                decision.chosen,
+                decision.degraded,
+                decision.alternatives,
+                f"{decision.reason}; {'; '.join(policy.reasons)}",
+            )
+        plan = plans[decision.tier]
+        return TextRoute(decision, task, {t: Span(a, b) for t, (a, b) in plan.spans.items()}, plan.token_s)
+
+    def observe_text(self, task: TaskKind, tier: Tier, decode_s: float, generated: int) -> None:
+        """Learn a generation's decode seconds per token on ``tier`` (where its deepest span ran)."""
+        if generated > 1:
+            self.matrix.observe(task, tier, decode_s / (generated - 1))
+
+    def snapshot(self) -> dict[str, Any]:
+        """``GET /routing/matrix``: the matrix, the rules, the energy policy and the device's conditions."""
+        battery = self.conditions.battery
+        return {
+            **self.matrix.snapshot(),
+            "units": {"text_short": "s/token", "text_long": "s/token", "other": "s/request"},
+            "rules": self.rules.to_dict(),
+            "energy_policy": self.policy.to_dict(),
+            "device": {
+                "battery": None
+                if battery is None
+                else {"level": battery.level, "charging": battery.charging},
+                "metered": self.conditions.metered,
+            },
+        }

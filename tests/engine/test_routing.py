@@ -1,0 +1,156 @@
+"""The entry point's router on real nodes (in-process data plane): SLA, network and battery pick the placement.
+
+Whatever the router picks, greedy text equals the unsplit model's: routing moves work, never changes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.engine.test_sharded import GREEDY, conversations, deployment, run, unsplit
+from tests.engine.test_sharded import pki as pki  # noqa: F401  (the fixture)
+from tests.engine.test_sharded import reference as reference  # noqa: F401  (the fixture)
+from tierflow.engine.routing import TEXT_LONG_TOKENS, deepest
+from tierflow.errors import TierUnavailableError
+from tierflow.model.lm_layers import Span
+from tierflow.router.energy import BatteryState
+from tierflow.router.sla import SLA, SLAFieldError, SLAUnmetError
+from tierflow.runtime.lm import CausalLM, SamplingConfig
+from tierflow.types import Tier
+from tierflow.types.tasks import TaskKind
+
+PROMPT = "The for statement"
+
+
+def test_an_sla_request_is_routed_and_reports_every_alternative(
+    pki: Path, tmp_path: Path, reference: CausalLM
+) -> None:
+    async def go() -> None:
+        _, dev = deployment(pki, tmp_path, spans=None)
+        conv = conversations(dev)
+        await conv.lm.start()
+        tokens, done = await run(conv, PROMPT, sla=SLA.parse({"max_latency": 60, "prefer": "latency"}))
+        assert tokens == unsplit(reference, conv.lm.tokenizer.encode(PROMPT))
+        route = done.route
+        assert route is not None and not route.decision.degraded
+        assert {a.offer.tier for a in route.decision.alternatives} == set(Tier)  # one offer per tier
+        chosen = route.decision.alternatives[0]
+        assert chosen.chosen and chosen.offer.tier is route.decision.tier
+        # the fastest predicted of the offers meeting the SLA, and it ran where it was placed
+        assert chosen.predicted_s == min(a.predicted_s for a in route.decision.alternatives if a.meets_sla)
+        assert deepest(done.outcome.spans) is route.decision.tier
+        assert done.outcome.spans == route.spans
+        # the matrix learned the decode speed of that placement (seconds per token)
+        cell = conv.router.matrix.cell(TaskKind.TEXT_SHORT, route.decision.tier)
+        assert cell.count == 1 and cell.mean_s is not None and cell.mean_s > 0
+
+    asyncio.run(go())
+
+
+def test_a_low_battery_keeps_the_conversation_on_the_device_and_a_charged_one_moves_it_back(
+    pki: Path, tmp_path: Path, reference: CausalLM
+) -> None:
+    async def go() -> None:
+        _, dev = deployment(pki, tmp_path, spans=None)
+        conv = conversations(dev)
+        await conv.lm.start()
+        tok = conv.lm.tokenizer
+        low = BatteryState(level=12.0)
+        _, first = await run(conv, PROMPT, SamplingConfig.greedy(8), battery=low)
+        assert first.route is not None and first.route.decision.tier is Tier.DEVICE
+        assert first.outcome.spans == {Tier.DEVICE: Span(0, conv.lm.num_layers - 1)}
+        assert "battery 12 %" in first.route.decision.reason
+        others = [a for a in first.route.decision.alternatives if a.offer.tier is not Tier.DEVICE]
+        assert others and all(not a.feasible and "energy policy" in a.why for a in others)
+        # charged again, the cloud is the fastest: the context follows, its KV rebuilt there, and the
+        # conversation goes on exactly as the unsplit model continues it
+        follow_ids = tok.encode(" while")
+        _, second = await run(
+            conv,
+            follow_ids,
+            SamplingConfig.greedy(8),
+            context_id=first.record.context_id,
+            battery=BatteryState(level=90.0, charging=True),
+            sla=SLA.parse({"prefer": "latency"}),
+        )
+        assert second.route is not None
+        history = [*tok.encode(PROMPT), *first.outcome.generated, *follow_ids]
+        assert second.outcome.generated == unsplit(reference, history, SamplingConfig.greedy(8))
+        if second.outcome.spans != first.outcome.spans:  # moved: said so, and nothing left behind
+            assert any(e["event"] == "rerouted" for e in second.outcome.events)
+            assert second.outcome.cached_tokens == 0
+        assert conv.router.conditions.battery == BatteryState(level=90.0, charging=True)
+
+    asyncio.run(go())
+
+
+def test_an_sla_nothing_meets_is_refused_naming_the_best_offer_or_degraded_when_offline_ok(
+    pki: Path, tmp_path: Path
+) -> None:
+    async def go() -> None:
+        _, dev = deployment(pki, tmp_path, spans=None)
+        conv = conversations(dev)
+        await conv.lm.start()
+        impossible = {"max_latency": 1e-6}
+        with pytest.raises(SLAUnmetError, match=r"the best is (device|edge|cloud) full .* s predicted") as info:
+            await run(conv, PROMPT, sla=SLA.parse(impossible))
+        assert info.value.best.predicted_s is not None and info.value.best.predicted_s > 1e-6
+        assert await asyncio.to_thread(conv.store.list, "alice") == []  # refused before a context was made
+        _, done = await run(conv, PROMPT, sla=SLA.parse({**impossible, "offline_ok": True}))
+        assert done.route is not None and done.route.decision.degraded
+        assert done.outcome.generated  # a degraded answer, labelled so, rather than none
+
+    asyncio.run(go())
+
+
+def test_without_network_only_the_device_serves_and_only_with_offline_ok_when_it_is_too_slow(
+    pki: Path, tmp_path: Path
+) -> None:
+    async def go() -> None:
+        net, dev = deployment(pki, tmp_path, spans=None)
+        conv = conversations(dev)
+        await conv.lm.start()
+        net.kill("edge")
+        net.kill("cloud")
+        await conv.lm.mark_down(Tier.EDGE)
+        await conv.lm.mark_down(Tier.CLOUD)
+        _, done = await run(conv, PROMPT, SamplingConfig.greedy(4), sla=SLA.parse({"offline_ok": True}))
+        assert done.route is not None and done.route.decision.tier is Tier.DEVICE
+        reasons = {a.offer.tier: a.why for a in done.route.decision.alternatives}
+        assert "unreachable" in reasons.get(Tier.CLOUD, "unreachable") or Tier.CLOUD not in reasons
+
+    asyncio.run(go())
+
+
+def test_a_long_generation_reads_its_own_row_and_bad_slas_name_the_field(pki: Path, tmp_path: Path) -> None:
+    async def go() -> None:
+        _, dev = deployment(pki, tmp_path, spans=None)
+        conv = conversations(dev)
+        await conv.lm.start()
+        config = SamplingConfig.greedy(TEXT_LONG_TOKENS + 1)
+        route = conv.router.route_text(
+            conv.lm, SLA(), max_tokens=config.max_new_tokens, current=None, history=4, new_prompt=4
+        )
+        assert route.task is TaskKind.TEXT_LONG
+        with pytest.raises(SLAFieldError, match="sla.max_latency"):
+            SLA.parse({"max_latency": -1})
+        with pytest.raises(SLAFieldError, match="sla.colour"):
+            SLA.parse({"colour": "red"})
+
+    asyncio.run(go())
+
+
+def test_no_placement_at_all_is_a_clear_tier_error(pki: Path, tmp_path: Path) -> None:
+    async def go() -> None:
+        _, dev = deployment(pki, tmp_path, spans=None, device={"memory_mib": 1})
+        conv = conversations(dev)
+        await conv.lm.start()
+        for tier in (Tier.EDGE, Tier.CLOUD):
+            conv.lm.tiers[tier].available = False
+        with pytest.raises(TierUnavailableError, match="no placement"):
+            conv.router.route_text(conv.lm, SLA(), max_tokens=4, current=None, history=4, new_prompt=4)
+
+    asyncio.run(go())
