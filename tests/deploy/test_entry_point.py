@@ -156,6 +156,42 @@ def test_bad_requests_are_422_naming_what_is_wrong(up: Deployment, unsplit: Caus
     assert zero.status_code == 422
 
 
+def test_an_sla_is_routed_reported_and_refused_with_the_best_offer(up: Deployment) -> None:
+    auth = {"Authorization": f"Bearer {up.key}"}
+
+    def post(body: dict[str, object]) -> httpx.Response:
+        return httpx.post(f"{up.api}/generate", json={"prompt": PROMPT, "max_tokens": 4, **body},
+                          headers=auth, timeout=60)
+
+    ok = post({"sla": {"max_latency": 60, "prefer": "latency"}})
+    assert ok.status_code == 200, ok.text
+    decision = ok.json()["route"]["decision"]
+    assert decision["tier"] == "cloud" and not decision["degraded"]  # the fixed spans reach the cloud
+    assert [a["tier"] for a in decision["alternatives"]][0] == "cloud"
+    assert {a["tier"] for a in decision["alternatives"] if not a["feasible"]} == {"device", "edge"}
+    unmet = post({"sla": {"max_latency": 1e-6}})
+    assert unmet.status_code == 422 and unmet.json()["error"] == "SLAUnmet"
+    assert "the best is cloud full" in unmet.json()["detail"]
+    bad_inputs = (
+        ({"sla": {"max_latency": -1}}, "sla.max_latency"),
+        ({"sla": {"speed": 1}}, "sla.speed"),
+        ({"sla": {"min_resolution": 300}}, "sla.min_resolution"),
+        ({"battery": {"level": 140}}, "battery.level"),
+        ({"network": "pigeon"}, "network"),
+    )
+    for body, field in bad_inputs:
+        bad = post(body)
+        assert bad.status_code == 422 and field in bad.json()["detail"], (body, bad.text)
+    matrix = httpx.get(f"{up.api}/routing/matrix", headers=auth).json()
+    assert matrix["tasks"]["text_short"]["cloud"]["count"] >= 1  # learned from the routed request
+    assert matrix["units"]["text_short"] == "s/token" and matrix["device"]["battery"] is None
+    assert httpx.get(f"{up.api}/routing/matrix").status_code == 401
+    with up.client() as client:
+        assert client.report_device(metered=True)["metered"] is True
+        assert client.routing_matrix()["device"]["metered"] is True
+        assert client.report_device(metered=False)["metered"] is False
+
+
 def test_the_openai_package_chats_streams_and_reuses_the_prefix(up: Deployment) -> None:
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{up.api}/v1", api_key=up.key)

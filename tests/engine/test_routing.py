@@ -1,4 +1,4 @@
-"""The entry point's router on real nodes (in-process data plane): SLA, network and battery pick the placement.
+"""The entry point's router on real nodes (in-process data plane): SLA, network and battery choose.
 
 Whatever the router picks, greedy text equals the unsplit model's: routing moves work, never changes it.
 """
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.test_sharded import GREEDY, conversations, deployment, run, unsplit
+from tests.engine.test_sharded import conversations, deployment, run, unsplit
 from tests.engine.test_sharded import pki as pki  # noqa: F401  (the fixture)
 from tests.engine.test_sharded import reference as reference  # noqa: F401  (the fixture)
 from tierflow.engine.routing import TEXT_LONG_TOKENS, deepest
-from tierflow.errors import TierUnavailableError
+from tierflow.errors import InvalidInputError, TierUnavailableError
 from tierflow.model.lm_layers import Span
 from tierflow.router.energy import BatteryState
 from tierflow.router.sla import SLA, SLAFieldError, SLAUnmetError
@@ -95,7 +95,8 @@ def test_an_sla_nothing_meets_is_refused_naming_the_best_offer_or_degraded_when_
         conv = conversations(dev)
         await conv.lm.start()
         impossible = {"max_latency": 1e-6}
-        with pytest.raises(SLAUnmetError, match=r"the best is (device|edge|cloud) full .* s predicted") as info:
+        best = r"the best is (device|edge|cloud) full .* s predicted"
+        with pytest.raises(SLAUnmetError, match=best) as info:
             await run(conv, PROMPT, sla=SLA.parse(impossible))
         assert info.value.best.predicted_s is not None and info.value.best.predicted_s > 1e-6
         assert await asyncio.to_thread(conv.store.list, "alice") == []  # refused before a context was made
@@ -152,5 +153,34 @@ def test_no_placement_at_all_is_a_clear_tier_error(pki: Path, tmp_path: Path) ->
             conv.lm.tiers[tier].available = False
         with pytest.raises(TierUnavailableError, match="no placement"):
             conv.router.route_text(conv.lm, SLA(), max_tokens=4, current=None, history=4, new_prompt=4)
+
+    asyncio.run(go())
+
+
+def test_a_pinned_request_runs_on_its_tier_and_an_offline_network_leaves_only_the_device(
+    pki: Path, tmp_path: Path, reference: CausalLM
+) -> None:
+    async def go() -> None:
+        _, dev = deployment(pki, tmp_path, spans=None)
+        conv = conversations(dev)
+        await conv.lm.start()
+        expected = unsplit(reference, conv.lm.tokenizer.encode(PROMPT), SamplingConfig.greedy(6))
+        tokens, pinned = await run(conv, PROMPT, SamplingConfig.greedy(6), pin=Tier.EDGE)
+        assert tokens == expected
+        assert pinned.route is not None and pinned.route.decision.tier is Tier.EDGE
+        assert deepest(pinned.outcome.spans) is Tier.EDGE
+        assert all("forced to the edge" in a.why for a in pinned.route.decision.alternatives[1:])
+        # the phone loses its network: the layers are planned on the device alone, and a request says so
+        await conv.report_device(network="offline")
+        assert conv.router.conditions.network == "offline" and not conv.lm.network_up
+        offline_ok = SLA.parse({"offline_ok": True})
+        tokens, offline = await run(conv, PROMPT, SamplingConfig.greedy(6), sla=offline_ok)
+        assert tokens == expected
+        assert offline.route is not None and offline.route.decision.tier is Tier.DEVICE
+        assert offline.outcome.spans == {Tier.DEVICE: Span(0, conv.lm.num_layers - 1)}
+        why = {a.offer.tier: a.why for a in offline.route.decision.alternatives}
+        assert "no network" in why[Tier.CLOUD] and "no network" in why[Tier.EDGE]
+        with pytest.raises(InvalidInputError, match="network"):
+            await conv.report_device(network="carrier-pigeon")
 
     asyncio.run(go())

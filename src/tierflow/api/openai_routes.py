@@ -67,6 +67,8 @@ async def _run(
     _check_model(request, body.model)
     state = state_of(request)
     sla, battery = body.routing()
+    if body.network is not None:
+        await state.conversations.report_device(network=body.network)
     items = state.conversations.generate(
         owner,
         state.conversations.lm.tokenizer.encode(prompt),
@@ -76,6 +78,7 @@ async def _run(
         sla=sla,
         battery=battery,
         metered=body.metered,
+        pin=body.tier,
     )
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())

@@ -17,6 +17,7 @@ from tierflow.api.schemas import (
     ContextDetail,
     ContextList,
     ContextSummary,
+    DeviceReport,
     GenerateBody,
     GenerateReply,
     Hop,
@@ -27,7 +28,9 @@ from tierflow.api.schemas import (
 )
 from tierflow.context.store import ContextStore
 from tierflow.engine.conversations import Conversations, Finished
+from tierflow.engine.images import TieredImages
 from tierflow.engine.sharded import GenerationEvent
+from tierflow.router.energy import BatteryState
 
 router = APIRouter()
 
@@ -38,6 +41,7 @@ class APIState:
 
     conversations: Conversations
     store: ContextStore
+    images: TieredImages | None = None  # image generation on the tiers (no route of its own yet)
 
     @property
     def model_name(self) -> str:
@@ -66,6 +70,7 @@ def route_of(done: Finished) -> Route:
         prompt_tokens=outcome.prompt_tokens,
         cached_tokens=outcome.cached_tokens,
         events=outcome.events,
+        decision=done.route.to_dict() if done.route is not None else None,
     )
 
 
@@ -101,6 +106,23 @@ async def event_stream(items: AsyncIterator[GenerationEvent | Finished]) -> Asyn
 GENERATE_ERRORS = errors.responses(401, 403, 404, 410, 422, 503)
 
 
+@router.get("/routing/matrix", responses=errors.responses(401))
+async def routing_matrix(request: Request, owner: str = Depends(caller)) -> dict[str, Any]:
+    """The task-resource matrix (expected latency per task kind and tier, learned online), the
+    routing rules, the energy policy and the device's battery and metered state."""
+    return state_of(request).conversations.router.snapshot()
+
+
+@router.put("/routing/device", responses=errors.responses(401, 422))
+async def report_device(body: DeviceReport, request: Request, owner: str = Depends(caller)) -> dict[str, Any]:
+    """Report the device's battery and metered network for the requests that follow (per session)."""
+    conversations = state_of(request).conversations
+    battery = BatteryState.parse(body.battery) if body.battery is not None else None
+    await conversations.report_device(battery, body.metered, body.network)
+    device: dict[str, Any] = conversations.router.snapshot()["device"]
+    return device
+
+
 @router.post(
     "/generate",
     response_model=GenerateReply,
@@ -115,8 +137,19 @@ GENERATE_ERRORS = errors.responses(401, 403, 404, 410, 422, 503)
 async def generate(body: GenerateBody, request: Request, owner: str = Depends(caller)) -> Any:
     """Generate across the tiers; a ``context_id`` continues that conversation."""
     state = state_of(request)
+    sla, battery = body.routing()
+    if body.network is not None:
+        await state.conversations.report_device(network=body.network)
     items = state.conversations.generate(
-        owner, body.prompt, body.config(), context_id=body.context_id, expires_in=body.expires_in
+        owner,
+        body.prompt,
+        body.config(),
+        context_id=body.context_id,
+        expires_in=body.expires_in,
+        sla=sla,
+        battery=battery,
+        metered=body.metered,
+        pin=body.tier,
     )
     if body.stream:
         first = await anext(items)  # errors before the first token get their status code

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tierflow.router.energy import BatteryState
 from tierflow.router.sla import SLA
 from tierflow.runtime.lm import SamplingConfig
+from tierflow.types.tiers import Tier
 
 DEFAULTS = SamplingConfig()
 MAX_TOKENS = 4096
@@ -49,6 +50,10 @@ class Routed(BaseModel):
         None, description='the device battery, {"level": 0..100, "charging": bool}; kept for later requests'
     )
     metered: bool | None = Field(None, description="the device's network is metered; kept for later requests")
+    network: str | None = Field(
+        None, max_length=40, description="the device's access network (wifi, 4g, 3g, offline...); kept"
+    )
+    tier: Tier | None = Field(None, description="pin the request to this tier's offer (still reported)")
 
     def routing(self) -> tuple[SLA | None, BatteryState | None]:
         """The parsed SLA and battery report (InvalidInputError naming the field on bad values)."""
@@ -185,3 +190,4 @@ class DeviceReport(BaseModel):
 
     battery: dict[str, Any] | None = Field(None, description='{"level": 0..100, "charging": bool}')
     metered: bool | None = None
+    network: str | None = Field(None, max_length=40, description="wifi, 4g, 3g, offline, ...")

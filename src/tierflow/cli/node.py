@@ -22,6 +22,14 @@ def node(
         [], "--peer", help="Next tier as NAME=HOST:PORT (repeatable), e.g. cloud=127.0.0.1:9300."
     ),
     target: str | None = typer.Option(None, "--target", help="Target of a .tfm (default: the tier's own)."),
+    image_model: str | None = typer.Option(
+        None,
+        "--image-model",
+        help="An image generator served next to --model (generate_image): .onnx, .tfm or a bundled name.",
+    ),
+    image_target: str | None = typer.Option(
+        None, "--image-target", help="Target of the --image-model .tfm (default: the tier's own)."
+    ),
     name: str | None = typer.Option(None, "--name", help="Certificate name (default: the tier)."),
     threads: int = typer.Option(0, "--threads", min=0, help="ONNX Runtime intra-op threads (0 = auto)."),
     slowdown: float = typer.Option(
@@ -68,6 +76,8 @@ def node(
             listen=listen,
             http=http,
             target=target,
+            image_model=image_model,
+            image_target=image_target,
             name=name,
             threads=threads,
             slowdown=slowdown,

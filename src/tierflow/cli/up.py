@@ -89,6 +89,15 @@ def up(
         help="Target of a .tfm every node serves (default: each tier's own; for a language model, "
         "'cloud' on every tier: its layer spans must come from one model).",
     ),
+    image_model: str | None = typer.Option(
+        None,
+        "--image-model",
+        help="An image generator every node serves next to MODEL: .onnx, .tfm or a bundled name "
+        "(a package: each tier its own target, with that target's resolution cap).",
+    ),
+    image_target: str | None = typer.Option(
+        None, "--image-target", help="Target of the --image-model .tfm every node serves."
+    ),
     threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads per node."),
     edge_slowdown: float = typer.Option(1.0, "--edge-slowdown", min=1.0, help="SIMULATED slower edge box."),
     device_slowdown: float = typer.Option(1.0, "--device-slowdown", min=1.0, help="SIMULATED slower device."),
@@ -125,6 +134,8 @@ def up(
             expires_in=expires_in,
             device_slowdown=device_slowdown,
         )
+    running = [Tier.DEVICE, Tier.EDGE, Tier.CLOUD] if entry else [Tier.EDGE, Tier.CLOUD]
+    image_models = {tier: image_model for tier in running} if image_model else {}
     # SIGINT or SIGTERM (Ctrl-C, a service manager, a test) stops the node processes this one started,
     # also when it was started with SIGINT ignored; one during start-up stops it as soon as it is up
     with StopSignals() as stop:
@@ -138,6 +149,8 @@ def up(
                 edge_slowdown=edge_slowdown,
                 target=target,
                 entry=entry,
+                image_models=image_models,
+                image_target=image_target,
             )
         try:
             if not stop.requested:

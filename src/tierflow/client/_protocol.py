@@ -131,8 +131,9 @@ def routing_matrix() -> Call[JSON]:
     return Call("GET", "/routing/matrix", _json_object)
 
 
-def report_device(battery: JSON | None, metered: bool | None) -> Call[JSON]:
-    body = {k: v for k, v in (("battery", battery), ("metered", metered)) if v is not None}
+def report_device(battery: JSON | None, metered: bool | None, network: str | None) -> Call[JSON]:
+    fields = (("battery", battery), ("metered", metered), ("network", network))
+    body = {k: v for k, v in fields if v is not None}
     return Call("PUT", "/routing/device", _json_object, body)
 
 

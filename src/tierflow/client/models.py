@@ -38,6 +38,8 @@ class GenerateRequest(BaseModel):
     sla: JSON | None = None  # max_latency, min_quality / min_resolution, offline_ok, prefer
     battery: JSON | None = None  # {"level": 0..100, "charging": bool}
     metered: bool | None = None
+    network: str | None = None  # the device's access network: wifi, 4g, 3g, offline, ...
+    tier: str | None = None  # pin the request to this tier's offer
 
     def body(self) -> JSON:
         """The JSON body to send: every field that is not None."""

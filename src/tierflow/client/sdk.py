@@ -67,6 +67,8 @@ class Client:
         sla: JSON | None = None,
         battery: JSON | None = None,
         metered: bool | None = None,
+        network: str | None = None,
+        tier: str | None = None,
     ) -> GenerateResult:
         """Generate up to ``max_tokens`` after ``prompt``; ``context_id`` continues a conversation.
 
@@ -76,7 +78,7 @@ class Client:
         request = api.generate_request(
             prompt=prompt, context_id=context_id, max_tokens=max_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, expires_in=expires_in,
-            sla=sla, battery=battery, metered=metered, stream=False,
+            sla=sla, battery=battery, metered=metered, network=network, tier=tier, stream=False,
         )
         return self._call(api.generate(request))
 
@@ -95,6 +97,8 @@ class Client:
         sla: JSON | None = None,
         battery: JSON | None = None,
         metered: bool | None = None,
+        network: str | None = None,
+        tier: str | None = None,
     ) -> Generator[StreamEvent, None, None]:
         """:meth:`generate`, token by token: :class:`TokenEvent` s, then one :class:`DoneEvent`.
 
@@ -105,7 +109,7 @@ class Client:
         request = api.generate_request(
             prompt=prompt, context_id=context_id, max_tokens=max_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, expires_in=expires_in,
-            sla=sla, battery=battery, metered=metered, stream=True,
+            sla=sla, battery=battery, metered=metered, network=network, tier=tier, stream=True,
         )
         sending = self._http.stream("POST", "/generate", json=request.body(), headers=api.SSE_ACCEPT)
         with api.reaching(self.base_url), sending as r:
@@ -145,9 +149,12 @@ class Client:
         """``GET /routing/matrix``: expected latency per task kind and tier, the rules, the energy policy."""
         return self._call(api.routing_matrix())
 
-    def report_device(self, battery: JSON | None = None, metered: bool | None = None) -> JSON:
-        """Tell the router the device's battery (``{"level", "charging"}``) and metered state."""
-        return self._call(api.report_device(battery, metered))
+    def report_device(
+        self, battery: JSON | None = None, metered: bool | None = None, network: str | None = None
+    ) -> JSON:
+        """Tell the router the device's battery (``{"level", "charging"}``), metered state and access
+        network (a link profile name: ``wifi``, ``4g``, ``offline``...)."""
+        return self._call(api.report_device(battery, metered, network))
 
     def health(self) -> bool:
         """Whether the entry point answers ``/healthz``; False (not an error) when it cannot be reached."""
@@ -207,12 +214,14 @@ class AsyncClient:
         sla: JSON | None = None,
         battery: JSON | None = None,
         metered: bool | None = None,
+        network: str | None = None,
+        tier: str | None = None,
     ) -> GenerateResult:
         """See :meth:`Client.generate`."""
         request = api.generate_request(
             prompt=prompt, context_id=context_id, max_tokens=max_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, expires_in=expires_in,
-            sla=sla, battery=battery, metered=metered, stream=False,
+            sla=sla, battery=battery, metered=metered, network=network, tier=tier, stream=False,
         )
         return await self._call(api.generate(request))
 
@@ -231,12 +240,14 @@ class AsyncClient:
         sla: JSON | None = None,
         battery: JSON | None = None,
         metered: bool | None = None,
+        network: str | None = None,
+        tier: str | None = None,
     ) -> AsyncGenerator[StreamEvent, None]:
         """See :meth:`Client.stream`. Leaving the loop early: wrap it in ``contextlib.aclosing``."""
         request = api.generate_request(
             prompt=prompt, context_id=context_id, max_tokens=max_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, expires_in=expires_in,
-            sla=sla, battery=battery, metered=metered, stream=True,
+            sla=sla, battery=battery, metered=metered, network=network, tier=tier, stream=True,
         )
         with api.reaching(self.base_url):
             sending = self._http.stream("POST", "/generate", json=request.body(), headers=api.SSE_ACCEPT)
@@ -277,9 +288,11 @@ class AsyncClient:
         """See :meth:`Client.routing_matrix`."""
         return await self._call(api.routing_matrix())
 
-    async def report_device(self, battery: JSON | None = None, metered: bool | None = None) -> JSON:
+    async def report_device(
+        self, battery: JSON | None = None, metered: bool | None = None, network: str | None = None
+    ) -> JSON:
         """See :meth:`Client.report_device`."""
-        return await self._call(api.report_device(battery, metered))
+        return await self._call(api.report_device(battery, metered, network))
 
     async def health(self) -> bool:
         """See :meth:`Client.health`."""

@@ -26,11 +26,12 @@ from tierflow.engine.sharded import (
     parse_spans,
     spans_text,
 )
-from tierflow.errors import ContextError, ContextExpiredError, InvalidInputError
+from tierflow.errors import ConfigError, ContextError, ContextExpiredError, InvalidInputError
 from tierflow.model.lm_layers import Span
 from tierflow.router.energy import BatteryState
 from tierflow.router.sla import SLA
 from tierflow.runtime.lm import SamplingConfig
+from tierflow.types.links import get_profile
 from tierflow.types.tiers import Tier
 
 IMPLICIT = "implicit"  # meta flag: a context the OpenAI routes made without the caller naming it
@@ -129,6 +130,7 @@ class Conversations:
         sla: SLA | None = None,
         battery: BatteryState | None = None,
         metered: bool | None = None,
+        pin: Tier | None = None,
     ) -> AsyncIterator[GenerationEvent | Finished]:
         """Generate for ``owner``; yields events, then :class:`Finished`.
 
@@ -139,7 +141,8 @@ class Conversations:
         ``sla``, the client reports its ``battery`` or a ``metered`` network, or the deployment
         knows the device's battery or a metered network; otherwise it runs on the context's
         placement or the plan in force, as the span planner chose. ``battery`` and ``metered`` are
-        kept as the device's conditions for later requests.
+        kept as the device's conditions for later requests. ``pin``: the request names the tier
+        whose offer serves it (routed all the same, so the reply says what else there was).
         """
         if battery is not None or metered is not None:
             self.router.report(battery, metered)
@@ -176,7 +179,7 @@ class Conversations:
             current = self.spans_of(record)
             route: TextRoute | None = None
             conditions = self.router.conditions
-            if sla is not None or conditions.battery is not None or conditions.metered:
+            if sla is not None or pin is not None or conditions.battery is not None or conditions.metered:
                 try:
                     route = self.router.route_text(
                         self.lm,
@@ -185,6 +188,7 @@ class Conversations:
                         current=current,
                         history=len(tokens),
                         new_prompt=len(tokens) - kv_len,
+                        pin=pin,
                     )
                 except Exception:
                     if created:  # refused before any work: the conversation it would have begun goes too
@@ -213,6 +217,20 @@ class Conversations:
             task = text_task(config.max_new_tokens)
             self.router.observe_text(task, deepest(outcome.spans), outcome.decode_s, len(outcome.generated))
             yield Finished(record, outcome, text, route)
+
+    async def report_device(
+        self, battery: BatteryState | None = None, metered: bool | None = None, network: str | None = None
+    ) -> None:
+        """What the client says of its device: battery, metered network, and its access network by
+        profile name (``wifi``, ``4g``, ``offline``...), which the layers are planned on from now on."""
+        self.router.report(battery, metered)
+        if network is not None:
+            try:
+                profile = get_profile(network)
+            except ConfigError as exc:
+                raise InvalidInputError(f"network: {exc}") from None
+            self.router.conditions.network = profile.name
+            await self.lm.set_access(profile)
 
     async def migrate(
         self, context_id: str, owner: str, layers: str, to: str

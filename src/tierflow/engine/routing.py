@@ -73,6 +73,7 @@ class DeviceConditions:
 
     battery: BatteryState | None = None
     metered: bool = False
+    network: str | None = None  # the access network the client last reported (a link profile name)
 
 
 @dataclass
@@ -111,8 +112,8 @@ class EntryRouter:
             # the context's own placement (planned, fixed or migrated) stands for its tier: no rebuild
             with contextlib.suppress(PlanError):
                 best[deepest(current)] = lm.predict(current)
-        for tier, record in lm.tiers.items():
-            self.matrix.set_available(tier, record.available)
+        for tier, record in lm.tiers.items():  # feasible now: up, and some placement reaches it
+            self.matrix.set_available(tier, record.available and tier in best)
         offers: list[Offer] = []
         energy: dict[Tier, float] = {}
         for tier, plan in best.items():
@@ -126,6 +127,8 @@ class EntryRouter:
             latency = prefill + max_tokens * per_token
             offers.append(Offer(tier, TEXT_QUALITY_FULL, latency_s=latency))
             energy[tier] = self._text_energy(lm, plan, fed, max_tokens, latency)
+        # tiers no placement reaches are offered too, so the decision says why they were not chosen
+        offers += [Offer(t, TEXT_QUALITY_FULL) for t in lm.tiers if t not in best]
         return offers, best, energy
 
     def _text_energy(self, lm: ShardedLM, plan: SpanPlan, fed: int, max_tokens: int, latency: float) -> float:
@@ -166,6 +169,7 @@ class EntryRouter:
         new_prompt: int,
         battery: BatteryState | None = None,
         metered: bool | None = None,
+        pin: Tier | None = None,
     ) -> TextRoute:
         """Choose the placement of a generation of ``max_tokens`` after ``history`` tokens, of which
         the context's placement ``current`` lacks ``new_prompt``. SLAUnmetError / TierUnavailableError
@@ -175,16 +179,16 @@ class EntryRouter:
         battery = battery if battery is not None else self.conditions.battery
         metered = self.conditions.metered if metered is None else metered
         policy = apply(self.policy, battery, metered, sla)
-        network_up = any(r.available for t, r in lm.tiers.items() if t is not Tier.DEVICE)
-        if not offers:
+        if not plans:
             down = ", ".join(t.value for t, r in lm.tiers.items() if not r.available) or "none"
             raise TierUnavailableError(f"no placement of the model's layers can run now (tiers down: {down})")
+        rules = self.rules if pin is None else self.rules.pinned(task, pin)
         decision = choose(
             task,
             sla,
             self.matrix,
-            self.rules,
-            network_up,
+            rules,
+            lm.network_up,
             offers,
             allowed=policy.allowed,
             avoid=policy.avoid,
@@ -221,5 +225,6 @@ class EntryRouter:
                 if battery is None
                 else {"level": battery.level, "charging": battery.charging},
                 "metered": self.conditions.metered,
+                "network": self.conditions.network,
             },
         }

@@ -297,6 +297,23 @@ class ShardedLM:
             self.shape, self._capacities(), self._links(), {t: (s.first, s.last) for t, s in spans.items()}
         )
 
+    async def set_access(self, profile: LinkProfile) -> None:
+        """The device's own network changed (the OS says wifi, 4g, offline...): its links to the edge
+        and the cloud are planned on ``profile`` from now on (the RTT measured on the old one is
+        forgotten) and the layers are planned again."""
+        for tier in (Tier.EDGE, Tier.CLOUD):
+            pair = frozenset((Tier.DEVICE, tier))
+            self.link_profiles[pair] = profile
+            self.link_rtt.pop(pair, None)
+        await self.replan()
+
+    @property
+    def network_up(self) -> bool:
+        """Whether the device can reach any other tier now (its access link is not offline)."""
+        profiles = [self.link_profiles.get(frozenset((Tier.DEVICE, t))) for t in (Tier.EDGE, Tier.CLOUD)]
+        reachable = any(p is None or not p.offline for p in profiles)
+        return reachable and any(r.available for t, r in self.tiers.items() if t is not Tier.DEVICE)
+
     def placements(self) -> list[SpanPlan]:
         """Every placement that can run now, fastest per token first (the fixed spans only, if set)."""
         if self.fixed is not None:

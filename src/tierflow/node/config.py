@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tierflow.errors import UnsupportedModelError
 from tierflow.types import Tier
 
 
@@ -16,6 +17,11 @@ def parse_hostport(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def not_an_image_generator(model: str, kind: str) -> UnsupportedModelError:
+    """The one-line refusal of an ``image_model`` of another kind (the node's and the deployment's)."""
+    return UnsupportedModelError(f"image model {model} is a {kind} model, not an image generator")
+
+
 class NodeConfig(BaseModel):
     """Everything a node process needs to start. Frozen: a running node never changes it."""
 
@@ -24,6 +30,12 @@ class NodeConfig(BaseModel):
     tier: Tier
     model: str = Field(description="model file (.onnx or .tfm) or bundled name")
     target: str | None = Field(None, description="target of a .tfm package; default: the tier's own")
+    image_model: str | None = Field(
+        None, description="a second model, an image generator for generate_image: .onnx, .tfm or bundled name"
+    )
+    image_target: str | None = Field(
+        None, description="target of the image model's .tfm package; default: the tier's own"
+    )
     listen: str = Field("127.0.0.1:0", description="data plane HOST:PORT (mTLS gRPC)")
     http: str = Field("127.0.0.1:0", description="control plane HOST:PORT (FastAPI)")
     certs: Path = Field(description="folder made by `tierflow certs init`")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tierflow.engine.images import ImageCapability
 from tierflow.errors import RecoverableError, UserError
 from tierflow.node.config import NodeConfig
 from tierflow.node.executor import NodeExecutor
@@ -49,6 +50,7 @@ class NodeState:
     executor: NodeExecutor
     metrics: NodeMetrics
     extra_registries: list[CollectorRegistry] = field(default_factory=list)
+    image_executor: NodeExecutor | None = None  # the node's second model, an image generator
     data_plane_address: str | None = None
     ready: bool = False
 
@@ -114,6 +116,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 INVALID_REQUEST: dict[int | str, dict[str, Any]] = {
     422: {"model": InvalidRequestResponse, "description": "The request does not match its schema"},
 }
+
+
+def _image_info(images: NodeExecutor) -> dict[str, Any] | None:
+    """What answers ``generate_image`` on this node (None: nothing does), as the data plane's info has it."""
+    if images.image is None:
+        return None
+    capability = ImageCapability.of(images)
+    return {"model": images.label, **asdict(capability)}
 
 
 def create_app(state: NodeState) -> FastAPI:
@@ -188,6 +198,7 @@ def create_app(state: NodeState) -> FastAPI:
             "data_plane": state.data_plane_address,
             "simulated_slowdown": ex.slowdown,
             "stages": {k: vars(v) for k, v in ex.stats.items()},
+            "image": _image_info(state.image_executor or ex),
         }
 
     @app.post(

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tierflow.errors import ConfigError
+from tierflow.model.registry import kind_of
+from tierflow.node.config import not_an_image_generator
 from tierflow.node.launch import NodeProcess, start_node
 from tierflow.transport.certs import init_pki
 from tierflow.transport.linkemu import LinkEmulator
-from tierflow.types import Tier
+from tierflow.types import ModelKind, Tier
 from tierflow.types.links import BACKHAUL, LinkProfile, chain, get_profile
 
 DEVICE_EDGE = "device->edge"
@@ -78,7 +80,13 @@ class LocalDeployment:
             "api": self.api,
             "certs": str(self.certs),
             "nodes": {
-                n: {"data_plane": p.data_plane, "http": p.http, "model_id": p.model_id, "pid": p.process.pid}
+                n: {
+                    "data_plane": p.data_plane,
+                    "http": p.http,
+                    "model_id": p.model_id,
+                    "image_model_id": p.image_model_id,
+                    "pid": p.process.pid,
+                }
                 for n, p in self.nodes.items()
             },
             "device_links": {n: a for n, a in self.addresses.items() if n.startswith("device->")},
@@ -125,6 +133,14 @@ class LocalDeployment:
             node.stop()
 
 
+def check_image_models(models: Mapping[Tier, str | Path]) -> None:
+    """Refuse, before any process starts, an image model that is missing or of another kind."""
+    for model in dict.fromkeys(str(m) for m in models.values()):
+        kind = kind_of(model)  # ModelNotFoundError for a file that is not there
+        if kind is not ModelKind.IMAGE_GENERATOR:
+            raise not_an_image_generator(model, kind)
+
+
 def deploy_local(
     model: str | Path,
     certs: Path,
@@ -138,6 +154,8 @@ def deploy_local(
     seed: int | None = None,
     log_dir: Path | None = None,
     entry: EntrySettings | None = None,
+    image_models: Mapping[Tier, str | Path] | None = None,
+    image_target: str | None = None,
     startup_timeout: float = 60.0,
 ) -> LocalDeployment:
     """Start cloud and edge nodes serving ``model`` and the emulated links between the tiers.
@@ -148,8 +166,15 @@ def deploy_local(
     ``certs`` is created with a CA and device/edge/cloud certificates when it does not exist.
     ``target`` makes both nodes serve that target of a ``.tfm`` package (default: each tier's own);
     ``seed`` makes the links' jitter and loss reproducible (the three links get seed, seed+1, seed+2).
+    ``image_models`` gives a tier's node an image generator next to ``model`` (the device's needs
+    ``entry``: without it the device is the caller's own process); ``image_target`` is the target of
+    those packages every node serves (default: each tier's own, with its resolution cap).
     """
     access = get_profile(profile) if isinstance(profile, str) else profile  # a bad name fails first
+    image_models = dict(image_models or {})
+    if Tier.DEVICE in image_models and entry is None:
+        raise ConfigError("an image model for the device needs a device node: give entry settings")
+    check_image_models(image_models)
     backhaul = backhaul if access is not None else None  # plain loopback: no emulator anywhere
     if not (certs / "ca.crt").exists():
         init_pki(certs, [t.value for t in Tier])
@@ -178,6 +203,8 @@ def deploy_local(
             slowdown=cloud_slowdown,
             log=log(Tier.CLOUD),
             target_override=target,
+            image_model=image_models.get(Tier.CLOUD),
+            image_target=image_target,
             extra_args=extra(Tier.CLOUD),
             startup_timeout=startup_timeout,
         )
@@ -192,6 +219,8 @@ def deploy_local(
             slowdown=edge_slowdown,
             log=log(Tier.EDGE),
             target_override=target,
+            image_model=image_models.get(Tier.EDGE),
+            image_target=image_target,
             extra_args=extra(Tier.EDGE),
             startup_timeout=startup_timeout,
         )
@@ -220,6 +249,8 @@ def deploy_local(
                 slowdown=entry.device_slowdown,
                 log=log(Tier.DEVICE),
                 target_override=target,
+                image_model=image_models.get(Tier.DEVICE),
+                image_target=image_target,
                 extra_args=[*extra(Tier.DEVICE), *links],
                 startup_timeout=startup_timeout,
             )

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from tierflow.api.routes import APIState
 from tierflow.context.factory import open_store
 from tierflow.engine.conversations import Conversations
+from tierflow.engine.images import TieredImages
 from tierflow.engine.lm_hop import LMHop
 from tierflow.engine.sharded import ShardedLM, parse_spans
 from tierflow.errors import ConfigError
@@ -54,10 +55,15 @@ def sharded_lm(
     )
 
 
-def entry_point(config: NodeConfig, hop: LMHop, label: str) -> APIState:
-    """The API state of a device node serving ``hop``'s LM with the store ``config.store``."""
+def entry_point(
+    config: NodeConfig, hop: LMHop, label: str, images: TieredImages | None = None
+) -> APIState:
+    """The API state of a device node serving ``hop``'s LM with the store ``config.store``;
+    ``images``: its image generation across the tiers, kept only when it has somewhere to run."""
     assert config.store is not None
     name = label.rsplit("/", 1)[-1].removesuffix(".onnx")
     lm = sharded_lm(hop, name, spans=config.spans, links=link_estimates(config.links))
     store = open_store(config.store)
-    return APIState(Conversations(lm, store, default_expires_in=config.expires_in), store)
+    if images is not None and images.local is None and images.peers is None:
+        images = None
+    return APIState(Conversations(lm, store, default_expires_in=config.expires_in), store, images=images)

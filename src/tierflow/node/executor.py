@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import InitVar, dataclass, field
+from dataclasses import InitVar, dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from tierflow.errors import UnsupportedModelError
+from tierflow.errors import InvalidInputError, UnsupportedModelError
 from tierflow.model import metadata as md
 from tierflow.model.lm_contract import LMSignature
 from tierflow.model.registry import resolve_model
@@ -79,6 +79,20 @@ class NodeExecutor:
     def stages(self) -> StageRunner:
         return StageRunner(self.proto, self.options, slowdown=self.slowdown)
 
+    @property
+    def image(self) -> ImageGenerator | None:
+        """The image generator this model is driven as; None when it is not one."""
+        return self._image
+
+    @property
+    def has_refiner(self) -> bool:
+        return self._image is not None and self._image.has_refiner
+
+    @cached_property
+    def max_resolution(self) -> int | None:
+        """The side cap a compiled target records (phone 256, edge 1024, ...); None: no cap of its own."""
+        return md.max_resolution(self.proto)
+
     @cached_property
     def lm(self) -> CausalLM | None:
         """The whole model as one generator (a node's own ``/v1/generate``); None if not an LM."""
@@ -99,12 +113,19 @@ class NodeExecutor:
         """``refine`` None: refine when the model has a refiner stage (as a local target does)."""
         if self._image is None:
             raise UnsupportedModelError("this node's model is not an image generator")
+        cap = self.max_resolution
+        if cap is not None and resolution > cap:
+            target = md.target(self.proto) or self.label
+            raise InvalidInputError(f"target {target} makes images up to {cap} px; asked for {resolution}")
         if refine is None:
             refine = self._image.has_refiner
         started = time.perf_counter()
         result = self._image.generate(prompt, resolution, refine=refine, seed=seed)
+        real = time.perf_counter() - started
         seconds = self._slow.stretch("generate_image", started)
         self.stats.setdefault("generate_image", StageStats()).add(seconds)
+        if seconds > real and self.slowdown > 1.0:  # the SIMULATED hardware's compute time, as measured
+            result = replace(result, elapsed_s=result.elapsed_s + seconds - real)
         return result
 
     def generate(self, prompt: str, config: SamplingConfig) -> dict[str, object]:

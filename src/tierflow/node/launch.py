@@ -22,6 +22,7 @@ class NodeProcess:
     data_plane: str
     http: str
     model_id: str
+    image_model_id: str | None = None  # the node's second model, its image generator, if it has one
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.process.poll() is None:
@@ -47,11 +48,14 @@ def start_node(
     startup_timeout: float = 60.0,
     log: Path | None = None,
     target_override: str | None = None,
+    image_model: str | Path | None = None,
+    image_target: str | None = None,
     extra_args: Sequence[str] = (),
 ) -> NodeProcess:
     """Start ``tierflow node`` in a new process and wait for its ready line.
 
-    ``extra_args`` are more ``tierflow node`` options (``--http``, ``--store``, ``--spans``, ...).
+    ``image_model`` (and ``image_target`` of its package) gives the node an image generator next to
+    ``model``. ``extra_args`` are more ``tierflow node`` options (``--http``, ``--store``, ``--spans``, ...).
     """
     argv = [
         sys.executable,
@@ -71,6 +75,9 @@ def start_node(
     ]
     if target_override:
         argv += ["--target", target_override]
+    if image_model is not None:
+        argv += ["--image-model", str(image_model)]
+        argv += ["--image-target", image_target] if image_target else []
     for name, address in (peers or {}).items():
         argv += ["--peer", f"{name}={address}"]
     argv += list(extra_args)
@@ -93,4 +100,6 @@ def start_node(
         why = f"exit code {code}" if code is not None else f"not ready within {startup_timeout:g} s"
         raise TierUnavailableError(f"{tier} node did not start ({why})")
     info = json.loads(line)
-    return NodeProcess(tier, process, info["data_plane"], info["http"], info["model_id"])
+    return NodeProcess(
+        tier, process, info["data_plane"], info["http"], info["model_id"], info.get("image_model_id")
+    )

@@ -20,13 +20,22 @@ from fastapi import FastAPI
 
 from tierflow.api.app import mount as mount_api
 from tierflow.api.routes import APIState
+from tierflow.engine.images import (
+    IMAGE_INFO_KEY,
+    OP_GENERATE_IMAGE,
+    OP_INFO,
+    ImageCapability,
+    TieredImages,
+)
 from tierflow.engine.lm_hop import LM_OPS, LMHop
 from tierflow.errors import ModelNotFoundError, TierUnavailableError, UnsupportedModelError
-from tierflow.node.config import NodeConfig, parse_hostport
+from tierflow.model import metadata as md
+from tierflow.node.config import NodeConfig, not_an_image_generator, parse_hostport
 from tierflow.node.control import NodeMetrics, NodeState, create_app
 from tierflow.node.entry import entry_point
 from tierflow.node.executor import NodeExecutor, load_node_model
 from tierflow.runtime.lm import SamplingConfig
+from tierflow.runtime.loader import default_resolution
 from tierflow.runtime.session import SessionOptions
 from tierflow.transport.dataplane import DataPlaneServer, error_code_for
 from tierflow.transport.dataplane_metrics import DataPlaneMetrics
@@ -49,13 +58,27 @@ from tierflow.transport.route import (
     encode_route,
 )
 from tierflow.transport.tls import load_identity
-from tierflow.types import Tier
+from tierflow.types import ModelKind, Tier
 
-# Operations a node answers on the data plane.
+# Operations a node answers on the data plane (OP_GENERATE_IMAGE and OP_INFO: engine/images.py, whence
+# the entry point sends them).
 OP_RUN = "run"  # compute request.outputs from request.inputs (a stage of the node's model)
 OP_GENERATE = "generate"  # a whole LM generation (the cloud proxy's path); prompt and options in meta
-OP_GENERATE_IMAGE = "generate_image"  # a whole image; prompt, resolution, refine, seed in meta
-OP_INFO = "info"  # the node's tier, model id, provider and measured stage times
+
+
+def open_image_executor(config: NodeConfig) -> NodeExecutor | None:
+    """The node's second model, an image generator (``config.image_model``), with the node's session
+    options and SIMULATED slowdown; None when none is set. Another kind of model is refused."""
+    if config.image_model is None:
+        return None
+    data, label = load_node_model(config.image_model, config.tier.value, config.image_target)
+    executor = NodeExecutor(
+        data, label, SessionOptions(intra_op_threads=config.threads), slowdown=config.slowdown
+    )
+    if executor.image is None:
+        kind = ModelKind.CAUSAL_LM if executor.is_lm else md.kind(executor.proto) or ModelKind.GENERIC
+        raise not_an_image_generator(config.image_model, kind)
+    return executor
 
 
 class NodeServer:
@@ -67,8 +90,15 @@ class NodeServer:
         executor = NodeExecutor(
             model_bytes, label, SessionOptions(intra_op_threads=config.threads), slowdown=config.slowdown
         )
+        self.image_executor = open_image_executor(config)
         self.dp_metrics = DataPlaneMetrics()
-        self.state = NodeState(config, executor, NodeMetrics(), extra_registries=[self.dp_metrics.registry])
+        self.state = NodeState(
+            config,
+            executor,
+            NodeMetrics(),
+            extra_registries=[self.dp_metrics.registry],
+            image_executor=self.image_executor,
+        )
         self.identity = load_identity(config.certs, config.cert_name)
         self.data_plane = DataPlaneServer(self.identity, self.handle, metrics=self.dp_metrics)
         self.peers: Peers = (
@@ -90,18 +120,28 @@ class NodeServer:
                 memory_bytes=int(config.memory_mib * 2**20) if config.memory_mib else None,
             )
             if config.tier is Tier.DEVICE and config.store:
-                self.api = entry_point(config, self.lm_hop, label)
+                images = TieredImages(self.image_executor, self.lm_hop.peers)
+                self.api = entry_point(config, self.lm_hop, label, images=images)
 
     @property
     def executor(self) -> NodeExecutor:
         return self.state.executor
 
+    @property
+    def image_runner(self) -> NodeExecutor:
+        """What answers ``generate_image``: the image model when the node has one, else its main model."""
+        return self.image_executor or self.executor
+
+    def _serving(self, op: str) -> NodeExecutor:
+        return self.image_runner if op == OP_GENERATE_IMAGE else self.executor
+
     async def handle(self, request: StageRequest, peer: PeerInfo) -> StageResponse:
         started = time.perf_counter()
         try:
-            if request.model and request.model != self.executor.model_id:
+            serving = self._serving(request.op)
+            if request.model and request.model != serving.model_id:
                 raise ModelNotFoundError(
-                    f"this {self.config.tier.value} node serves model {self.executor.model_id}, "
+                    f"this {self.config.tier.value} node serves model {serving.model_id}, "
                     f"not {request.model}"
                 )
             response = await self._dispatch(request)
@@ -123,10 +163,11 @@ class NodeServer:
             return await self._run(request)
         if request.op == OP_GENERATE_IMAGE:
             meta = request.meta
+            images = self.image_runner
             image = await asyncio.to_thread(
-                self.executor.generate_image,
+                images.generate_image,
                 str(meta["prompt"]) if "prompt" in meta else None,
-                int(meta.get("resolution", 256)),
+                int(meta.get("resolution", default_resolution(images.max_resolution))),
                 bool(meta["refine"]) if "refine" in meta else None,  # None: the model refines if it can
                 int(meta["seed"]) if "seed" in meta else None,
             )
@@ -208,12 +249,15 @@ class NodeServer:
 
     def info(self) -> dict[str, Any]:
         ex = self.executor
-        return {
+        info: dict[str, Any] = {
             "tier": self.config.tier.value,
             "model_id": ex.model_id,
             "provider": ex.provider,
             "stages": json.dumps({k: vars(v) for k, v in ex.stats.items()}),
         }
+        if self.image_runner.image is not None:  # what generate_image runs here (TieredImages reads it)
+            info[IMAGE_INFO_KEY] = ImageCapability.of(self.image_runner).encode()
+        return info
 
     async def start(self) -> dict[str, str]:
         """Bind both planes; return their addresses."""
@@ -280,6 +324,7 @@ async def serve(config: NodeConfig, stop: Callable[[], Awaitable[object]] | None
                 "tier": config.tier.value,
                 "model_id": node.executor.model_id,
                 "provider": node.executor.provider,
+                "image_model_id": node.image_executor.model_id if node.image_executor else None,
                 **addresses,
             }
         )

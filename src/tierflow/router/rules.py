@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from tierflow.errors import ConfigError
+from tierflow.errors import ConfigError, InvalidInputError
 from tierflow.router.matrix import parse_task, parse_tier
 from tierflow.types.tasks import TaskKind
 from tierflow.types.tiers import Tier
@@ -95,6 +95,14 @@ class RoutingRules:
         if tier in self.excluded.get(task, frozenset()):
             return f"the {tier} is excluded for {task}"
         return None
+
+    def pinned(self, task: TaskKind, tier: Tier) -> RoutingRules:
+        """These rules with ``task`` forced to ``tier`` (a request that names its tier; InvalidInputError
+        if the rules exclude it or force the task elsewhere)."""
+        why = self.why_not(task, tier)
+        if why is not None:
+            raise InvalidInputError(f"tier: {task} cannot be pinned to the {tier}: {why}")
+        return RoutingRules(forced={**self.forced, task: tier}, excluded=self.excluded)
 
     def to_dict(self) -> dict[str, Any]:
         """The rules as a plain dict that :meth:`from_dict` reads back."""

@@ -1,0 +1,180 @@
+"""Images across the tiers, at the entry point: what each tier's image generator can make, and one image
+made on a tier the caller chose (the device's own executor, or a node over the data plane).
+
+Choosing the tier (an SLA, the energy policy) is the router's job: this class only asks the tiers
+and carries the choice out, so the API's image endpoint can be written on top of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+
+from tierflow.errors import (
+    InvalidModelError,
+    RecoverableError,
+    TierUnavailableError,
+    UnsupportedModelError,
+)
+from tierflow.runtime.image import ImageResult
+from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
+from tierflow.transport.peers import Peers
+from tierflow.types import Tier
+
+# Operations of a node's data plane (tierflow.node.server answers them; defined here, below it, so
+# that the entry point can send them)
+OP_GENERATE_IMAGE = "generate_image"  # a whole image; prompt, resolution, refine, seed in meta
+OP_INFO = "info"  # the node's tier, model id, provider, stage times and image model
+IMAGE_INFO_KEY = "image"  # the info reply's meta: the node's image model (ImageCapability, JSON)
+INFO_TIMEOUT_S = 10.0  # a tier that does not answer its info within this is left out
+
+
+class LocalImageModel(Protocol):
+    """What the device's own image model offers (:class:`tierflow.node.executor.NodeExecutor`)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def max_resolution(self) -> int | None: ...
+
+    @property
+    def has_refiner(self) -> bool: ...
+
+    def generate_image(
+        self, prompt: str | None, resolution: int, refine: bool | None, seed: int | None
+    ) -> ImageResult: ...
+
+
+@dataclass(frozen=True)
+class ImageCapability:
+    """What one tier's image model can make: the router's offers are built from these."""
+
+    max_resolution: int | None  # the target's side cap in pixels; None: no cap of its own
+    has_refiner: bool
+    model_id: str
+
+    @classmethod
+    def of(cls, model: LocalImageModel) -> ImageCapability:
+        return cls(model.max_resolution, model.has_refiner, model.model_id)
+
+    def encode(self) -> str:
+        """The form the ``info`` op carries it in (meta values are scalars; None must survive)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: MetaValue) -> ImageCapability:
+        try:
+            data = json.loads(str(raw))
+            cap = data["max_resolution"]
+            return cls(
+                max_resolution=None if cap is None else int(cap),
+                has_refiner=bool(data["has_refiner"]),
+                model_id=str(data["model_id"]),
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidModelError(f"a node described its image model as {str(raw)[:80]!r}") from exc
+
+
+@dataclass(frozen=True)
+class TieredImage:
+    """One image and where and how it was made."""
+
+    pixels: np.ndarray  # uint8, H x W x 3
+    seed: int  # the noise seed: the same seed on the same model reproduces the image
+    refined: bool
+    tier: Tier
+    elapsed_s: float  # the tier's compute (ONNX Runtime, as its SIMULATED slowdown stretches it)
+    wall_s: float  # as the entry point waited for it: compute plus the hop and the tensor's transfer
+
+
+def image_meta(
+    prompt: str | None, resolution: int, refine: bool | None, seed: int | None
+) -> dict[str, MetaValue]:
+    """A ``generate_image`` request's meta: what is None is left out (the node's default applies)."""
+    meta: dict[str, MetaValue] = {"resolution": resolution}
+    if refine is not None:
+        meta["refine"] = refine
+    if prompt is not None:
+        meta["prompt"] = prompt
+    if seed is not None:
+        meta["seed"] = seed
+    return meta
+
+
+class TieredImages:
+    """The entry point's image generation on every tier.
+
+    ``local`` is the device node's own image model (None: the device makes no images); ``peers``
+    reach the edge and cloud nodes (None: only the device). A remote error keeps its wire type
+    (:meth:`StageResponse.raise_for_error`): a bad request stays an InvalidInputError, a tier that
+    is down a TierUnavailableError naming it.
+    """
+
+    def __init__(
+        self,
+        local: LocalImageModel | None,
+        peers: Peers | None,
+        *,
+        info_timeout: float = INFO_TIMEOUT_S,
+    ) -> None:
+        self.local = local
+        self.peers = peers
+        self.info_timeout = info_timeout
+
+    async def capabilities(self) -> dict[Tier, ImageCapability]:
+        """Every tier that serves an image model now, in tier order; one down or without one is absent."""
+        out: dict[Tier, ImageCapability] = {}
+        if self.local is not None:
+            out[Tier.DEVICE] = ImageCapability.of(self.local)
+        remote = [t for t in Tier if t is not Tier.DEVICE]
+        answers = await asyncio.gather(*(self._capability(t) for t in remote))
+        out.update({t: cap for t, cap in zip(remote, answers, strict=True) if cap is not None})
+        return out
+
+    async def _capability(self, tier: Tier) -> ImageCapability | None:
+        try:
+            reply = await self._call(tier, StageRequest(OP_INFO), self.info_timeout)
+        except RecoverableError:  # down, unreachable or not answering in time: not an offer now
+            return None
+        raw = reply.meta.get(IMAGE_INFO_KEY)
+        return ImageCapability.decode(raw) if raw is not None else None
+
+    async def generate(
+        self, tier: Tier, prompt: str | None, resolution: int, refine: bool | None, seed: int | None
+    ) -> TieredImage:
+        """Make one image on ``tier``. ``refine`` None: the tier's model refines if it can; ``seed``
+        None: a fresh one (returned)."""
+        started = time.perf_counter()
+        if tier is Tier.DEVICE:
+            if self.local is None:
+                raise UnsupportedModelError("the device node serves no image model")
+            result = await asyncio.to_thread(self.local.generate_image, prompt, resolution, refine, seed)
+            return TieredImage(
+                pixels=result.pixels,
+                seed=result.seed,
+                refined=result.refined,
+                tier=tier,
+                elapsed_s=result.elapsed_s,
+                wall_s=time.perf_counter() - started,
+            )
+        request = StageRequest(OP_GENERATE_IMAGE, meta=image_meta(prompt, resolution, refine, seed))
+        reply = await self._call(tier, request, None)
+        return TieredImage(
+            pixels=reply.outputs["pixels"],
+            seed=int(reply.meta["seed"]),
+            refined=bool(reply.meta["refined"]),
+            tier=tier,
+            elapsed_s=float(reply.meta["elapsed_s"]),
+            wall_s=time.perf_counter() - started,
+        )
+
+    async def _call(self, tier: Tier, request: StageRequest, timeout: float | None) -> StageResponse:
+        if self.peers is None:
+            raise TierUnavailableError(f"the entry point has no route to tier {tier.value}", tier=tier.value)
+        return await self.peers.call(tier.value, request, timeout)
