@@ -7,6 +7,8 @@ tier killed in the middle of a streamed reply costs the user nothing but time.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import signal
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 import tierflow
 from tests.support.processes import LineReader
@@ -81,6 +84,8 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         "wifi",
         "--store",
         str(root / "contexts.sqlite"),
+        "--image-model",
+        "demo-image",
     ]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
@@ -190,6 +195,26 @@ def test_an_sla_is_routed_reported_and_refused_with_the_best_offer(up: Deploymen
         assert client.report_device(metered=True)["metered"] is True
         assert client.routing_matrix()["device"]["metered"] is True
         assert client.report_device(metered=False)["metered"] is False
+
+
+def test_images_come_from_the_routed_tier_through_the_openai_package(up: Deployment) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{up.api}/v1", api_key=up.key)
+    answer = client.images.generate(model="demo-image", prompt="a red car", size="256x256",
+                                    response_format="b64_json")
+    png = base64.b64decode(answer.data[0].b64_json or "")
+    assert Image.open(io.BytesIO(png)).size == (256, 256)
+    auth = {"Authorization": f"Bearer {up.key}"}
+    body = {"prompt": "a red car", "size": "512x512", "sla": {"max_latency": 60}, "seed": 3}
+    reply = httpx.post(f"{up.api}/v1/images/generations", json=body, headers=auth, timeout=120).json()
+    route = reply["route"]
+    assert route["resolution"] == 512 and route["seed"] == 3 and route["failed"] == []
+    assert route["decision"]["tier"] == route["tier"] and route["decision"]["task"] == "image_512"
+    assert {a["tier"] for a in route["decision"]["alternatives"]} == {"device", "edge", "cloud"}
+    for bad in ({"size": "100x100"}, {"size": "512x256"}, {"n": 2}, {"sla": {"min_resolution": 1024}}):
+        refused = httpx.post(f"{up.api}/v1/images/generations", json={"prompt": "x", **bad}, headers=auth)
+        assert refused.status_code == 422, (bad, refused.text)
+    assert httpx.post(f"{up.api}/v1/images/generations", json={"prompt": "x"}).status_code == 401
 
 
 def test_the_openai_package_chats_streams_and_reuses_the_prefix(up: Deployment) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from tierflow.api import errors, openai_routes, routes
+from tierflow.api import errors, image_routes, openai_routes, routes
 from tierflow.api.routes import APIState
 
 
@@ -14,6 +14,7 @@ def mount(app: FastAPI, state: APIState) -> FastAPI:
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(image_routes.router)
     return app
 
 

@@ -28,6 +28,7 @@ from tierflow.api.schemas import (
 )
 from tierflow.context.store import ContextStore
 from tierflow.engine.conversations import Conversations, Finished
+from tierflow.engine.image_routing import RoutedImages
 from tierflow.engine.images import TieredImages
 from tierflow.engine.sharded import GenerationEvent
 from tierflow.router.energy import BatteryState
@@ -41,7 +42,8 @@ class APIState:
 
     conversations: Conversations
     store: ContextStore
-    images: TieredImages | None = None  # image generation on the tiers (no route of its own yet)
+    images: TieredImages | None = None  # image generation on the tiers
+    routed_images: RoutedImages | None = None  # ... routed by SLA (``POST /v1/images/generations``)
 
     @property
     def model_name(self) -> str:

@@ -307,6 +307,10 @@ class ShardedLM:
             self.link_rtt.pop(pair, None)
         await self.replan()
 
+    def link_state(self, a: Tier, b: Tier) -> LinkState | None:
+        """The planning estimate of the link between ``a`` and ``b`` now (None: unknown or offline)."""
+        return self._links().get(frozenset((a, b)))
+
     @property
     def network_up(self) -> bool:
         """Whether the device can reach any other tier now (its access link is not offline)."""

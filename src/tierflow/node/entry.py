@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from tierflow.api.routes import APIState
 from tierflow.context.factory import open_store
 from tierflow.engine.conversations import Conversations
+from tierflow.engine.image_routing import RoutedImages
 from tierflow.engine.images import TieredImages
 from tierflow.engine.lm_hop import LMHop
 from tierflow.engine.sharded import ShardedLM, parse_spans
@@ -66,4 +67,6 @@ def entry_point(
     store = open_store(config.store)
     if images is not None and images.local is None and images.peers is None:
         images = None
-    return APIState(Conversations(lm, store, default_expires_in=config.expires_in), store, images=images)
+    conversations = Conversations(lm, store, default_expires_in=config.expires_in)
+    routed = RoutedImages(images, conversations.router, lm) if images is not None else None
+    return APIState(conversations, store, images=images, routed_images=routed)

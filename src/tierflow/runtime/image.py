@@ -80,6 +80,13 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.rint(pixels).astype(np.uint8).transpose(1, 2, 0))
 
 
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An H x W x 3 uint8 image as PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 @dataclass(frozen=True)
 class ImageResult:
     """One generated image and how it was made."""
@@ -101,9 +108,7 @@ class ImageResult:
         return int(self.pixels.shape[1])
 
     def to_png_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(self.pixels, "RGB").save(buf, format="PNG")
-        return buf.getvalue()
+        return png_bytes(self.pixels)
 
     def save(self, path: str | Path) -> Path:
         """Write the image as PNG to ``path``."""

@@ -1,0 +1,244 @@
+"""Image generation routed by SLA, network and battery: which tier makes the image, at what size.
+
+Offers come from what each tier's image model can make now (:meth:`TieredImages.capabilities`):
+one per tier and resolution level up to the size asked for and the tier's cap (the phone target
+256 px, the edge 1024, the cloud 2048 with the refiner, by default), quality ``refined`` where the
+tier's model has the refiner, else ``base``. Smaller levels are the graceful degradation an SLA's
+``min_resolution`` allows.
+
+The matrix rows ``image_<size>`` hold seconds per image, end to end. Their prior is re-set before
+every decision: the tier's compute, from one 256 px image it made when first seen (compute grows
+with the pixels: x4 per doubling of the side, as measured on demo-image) plus, off the device,
+the round trip and the image's bytes over the device's link to that tier as planned now; what
+was observed carries over as a ratio (:meth:`TaskResourceMatrix.set_prior`).
+
+A tier that fails or does not answer within the latency budget left is retried on the next
+offer of another tier that still fits it (:func:`tierflow.router.sla.fallbacks`); with
+``offline_ok`` the next feasible offer is tried even past the budget, and the answer says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tierflow.engine.images import ImageCapability, TieredImage, TieredImages
+from tierflow.engine.routing import EntryRouter
+from tierflow.engine.sharded import ShardedLM
+from tierflow.errors import InvalidInputError, RecoverableError, TierUnavailableError
+from tierflow.planner.power import radio_for_profile
+from tierflow.router.energy import BatteryState, apply
+from tierflow.router.sla import SLA, Alternative, Decision, Offer, choose, fallbacks
+from tierflow.types.links import transfer_s
+from tierflow.types.tasks import IMAGE_RESOLUTIONS, TaskKind
+from tierflow.types.tiers import Tier
+
+CALIBRATION_RESOLUTION = 256  # the size of the one image a tier makes to be measured
+CALIBRATION_SEED = 0
+CAPABILITIES_TTL_S = 30.0  # how long the tiers' image models are believed before they are asked again
+PIXEL_BYTES = 3  # uint8 RGB
+
+
+def image_bytes(resolution: int) -> int:
+    return resolution * resolution * PIXEL_BYTES
+
+
+def quality_of(capability: ImageCapability) -> str:
+    return "refined" if capability.has_refiner else "base"
+
+
+@dataclass(frozen=True)
+class ImageRoute:
+    """An image made where the router chose, and the tries that failed before it."""
+
+    decision: Decision
+    image: TieredImage
+    resolution: int
+    failed: tuple[dict[str, str], ...] = ()  # {"tier", "error"} per failed try, in order
+    degraded: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tier": self.image.tier.value,
+            "resolution": self.resolution,
+            "refined": self.image.refined,
+            "seed": self.image.seed,
+            "compute_s": self.image.elapsed_s,
+            "wall_s": self.image.wall_s,
+            "degraded": self.degraded,
+            "failed": list(self.failed),
+            "decision": self.decision.to_dict(),
+        }
+
+
+@dataclass
+class RoutedImages:
+    """The entry point's routed image generation (see the module docstring)."""
+
+    images: TieredImages
+    router: EntryRouter
+    lm: ShardedLM | None = None  # the link estimates and the network state (the LM's planner keeps them)
+    clock: Any = time.monotonic
+    compute_256_s: dict[Tier, float] = field(default_factory=dict)
+    _capabilities: dict[Tier, ImageCapability] = field(default_factory=dict)
+    _asked_at: float = -math.inf
+
+    async def capabilities(self) -> dict[Tier, ImageCapability]:
+        """The tiers' image models (asked again every CAPABILITIES_TTL_S, or after a tier failed)."""
+        if self.clock() - self._asked_at >= CAPABILITIES_TTL_S:
+            self._capabilities = await self.images.capabilities()
+            self._asked_at = self.clock()
+        for tier in self._capabilities:
+            if tier not in self.compute_256_s:
+                await self._calibrate(tier)
+        return dict(self._capabilities)
+
+    def forget(self, tier: Tier) -> None:
+        """``tier`` failed: not an offer until the tiers are asked again."""
+        self._capabilities.pop(tier, None)
+        self._asked_at = -math.inf
+
+    async def _calibrate(self, tier: Tier) -> None:
+        """Measure the tier's compute on one small image (its SIMULATED slowdown included)."""
+        try:
+            image = await self.images.generate(tier, None, CALIBRATION_RESOLUTION, None, CALIBRATION_SEED)
+        except RecoverableError:
+            self.forget(tier)
+            return
+        self.compute_256_s[tier] = image.elapsed_s
+
+    def _network_up(self) -> bool:
+        return self.lm.network_up if self.lm is not None else True
+
+    def _hop_s(self, tier: Tier, resolution: int) -> tuple[float, float, str | None]:
+        """Seconds to bring an image of ``resolution`` from ``tier`` to the device (and the radio)."""
+        if tier is Tier.DEVICE or self.lm is None:
+            return 0.0, 0.0, None
+        link = self.lm.link_state(Tier.DEVICE, tier)
+        profile = self.lm.link_profiles.get(frozenset((Tier.DEVICE, tier)))
+        radio = profile.name if profile is not None else None
+        if link is None:
+            return math.inf, math.inf, radio
+        receive = transfer_s(image_bytes(resolution), link.down_bps)
+        return link.rtt_s + link.overhead_s + receive, receive, radio
+
+    def offers(
+        self, capabilities: dict[Tier, ImageCapability], resolution: int
+    ) -> tuple[list[Offer], dict[Tier, float], dict[tuple[Tier, int], float]]:
+        """Offers at every level up to ``resolution`` each tier can make (those under the SLA's
+        ``min_resolution`` miss it: a degraded answer, or the best offer a refusal names); energy per
+        tier (for the largest size it offers) and the predicted seconds per offer."""
+        offers: list[Offer] = []
+        energy: dict[Tier, float] = {}
+        predicted: dict[tuple[Tier, int], float] = {}
+        for tier in Tier:
+            cap = capabilities.get(tier)
+            reachable = not math.isinf(self._hop_s(tier, CALIBRATION_RESOLUTION)[0])
+            usable = cap is not None and tier in self.compute_256_s and reachable
+            self.router.matrix.set_available(tier, usable)
+            if cap is None or not usable:
+                offers.append(Offer(tier, "base", resolution))  # infeasible: the decision says why
+                continue
+            levels = [
+                r for r in IMAGE_RESOLUTIONS
+                if r <= resolution and (cap.max_resolution is None or r <= cap.max_resolution)
+            ]
+            for level in levels:
+                compute = self.compute_256_s[tier] * (level / CALIBRATION_RESOLUTION) ** 2
+                hop, receive, radio = self._hop_s(tier, level)
+                task = TaskKind.image(level)
+                self.router.matrix.set_prior(task, tier, compute + hop)
+                seconds = self.router.matrix.predict(task, tier)
+                assert seconds is not None  # a prior was just set
+                predicted[(tier, level)] = seconds
+                offers.append(Offer(tier, quality_of(cap), level, latency_s=seconds))
+                power = self.router.power
+                if radio is not None:
+                    power = power.model_copy(update={"radio": radio_for_profile(radio)})
+                device_compute = compute if tier is Tier.DEVICE else 0.0
+                received = image_bytes(level) if tier is not Tier.DEVICE else 0
+                energy[tier] = power.energy_j(
+                    seconds, device_compute, received_bytes=received, receive_s=receive
+                )
+        return offers, energy, predicted
+
+    async def generate(
+        self,
+        prompt: str | None,
+        resolution: int,
+        sla: SLA,
+        *,
+        seed: int | None = None,
+        battery: BatteryState | None = None,
+        metered: bool | None = None,
+        pin: Tier | None = None,
+    ) -> ImageRoute:
+        """One image of up to ``resolution`` px (at least ``sla.min_resolution``, default the size asked)."""
+        task = TaskKind.image(resolution)  # an InvalidInputError names the levels
+        least = sla.min_resolution if sla.min_resolution is not None else resolution
+        if least > resolution:
+            raise InvalidInputError(f"sla.min_resolution {least} is above the size asked for ({resolution})")
+        started = time.perf_counter()
+        capabilities = await self.capabilities()
+        offers, energy, _ = self.offers(capabilities, resolution)
+        battery = battery if battery is not None else self.router.conditions.battery
+        metered = self.router.conditions.metered if metered is None else metered
+        policy = apply(self.router.policy, battery, metered, sla)
+        rules = self.router.rules if pin is None else self.router.rules.pinned(task, pin)
+        decision = choose(
+            task,
+            sla,
+            self.router.matrix,
+            rules,
+            self._network_up(),
+            offers,
+            allowed=policy.allowed,
+            avoid=policy.avoid,
+            prefer=policy.prefer,
+            energy_j=energy,
+        )
+        if policy.reasons:
+            decision = Decision(
+                decision.task, decision.sla, decision.chosen, decision.degraded, decision.alternatives,
+                f"{decision.reason}; {'; '.join(policy.reasons)}",
+            )
+        return await self._run(decision, prompt, seed, started)
+
+    async def _run(
+        self, decision: Decision, prompt: str | None, seed: int | None, started: float
+    ) -> ImageRoute:
+        failed: list[dict[str, str]] = []
+        tried: list[Alternative] = [decision.chosen]
+        degraded = decision.degraded
+        while True:
+            alt = tried[-1]
+            offer = alt.offer
+            assert offer.resolution is not None  # image offers carry their size
+            budget = None
+            if decision.sla.max_latency_s is not None and not degraded:
+                budget = max(decision.sla.max_latency_s - (time.perf_counter() - started), 0.0)
+            try:
+                refine = offer.quality == "refined"
+                making = self.images.generate(offer.tier, prompt, offer.resolution, refine, seed)
+                image = await asyncio.wait_for(making, budget)
+            except (RecoverableError, TimeoutError) as exc:
+                timed_out = isinstance(exc, TimeoutError)
+                what = f"no answer within the {budget or 0:.3g} s left" if timed_out else str(exc)
+                failed.append({"tier": offer.tier.value, "error": what})
+                self.forget(offer.tier)
+                gone = {f["tier"] for f in failed}
+                elapsed = time.perf_counter() - started
+                left = [a for a in fallbacks(decision, elapsed) if a.offer.tier.value not in gone]
+                if not left and decision.sla.offline_ok:  # better late than nothing, and labelled so
+                    left = [a for a in fallbacks(decision) if a.offer.tier.value not in gone]
+                    degraded = bool(left)
+                if not left:
+                    tiers = ", ".join(f"{f['tier']}: {f['error']}" for f in failed)
+                    raise TierUnavailableError(f"no tier could make the image in time ({tiers})") from exc
+                tried.append(left[0])
+                continue
+            self.router.matrix.observe(TaskKind.image(offer.resolution), offer.tier, image.wall_s)
+            return ImageRoute(decision, image, offer.resolution, tuple(failed), degraded)
