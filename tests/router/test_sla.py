@@ -92,6 +92,17 @@ def test_prefer_energy_picks_the_least_device_energy() -> None:
     assert (d.tier, d.resolution, d.energy_j) == (Tier.EDGE, 1024, 0.6)
 
 
+def test_an_energy_weight_prices_joules_in_seconds_when_ranking_by_latency() -> None:
+    energy = {Tier.DEVICE: 4.0, Tier.EDGE: 0.5, Tier.CLOUD: 3.0}
+    plain = route(SLA(min_resolution=1024), energy_j=energy)
+    assert plain.tier is Tier.CLOUD  # 0.8 s < 1.2 s: the weight is 0 on mains power
+    # at 0.2 s/J the cloud costs 0.8 + 0.6 = 1.4 "s", the edge 1.2 + 0.1 = 1.3
+    weighed = route(SLA(min_resolution=1024), energy_j=energy, energy_weight=0.2)
+    assert weighed.tier is Tier.EDGE and weighed.predicted_s == 1.2  # the prediction is still seconds
+    with pytest.raises(InvalidInputError, match="energy_weight"):
+        route(SLA(min_resolution=1024), energy_j=energy, energy_weight=-1.0)
+
+
 def test_unmeetable_sla_without_offline_ok_names_the_best_offer() -> None:
     with pytest.raises(SLAUnmetError) as info:
         route(SLA(max_latency_s=1.0, min_resolution=2048))

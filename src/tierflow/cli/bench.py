@@ -11,7 +11,7 @@ from rich.table import Table
 from tierflow.cli._common import console, spinner
 
 bench_app = typer.Typer(
-    help="Measure tierflow: transport, pipeline, split, generate, migrate.", no_args_is_help=True
+    help="Measure tierflow: transport, pipeline, split, generate, migrate, route.", no_args_is_help=True
 )
 
 
@@ -228,6 +228,41 @@ def migrate(
     )
     rows = [{"profile": name, **figures} for name, figures in result["profiles"].items()]
     _print(result, as_json, rows, "KV migration vs its link bound")
+
+
+@bench_app.command("route")
+def route(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (without the per-request log)."),
+    trace: str = typer.Option(
+        "wifi,4g:metered,3g,offline,wifi,4g:metered,3g,offline",
+        "--trace",
+        help="SIMULATED access network per segment, PROFILE[:metered], comma separated.",
+    ),
+    per_segment: int = typer.Option(4, "--requests-per-segment", min=1, help="Requests in each segment."),
+    device_slowdown: float = typer.Option(4.0, "--device-slowdown", min=1.0, help="SIMULATED slower phone."),
+    edge_slowdown: float = typer.Option(2.0, "--edge-slowdown", min=1.0, help="SIMULATED slower edge box."),
+    log: str | None = typer.Option(None, "--log", help="Write every request's outcome per policy (JSON)."),
+) -> None:
+    """The router against always-device/edge/cloud and a hindsight oracle over a network and battery trace."""
+    from tierflow.bench.route import Segment, run_route_bench
+    from tierflow.cli._common import err_console
+
+    result = run_route_bench(
+        [Segment.parse(s) for s in trace.split(",") if s.strip()],
+        requests_per_segment=per_segment,
+        device_slowdown=device_slowdown,
+        edge_slowdown=edge_slowdown,
+        on_stage=lambda line: err_console.print(line, style="dim", highlight=False, markup=False),
+    )
+    requests_log = result.pop("requests_log")
+    if log:
+        with open(log, "w") as f:
+            json.dump(requests_log, f, indent=1)
+    keys = ("sla_met_rate", "mean_quality", "device_energy_j", "failed_requests", "failed_where_offline_ok")
+    rows = [{"policy": name, **{k: figures[k] for k in keys}} for name, figures in result["policies"].items()]
+    _print(result, as_json, rows, "routing over a network and battery trace")
+    if not as_json:
+        console.print_json(json.dumps(result["targets"]))
 
 
 def register(app: typer.Typer) -> None:

@@ -186,7 +186,8 @@ class RoutedImages:
         offers, energy, _ = self.offers(capabilities, resolution)
         battery = battery if battery is not None else self.router.conditions.battery
         metered = self.router.conditions.metered if metered is None else metered
-        policy = apply(self.router.policy, battery, metered, sla)
+        # a pinned request names its tier: the energy policy has no say (the hard rules still do)
+        policy = apply(self.router.policy, None if pin else battery, bool(metered) and pin is None, sla)
         rules = self.router.rules if pin is None else self.router.rules.pinned(task, pin)
         decision = choose(
             task,
@@ -199,6 +200,7 @@ class RoutedImages:
             avoid=policy.avoid,
             prefer=policy.prefer,
             energy_j=energy,
+            energy_weight=policy.effective_energy_weight,
         )
         if policy.reasons:
             decision = Decision(

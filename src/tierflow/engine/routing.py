@@ -178,7 +178,8 @@ class EntryRouter:
         offers, plans, energy = self.text_offers(lm, task, current, history, new_prompt, max_tokens)
         battery = battery if battery is not None else self.conditions.battery
         metered = self.conditions.metered if metered is None else metered
-        policy = apply(self.policy, battery, metered, sla)
+        # a pinned request names its tier: the energy policy has no say (the hard rules still do)
+        policy = apply(self.policy, None if pin else battery, bool(metered) and pin is None, sla)
         if not plans:
             down = ", ".join(t.value for t, r in lm.tiers.items() if not r.available) or "none"
             raise TierUnavailableError(f"no placement of the model's layers can run now (tiers down: {down})")
@@ -194,6 +195,7 @@ class EntryRouter:
             avoid=policy.avoid,
             prefer=policy.prefer,
             energy_j=energy,
+            energy_weight=policy.effective_energy_weight,
         )
         if policy.reasons:
             decision = Decision(

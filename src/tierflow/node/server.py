@@ -266,6 +266,8 @@ class NodeServer:
         self.state.data_plane_address = f"{host}:{port}"
         if self.api is not None:
             await self.api.conversations.lm.start()  # probe the tiers, plan the layer spans
+            if self.api.routed_images is not None:  # each tier's image model, measured once
+                await self.api.routed_images.capabilities()
             self.api.conversations.start_purging()
         http_host, http_port = parse_hostport(self.config.http)
         self._http = _ControlServer(

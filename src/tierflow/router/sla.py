@@ -300,16 +300,20 @@ def _in_time(alt: Alternative, sla: SLA) -> bool:
     return sla.max_latency_s is None or (alt.predicted_s is not None and alt.predicted_s <= sla.max_latency_s)
 
 
-def _preference_key(alt: Alternative, prefer: Prefer, avoid: frozenset[Tier]) -> tuple[Any, ...]:
+def _preference_key(
+    alt: Alternative, prefer: Prefer, avoid: frozenset[Tier], energy_weight: float = 0.0
+) -> tuple[Any, ...]:
     offer, predicted = alt.offer, alt.predicted_s or 0.0
     res, level = offer.quality_key()
     energy = alt.energy_j if alt.energy_j is not None else math.inf
+    # the planner's score: a second of latency, or 1 / energy_weight joules of the device's battery
+    score = predicted + (energy_weight * alt.energy_j if energy_weight and alt.energy_j is not None else 0.0)
     if prefer is Prefer.QUALITY:
-        key: tuple[Any, ...] = (-res, -level, predicted)
+        key: tuple[Any, ...] = (-res, -level, score)
     elif prefer is Prefer.ENERGY:
         key = (energy, predicted, -res, -level)
     else:
-        key = (predicted, -res, -level)
+        key = (score, -res, -level)
     return (offer.tier in avoid, *key, _TIER_ORDER[offer.tier])
 
 
@@ -341,6 +345,7 @@ def choose(
     avoid: Iterable[Tier] = (),
     prefer: Prefer | None = None,
     energy_j: Mapping[Tier, float] | None = None,
+    energy_weight: float = 0.0,
 ) -> Decision:
     """The offer that serves ``task`` under ``sla`` (the module docstring gives the rules).
 
@@ -348,6 +353,9 @@ def choose(
     (:func:`tierflow.router.energy.apply`): tiers it allows (None = all), tiers to rank last,
     and the preference that replaces ``sla.prefer``. ``energy_j`` is the caller's predicted
     device energy per tier (the planner's power model), used by ``prefer=energy`` and reported.
+    ``energy_weight`` (s/J, the energy policy's effective weight at this battery level) prices a
+    joule in seconds when offers are ranked by latency (and, after quality, by quality): the
+    planner's ``latency + w * E``.
     """
     task = TaskKind.parse(task)
     offers = tuple(candidates)
@@ -400,7 +408,9 @@ def choose(
         reasons = "; ".join(f"{a.offer.describe()}: {a.why.removeprefix('infeasible: ')}" for a in infeasible)
         raise TierUnavailableError(f"no tier can run {task} now ({reasons})")
 
-    meeting.sort(key=lambda a: _preference_key(a, how, avoid_set))
+    if isinstance(energy_weight, bool) or not (math.isfinite(energy_weight) and energy_weight >= 0):
+        raise InvalidInputError(f"energy_weight must be a finite number >= 0, got {energy_weight!r}")
+    meeting.sort(key=lambda a: _preference_key(a, how, avoid_set, energy_weight))
     missing.sort(key=lambda am: _best_effort_key(am[0], sla, avoid_set))
     ranked: list[Alternative] = []
     for i, alt in enumerate(meeting):
