@@ -22,6 +22,7 @@ from tierflow.errors import (
     PlanError,
     TierUnavailableError,
     TokenizerError,
+    UnsupportedModelError,
 )
 from tierflow.router.sla import SLAUnmetError
 
@@ -40,6 +41,7 @@ MAPPING: tuple[tuple[type[Exception], int, str], ...] = (
     (ContextNotFoundError, 404, "ContextNotFound"),
     (ContextExpiredError, 410, "ContextExpired"),
     (ModelNotFoundError, 422, "UnknownModel"),
+    (UnsupportedModelError, 422, "Unsupported"),
     (InvalidInputError, 422, "InvalidRequest"),
     (SLAUnmetError, 422, "SLAUnmet"),
     (TokenizerError, 422, "InvalidRequest"),

@@ -47,7 +47,9 @@ class ImageBody(Routed):
 
     def image_sla(self) -> SLA:
         """Images prefer quality unless the SLA says otherwise: the largest image within max_latency."""
-        raw = {"prefer": "quality", **(self.sla or {})}
+        raw = dict(self.sla or {})
+        if raw.get("prefer") is None:
+            raw["prefer"] = "quality"
         return SLA.parse(raw)
 
 

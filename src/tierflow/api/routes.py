@@ -117,7 +117,8 @@ async def routing_matrix(request: Request, owner: str = Depends(caller)) -> dict
 
 @router.put("/routing/device", responses=errors.responses(401, 422))
 async def report_device(body: DeviceReport, request: Request, owner: str = Depends(caller)) -> dict[str, Any]:
-    """Report the device's battery and metered network for the requests that follow (per session)."""
+    """Report the device's battery, metered state and access network for the requests that follow
+    (the deployment's device: one set of conditions for every caller)."""
     conversations = state_of(request).conversations
     battery = BatteryState.parse(body.battery) if body.battery is not None else None
     await conversations.report_device(battery, body.metered, body.network)

@@ -40,6 +40,9 @@ NAME_STATUS: dict[str, int] = {
     "ContextNotFound": 404,
     "ContextExpired": 410,
     "InvalidRequest": 422,
+    "UnknownModel": 422,
+    "Unsupported": 422,
+    "SLAUnmet": 422,
     "TierUnavailable": 503,
 }
 

@@ -20,6 +20,7 @@ offer of another tier that still fits it (:func:`tierflow.router.sla.fallbacks`)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ class RoutedImages:
         if self.clock() - self._asked_at >= CAPABILITIES_TTL_S:
             self._capabilities = await self.images.capabilities()
             self._asked_at = self.clock()
-        for tier in self._capabilities:
+        for tier in list(self._capabilities):  # a failed calibration forgets its tier
             if tier not in self.compute_256_s:
                 await self._calibrate(tier)
         return dict(self._capabilities)
@@ -178,11 +179,14 @@ class RoutedImages:
     ) -> ImageRoute:
         """One image of up to ``resolution`` px (at least ``sla.min_resolution``, default the size asked)."""
         task = TaskKind.image(resolution)  # an InvalidInputError names the levels
-        least = sla.min_resolution if sla.min_resolution is not None else resolution
-        if least > resolution:
-            raise InvalidInputError(f"sla.min_resolution {least} is above the size asked for ({resolution})")
+        if sla.min_resolution is None:  # nothing smaller is acceptable unless the SLA says so
+            sla = dataclasses.replace(sla, min_resolution=resolution)
+        elif sla.min_resolution > resolution:
+            raise InvalidInputError(
+                f"sla.min_resolution {sla.min_resolution} is above the size asked for ({resolution})"
+            )
+        capabilities = await self.capabilities()  # measured at start: a first request pays nothing here
         started = time.perf_counter()
-        capabilities = await self.capabilities()
         offers, energy, _ = self.offers(capabilities, resolution)
         battery = battery if battery is not None else self.router.conditions.battery
         metered = self.router.conditions.metered if metered is None else metered

@@ -49,7 +49,7 @@ from tierflow.planner.spans import TOKEN_BYTES, LMShape, SpanPlan, TierCapacity,
 from tierflow.runtime.lm import SamplingConfig
 from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
 from tierflow.transport.route import COMPUTE_PREFIX
-from tierflow.types.links import LinkProfile, transfer_s
+from tierflow.types.links import LinkProfile, chain, get_profile, transfer_s
 from tierflow.types.quant import QuantMode
 from tierflow.types.tiers import Tier
 
@@ -303,7 +303,11 @@ class ShardedLM:
         forgotten) and the layers are planned again."""
         for tier in (Tier.EDGE, Tier.CLOUD):
             pair = frozenset((Tier.DEVICE, tier))
-            self.link_profiles[pair] = profile
+            old = self.link_profiles.get(pair)
+            # a link that went on past the access (device-cloud = access + backhaul) keeps its far part
+            far = old.name.partition("+")[2] if old is not None else ""
+            planned = profile if profile.offline or not far else chain(profile, get_profile(far))
+            self.link_profiles[pair] = planned
             self.link_rtt.pop(pair, None)
         await self.replan()
 

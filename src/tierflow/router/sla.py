@@ -430,9 +430,8 @@ def choose(
     if degraded:
         if not sla.offline_ok:
             raise SLAUnmetError(
-                f"no offer meets the SLA for {task}: the best is {best.offer.describe()} on the "
-                f"{best.offer.tier} (quality {best.offer.quality}) at {best.predicted_s:.3g} s predicted "
-                f"({best_misses})",
+                f"no offer meets the SLA for {task}: the best is {best.offer.describe()} at "
+                f"{best.predicted_s:.3g} s predicted ({best_misses})",
                 best,
                 tuple(ranked) + tuple(infeasible),
             )
