@@ -68,6 +68,8 @@ class Deployment:
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("up")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TIERFLOW_HOME": str(root / "home")}
+    routing = root / "routing.yaml"  # the deployment's routing as data: a rule and a prior, seen below
+    routing.write_text("rules: {excluded: {clip: [device]}}\npriors: {image_2048: {cloud: 9.5}}\n")
     argv = [
         sys.executable,
         "-m",
@@ -86,6 +88,8 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         str(root / "contexts.sqlite"),
         "--image-model",
         "demo-image",
+        "--routing",
+        str(routing),
     ]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
@@ -190,6 +194,8 @@ def test_an_sla_is_routed_reported_and_refused_with_the_best_offer(up: Deploymen
     matrix = httpx.get(f"{up.api}/routing/matrix", headers=auth).json()
     assert matrix["tasks"]["text_short"]["cloud"]["count"] >= 1  # learned from the routed request
     assert matrix["units"]["text_short"] == "s/token" and matrix["device"]["battery"] is None
+    assert matrix["rules"]["excluded"] == {"clip": ["device"]}  # from --routing
+    assert matrix["tasks"]["image_2048"]["cloud"]["prior_s"] == 9.5
     assert httpx.get(f"{up.api}/routing/matrix").status_code == 401
     with up.client() as client:
         assert client.report_device(metered=True)["metered"] is True

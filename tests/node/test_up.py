@@ -108,3 +108,18 @@ def test_up_with_spans_that_leave_a_gap_is_a_one_line_error(tmp_path: Path) -> N
     assert "Traceback" not in err
     assert "gap at layer 2" in err
     assert not (tmp_path / "p").exists()  # nothing was started
+
+
+def test_up_with_a_bad_routing_file_is_a_one_line_error_before_anything_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "routing.yaml"
+    bad.write_text("energy_policy: {metered_avoid: [device]}\n")
+    argv = [sys.executable, "-m", "tierflow", "up", "demo-lm", "--routing", str(bad)]
+    argv += ["--certs", str(tmp_path / "p"), "--store", str(tmp_path / "contexts.sqlite")]
+    proc = subprocess.run(
+        argv, capture_output=True, timeout=60, env={**os.environ, "TIERFLOW_HOME": str(tmp_path)}
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2
+    assert "Traceback" not in err
+    assert "the device uses no network" in err
+    assert not (tmp_path / "p").exists()

@@ -57,6 +57,9 @@ def node(
         [], "--link", help="Entry point: planning estimate of a link, e.g. device-edge=wifi (repeatable)."
     ),
     expires_in: float = typer.Option(3600.0, "--expires-in", help="Default lifetime of a context, seconds."),
+    routing: str | None = typer.Option(
+        None, "--routing", help="Entry point: routing rules, energy policy, priors (YAML, docs/ROUTING.md)."
+    ),
 ) -> None:
     """Serve a tier: its model's stages over the secure data plane, health and metrics over HTTP.
 
@@ -88,6 +91,7 @@ def node(
             store=store,
             links=links,
             expires_in=expires_in,
+            routing=routing,
         )
     except ValidationError as exc:
         raise ConfigError("; ".join(e["msg"] for e in exc.errors())) from exc

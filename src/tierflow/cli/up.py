@@ -104,6 +104,9 @@ def up(
     duration: float = typer.Option(
         0.0, "--duration", min=0.0, help="Stop after this many seconds (0: Ctrl-C)."
     ),
+    routing: str | None = typer.Option(
+        None, "--routing", help="Routing rules, energy policy and priors (YAML, docs/ROUTING.md)."
+    ),
 ) -> None:
     """Start a local deployment; print one JSON line with its addresses (and `api`, `api_key`), then serve."""
     from tierflow.context.factory import open_store
@@ -119,6 +122,10 @@ def up(
             target = "cloud"  # the phone target of an LM exits early: its layers are not the others'
         if spans:
             check_fixed_spans(model, spans, target)  # before any process starts: a one-line error
+        if routing:
+            from tierflow.router.config import RoutingConfig
+
+            RoutingConfig.load(routing)  # the same: a bad file fails here, not in the device node
         store_spec = store or str(default_store())
         opened = open_store(store_spec)
         try:
@@ -133,6 +140,7 @@ def up(
             kv_mib=kv_mib,
             expires_in=expires_in,
             device_slowdown=device_slowdown,
+            routing=routing,
         )
     running = [Tier.DEVICE, Tier.EDGE, Tier.CLOUD] if entry else [Tier.EDGE, Tier.CLOUD]
     image_models = {tier: image_model for tier in running} if image_model else {}

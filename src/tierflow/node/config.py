@@ -60,6 +60,9 @@ class NodeConfig(BaseModel):
         default_factory=dict, description="planning estimates of links, 'device-edge' -> profile name"
     )
     expires_in: float = Field(3600.0, gt=0, description="default lifetime of a context, seconds")
+    routing: str | None = Field(
+        None, description="routing config YAML: rules, energy policy, priors (docs/ROUTING.md)"
+    )
 
     @field_validator("listen", "http")
     @classmethod

@@ -45,6 +45,7 @@ class EntrySettings:
     kv_mib: float = 256.0
     expires_in: float = 3600.0
     device_slowdown: float = 1.0
+    routing: str | None = None  # routing config YAML (docs/ROUTING.md); None: the defaults
 
     def node_args(self, tier: Tier) -> list[str]:
         """The ``tierflow node`` options these settings give ``tier``'s process."""
@@ -54,6 +55,7 @@ class EntrySettings:
         if tier is Tier.DEVICE:
             args += ["--store", self.store, "--http", self.http, "--expires-in", str(self.expires_in)]
             args += ["--spans", self.spans] if self.spans else []
+            args += ["--routing", self.routing] if self.routing else []
         return args
 
 

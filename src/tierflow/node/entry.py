@@ -10,11 +10,13 @@ from tierflow.engine.conversations import Conversations
 from tierflow.engine.image_routing import RoutedImages
 from tierflow.engine.images import TieredImages
 from tierflow.engine.lm_hop import LMHop
+from tierflow.engine.routing import EntryRouter
 from tierflow.engine.sharded import ShardedLM, parse_spans
 from tierflow.errors import ConfigError
 from tierflow.model import metadata as md
 from tierflow.model.tokenizer import Tokenizer
 from tierflow.node.config import NodeConfig
+from tierflow.router.config import RoutingConfig
 from tierflow.types.links import LinkProfile, get_profile
 from tierflow.types.tiers import Tier
 
@@ -67,6 +69,8 @@ def entry_point(
     store = open_store(config.store)
     if images is not None and images.local is None and images.peers is None:
         images = None
-    conversations = Conversations(lm, store, default_expires_in=config.expires_in)
+    routing = RoutingConfig.load(config.routing) if config.routing else RoutingConfig()
+    router = EntryRouter(matrix=routing.matrix(), rules=routing.rules, policy=routing.energy_policy)
+    conversations = Conversations(lm, store, default_expires_in=config.expires_in, router=router)
     routed = RoutedImages(images, conversations.router, lm) if images is not None else None
     return APIState(conversations, store, images=images, routed_images=routed)
