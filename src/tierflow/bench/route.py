@@ -56,6 +56,7 @@ from tierflow.model.registry import resolve_model
 from tierflow.node.deploy import DEVICE_CLOUD, DEVICE_EDGE, EntrySettings, LocalDeployment, deploy_local
 from tierflow.planner.power import DevicePower, radio_for_profile
 from tierflow.types.links import get_profile, transfer_s
+from tierflow.types.tasks import Prefer
 from tierflow.types.tiers import Tier
 
 POLICIES = ("tierflow", "always-device", "always-edge", "always-cloud")
@@ -223,8 +224,11 @@ def _run_one(
                    _tier_of(spec, reply), offline_ok)
 
 
-def oracle_of(outcomes: Sequence[Outcome]) -> Outcome:
-    """The best static outcome in hindsight: SLA met, then quality, then the least device energy."""
+def oracle_of(outcomes: Sequence[Outcome], prefer: str | None = None) -> Outcome:
+    """The best static outcome in hindsight: SLA met, then quality, then the least device energy
+    (with ``prefer`` energy: SLA met, then the least energy, then quality)."""
+    if prefer is not None and Prefer.parse(prefer) is Prefer.ENERGY:
+        return max(outcomes, key=lambda o: (o.sla_met, o.ok, -o.energy_j, o.quality))
     return max(outcomes, key=lambda o: (o.sla_met, o.ok, o.quality, -o.energy_j))
 
 
@@ -250,9 +254,13 @@ def run_route_bench(
     requests_per_segment: int = 4,
     device_slowdown: float = 4.0,
     edge_slowdown: float = 2.0,
+    prefer: str | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Replay ``trace`` (see the module docstring) and compare the policies."""
+    """Replay ``trace`` (see the module docstring) and compare the policies; ``prefer`` replaces what
+    every request of the mix prefers (``latency``, ``quality``, ``energy``), for every policy."""
+    if prefer is not None:
+        Prefer.parse(prefer)  # an unknown one names the known ones
     if requests_per_segment < 1 or not trace:
         raise ConfigError("the trace needs at least one segment and one request per segment")
     stage = on_stage or (lambda _msg: None)
@@ -276,8 +284,8 @@ def run_route_bench(
             entry=entry, image_models={t: package for t in Tier}, seed=0,
         )
         try:
-            return _replay(deployment, key, trace, requests_per_segment, stage,
-                           {"device_slowdown": device_slowdown, "edge_slowdown": edge_slowdown})
+            settings = {"device_slowdown": device_slowdown, "edge_slowdown": edge_slowdown, "prefer": prefer}
+            return _replay(deployment, key, trace, requests_per_segment, stage, settings)
         finally:
             deployment.stop()
 
@@ -311,7 +319,8 @@ def _replay(
                 battery = round(battery_at(i, total), 1)
                 stage(f"{i + 1}/{total} {segment.network}{' metered' if segment.metered else ''} "
                       f"battery {battery:g} %: {spec.name}")
-                base = {**spec.body, "sla": spec.sla}
+                sla = spec.sla if settings["prefer"] is None else {**spec.sla, "prefer": settings["prefer"]}
+                base = {**spec.body, "sla": sla}
                 step: dict[str, Outcome] = {}
                 bodies = {
                     "tierflow": {**base, "battery": {"level": battery}, "metered": segment.metered},
@@ -320,7 +329,7 @@ def _replay(
                 order = POLICIES[i % len(POLICIES):] + POLICIES[: i % len(POLICIES)]  # none always first
                 for name in order:
                     step[name] = _run_one(http, spec, bodies[name], radio, segment)
-                step["oracle"] = oracle_of([step[n] for n in STATIC])
+                step["oracle"] = oracle_of([step[n] for n in STATIC], settings["prefer"])
                 for name, outcome in step.items():
                     results[name].append(outcome)
                 rows.append({

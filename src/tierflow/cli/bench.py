@@ -242,6 +242,9 @@ def route(
     device_slowdown: float = typer.Option(4.0, "--device-slowdown", min=1.0, help="SIMULATED slower phone."),
     edge_slowdown: float = typer.Option(2.0, "--edge-slowdown", min=1.0, help="SIMULATED slower edge box."),
     log: str | None = typer.Option(None, "--log", help="Write every request's outcome per policy (JSON)."),
+    prefer: str | None = typer.Option(
+        None, "--prefer", help="What every request prefers, for every policy (default: the mix's own)."
+    ),
 ) -> None:
     """The router against always-device/edge/cloud and a hindsight oracle over a network and battery trace."""
     from tierflow.bench.route import Segment, run_route_bench
@@ -252,6 +255,7 @@ def route(
         requests_per_segment=per_segment,
         device_slowdown=device_slowdown,
         edge_slowdown=edge_slowdown,
+        prefer=prefer,
         on_stage=lambda line: err_console.print(line, style="dim", highlight=False, markup=False),
     )
     requests_log = result.pop("requests_log")
