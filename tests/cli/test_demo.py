@@ -1,4 +1,4 @@
-"""`tierflow demo`, the README's main job: text, an image, and a plan the planner chose across local tiers."""
+"""`tierflow demo --vision-split`: text, an image, and a plan the planner chose across local tiers."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ RUN = re.compile(
 def test_demo_runs_the_plan_the_planner_chose_and_checks_it_against_the_unsplit_model(tmp_path: Path) -> None:
     out = tmp_path / "demo.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "tierflow", "demo", "-n", "8", "-o", str(out)],
+        [sys.executable, "-m", "tierflow", "demo", "--vision-split", "-n", "8", "-o", str(out)],
         capture_output=True,
         timeout=240,
         env={**os.environ, "COLUMNS": "250"},

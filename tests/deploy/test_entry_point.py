@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -267,3 +268,42 @@ def test_a_tier_killed_mid_stream_the_reply_completes_with_the_same_tokens(
         # the context survives: a follow-up continues it on the tiers left
         follow = client.generate("\n", context_id=done.result.context_id, max_tokens=4, temperature=0)
         assert "edge" not in follow.route.tiers
+
+
+def test_the_dashboard_state_and_the_deployment_controls(up: Deployment) -> None:
+    """Runs last: the edge was killed above; the controls bring it back, change a link, stop the cloud."""
+    auth = {"Authorization": f"Bearer {up.key}"}
+    assert str(up.info["dashboard"]).endswith(f"/dashboard#key={up.key}")
+    page = httpx.get(f"{up.api}/dashboard")
+    assert page.status_code == 200 and "/dashboard/static/dashboard.js" in page.text
+    assert httpx.get(f"{up.api}/dashboard/state").status_code == 401
+
+    def state() -> dict[str, Any]:
+        answer = httpx.get(f"{up.api}/dashboard/state", headers=auth, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()  # type: ignore[no-any-return]
+
+    before = state()
+    assert set(before["tiers"]) == {"device", "edge", "cloud"}
+    assert before["tiers"]["edge"]["process"]["alive"] is False  # killed by the failover test
+    assert before["links"]["device-edge"]["profile"] == "wifi" and before["controls"]["links"]
+    assert before["recent"] and before["recent"][0]["kind"] in {"text", "image"}
+    assert before["contexts"] and before["plan"]["spans"]
+    revived = httpx.post(f"{up.api}/deployment/tiers/edge/up", headers=auth, timeout=120)
+    assert revived.status_code == 200 and revived.json()["tiers"]["edge"]["available"] is True
+    assert revived.json()["tiers"]["edge"]["process"]["alive"] is True
+    link = f"{up.api}/deployment/links/device-edge"
+    slower = httpx.put(link, json={"profile": "3g"}, headers=auth, timeout=60)
+    assert slower.status_code == 200 and slower.json()["links"]["device-edge"]["profile"] == "3g"
+    assert state()["links"]["device-edge"]["profile"] == "3g"  # the emulator itself changed
+    bad = httpx.put(f"{up.api}/deployment/links/device-edge", json={"profile": "7g"}, headers=auth)
+    assert bad.status_code == 422 and "7g" in bad.json()["detail"]
+    assert httpx.post(f"{up.api}/deployment/tiers/device/down", headers=auth).status_code == 422
+    down = httpx.post(f"{up.api}/deployment/tiers/cloud/down", headers=auth, timeout=60)
+    assert down.status_code == 200 and down.json()["tiers"]["cloud"]["available"] is False
+    with up.client() as client:  # the tiers left serve the conversation
+        reply = client.generate(PROMPT, max_tokens=4, temperature=0)
+        assert "cloud" not in reply.route.spans
+    up_again = httpx.post(f"{up.api}/deployment/tiers/cloud/up", headers=auth, timeout=120)
+    assert up_again.status_code == 200 and up_again.json()["tiers"]["cloud"]["available"] is True
+    httpx.put(f"{up.api}/deployment/links/device-edge", json={"profile": "wifi"}, headers=auth, timeout=60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -13,6 +13,8 @@ from fastapi.responses import StreamingResponse
 
 from tierflow.api import errors
 from tierflow.api.auth import caller
+from tierflow.api.deployment_client import DeploymentClient
+from tierflow.api.recent import RecentRequests
 from tierflow.api.schemas import (
     ContextDetail,
     ContextList,
@@ -44,6 +46,11 @@ class APIState:
     store: ContextStore
     images: TieredImages | None = None  # image generation on the tiers
     routed_images: RoutedImages | None = None  # ... routed by SLA (``POST /v1/images/generations``)
+    deployment: DeploymentClient | None = None  # the local deployment's control (tierflow up), if any
+    recent: RecentRequests = field(default_factory=RecentRequests)
+
+    def __post_init__(self) -> None:
+        self.conversations.on_finished.append(self.recent.text)
 
     @property
     def model_name(self) -> str:

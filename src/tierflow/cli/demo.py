@@ -1,16 +1,15 @@
-"""``tierflow demo``: the main job a new user runs first.
+"""``tierflow demo``: a scripted tour of a running deployment, or the bundled models on this machine.
 
-It runs the bundled models on this machine: the language model writes a
-continuation, the image generator paints a picture; then it starts a local edge
-and cloud (two node processes behind SIMULATED links, `tierflow up`'s deployment),
-lets the planner profile the tiers and choose where the vision model runs, prints
-the choice with the predicted time of every alternative, and runs it (and, when the
-planner kept the model on one tier, the best plan on all three tiers for comparison)
-over mutual TLS with encrypted tensors, checked against the unsplit model.
+By default the tour (:mod:`tierflow.cli.tour`): against ``TIERFLOW_URL`` and ``TIERFLOW_API_KEY``,
+or a ``tierflow up`` it starts and stops itself -- a conversation with its context, a routed
+image, the route following the links as they degrade, a failover. ``--vision-split`` runs the
+older walk-through instead: the bundled models on this machine, then demo-vision split across a
+local edge and cloud on a plan the planner chose, each run checked against the unsplit model.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,10 @@ DEFAULT_PROMPT = "The with statement is used to"
 
 
 def demo(
+    vision_split: bool = typer.Option(
+        False, "--vision-split", help="The older walk-through: local models, then demo-vision split."
+    ),
+    out_dir: Path = typer.Option(Path("tierflow-demo"), "--out-dir", help="Where the tour puts its images."),
     prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", "-p", help="Prompt for the language model."),
     image_prompt: str = typer.Option("a red car in a tunnel", "--image-prompt", help="Prompt for the image."),
     out: Path = typer.Option(Path("tierflow-demo.png"), "--out", "-o", help="Where to write the image."),
@@ -45,7 +48,12 @@ def demo(
         2.0, "--edge-slowdown", min=1.0, help="SIMULATED edge box this many times slower than the cloud."
     ),
 ) -> None:
-    """Generate text with demo-lm and an image with demo-image, on this machine's best execution provider."""
+    """A tour of a deployment: a conversation, a routed image, a degrading link, a failover."""
+    if not vision_split:
+        from tierflow.cli import tour
+
+        tour.run(tour.env_url(), os.environ.get("TIERFLOW_API_KEY"), out_dir, profile)
+        return
     console.rule("[bold]demo-lm[/]: text generation with the KV cache")
     with spinner("loading demo-lm"):
         lm = CausalLM.open(resolve_model("demo-lm"))

@@ -60,6 +60,9 @@ def node(
     routing: str | None = typer.Option(
         None, "--routing", help="Entry point: routing rules, energy policy, priors (YAML, docs/ROUTING.md)."
     ),
+    deployment_url: str | None = typer.Option(
+        None, "--deployment-url", help="Entry point: the local deployment's control URL (set by tierflow up)."
+    ),
 ) -> None:
     """Serve a tier: its model's stages over the secure data plane, health and metrics over HTTP.
 
@@ -92,6 +95,7 @@ def node(
             links=links,
             expires_in=expires_in,
             routing=routing,
+            deployment_url=deployment_url,
         )
     except ValidationError as exc:
         raise ConfigError("; ".join(e["msg"] for e in exc.errors())) from exc

@@ -8,7 +8,9 @@ from the caller's own process, as before.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,10 +92,11 @@ def up(
         "'cloud' on every tier: its layer spans must come from one model).",
     ),
     image_model: str | None = typer.Option(
-        None,
+        "demo-image",
         "--image-model",
-        help="An image generator every node serves next to MODEL: .onnx, .tfm or a bundled name "
-        "(a package: each tier its own target, with that target's resolution cap).",
+        help="An image generator every node serves next to a language MODEL: .onnx, .tfm or a bundled "
+        "name, compiled into a package on first run (each tier its own target, with its resolution "
+        "cap); 'none': no images.",
     ),
     image_target: str | None = typer.Option(
         None, "--image-target", help="Target of the --image-model .tfm every node serves."
@@ -143,7 +146,16 @@ def up(
             routing=routing,
         )
     running = [Tier.DEVICE, Tier.EDGE, Tier.CLOUD] if entry else [Tier.EDGE, Tier.CLOUD]
+    image_model = _image_model(image_model, lm_deployment=entry is not None)
     image_models = {tier: image_model for tier in running} if image_model else {}
+    control = None
+    if entry is not None:  # the dashboard's and `tierflow link set`'s way to the links and processes
+        from tierflow.api.deployment_client import TOKEN_ENV
+        from tierflow.node.deployment_control import DeploymentControl
+
+        control = DeploymentControl()
+        entry = dataclasses.replace(entry, deployment_url=control.start())
+        os.environ[TOKEN_ENV] = control.token  # the device node inherits it; it is on no command line
     # SIGINT or SIGTERM (Ctrl-C, a service manager, a test) stops the node processes this one started,
     # also when it was started with SIGINT ignored; one during start-up stops it as soon as it is up
     with StopSignals() as stop:
@@ -160,11 +172,29 @@ def up(
                 image_models=image_models,
                 image_target=image_target,
             )
+        if control is not None:
+            control.deployment = deployment
         try:
             if not stop.requested:
                 _serve(deployment, profile, certs, api_key, stop, duration)
         finally:
             deployment.stop()
+            if control is not None:
+                control.stop()
+
+
+def _image_model(name: str | None, *, lm_deployment: bool) -> str | None:
+    """What every node serves as its image generator: a bundled name becomes its compiled package."""
+    from tierflow.model.registry import BUNDLED, tierflow_home
+
+    if name is None or name.lower() == "none" or not lm_deployment:
+        return None
+    if name in BUNDLED:
+        from tierflow.compiler.bundled import bundled_package
+
+        with spinner(f"preparing {name}"):
+            return str(bundled_package(name, tierflow_home()))
+    return name
 
 
 def _serve(
@@ -177,10 +207,13 @@ def _serve(
 ) -> None:
     """Print the deployment's addresses, then wait for a stop (or the end of ``duration``)."""
     info = {**deployment.describe(), "api_key": api_key}
+    if deployment.api is not None:
+        info["dashboard"] = f"{deployment.api}/dashboard#key={api_key}"
     sys.stdout.write(json.dumps(info) + "\n")
     sys.stdout.flush()
     if deployment.api is not None:
         hint = (
+            f"  the dashboard: {info['dashboard']}\n"
             f"  TIERFLOW_URL={deployment.api} TIERFLOW_API_KEY={api_key} tierflow generate 'def '\n"
             f"  OpenAI clients: base_url={deployment.api}/v1, the same key"
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from tierflow.context.store import DEFAULT_EXPIRES_IN, ContextRecord, ContextStore, common_prefix_len
@@ -62,6 +62,7 @@ class Conversations:
     ) -> None:
         self.lm = lm
         self.router = router if router is not None else EntryRouter()
+        self.on_finished: list[Callable[[Finished], None]] = []  # told of every finished generation
         self.store = store
         self.default_expires_in = default_expires_in
         self._locks: dict[str, asyncio.Lock] = {}
@@ -216,7 +217,10 @@ class Conversations:
             text = self.lm.tokenizer.decode(outcome.generated)
             task = text_task(config.max_new_tokens)
             self.router.observe_text(task, deepest(outcome.spans), outcome.decode_s, len(outcome.generated))
-            yield Finished(record, outcome, text, route)
+            done = Finished(record, outcome, text, route)
+            for hook in self.on_finished:
+                hook(done)
+            yield done
 
     async def report_device(
         self, battery: BatteryState | None = None, metered: bool | None = None, network: str | None = None

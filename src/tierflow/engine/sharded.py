@@ -302,14 +302,22 @@ class ShardedLM:
         and the cloud are planned on ``profile`` from now on (the RTT measured on the old one is
         forgotten) and the layers are planned again."""
         for tier in (Tier.EDGE, Tier.CLOUD):
-            pair = frozenset((Tier.DEVICE, tier))
-            old = self.link_profiles.get(pair)
+            old = self.link_profiles.get(frozenset((Tier.DEVICE, tier)))
             # a link that went on past the access (device-cloud = access + backhaul) keeps its far part
             far = old.name.partition("+")[2] if old is not None else ""
             planned = profile if profile.offline or not far else chain(profile, get_profile(far))
-            self.link_profiles[pair] = planned
-            self.link_rtt.pop(pair, None)
+            self._set_link(Tier.DEVICE, tier, planned)
         await self.replan()
+
+    async def set_link(self, a: Tier, b: Tier, profile: LinkProfile) -> None:
+        """One link between tiers is now ``profile`` (the operator changed it): planned on at once."""
+        self._set_link(a, b, profile)
+        await self.replan()
+
+    def _set_link(self, a: Tier, b: Tier, profile: LinkProfile) -> None:
+        pair = frozenset((a, b))
+        self.link_profiles[pair] = profile
+        self.link_rtt.pop(pair, None)  # measured on the old link
 
     def link_state(self, a: Tier, b: Tier) -> LinkState | None:
         """The planning estimate of the link between ``a`` and ``b`` now (None: unknown or offline)."""

@@ -63,6 +63,9 @@ class NodeConfig(BaseModel):
     routing: str | None = Field(
         None, description="routing config YAML: rules, energy policy, priors (docs/ROUTING.md)"
     )
+    deployment_url: str | None = Field(
+        None, description="the local deployment's control (tierflow up): links and tiers, for the dashboard"
+    )
 
     @field_validator("listen", "http")
     @classmethod

@@ -19,8 +19,9 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tierflow.errors import ConfigError
+from tierflow.errors import ConfigError, InvalidInputError
 from tierflow.model.registry import kind_of
 from tierflow.node.config import not_an_image_generator
 from tierflow.node.launch import NodeProcess, start_node
@@ -32,6 +33,9 @@ from tierflow.types.links import BACKHAUL, LinkProfile, chain, get_profile
 DEVICE_EDGE = "device->edge"
 DEVICE_CLOUD = "device->cloud"
 EDGE_CLOUD = "edge->cloud"
+# the links by the names users give them (``tierflow link set edge-cloud 3g``, the dashboard)
+LINK_NAMES = {"device-edge": DEVICE_EDGE, "device-cloud": DEVICE_CLOUD, "edge-cloud": EDGE_CLOUD}
+SWITCHABLE_TIERS = (Tier.EDGE, Tier.CLOUD)  # the device node is the entry point: it stays up
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class EntrySettings:
     expires_in: float = 3600.0
     device_slowdown: float = 1.0
     routing: str | None = None  # routing config YAML (docs/ROUTING.md); None: the defaults
+    deployment_url: str | None = None  # the deployment's control (node/deployment_control.py)
 
     def node_args(self, tier: Tier) -> list[str]:
         """The ``tierflow node`` options these settings give ``tier``'s process."""
@@ -56,6 +61,7 @@ class EntrySettings:
             args += ["--store", self.store, "--http", self.http, "--expires-in", str(self.expires_in)]
             args += ["--spans", self.spans] if self.spans else []
             args += ["--routing", self.routing] if self.routing else []
+            args += ["--deployment-url", self.deployment_url] if self.deployment_url else []
         return args
 
 
@@ -126,6 +132,54 @@ class LocalDeployment:
         """Change the device's access link live (both device links)."""
         for name in (DEVICE_EDGE, DEVICE_CLOUD):
             self.links[name].set_profile(profile)
+
+    def set_link(self, name: str, profile: LinkProfile | str) -> LinkProfile:
+        """Change one link live by its name: ``device-edge``, ``device-cloud`` or ``edge-cloud``."""
+        key = LINK_NAMES.get(name)
+        if key is None or key not in self.links:
+            known = ", ".join(n for n, k in LINK_NAMES.items() if k in self.links) or "none: plain loopback"
+            raise InvalidInputError(f"no link named {name!r} (known: {known})")
+        try:
+            chosen = get_profile(profile) if isinstance(profile, str) else profile
+        except ConfigError as exc:
+            raise InvalidInputError(str(exc)) from None
+        self.links[key].set_profile(chosen)
+        return chosen
+
+    def tier_down(self, tier: Tier) -> None:
+        """Stop a tier's node process (SIMULATED outage of the edge box or the cloud)."""
+        self._switchable(tier).stop()
+
+    def tier_up(self, tier: Tier) -> None:
+        """Start a stopped tier's node again, on the addresses it had."""
+        node = self._switchable(tier)
+        if not node.alive():
+            self.nodes[tier] = node.restart()
+
+    def _switchable(self, tier: Tier) -> NodeProcess:
+        if tier not in SWITCHABLE_TIERS or tier not in self.nodes:
+            names = ", ".join(t.value for t in SWITCHABLE_TIERS if t in self.nodes)
+            raise InvalidInputError(f"tier {tier.value} cannot be taken down or up here (only: {names})")
+        return self.nodes[tier]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Each link's profile and the bytes it carried, each node's process (for the dashboard)."""
+        links: dict[str, Any] = {}
+        for name, key in LINK_NAMES.items():
+            link = self.links.get(key)
+            if link is None:
+                continue
+            p, stats = link.profile, link.stats()
+            links[name] = {
+                "profile": p.name,
+                "rtt_ms": round(p.rtt_s * 1000.0, 3),
+                "down_mbps": round(p.down_bps / 1e6, 3),
+                "up_mbps": round(p.up_bps / 1e6, 3),
+                "bytes_up": stats.up.bytes,
+                "bytes_down": stats.down.bytes,
+            }
+        tiers = {str(t): {"alive": n.alive(), "pid": n.process.pid} for t, n in self.nodes.items()}
+        return {"links": links, "tiers": tiers}
 
     def stop(self) -> None:
         for link in self.links.values():

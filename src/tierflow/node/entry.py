@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
+from tierflow.api.deployment_client import TOKEN_ENV, DeploymentClient
 from tierflow.api.routes import APIState
 from tierflow.context.factory import open_store
 from tierflow.engine.conversations import Conversations
@@ -73,4 +75,10 @@ def entry_point(
     router = EntryRouter(matrix=routing.matrix(), rules=routing.rules, policy=routing.energy_policy)
     conversations = Conversations(lm, store, default_expires_in=config.expires_in, router=router)
     routed = RoutedImages(images, conversations.router, lm) if images is not None else None
-    return APIState(conversations, store, images=images, routed_images=routed)
+    control = None
+    if config.deployment_url:
+        token = os.environ.get(TOKEN_ENV, "")
+        if not token:
+            raise ConfigError(f"--deployment-url needs the deployment's token in ${TOKEN_ENV}")
+        control = DeploymentClient(config.deployment_url, token)
+    return APIState(conversations, store, images=images, routed_images=routed, deployment=control)

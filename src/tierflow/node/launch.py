@@ -23,6 +23,9 @@ class NodeProcess:
     http: str
     model_id: str
     image_model_id: str | None = None  # the node's second model, its image generator, if it has one
+    argv: tuple[str, ...] = ()  # how it was started (restart() runs it again on the same addresses)
+    log: Path | None = None
+    threads: int = 1
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.process.poll() is None:
@@ -35,6 +38,12 @@ class NodeProcess:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def restart(self, startup_timeout: float = 60.0) -> NodeProcess:
+        """Start the node again, listening where it listened (so whoever reached it reaches it again)."""
+        self.stop()
+        argv = [*self.argv, "--listen", self.data_plane, "--http", self.http]
+        return _launch(self.tier, argv, self.log, self.threads, startup_timeout)
 
 
 def start_node(
@@ -81,6 +90,12 @@ def start_node(
     for name, address in (peers or {}).items():
         argv += ["--peer", f"{name}={address}"]
     argv += list(extra_args)
+    return _launch(tier, argv, log, threads, startup_timeout)
+
+
+def _launch(
+    tier: str, argv: list[str], log: Path | None, threads: int, startup_timeout: float
+) -> NodeProcess:
     stderr = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 -- owned by the child
     env = {**os.environ, "OMP_NUM_THREADS": str(max(threads, 1))}
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, env=env)
@@ -101,5 +116,13 @@ def start_node(
         raise TierUnavailableError(f"{tier} node did not start ({why})")
     info = json.loads(line)
     return NodeProcess(
-        tier, process, info["data_plane"], info["http"], info["model_id"], info.get("image_model_id")
+        tier,
+        process,
+        info["data_plane"],
+        info["http"],
+        info["model_id"],
+        info.get("image_model_id"),
+        argv=tuple(argv),
+        log=log,
+        threads=threads,
     )

@@ -1,0 +1,148 @@
+"""The scripted tour of a running deployment (``tierflow demo``): what ran where, and how long it took.
+
+Against ``TIERFLOW_URL`` / ``TIERFLOW_API_KEY``, or a deployment it starts itself (``tierflow up``
+in a child process, stopped at the end): a conversation with its context, a routed image, the
+route changing when the device's links degrade, and a failover when the edge is taken down.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tierflow.cli._common import console, spinner
+from tierflow.client import Client
+from tierflow.errors import TierUnavailableError
+
+IMAGE_SLA = {"max_latency": 8.0, "min_resolution": 256, "offline_ok": True}
+UP_TIMEOUT_S = 240.0
+# the tour's own deployment splits demo-lm three ways, so the failover has a tier to lose (left to
+# itself the planner keeps so small a model on the device: it is faster there than one hop)
+TOUR_SPANS = "device=0-1,edge=2-3,cloud=4-5"
+PROMPT = "The with statement is used to"
+
+
+@contextmanager
+def local_deployment(profile: str) -> Iterator[tuple[str, str]]:
+    """``tierflow up`` in a child process on free ports; yields (api, key); stops it afterwards."""
+    with tempfile.TemporaryDirectory(prefix="tierflow-demo-") as tmp:
+        argv = [sys.executable, "-m", "tierflow", "up", "--port", "0", "--profile", profile,
+                "--spans", TOUR_SPANS,
+                "--certs", str(Path(tmp) / "pki"), "--store", str(Path(tmp) / "contexts.sqlite")]
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert process.stdout is not None
+        try:
+            line = process.stdout.readline()  # one JSON line once every node is up
+            if not line:
+                code = process.wait(UP_TIMEOUT_S)
+                raise TierUnavailableError(f"tierflow up exited ({code}) before it was ready")
+            info = json.loads(line)
+            yield str(info["api"]), str(info["api_key"])
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _route_line(route: dict[str, Any]) -> str:
+    spans = ", ".join(f"{t} {s}" for t, s in route.get("spans", {}).items())
+    speed = f"{route.get('tokens_per_s', 0):.0f} tokens/s, first token {route.get('ttft_s', 0):.2f} s"
+    return f"layers {spans}; {speed}"
+
+
+def _image(http: httpx.Client, prompt: str, size: int, out: Path) -> dict[str, Any]:
+    body = {"prompt": prompt, "size": f"{size}x{size}", "sla": IMAGE_SLA, "seed": 1}
+    answer = http.post("/v1/images/generations", json=body)
+    reply = answer.json()
+    if not answer.is_success:
+        raise TierUnavailableError(f"the image was refused: {reply.get('detail')}")
+    out.write_bytes(base64.b64decode(reply["data"][0]["b64_json"]))
+    route: dict[str, Any] = reply["route"]
+    console.print(
+        f"  made on the [bold]{route['tier']}[/] at {route['resolution']} px"
+        f"{' (refined)' if route['refined'] else ''} in {route['wall_s']:.2f} s -> {out}", highlight=False
+    )
+    console.print(f"  [dim]why: {route['decision']['reason']}[/]", highlight=False)
+    return route
+
+
+def tour(api: str, key: str, out: Path) -> None:
+    """The tour's steps (see the module docstring)."""
+    out.mkdir(parents=True, exist_ok=True)
+    headers = {"Authorization": f"Bearer {key}"}
+    with (
+        Client(api, key, timeout=120) as client,
+        httpx.Client(base_url=api, headers=headers, timeout=120) as http,
+    ):
+        console.rule("[bold]1. a conversation[/]: text across the tiers, its context kept")
+        first = client.generate(PROMPT, max_tokens=32, temperature=0.8, top_k=40, seed=0)
+        console.print(f"  {PROMPT}[bold]{first.text}[/]", highlight=False)
+        console.print(f"  [dim]{_route_line(first.route.model_dump())}[/]", highlight=False)
+        follow = client.generate(" It", context_id=first.context_id, max_tokens=16, temperature=0.8, seed=1)
+        console.print(f"  ... It[bold]{follow.text}[/]", highlight=False)
+        console.print(
+            f"  follow-up in context {first.context_id[:12]}...: {follow.route.cached_tokens} of "
+            f"{follow.route.prompt_tokens} tokens already held as KV on the tiers", highlight=False
+        )
+
+        console.rule("[bold]2. an image[/]: routed by its SLA (1024 px wanted, 256 px accepted, 8 s)")
+        _image(http, "a red car on a road", 1024, out / "image-wifi.png")
+
+        console.rule("[bold]3. the network degrades[/]: the device's links drop to 3g, the route follows")
+        links = http.get("/dashboard/state").json()["links"]
+        if not links:
+            console.print("  [dim]this deployment emulates no links: skipped[/]")
+        else:
+            for name in ("device-edge", "device-cloud"):
+                http.put(f"/deployment/links/{name}", json={"profile": "3g"}).raise_for_status()
+            _image(http, "a red car on a road", 1024, out / "image-3g.png")
+            for name in ("device-edge", "device-cloud"):
+                restore = {"profile": links[name]["profile"]}
+                http.put(f"/deployment/links/{name}", json=restore).raise_for_status()
+
+        console.rule("[bold]4. a failover[/]: the edge is taken down; the tiers left serve the request")
+        if http.post("/deployment/tiers/edge/down").is_success:
+            reply = client.generate(PROMPT, max_tokens=16, temperature=0.8, seed=2)
+            console.print(f"  {PROMPT}[bold]{reply.text}[/]", highlight=False)
+            console.print(f"  [dim]{_route_line(reply.route.model_dump())}[/]", highlight=False)
+            with spinner("bringing the edge back"):
+                http.post("/deployment/tiers/edge/up").raise_for_status()
+            back = client.generate(PROMPT, max_tokens=4, temperature=0.8, seed=3)
+            console.print(f"  the edge is back: {_route_line(back.route.model_dump())}", highlight=False)
+        else:
+            console.print("  [dim]this deployment has no tiers to take down: skipped[/]")
+        console.rule("[bold]5. an image edit[/]")
+        console.print("  [dim]not built yet: image-to-image editing is still to come (docs/MODELS.md)[/]")
+
+
+def run(url: str | None, key: str | None, out: Path, profile: str) -> None:
+    started = time.perf_counter()
+    if url:
+        if not key:
+            raise TierUnavailableError("TIERFLOW_URL is set without TIERFLOW_API_KEY")
+        tour(url, key, out)
+    else:
+        with contextlib.ExitStack() as stack:
+            with spinner("starting a local deployment (tierflow up)"):
+                api, new_key = stack.enter_context(local_deployment(profile))
+            tour(api, new_key, out)
+    console.print(f"[dim]the tour took {time.perf_counter() - started:.1f} s[/]")
+
+
+def env_url() -> str | None:
+    return os.environ.get("TIERFLOW_URL") or None
