@@ -25,7 +25,7 @@ from tierflow.api.deployment_client import DeploymentClient
 from tierflow.api.routes import APIState, state_of
 from tierflow.engine.sharded import ShardedLM, spans_text
 from tierflow.errors import ConfigError, InvalidInputError, TierUnavailableError
-from tierflow.types.links import PROFILES, LinkProfile, chain, get_profile
+from tierflow.types.links import BACKHAUL, PROFILES, LinkProfile, chain, get_profile
 from tierflow.types.tiers import Tier
 
 router = APIRouter()
@@ -107,7 +107,7 @@ async def dashboard_state(state: APIState, owner: str) -> dict[str, Any]:
         "device": state.conversations.router.snapshot()["device"],
         "controls": {
             "links": state.deployment is not None and bool(deployment.get("links")),
-            "profiles": sorted(PROFILES),
+            "profiles": [*PROFILES, BACKHAUL.name],
             "tiers": [t for t in SWITCHABLE if t in deployment.get("tiers", {})],
         },
     }

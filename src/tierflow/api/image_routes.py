@@ -85,5 +85,6 @@ async def generate_image(body: ImageBody, request: Request, owner: str = Depends
         metered=body.metered,
         pin=body.tier,
     )
+    state.recent.image(routed)
     encoded = base64.b64encode(png_bytes(routed.image.pixels)).decode("ascii")
     return ImageReply(created=int(time.time()), data=[ImageData(b64_json=encoded)], route=routed.to_dict())

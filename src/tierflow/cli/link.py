@@ -1,6 +1,7 @@
-"""``tierflow link``: run the user-space link emulator between two tiers.
+"""``tierflow link``: run the user-space link emulator between two tiers, or change a deployment's.
 
     tierflow link --listen 127.0.0.1:9001 --upstream 127.0.0.1:9000 --profile 4g [--trace FILE]
+    tierflow link set edge-cloud 3g          # a running `tierflow up`, through its API
 
 Clients connect to ``--listen``; every connection is passed on to
 ``--upstream`` through an emulated link (bandwidth, RTT, jitter, loss,
@@ -39,7 +40,32 @@ def _status(elapsed: float, dt: float, now: LinkStats, before: LinkStats) -> str
     )
 
 
+link_app = typer.Typer(
+    invoke_without_command=True,
+    help="Emulate a link between two tiers, or change a running deployment's (`tierflow link set`).",
+)
+
+
+@link_app.command("set")
+def set_link(
+    name: str = typer.Argument(help="device-edge, device-cloud or edge-cloud."),
+    profile: str = typer.Argument(help=f"A named profile: {', '.join(PROFILES)}."),
+    url: str | None = typer.Option(None, "--url", help="The entry point (default: $TIERFLOW_URL)."),
+    api_key: str | None = typer.Option(None, "--api-key", help="API key (default: $TIERFLOW_API_KEY)."),
+) -> None:
+    """Change a link of a running local deployment live (the dashboard's control, from a shell)."""
+    from tierflow.cli.generate import make_client
+
+    with make_client(url, api_key) as client:
+        links = client.set_link(name, profile)["links"]
+    shown = links[name]
+    typer.echo(f"{name}: {shown['profile']} ({shown['down_mbps']:g}/{shown['up_mbps']:g} Mbit/s, "
+               f"RTT {shown['rtt_ms']:g} ms)")
+
+
+@link_app.callback()
 def link(
+    ctx: typer.Context,
     upstream: str | None = typer.Option(
         None, "--upstream", "-u", help="Where connections go: HOST:PORT (the upstream tier)."
     ),
@@ -69,6 +95,8 @@ def link(
     list_profiles: bool = typer.Option(False, "--list", help="List the named profiles and exit."),
 ) -> None:
     """Emulate a network link (bandwidth, RTT, jitter, loss, outages) between two tiers."""
+    if ctx.invoked_subcommand is not None:
+        return
     if list_profiles:
         for p in PROFILES.values():
             typer.echo(p.describe())
@@ -123,4 +151,4 @@ def link(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("link")(link)
+    app.add_typer(link_app, name="link")

@@ -23,6 +23,7 @@ from tierflow.types import Tier
 
 if TYPE_CHECKING:
     from tierflow.node.deploy import EntrySettings, LocalDeployment
+    from tierflow.types.links import LinkProfile
 
 
 def default_store() -> Path:
@@ -45,6 +46,20 @@ def parse_memory(items: list[str]) -> dict[Tier, float]:
     return out
 
 
+def parse_links(items: list[str], access: str) -> dict[str, LinkProfile]:
+    """``["edge-cloud=3g"]`` -> profiles by link name (a bad name or profile: one-line ConfigError)."""
+    from tierflow.node.deploy import LINK_NAMES
+    from tierflow.types.links import get_profile
+
+    get_profile(access)  # --profile itself first
+    out: dict[str, LinkProfile] = {}
+    for name, value in parse_assignments(items, "--link", "LINK=PROFILE (edge-cloud=3g)").items():
+        if name not in LINK_NAMES:
+            raise ConfigError(f"--link names one of {', '.join(LINK_NAMES)}, not {name!r}")
+        out[name] = get_profile(value)
+    return out
+
+
 def check_fixed_spans(model: str, spans: str, target: str | None) -> None:
     """Raise a one-line error unless ``spans`` cover the LM's layers exactly, in tier order."""
     import onnx
@@ -61,6 +76,12 @@ def up(
     model: str = typer.Argument("demo-lm", help="Model every tier serves: .onnx, .tfm or a bundled name."),
     profile: str = typer.Option(
         "4g", "--profile", help="SIMULATED access link of the device (2g..datacenter)."
+    ),
+    link: list[str] = typer.Option(
+        [],
+        "--link",
+        help="SIMULATED profile of one link: device-edge=wifi, device-cloud=4g, edge-cloud=3g "
+        "(repeatable; device-edge and device-cloud default to --profile, edge-cloud to the backhaul).",
     ),
     port: int = typer.Option(8700, "--port", min=0, max=65535, help="The entry point's HTTP port (0: any)."),
     host: str = typer.Option("127.0.0.1", "--host", help="The entry point's HTTP address."),
@@ -117,7 +138,9 @@ def up(
     from tierflow.model.registry import kind_of, tierflow_home
     from tierflow.node.deploy import EntrySettings, deploy_local
     from tierflow.types import ModelKind
+    from tierflow.types.links import BACKHAUL
 
+    links = parse_links(link, profile)
     entry: EntrySettings | None = None
     api_key: str | None = None
     if kind_of(model) is ModelKind.CAUSAL_LM:
@@ -164,13 +187,15 @@ def up(
             deployment = deploy_local(
                 model,
                 certs,
-                profile,
+                links.get("device-edge", profile),
                 threads=threads,
                 edge_slowdown=edge_slowdown,
                 target=target,
                 entry=entry,
                 image_models=image_models,
                 image_target=image_target,
+                backhaul=links.get("edge-cloud", BACKHAUL),
+                device_cloud=links.get("device-cloud"),
             )
         if control is not None:
             control.deployment = deployment

@@ -137,6 +137,15 @@ def report_device(battery: JSON | None, metered: bool | None, network: str | Non
     return Call("PUT", "/routing/device", _json_object, body)
 
 
+def set_link(name: str, profile: str) -> Call[JSON]:
+    path = "/deployment/links/" + quote(name, safe="")
+    return Call("PUT", path, _json_object, {"profile": profile})
+
+
+def switch_tier(tier: str, action: str) -> Call[JSON]:
+    return Call("POST", f"/deployment/tiers/{quote(tier, safe='')}/{action}", _json_object)
+
+
 def models() -> Call[list[str]]:
     return Call("GET", "/v1/models", lambda r: [m.id for m in parse(_ModelList, r).data])
 

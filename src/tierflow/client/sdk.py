@@ -145,6 +145,18 @@ class Client:
         """The names of the models the deployment serves."""
         return self._call(api.models())
 
+    def set_link(self, name: str, profile: str) -> JSON:
+        """Change a local deployment's SIMULATED link (``device-edge``, ``device-cloud``, ``edge-cloud``)."""
+        return self._call(api.set_link(name, profile))
+
+    def tier_down(self, tier: str) -> JSON:
+        """Stop a local deployment's edge or cloud node (a SIMULATED outage)."""
+        return self._call(api.switch_tier(tier, "down"))
+
+    def tier_up(self, tier: str) -> JSON:
+        """Start that node again."""
+        return self._call(api.switch_tier(tier, "up"))
+
     def routing_matrix(self) -> JSON:
         """``GET /routing/matrix``: expected latency per task kind and tier, the rules, the energy policy."""
         return self._call(api.routing_matrix())
@@ -283,6 +295,18 @@ class AsyncClient:
     async def models(self) -> list[str]:
         """See :meth:`Client.models`."""
         return await self._call(api.models())
+
+    async def set_link(self, name: str, profile: str) -> JSON:
+        """See :meth:`Client.set_link`."""
+        return await self._call(api.set_link(name, profile))
+
+    async def tier_down(self, tier: str) -> JSON:
+        """See :meth:`Client.tier_down`."""
+        return await self._call(api.switch_tier(tier, "down"))
+
+    async def tier_up(self, tier: str) -> JSON:
+        """See :meth:`Client.tier_up`."""
+        return await self._call(api.switch_tier(tier, "up"))
 
     async def routing_matrix(self) -> JSON:
         """See :meth:`Client.routing_matrix`."""

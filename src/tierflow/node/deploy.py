@@ -206,6 +206,7 @@ def deploy_local(
     edge_slowdown: float = 1.0,
     cloud_slowdown: float = 1.0,
     backhaul: LinkProfile | None = BACKHAUL,
+    device_cloud: LinkProfile | None = None,
     target: str | None = None,
     seed: int | None = None,
     log_dir: Path | None = None,
@@ -222,6 +223,8 @@ def deploy_local(
     ``certs`` is created with a CA and device/edge/cloud certificates when it does not exist.
     ``target`` makes both nodes serve that target of a ``.tfm`` package (default: each tier's own);
     ``seed`` makes the links' jitter and loss reproducible (the three links get seed, seed+1, seed+2).
+    ``device_cloud``: the device's own link towards the cloud, when it is not its access link to the
+    edge (the device -> cloud path is that link, then the backhaul).
     ``image_models`` gives a tier's node an image generator next to ``model`` (the device's needs
     ``entry``: without it the device is the caller's own process); ``image_target`` is the target of
     those packages every node serves (default: each tier's own, with its resolution cap).
@@ -283,12 +286,13 @@ def deploy_local(
         deployment.nodes[Tier.EDGE] = edge
         emulate(DEVICE_EDGE, edge.data_plane, access, seeds[1])
         # the device's way to the cloud: the access link, then the same backhaul the edge uses
-        emulate(DEVICE_CLOUD, to_cloud, access, seeds[2])
+        to_cloud_access = device_cloud if device_cloud is not None and access is not None else access
+        emulate(DEVICE_CLOUD, to_cloud, to_cloud_access, seeds[2])
         if entry is not None:
             estimates = {
                 "device-edge": access,
                 "edge-cloud": backhaul,
-                "device-cloud": chain(access, backhaul) if access and backhaul else None,
+                "device-cloud": chain(to_cloud_access, backhaul) if to_cloud_access and backhaul else None,
             }
             links = [
                 arg

@@ -504,10 +504,15 @@
         const cell = (matrix.tasks[task] || {})[tier];
         if (!cell) { row.append(el("td", { class: "muted", text: dash })); continue; }
         const feasible = cell.feasible !== false;
-        const title = `expected ${fmtSeconds(cell.expected_s)}${per}; prior ${fmtSeconds(cell.prior_s)}; measured mean ${fmtSeconds(cell.mean_s)}; ${cell.count || 0} observation(s)${feasible ? "" : "; not feasible"}`;
-        row.append(el("td", { class: `cell ${feasible ? "" : "infeasible"} ${cell.count ? "observed" : ""}`, title, id: `matrix-${task}-${tier}` },
-          el("span", { class: "num", text: feasible ? fmtSeconds(cell.expected_s) + per : "not feasible" }),
-          el("span", { class: "count", text: ` n=${cell.count || 0}` })));
+        const known = isNum(cell.expected_s);
+        const title = `expected ${fmtSeconds(cell.expected_s)}${per}; prior ${fmtSeconds(cell.prior_s)}; ` +
+          `measured mean ${fmtSeconds(cell.mean_s)}; ${cell.count || 0} observation(s)` +
+          (feasible ? "" : known ? "; not feasible now (tier unavailable)" : "; nothing known yet");
+        const classes = ["cell", feasible ? "" : "infeasible", known ? "" : "unknown", cell.count ? "observed" : ""];
+        row.append(el("td", { class: classes.filter(Boolean).join(" "), title, id: `matrix-${task}-${tier}` },
+          el("span", { class: "num", text: known ? fmtSeconds(cell.expected_s) + per : "no estimate" }),
+          el("span", { class: "count", text: ` n=${cell.count || 0}` }),
+          known && !feasible ? el("span", { class: "flag", text: " not feasible" }) : null));
       }
       tbody.append(row);
     }
