@@ -123,3 +123,17 @@ def test_up_with_a_bad_routing_file_is_a_one_line_error_before_anything_starts(t
     assert "Traceback" not in err
     assert "the device uses no network" in err
     assert not (tmp_path / "p").exists()
+
+
+def test_up_reads_per_link_profiles_and_refuses_bad_ones() -> None:
+    from tierflow.cli.up import parse_links
+    from tierflow.errors import ConfigError
+
+    links = parse_links(["edge-cloud=3g", "device-cloud=5g"], "wifi")
+    assert {name: p.name for name, p in links.items()} == {"edge-cloud": "3g", "device-cloud": "5g"}
+    with pytest.raises(ConfigError, match="device-edge, device-cloud, edge-cloud"):
+        parse_links(["moon-cloud=3g"], "wifi")
+    with pytest.raises(ConfigError, match="7g"):
+        parse_links(["edge-cloud=7g"], "wifi")
+    with pytest.raises(ConfigError, match="6g"):
+        parse_links([], "6g")
