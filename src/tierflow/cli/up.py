@@ -131,6 +131,12 @@ def up(
     routing: str | None = typer.Option(
         None, "--routing", help="Routing rules, energy policy and priors (YAML, docs/ROUTING.md)."
     ),
+    config: Path | None = typer.Option(
+        None, "--config", help="A deployment over several machines (YAML, docs/DEPLOY.md): this one's nodes."
+    ),
+    machine: str | None = typer.Option(
+        None, "--machine", help="With --config: which of its hosts this is (default: every node here)."
+    ),
 ) -> None:
     """Start a local deployment; print one JSON line with its addresses (and `api`, `api_key`), then serve."""
     from tierflow.context.factory import open_store
@@ -140,6 +146,9 @@ def up(
     from tierflow.types import ModelKind
     from tierflow.types.links import BACKHAUL
 
+    if config is not None:
+        _up_from_config(config, machine, duration)
+        return
     links = parse_links(link, profile)
     entry: EntrySettings | None = None
     api_key: str | None = None
@@ -206,6 +215,58 @@ def up(
             deployment.stop()
             if control is not None:
                 control.stop()
+
+
+def _up_from_config(path: Path, machine: str | None, duration: float) -> None:
+    """The nodes of one machine of a deployment file, until Ctrl-C or SIGTERM."""
+    from tierflow.context.factory import open_store
+    from tierflow.context.local_key import local_key
+    from tierflow.model.registry import tierflow_home
+    from tierflow.node.deploy_config import DeployConfig
+    from tierflow.node.launch import NodeProcess, start_node
+    from tierflow.transport.certs import init_pki
+
+    config = DeployConfig.load(path)
+    tiers = config.tiers_on(machine)
+    if not tiers:
+        raise ConfigError(f"no node of {path} runs on host {machine!r}")
+    if not (config.certs / "ca.crt").exists():
+        init_pki(config.certs, [t.value for t in Tier])
+    api_key = None
+    if Tier.DEVICE in tiers:
+        opened = open_store(config.store or str(default_store()))
+        try:
+            api_key = local_key(opened, tierflow_home() / "api-key")
+        finally:
+            opened.close()
+    image_model = _image_model(config.image_model, lm_deployment=True)
+    started: dict[Tier, NodeProcess] = {}
+    with StopSignals() as stop:
+        try:
+            for tier in tiers:
+                node = config.nodes[tier]
+                with spinner(f"starting the {tier.value} node on {config.hosts[node.host]}"):
+                    started[tier] = start_node(
+                        tier.value, config.model, config.certs, threads=node.threads, slowdown=node.slowdown,
+                        image_model=image_model, extra_args=config.node_args(tier), startup_timeout=120.0,
+                    )
+                if stop.requested:
+                    return
+            info: dict[str, object] = {
+                "nodes": {t.value: {"data_plane": p.data_plane, "http": p.http, "pid": p.process.pid}
+                          for t, p in started.items()},
+            }
+            if Tier.DEVICE in started:
+                api = f"http://{started[Tier.DEVICE].http}"
+                info.update(api=api, api_key=api_key, dashboard=f"{api}/dashboard#key={api_key}")
+            sys.stdout.write(json.dumps(info) + "\n")
+            sys.stdout.flush()
+            here = ", ".join(t.value for t in started)
+            err_console.print(f"[bold]ready[/]: {here} of {path}", highlight=False)
+            stop.wait(duration if duration > 0 else None)
+        finally:
+            for process in reversed(list(started.values())):
+                process.stop()
 
 
 def _image_model(name: str | None, *, lm_deployment: bool) -> str | None:
