@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,10 +179,18 @@ def test_an_sla_is_routed_reported_and_refused_with_the_best_offer(up: Deploymen
     decision = ok.json()["route"]["decision"]
     assert decision["tier"] == "cloud" and not decision["degraded"]  # the fixed spans reach the cloud
     assert [a["tier"] for a in decision["alternatives"]][0] == "cloud"
-    assert {a["tier"] for a in decision["alternatives"] if not a["feasible"]} == {"device", "edge"}
+    assert {a["tier"] for a in decision["alternatives"] if not a["feasible"]} == {"edge"}  # no placement
+    # the device offers the phone's early-exit model (tierflow up keeps it there), which a text SLA
+    # without min_quality does not accept: full is asked for
+    lite = [a for a in decision["alternatives"] if a["quality"] == "early_exit"]
+    assert lite and lite[0]["tier"] == "device" and lite[0]["feasible"] and not lite[0]["meets_sla"]
+    assert decision["sla"]["min_quality"] == "full"
+    accepted = post({"sla": {"max_latency": 60, "min_quality": "early_exit", "prefer": "latency"}})
+    offers = accepted.json()["route"]["decision"]["alternatives"]
+    assert any(a["quality"] == "early_exit" and a["meets_sla"] for a in offers)
     unmet = post({"sla": {"max_latency": 1e-6}})
     assert unmet.status_code == 422 and unmet.json()["error"] == "SLAUnmet"
-    assert "the best is cloud full" in unmet.json()["detail"]
+    assert re.search(r"the best is (cloud full|device early_exit) ", unmet.json()["detail"])
     bad_inputs = (
         ({"sla": {"max_latency": -1}}, "sla.max_latency"),
         ({"sla": {"speed": 1}}, "sla.speed"),

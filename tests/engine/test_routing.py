@@ -13,12 +13,15 @@ import pytest
 from tests.engine.test_sharded import conversations, deployment, run, unsplit
 from tests.engine.test_sharded import pki as pki  # noqa: F401  (the fixture)
 from tests.engine.test_sharded import reference as reference  # noqa: F401  (the fixture)
+from tests.support.packages import compile_demo_lm
 from tierflow.engine.routing import TEXT_LONG_TOKENS, deepest
 from tierflow.errors import InvalidInputError, TierUnavailableError
 from tierflow.model.lm_layers import Span
+from tierflow.model.package import Package
 from tierflow.router.energy import BatteryState
 from tierflow.router.sla import SLA, SLAFieldError, SLAUnmetError
 from tierflow.runtime.lm import CausalLM, SamplingConfig
+from tierflow.runtime.session import SessionOptions
 from tierflow.types import Tier
 from tierflow.types.tasks import TaskKind
 
@@ -182,5 +185,45 @@ def test_a_pinned_request_runs_on_its_tier_and_an_offline_network_leaves_only_th
         assert "no network" in why[Tier.CLOUD] and "no network" in why[Tier.EDGE]
         with pytest.raises(InvalidInputError, match="network"):
             await conv.report_device(network="carrier-pigeon")
+
+    asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def lm_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_demo_lm(tmp_path_factory.mktemp("lm") / "demo-lm.tfm")
+
+
+def test_offline_with_no_room_for_the_full_model_the_phones_early_exit_model_answers_degraded(
+    pki: Path, tmp_path: Path, reference: CausalLM, lm_package: Path
+) -> None:
+    async def go() -> None:
+        device = {"memory_mib": 1, "lite_model": str(lm_package)}
+        _, dev = deployment(pki, tmp_path, spans=None, device=device)
+        conv = conversations(dev)
+        await conv.lm.start()
+        tok = conv.lm.tokenizer
+        phone = CausalLM.open(Package.open(lm_package).artifact("phone"), SessionOptions(intra_op_threads=1))
+        await conv.report_device(network="offline")
+        config = SamplingConfig.greedy(8)
+        with pytest.raises(SLAUnmetError, match="device early_exit"):  # the full model is out of reach
+            await run(conv, PROMPT, config, sla=SLA())
+        tokens, done = await run(conv, PROMPT, config, sla=SLA.parse({"offline_ok": True}))
+        assert done.route is not None and done.route.early_exit and done.route.decision.degraded
+        assert tokens == phone.generate_ids(tok.encode(PROMPT), config).new_ids  # the phone's own model
+        assert done.outcome.events[0]["event"] == "early_exit"
+        # the network is back: the next turn runs the full model over the whole conversation
+        await conv.report_device(network="wifi")
+        history = [*tok.encode(PROMPT), *tokens]
+        follow, again = await run(conv, tok.encode(" while"), config, context_id=done.record.context_id)
+        assert again.route is None and Tier.DEVICE not in again.outcome.spans
+        assert follow == unsplit(reference, [*history, *tok.encode(" while")], config)
+        # an SLA that accepts the early-exit model sees it among the offers, with its prediction
+        routed = conv.router.route_text(
+            conv.lm, SLA.parse({"min_quality": "early_exit"}), max_tokens=8, current=None, history=4,
+            new_prompt=4, early_exit=conv.early_exit,
+        )
+        lite = [a for a in routed.decision.alternatives if a.offer.quality == "early_exit"]
+        assert lite and lite[0].feasible and lite[0].meets_sla and lite[0].predicted_s is not None
 
     asyncio.run(go())

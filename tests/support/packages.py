@@ -16,3 +16,14 @@ def compile_demo_image(path: Path) -> Path:
         timeout=300,
     )
     return path
+
+
+def compile_demo_lm(path: Path) -> Path:
+    """demo-lm compiled into ``path``: its phone target is the early-exit INT8 model (layers 0..2)."""
+    subprocess.run(
+        [sys.executable, "-m", "tierflow", "compile", "demo-lm", "-o", str(path)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return path

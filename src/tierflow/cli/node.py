@@ -60,6 +60,9 @@ def node(
     routing: str | None = typer.Option(
         None, "--routing", help="Entry point: routing rules, energy policy, priors (YAML, docs/ROUTING.md)."
     ),
+    lite_model: str | None = typer.Option(
+        None, "--lite-model", help="Entry point: the phone's early-exit LM (a .tfm: its phone target)."
+    ),
     deployment_url: str | None = typer.Option(
         None, "--deployment-url", help="Entry point: the local deployment's control URL (set by tierflow up)."
     ),
@@ -96,6 +99,7 @@ def node(
             expires_in=expires_in,
             routing=routing,
             deployment_url=deployment_url,
+            lite_model=lite_model,
         )
     except ValidationError as exc:
         raise ConfigError("; ".join(e["msg"] for e in exc.errors())) from exc

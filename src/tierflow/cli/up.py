@@ -186,7 +186,7 @@ def up(
         from tierflow.node.deployment_control import DeploymentControl
 
         control = DeploymentControl()
-        entry = dataclasses.replace(entry, deployment_url=control.start())
+        entry = dataclasses.replace(entry, deployment_url=control.start(), lite_model=_lite_model(model))
         os.environ[TOKEN_ENV] = control.token  # the device node inherits it; it is on no command line
     # SIGINT or SIGTERM (Ctrl-C, a service manager, a test) stops the node processes this one started,
     # also when it was started with SIGINT ignored; one during start-up stops it as soon as it is up
@@ -267,6 +267,20 @@ def _up_from_config(path: Path, machine: str | None, duration: float) -> None:
         finally:
             for process in reversed(list(started.values())):
                 process.stop()
+
+
+def _lite_model(model: str) -> str | None:
+    """The device's early-exit LM: the bundled LM's package (its phone target), compiled on first run."""
+    from tierflow.model.registry import BUNDLED, tierflow_home
+
+    if model.endswith(".tfm"):
+        return model  # a package: its own phone target
+    if model not in BUNDLED:
+        return None
+    from tierflow.compiler.bundled import bundled_package
+
+    with spinner(f"preparing {model}'s early-exit target"):
+        return str(bundled_package(model, tierflow_home()))
 
 
 def _image_model(name: str | None, *, lm_deployment: bool) -> str | None:

@@ -12,19 +12,23 @@ caching does.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from tierflow.context.store import DEFAULT_EXPIRES_IN, ContextRecord, ContextStore, common_prefix_len
+from tierflow.engine.early_exit import EarlyExitLM
 from tierflow.engine.routing import EntryRouter, TextRoute, deepest, text_task
 from tierflow.engine.sharded import (
     GenerationEvent,
     GenerationOutcome,
     ShardedLM,
     Spans,
+    StepStats,
     parse_spans,
     spans_text,
+    text_delta,
 )
 from tierflow.errors import ConfigError, ContextError, ContextExpiredError, InvalidInputError
 from tierflow.model.lm_layers import Span
@@ -59,8 +63,10 @@ class Conversations:
         default_expires_in: float = DEFAULT_EXPIRES_IN,
         clock: object = time.time,
         router: EntryRouter | None = None,
+        early_exit: EarlyExitLM | None = None,
     ) -> None:
         self.lm = lm
+        self.early_exit = early_exit  # the phone's early-exit model on the device, if it keeps one
         self.router = router if router is not None else EntryRouter()
         self.on_finished: list[Callable[[Finished], None]] = []  # told of every finished generation
         self.store = store
@@ -190,21 +196,26 @@ class Conversations:
                         history=len(tokens),
                         new_prompt=len(tokens) - kv_len,
                         pin=pin,
+                        early_exit=self.early_exit,
                     )
                 except Exception:
                     if created:  # refused before any work: the conversation it would have begun goes too
                         await asyncio.to_thread(self.store.delete, record.context_id)
                     raise
             outcome: GenerationOutcome | None = None
-            async for item in self.lm.generate(
-                record.context_id,
-                tokens,
-                kv_len,
-                current,
-                config,
-                prompt_tokens=len(tokens),
-                placement=route.spans if route is not None else None,
-            ):
+            if route is not None and route.early_exit:
+                items = self._early_exit(tokens, config)
+            else:
+                items = self.lm.generate(
+                    record.context_id,
+                    tokens,
+                    kv_len,
+                    current,
+                    config,
+                    prompt_tokens=len(tokens),
+                    placement=route.spans if route is not None else None,
+                )
+            async for item in items:
                 if isinstance(item, GenerationOutcome):
                     outcome = item
                 else:
@@ -212,15 +223,54 @@ class Conversations:
             assert outcome is not None
             new_tokens = outcome.tokens[keep:]
             await asyncio.to_thread(self.store.append_tokens, record.context_id, new_tokens, keep=keep)
-            await asyncio.to_thread(self.store.set_spans, record.context_id, spans_text(outcome.spans))
+            lite = route is not None and route.early_exit
+            if not lite:  # the early-exit model leaves the tiers' KV and the record's spans as they were
+                await asyncio.to_thread(self.store.set_spans, record.context_id, spans_text(outcome.spans))
             record = await asyncio.to_thread(self.store.touch, record.context_id, lifetime)
             text = self.lm.tokenizer.decode(outcome.generated)
-            task = text_task(config.max_new_tokens)
-            self.router.observe_text(task, deepest(outcome.spans), outcome.decode_s, len(outcome.generated))
+            if not lite:
+                task, ran = text_task(config.max_new_tokens), deepest(outcome.spans)
+                self.router.observe_text(task, ran, outcome.decode_s, len(outcome.generated))
             done = Finished(record, outcome, text, route)
             for hook in self.on_finished:
                 hook(done)
             yield done
+
+    async def _early_exit(
+        self, tokens: list[int], config: SamplingConfig
+    ) -> AsyncIterator[GenerationEvent | GenerationOutcome]:
+        """The conversation's next tokens from the device's early-exit model (its whole history fed)."""
+        assert self.early_exit is not None
+        begun = time.perf_counter()
+        first_at: float | None = None
+        generated: list[int] = []
+        printed = 0
+        budget = config.max_new_tokens
+        if self.early_exit.max_seq_len is not None:
+            budget = min(budget, self.early_exit.max_seq_len - len(tokens))
+        limited = dataclasses.replace(config, max_new_tokens=max(budget, 1))
+        async for token in self.early_exit.stream(tokens, limited):
+            first_at = first_at or time.perf_counter()
+            generated.append(token)
+            delta, printed = text_delta(self.lm.tokenizer, generated, printed)
+            yield GenerationEvent(token=token, text=delta)
+            if token == self.lm.eos:
+                break
+        end = time.perf_counter()
+        first_at = first_at or end
+        layers = f"0-{self.early_exit.layers - 1} of {self.lm.num_layers} + exit head, INT8"
+        yield GenerationOutcome(
+            tokens=[*tokens, *generated],
+            kv_len=0,
+            generated=generated,
+            spans={},  # no layer span held anything of it
+            stats=StepStats(),
+            prompt_tokens=len(tokens),
+            cached_tokens=0,
+            ttft_s=first_at - begun,
+            decode_s=end - first_at,
+            events=[{"event": "early_exit", "tier": Tier.DEVICE.value, "layers": layers}],
+        )
 
     async def report_device(
         self, battery: BatteryState | None = None, metered: bool | None = None, network: str | None = None

@@ -17,17 +17,22 @@ Energy per offer is the planner's device power model (:class:`~tierflow.planner.
 over the predicted latency, the device's own layers and the bytes its radio moves (a hidden state
 up and a token id down per step, the prompt's hidden states once).
 
-Quality: every tier runs the full model (``full`` on the text ladder), which meets any
-``min_quality``; the phone's early-exit INT8 target is not deployed as a separate offer.
+Quality: every placement runs the full model (``full`` on the text ladder). Where the device node
+keeps the phone's early-exit INT8 model (:mod:`tierflow.engine.early_exit`), it is one more offer
+on the device, ``early_exit``, below ``full``; an SLA without ``min_quality`` asks for ``full``, so
+the early-exit model serves only requests that accept it, or (degraded, labelled) ``offline_ok``
+ones that nothing at ``full`` can meet.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tierflow.engine.early_exit import EarlyExitLM
 from tierflow.engine.sharded import ShardedLM, Spans
 from tierflow.errors import PlanError, TierUnavailableError
 from tierflow.model.lm_layers import Span
@@ -43,6 +48,7 @@ from tierflow.types.tiers import Tier
 
 TEXT_LONG_TOKENS = 128  # a generation of more new tokens than this is ``text_long``
 TEXT_QUALITY_FULL = "full"
+TEXT_QUALITY_EARLY_EXIT = "early_exit"
 
 
 def text_task(max_tokens: int) -> TaskKind:
@@ -56,12 +62,16 @@ def deepest(spans: Mapping[Tier, Any]) -> Tier:
 
 @dataclass(frozen=True)
 class TextRoute:
-    """A routing decision for a generation and the placement it runs on."""
+    """A routing decision for a generation and the placement it runs on (None: the early-exit model)."""
 
     decision: Decision
     task: TaskKind
-    spans: Spans
-    token_prior_s: float  # the planner's per-token prediction the decision used
+    spans: Spans | None
+    token_prior_s: float  # the per-token prediction the decision used
+
+    @property
+    def early_exit(self) -> bool:
+        return self.decision.quality == TEXT_QUALITY_EARLY_EXIT
 
     def to_dict(self) -> dict[str, Any]:
         return self.decision.to_dict()
@@ -170,17 +180,30 @@ class EntryRouter:
         battery: BatteryState | None = None,
         metered: bool | None = None,
         pin: Tier | None = None,
+        early_exit: EarlyExitLM | None = None,
     ) -> TextRoute:
         """Choose the placement of a generation of ``max_tokens`` after ``history`` tokens, of which
         the context's placement ``current`` lacks ``new_prompt``. SLAUnmetError / TierUnavailableError
         when nothing can serve it (see :func:`tierflow.router.sla.choose`)."""
         task = text_task(max_tokens)
+        if sla.min_quality is None:  # nothing below the full model unless the SLA says so
+            sla = dataclasses.replace(sla, min_quality=TEXT_QUALITY_FULL)
         offers, plans, energy = self.text_offers(lm, task, current, history, new_prompt, max_tokens)
+        offer_energy: dict[Offer, float] = {}
+        lite: Offer | None = None
+        if early_exit is not None and early_exit.fits(history, max_tokens):
+            seconds = early_exit.predict_s(history, max_tokens)
+            lite = Offer(Tier.DEVICE, TEXT_QUALITY_EARLY_EXIT, latency_s=seconds)
+            if Tier.DEVICE not in plans:  # the full model has no room here: the early exit is the offer
+                offers = [o for o in offers if o.tier is not Tier.DEVICE]
+                self.matrix.set_available(Tier.DEVICE, lm.tiers[Tier.DEVICE].available)
+            offers.append(lite)
+            offer_energy[lite] = self.power.energy_j(seconds, seconds)  # the device computes throughout
         battery = battery if battery is not None else self.conditions.battery
         metered = self.conditions.metered if metered is None else metered
         # a pinned request names its tier: the energy policy has no say (the hard rules still do)
         policy = apply(self.policy, None if pin else battery, bool(metered) and pin is None, sla)
-        if not plans:
+        if not plans and lite is None:
             down = ", ".join(t.value for t, r in lm.tiers.items() if not r.available) or "none"
             raise TierUnavailableError(f"no placement of the model's layers can run now (tiers down: {down})")
         rules = self.rules if pin is None else self.rules.pinned(task, pin)
@@ -196,6 +219,7 @@ class EntryRouter:
             prefer=policy.prefer,
             energy_j=energy,
             energy_weight=policy.effective_energy_weight,
+            offer_energy_j=offer_energy,
         )
         if policy.reasons:
             decision = Decision(
@@ -206,6 +230,9 @@ class EntryRouter:
                 decision.alternatives,
                 f"{decision.reason}; {'; '.join(policy.reasons)}",
             )
+        if decision.quality == TEXT_QUALITY_EARLY_EXIT:
+            assert early_exit is not None
+            return TextRoute(decision, task, None, early_exit.speed()[1])
         plan = plans[decision.tier]
         return TextRoute(decision, task, {t: Span(a, b) for t, (a, b) in plan.spans.items()}, plan.token_s)
 

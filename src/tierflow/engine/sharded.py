@@ -64,6 +64,15 @@ LEARN_HOPS_WEIGHT = 0.3  # of the newest generation in the running mean
 Spans = dict[Tier, Span]
 
 
+def text_delta(tokenizer: Tokenizer, generated: Sequence[int], printed: int) -> tuple[str, int]:
+    """The text the last token added, and how much is printed now (an incomplete UTF-8 sequence
+    waits for its next token)."""
+    text = tokenizer.decode(list(generated))
+    if text.endswith("\ufffd"):
+        return "", printed
+    return text[printed:], len(text)
+
+
 def spans_text(spans: Mapping[Tier, Span]) -> dict[str, str]:
     return {t.value: str(s) for t, s in spans.items()}
 
@@ -369,7 +378,11 @@ class ShardedLM:
                 except PlanError:
                     self.plan = None  # the user's spans run even where the model predicts trouble
                 return self.plan
-            best, self.alternatives = plan_spans(self.shape, caps, self._links())
+            try:
+                best, self.alternatives = plan_spans(self.shape, caps, self._links())
+            except PlanError:  # nothing can hold the layers now (tiers down, offline, no room): say so
+                self.plan, self.alternatives, self.spans = None, [], {}
+                return None
             self.plan = best
             self.spans = {t: Span(a, b) for t, (a, b) in best.spans.items()}
             return best
@@ -599,10 +612,7 @@ class ShardedLM:
                 first_at = time.perf_counter()
             generated.append(token)
             sequence.append(token)
-            text = self.tokenizer.decode(generated)
-            delta = ""
-            if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence waits for its next token
-                delta, printed = text[printed:], len(text)
+            delta, printed = text_delta(self.tokenizer, generated, printed)
             yield GenerationEvent(token=token, text=delta)
             if token == self.eos:
                 break

@@ -63,6 +63,9 @@ class NodeConfig(BaseModel):
     routing: str | None = Field(
         None, description="routing config YAML: rules, energy policy, priors (docs/ROUTING.md)"
     )
+    lite_model: str | None = Field(
+        None, description="the phone's early-exit LM (a .tfm: its phone target), one more text offer"
+    )
     deployment_url: str | None = Field(
         None, description="the local deployment's control (tierflow up): links and tiers, for the dashboard"
     )

@@ -51,6 +51,7 @@ class EntrySettings:
     device_slowdown: float = 1.0
     routing: str | None = None  # routing config YAML (docs/ROUTING.md); None: the defaults
     deployment_url: str | None = None  # the deployment's control (node/deployment_control.py)
+    lite_model: str | None = None  # the device's early-exit LM (engine/early_exit.py)
 
     def node_args(self, tier: Tier) -> list[str]:
         """The ``tierflow node`` options these settings give ``tier``'s process."""
@@ -62,6 +63,7 @@ class EntrySettings:
             args += ["--spans", self.spans] if self.spans else []
             args += ["--routing", self.routing] if self.routing else []
             args += ["--deployment-url", self.deployment_url] if self.deployment_url else []
+            args += ["--lite-model", self.lite_model] if self.lite_model else []
         return args
 
 

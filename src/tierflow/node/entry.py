@@ -9,16 +9,19 @@ from tierflow.api.deployment_client import TOKEN_ENV, DeploymentClient
 from tierflow.api.routes import APIState
 from tierflow.context.factory import open_store
 from tierflow.engine.conversations import Conversations
+from tierflow.engine.early_exit import EarlyExitLM
 from tierflow.engine.image_routing import RoutedImages
 from tierflow.engine.images import TieredImages
 from tierflow.engine.lm_hop import LMHop
 from tierflow.engine.routing import EntryRouter
 from tierflow.engine.sharded import ShardedLM, parse_spans
-from tierflow.errors import ConfigError
+from tierflow.errors import ConfigError, InvalidModelError
 from tierflow.model import metadata as md
 from tierflow.model.tokenizer import Tokenizer
 from tierflow.node.config import NodeConfig
+from tierflow.node.executor import load_node_model
 from tierflow.router.config import RoutingConfig
+from tierflow.runtime.session import SessionOptions
 from tierflow.types.links import LinkProfile, get_profile
 from tierflow.types.tiers import Tier
 
@@ -60,6 +63,19 @@ def sharded_lm(
     )
 
 
+def early_exit(config: NodeConfig) -> EarlyExitLM | None:
+    """The device's early-exit LM: a package's phone target, or an ONNX file (an LM, checked)."""
+    if not config.lite_model:
+        return None
+    target = "phone" if config.lite_model.endswith(".tfm") else None
+    data, _ = load_node_model(config.lite_model, Tier.DEVICE.value, target)
+    options = SessionOptions(intra_op_threads=config.threads)
+    try:
+        return EarlyExitLM.open(data, options, slowdown=config.slowdown)
+    except InvalidModelError as exc:
+        raise ConfigError(f"--lite-model {config.lite_model}: not a language model ({exc})") from None
+
+
 def entry_point(
     config: NodeConfig, hop: LMHop, label: str, images: TieredImages | None = None
 ) -> APIState:
@@ -73,7 +89,9 @@ def entry_point(
         images = None
     routing = RoutingConfig.load(config.routing) if config.routing else RoutingConfig()
     router = EntryRouter(matrix=routing.matrix(), rules=routing.rules, policy=routing.energy_policy)
-    conversations = Conversations(lm, store, default_expires_in=config.expires_in, router=router)
+    conversations = Conversations(
+        lm, store, default_expires_in=config.expires_in, router=router, early_exit=early_exit(config)
+    )
     routed = RoutedImages(images, conversations.router, lm) if images is not None else None
     control = None
     if config.deployment_url:

@@ -346,6 +346,7 @@ def choose(
     prefer: Prefer | None = None,
     energy_j: Mapping[Tier, float] | None = None,
     energy_weight: float = 0.0,
+    offer_energy_j: Mapping[Offer, float] | None = None,
 ) -> Decision:
     """The offer that serves ``task`` under ``sla`` (the module docstring gives the rules).
 
@@ -355,7 +356,8 @@ def choose(
     device energy per tier (the planner's power model), used by ``prefer=energy`` and reported.
     ``energy_weight`` (s/J, the energy policy's effective weight at this battery level) prices a
     joule in seconds when offers are ranked by latency (and, after quality, by quality): the
-    planner's ``latency + w * E``.
+    planner's ``latency + w * E``. ``offer_energy_j`` gives an offer its own estimate where two
+    offers on one tier differ (the device's full model and its early-exit one).
     """
     task = TaskKind.parse(task)
     offers = tuple(candidates)
@@ -390,7 +392,7 @@ def choose(
         predicted = offer.latency_s if offer.latency_s is not None else matrix.predict(row, tier)
         if why is None and predicted is None:
             why = f"no latency known for {row} on the {tier} (no prior, no observation)"
-        energy = energies.get(tier)
+        energy = (offer_energy_j or {}).get(offer, energies.get(tier))
         if why is not None:
             infeasible.append(
                 Alternative(offer, predicted, energy, False, False, False, f"infeasible: {why}")
