@@ -231,6 +231,18 @@ def test_images_come_from_the_routed_tier_through_the_openai_package(up: Deploym
         refused = httpx.post(f"{up.api}/v1/images/generations", json={"prompt": "x", **bad}, headers=auth)
         assert refused.status_code == 422, (bad, refused.text)
     assert httpx.post(f"{up.api}/v1/images/generations", json={"prompt": "x"}).status_code == 401
+    with up.client() as sdk:  # the SDK's call, and the CLI's on top of it
+        made = sdk.image("a blue house", size=256, seed=5, sla={"max_latency": 60}, tier="edge")
+        assert made.resolution == 256 and Image.open(io.BytesIO(made.png)).size == (256, 256)
+    out = up.root / "cli.png"
+    shell = subprocess.run(
+        [sys.executable, "-m", "tierflow", "image", "a blue house", "--size", "256", "--seed", "5",
+         "--tier", "edge", "-o", str(out), "--url", up.api, "--api-key", up.key],
+        capture_output=True, text=True, timeout=120, env=up.env,
+    )
+    assert shell.returncode == 0, shell.stderr
+    assert "256 px made on the edge" in shell.stderr
+    assert out.read_bytes() == made.png  # the same seed on the same tier's model: the same image
 
 
 def test_the_openai_package_chats_streams_and_reuses_the_prefix(up: Deployment) -> None:

@@ -1,7 +1,7 @@
 """The dashboard (a page served here, nothing loaded from elsewhere) and the deployment's controls.
 
 ``GET /dashboard`` is the page; ``GET /dashboard/state`` is everything it shows, in one JSON
-document (docs/DASHBOARD.md); ``PUT /deployment/links/{name}`` and ``POST
+document (docs/API.md, "The dashboard"); ``PUT /deployment/links/{name}`` and ``POST
 /deployment/tiers/{tier}/{down|up}`` change the local deployment through its control
 (:mod:`tierflow.node.deployment_control`, in the ``tierflow up`` process), then tell the entry
 point's planner at once, as an operator's change is known, not guessed.

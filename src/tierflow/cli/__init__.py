@@ -39,6 +39,7 @@ COMMAND_MODULES = (
     "bench",
     "plan",
     "generate",
+    "image",
     "token",
 )
 

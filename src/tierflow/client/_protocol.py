@@ -7,6 +7,7 @@ them, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from tierflow.client.models import (
     DoneEvent,
     GenerateRequest,
     GenerateResult,
+    ImageResult,
     MigrateResult,
     StreamEvent,
     TokenEvent,
@@ -135,6 +137,19 @@ def report_device(battery: JSON | None, metered: bool | None, network: str | Non
     fields = (("battery", battery), ("metered", metered), ("network", network))
     body = {k: v for k, v in fields if v is not None}
     return Call("PUT", "/routing/device", _json_object, body)
+
+
+def image(body: JSON) -> Call[ImageResult]:
+    def read(response: httpx.Response) -> ImageResult:
+        data = _json_object(response)
+        try:
+            png = base64.b64decode(data["data"][0]["b64_json"])
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            where = response.request.url
+            raise RecoverableError(f"unexpected answer from {where}: no image ({exc})") from exc
+        return ImageResult(png=png, route=data.get("route") or {})
+
+    return Call("POST", "/v1/images/generations", read, body)
 
 
 def set_link(name: str, profile: str) -> Call[JSON]:

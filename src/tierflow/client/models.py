@@ -79,6 +79,21 @@ class GenerateResult(_Body):
     route: Route = Field(default_factory=Route)
 
 
+class ImageResult(_Body):
+    """The answer of ``POST /v1/images/generations``: the PNG and where it was made."""
+
+    png: bytes
+    route: JSON = Field(default_factory=dict)  # tier, resolution, refined, seed, timings, the decision
+
+    @property
+    def tier(self) -> str:
+        return str(self.route.get("tier", ""))
+
+    @property
+    def resolution(self) -> int:
+        return int(self.route.get("resolution", 0))
+
+
 class TokenEvent(_Body):
     """One generated piece of text as it streams (``event: token``)."""
 

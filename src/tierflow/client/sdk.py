@@ -20,12 +20,22 @@ from tierflow.client.models import (
     ContextInfo,
     DoneEvent,
     GenerateResult,
+    ImageResult,
     MigrateResult,
     StreamEvent,
 )
 from tierflow.client.sse import aiter_sse, iter_sse
 
 T = TypeVar("T")
+
+
+def image_body(prompt: str, size: int, seed: int | None, sla: JSON | None, tier: str | None) -> JSON:
+    """The body of ``POST /v1/images/generations`` (None fields left out: the server's defaults)."""
+    body: JSON = {"prompt": prompt, "size": f"{size}x{size}"}
+    for name, value in (("seed", seed), ("sla", sla), ("tier", tier)):
+        if value is not None:
+            body[name] = value
+    return body
 
 
 class Client:
@@ -144,6 +154,18 @@ class Client:
     def models(self) -> list[str]:
         """The names of the models the deployment serves."""
         return self._call(api.models())
+
+    def image(
+        self,
+        prompt: str,
+        *,
+        size: int = 512,
+        seed: int | None = None,
+        sla: JSON | None = None,
+        tier: str | None = None,
+    ) -> ImageResult:
+        """One image for ``prompt`` of up to ``size`` px, made where the router chooses (``tier``: pinned)."""
+        return self._call(api.image(image_body(prompt, size, seed, sla, tier)))
 
     def set_link(self, name: str, profile: str) -> JSON:
         """Change a local deployment's SIMULATED link (``device-edge``, ``device-cloud``, ``edge-cloud``)."""
@@ -295,6 +317,18 @@ class AsyncClient:
     async def models(self) -> list[str]:
         """See :meth:`Client.models`."""
         return await self._call(api.models())
+
+    async def image(
+        self,
+        prompt: str,
+        *,
+        size: int = 512,
+        seed: int | None = None,
+        sla: JSON | None = None,
+        tier: str | None = None,
+    ) -> ImageResult:
+        """See :meth:`Client.image`."""
+        return await self._call(api.image(image_body(prompt, size, seed, sla, tier)))
 
     async def set_link(self, name: str, profile: str) -> JSON:
         """See :meth:`Client.set_link`."""

@@ -1,0 +1,50 @@
+"""``tierflow image``: one image from a running deployment, made on the tier its SLA routes it to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tierflow.cli._common import err_console
+from tierflow.cli.generate import make_client
+
+
+def image(
+    prompt: str = typer.Argument(..., help="What to paint."),
+    out: Path = typer.Option(Path("tierflow-image.png"), "--out", "-o", help="Where to write the PNG."),
+    size: int = typer.Option(512, "--size", help="The largest side wanted: 256, 512, 1024 or 2048."),
+    min_resolution: int | None = typer.Option(
+        None, "--min-resolution", help="The smallest side accepted (default: --size)."
+    ),
+    max_latency: float | None = typer.Option(None, "--max-latency", help="Seconds the image may take."),
+    offline_ok: bool = typer.Option(False, "--offline-ok", help="A degraded image beats none."),
+    prefer: str | None = typer.Option(None, "--prefer", help="quality (default), latency or energy."),
+    tier: str | None = typer.Option(None, "--tier", help="Pin it to device, edge or cloud."),
+    seed: int | None = typer.Option(None, "--seed", help="Noise seed (the same seed, the same image)."),
+    url: str | None = typer.Option(None, "--url", help="The entry point (default: $TIERFLOW_URL)."),
+    api_key: str | None = typer.Option(None, "--api-key", help="API key (default: $TIERFLOW_API_KEY)."),
+) -> None:
+    """Make an image on a running deployment (`tierflow up`) and write it as PNG; stderr says where it ran."""
+    sla = {
+        k: v
+        for k, v in (("min_resolution", min_resolution), ("max_latency", max_latency), ("prefer", prefer))
+        if v is not None
+    }
+    if offline_ok:
+        sla["offline_ok"] = True
+    with make_client(url, api_key) as client:
+        result = client.image(prompt, size=size, seed=seed, sla=sla or None, tier=tier)
+    out.write_bytes(result.png)
+    route = result.route
+    made = f"{route.get('resolution')} px made on the {route.get('tier')} in {route.get('wall_s', 0):.2f} s"
+    err_console.print(
+        f"{out}: {made}{' (degraded)' if route.get('degraded') else ''}; "
+        f"{route.get('decision', {}).get('reason', '')}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("image")(image)
