@@ -319,6 +319,24 @@
 
   // ---- links ------------------------------------------------------------------------------
 
+  // what each link carried since the previous poll, as a rate: the bandwidth in use, measured
+  const carried = {};
+  function measuredRate(name, link) {
+    if (!isNum(link.bytes_up) || !isNum(link.bytes_down)) return "";
+    const now = performance.now() / 1000;
+    const before = carried[name];
+    if (before && now - before.t < 0.5) return before.text; // drawn again within one poll
+    let text = "";
+    if (before && link.bytes_up >= before.up && link.bytes_down >= before.down) {
+      const dt = now - before.t;
+      const up = ((link.bytes_up - before.up) * 8) / dt / 1e6;
+      const down = ((link.bytes_down - before.down) * 8) / dt / 1e6;
+      text = `\nnow ${fmtNum(up, 2)} / ${fmtNum(down, 2)} Mbit/s`;
+    }
+    carried[name] = { t: now, up: link.bytes_up, down: link.bytes_down, text };
+    return text;
+  }
+
   function renderLinks(links, controls) {
     const tbody = byId("links");
     const names = Object.keys(links); // in the server's order
@@ -336,7 +354,9 @@
       row.querySelector(".c-rtt").textContent = isNum(link.measured_rtt_ms)
         ? `${fmtMs(link.rtt_ms)} (${fmtMs(link.measured_rtt_ms)})` : fmtMs(link.rtt_ms);
       row.querySelector(".c-rtt").title = "the profile's round trip (the one measured on the link)";
-      row.querySelector(".c-bytes").textContent = `${fmtBytes(link.bytes_up)} / ${fmtBytes(link.bytes_down)}`;
+      row.querySelector(".c-bytes").textContent =
+        `${fmtBytes(link.bytes_up)} / ${fmtBytes(link.bytes_down)}${measuredRate(name, link)}`;
+      row.querySelector(".c-bytes").title = "bytes the emulator carried; now: the rate measured between two polls";
       const select = inRow(row, `link-${name}-select`);
       syncOptions(select, profiles, link.profile);
       const enabled = controls.links !== false && profiles.length > 0;
