@@ -9,8 +9,6 @@ their image model); the device node runs in this process, as `tierflow node --ti
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.support.packages import compile_demo_image
 from tierflow.context.auth import issue_key
 from tierflow.engine.images import ImageCapability, TieredImages
 from tierflow.errors import InvalidInputError, TierUnavailableError
@@ -36,14 +35,7 @@ TARGETS = {Tier.DEVICE: "phone", Tier.EDGE: "edge", Tier.CLOUD: "cloud"}
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "image.tfm"
-    subprocess.run(
-        [sys.executable, "-m", "tierflow", "compile", "demo-image", "-o", str(path)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return path
+    return compile_demo_image(tmp_path_factory.mktemp("img") / "image.tfm")
 
 
 @pytest.fixture(scope="module")

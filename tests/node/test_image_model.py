@@ -7,8 +7,6 @@ the pyramid's: phone 256 px without the refiner, cloud 2048 px with it.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from tests.support.cli import assert_one_line_error, cli
+from tests.support.packages import compile_demo_image
 from tests.support.tiny_lm import save_tiny_lm
 
 from tierflow.engine.images import IMAGE_INFO_KEY, OP_GENERATE_IMAGE, OP_INFO, ImageCapability, TieredImages
@@ -51,14 +50,7 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "image.tfm"
-    subprocess.run(
-        [sys.executable, "-m", "tierflow", "compile", "demo-image", "-o", str(path)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return path
+    return compile_demo_image(tmp_path_factory.mktemp("img") / "image.tfm")
 
 
 def with_node(

@@ -31,8 +31,8 @@ from tierflow.engine.routing import EntryRouter
 from tierflow.engine.sharded import ShardedLM
 from tierflow.errors import InvalidInputError, RecoverableError, TierUnavailableError
 from tierflow.planner.power import radio_for_profile
-from tierflow.router.energy import BatteryState, apply
-from tierflow.router.sla import SLA, Alternative, Decision, Offer, choose, fallbacks
+from tierflow.router.energy import BatteryState
+from tierflow.router.sla import SLA, Alternative, Decision, Offer, fallbacks
 from tierflow.types.links import transfer_s
 from tierflow.types.tasks import IMAGE_RESOLUTIONS, TaskKind
 from tierflow.types.tiers import Tier
@@ -188,29 +188,9 @@ class RoutedImages:
         capabilities = await self.capabilities()  # measured at start: a first request pays nothing here
         started = time.perf_counter()
         offers, energy, _ = self.offers(capabilities, resolution)
-        battery = battery if battery is not None else self.router.conditions.battery
-        metered = self.router.conditions.metered if metered is None else metered
-        # a pinned request names its tier: the energy policy has no say (the hard rules still do)
-        policy = apply(self.router.policy, None if pin else battery, bool(metered) and pin is None, sla)
-        rules = self.router.rules if pin is None else self.router.rules.pinned(task, pin)
-        decision = choose(
-            task,
-            sla,
-            self.router.matrix,
-            rules,
-            self._network_up(),
-            offers,
-            allowed=policy.allowed,
-            avoid=policy.avoid,
-            prefer=policy.prefer,
-            energy_j=energy,
-            energy_weight=policy.effective_energy_weight,
+        decision = self.router.decide(
+            task, sla, offers, self._network_up(), energy, battery=battery, metered=metered, pin=pin
         )
-        if policy.reasons:
-            decision = Decision(
-                decision.task, decision.sla, decision.chosen, decision.degraded, decision.alternatives,
-                f"{decision.reason}; {'; '.join(policy.reasons)}",
-            )
         return await self._run(decision, prompt, seed, started)
 
     async def _run(

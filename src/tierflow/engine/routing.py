@@ -199,20 +199,46 @@ class EntryRouter:
                 self.matrix.set_available(Tier.DEVICE, lm.tiers[Tier.DEVICE].available)
             offers.append(lite)
             offer_energy[lite] = self.power.energy_j(seconds, seconds)  # the device computes throughout
-        battery = battery if battery is not None else self.conditions.battery
-        metered = self.conditions.metered if metered is None else metered
-        # a pinned request names its tier: the energy policy has no say (the hard rules still do)
-        policy = apply(self.policy, None if pin else battery, bool(metered) and pin is None, sla)
         if not plans and lite is None:
             down = ", ".join(t.value for t, r in lm.tiers.items() if not r.available) or "none"
             raise TierUnavailableError(f"no placement of the model's layers can run now (tiers down: {down})")
+        decision = self.decide(
+            task, sla, offers, lm.network_up, energy,
+            battery=battery, metered=metered, pin=pin, offer_energy=offer_energy,
+        )
+        if decision.quality == TEXT_QUALITY_EARLY_EXIT:
+            assert early_exit is not None
+            return TextRoute(decision, task, None, early_exit.speed()[1])
+        plan = plans[decision.tier]
+        return TextRoute(decision, task, {t: Span(a, b) for t, (a, b) in plan.spans.items()}, plan.token_s)
+
+    def decide(
+        self,
+        task: TaskKind,
+        sla: SLA,
+        offers: list[Offer],
+        network_up: bool,
+        energy: dict[Tier, float],
+        *,
+        battery: BatteryState | None,
+        metered: bool | None,
+        pin: Tier | None,
+        offer_energy: dict[Offer, float] | None = None,
+    ) -> Decision:
+        """:func:`tierflow.router.sla.choose` under the energy policy and the rules (text and images).
+
+        ``battery`` / ``metered`` None: the device's conditions as last reported. A pinned request
+        names its tier: the energy policy has no say over it (the hard rules still do)."""
+        battery = battery if battery is not None else self.conditions.battery
+        metered = self.conditions.metered if metered is None else metered
+        policy = apply(self.policy, None if pin else battery, bool(metered) and pin is None, sla)
         rules = self.rules if pin is None else self.rules.pinned(task, pin)
         decision = choose(
             task,
             sla,
             self.matrix,
             rules,
-            lm.network_up,
+            network_up,
             offers,
             allowed=policy.allowed,
             avoid=policy.avoid,
@@ -221,20 +247,10 @@ class EntryRouter:
             energy_weight=policy.effective_energy_weight,
             offer_energy_j=offer_energy,
         )
-        if policy.reasons:
-            decision = Decision(
-                decision.task,
-                decision.sla,
-                decision.chosen,
-                decision.degraded,
-                decision.alternatives,
-                f"{decision.reason}; {'; '.join(policy.reasons)}",
-            )
-        if decision.quality == TEXT_QUALITY_EARLY_EXIT:
-            assert early_exit is not None
-            return TextRoute(decision, task, None, early_exit.speed()[1])
-        plan = plans[decision.tier]
-        return TextRoute(decision, task, {t: Span(a, b) for t, (a, b) in plan.spans.items()}, plan.token_s)
+        if not policy.reasons:
+            return decision
+        reason = f"{decision.reason}; {'; '.join(policy.reasons)}"
+        return dataclasses.replace(decision, reason=reason)
 
     def observe_text(self, task: TaskKind, tier: Tier, decode_s: float, generated: int) -> None:
         """Learn a generation's decode seconds per token on ``tier`` (where its deepest span ran)."""
