@@ -125,6 +125,12 @@ def test_a_failed_tier_is_retried_on_the_next_offer_and_a_hung_one_within_the_bu
         assert route.failed and route.failed[0]["tier"] == "edge" and "no answer" in route.failed[0]["error"]
         assert route.image.tier is Tier.DEVICE and route.degraded
         net.release("edge")
+        # a retry that only finds a smaller image than the SLA's least is labelled degraded
+        net.kill("edge")
+        await images.capabilities()
+        small = await images.generate(PROMPT, 1024, SLA.parse({"min_resolution": 1024, "offline_ok": True}),
+                                      pin=None)
+        assert small.resolution < 1024 and small.degraded
 
     asyncio.run(go())
 

@@ -227,3 +227,23 @@ def test_offline_with_no_room_for_the_full_model_the_phones_early_exit_model_ans
         assert lite and lite[0].feasible and lite[0].meets_sla and lite[0].predicted_s is not None
 
     asyncio.run(go())
+
+
+def test_an_access_network_report_keeps_the_backhaul_and_a_repeated_one_keeps_the_measured_rtt(
+    pki: Path, tmp_path: Path
+) -> None:
+    async def go() -> None:
+        links = {"device-edge": "wifi", "device-cloud": "wifi+backhaul", "edge-cloud": "backhaul"}
+        _, dev = deployment(pki, tmp_path, spans=None, device={"links": links})
+        conv = conversations(dev)
+        await conv.lm.start()
+        cloud = frozenset((Tier.DEVICE, Tier.CLOUD))
+        assert conv.lm.link_profiles[cloud].name == "wifi+backhaul"
+        await conv.report_device(network="offline")
+        await conv.report_device(network="4g")  # back from an offline spell: the backhaul is still there
+        assert conv.lm.link_profiles[cloud].name == "4g+backhaul"
+        conv.lm.link_rtt[cloud] = 0.123  # as a probe measured it
+        await conv.report_device(network="4g")  # the same network again: nothing to forget
+        assert conv.lm.link_rtt[cloud] == 0.123
+
+    asyncio.run(go())

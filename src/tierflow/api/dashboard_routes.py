@@ -147,6 +147,8 @@ async def _plan_on(lm: ShardedLM, links: dict[str, Any]) -> None:
         await lm.set_link(Tier.EDGE, Tier.CLOUD, names["edge-cloud"])
     if "device-cloud" in names:
         access, backhaul = names["device-cloud"], names.get("edge-cloud")
+        if backhaul is not None:  # the device's way to the cloud goes on over the backhaul
+            lm.link_far[frozenset((Tier.DEVICE, Tier.CLOUD))] = backhaul
         planned = access if access.offline or backhaul is None else chain(access, backhaul)
         await lm.set_link(Tier.DEVICE, Tier.CLOUD, planned)
 

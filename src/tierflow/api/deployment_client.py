@@ -26,7 +26,10 @@ class DeploymentClient:
         except httpx.HTTPError as exc:
             why = type(exc).__name__
             raise TierUnavailableError(f"the deployment's control does not answer: {why}") from exc
-        data: dict[str, Any] = answer.json()
+        try:
+            data: dict[str, Any] = answer.json()
+        except ValueError:
+            raise TierUnavailableError(f"the control answered {answer.status_code}, not JSON") from None
         if answer.status_code == 422:
             raise InvalidInputError(str(data.get("detail", "rejected")))
         if not answer.is_success:

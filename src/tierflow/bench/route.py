@@ -190,8 +190,11 @@ def _run_one(
     started = time.perf_counter()
     try:
         answer = http.post(spec.endpoint, json=body, timeout=HTTP_TIMEOUT_S)
-        error = None if answer.is_success else f"{answer.status_code} {answer.json().get('error', '')}"
-        reply: dict[str, Any] = answer.json() if answer.is_success else {}
+        data: dict[str, Any] = answer.json()
+        error = None if answer.is_success else f"{answer.status_code} {data.get('error', '')}"
+        reply = data if answer.is_success else {}
+    except ValueError:  # an answer that is not JSON: counted as failed, the bench goes on
+        error, reply = f"{answer.status_code} not JSON", {}
     except httpx.HTTPError as exc:
         error, reply = f"transport: {type(exc).__name__}", {}
     wall = time.perf_counter() - started

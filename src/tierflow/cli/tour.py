@@ -108,20 +108,24 @@ def tour(api: str, key: str, out: Path) -> None:
         if not links:
             console.print("  [dim]this deployment emulates no links: skipped[/]")
         else:
-            for name in ("device-edge", "device-cloud"):
-                http.put(f"/deployment/links/{name}", json={"profile": "3g"}).raise_for_status()
-            _image(http, "a red car on a road", 1024, out / "image-3g.png")
-            for name in ("device-edge", "device-cloud"):
-                restore = {"profile": links[name]["profile"]}
-                http.put(f"/deployment/links/{name}", json=restore).raise_for_status()
+            try:
+                for name in ("device-edge", "device-cloud"):
+                    http.put(f"/deployment/links/{name}", json={"profile": "3g"}).raise_for_status()
+                _image(http, "a red car on a road", 1024, out / "image-3g.png")
+            finally:  # the user's deployment gets its links back, whatever happened
+                for name in ("device-edge", "device-cloud"):
+                    restore = {"profile": links[name]["profile"]}
+                    http.put(f"/deployment/links/{name}", json=restore).raise_for_status()
 
         console.rule("[bold]4. a failover[/]: the edge is taken down; the tiers left serve the request")
         if http.post("/deployment/tiers/edge/down").is_success:
-            reply = client.generate(PROMPT, max_tokens=16, temperature=0.8, seed=2)
-            console.print(f"  {PROMPT}[bold]{reply.text}[/]", highlight=False)
-            console.print(f"  [dim]{_route_line(reply.route.model_dump())}[/]", highlight=False)
-            with spinner("bringing the edge back"):
-                http.post("/deployment/tiers/edge/up").raise_for_status()
+            try:
+                reply = client.generate(PROMPT, max_tokens=16, temperature=0.8, seed=2)
+                console.print(f"  {PROMPT}[bold]{reply.text}[/]", highlight=False)
+                console.print(f"  [dim]{_route_line(reply.route.model_dump())}[/]", highlight=False)
+            finally:  # the edge comes back, whatever happened
+                with spinner("bringing the edge back"):
+                    http.post("/deployment/tiers/edge/up").raise_for_status()
             back = client.generate(PROMPT, max_tokens=4, temperature=0.8, seed=3)
             console.print(f"  the edge is back: {_route_line(back.route.model_dump())}", highlight=False)
         else:

@@ -186,7 +186,8 @@ class Conversations:
             current = self.spans_of(record)
             route: TextRoute | None = None
             conditions = self.router.conditions
-            if sla is not None or pin is not None or conditions.battery is not None or conditions.metered:
+            known_battery = self.router.battery_now() is not None
+            if sla is not None or pin is not None or known_battery or conditions.metered:
                 try:
                     route = self.router.route_text(
                         self.lm,
@@ -249,7 +250,8 @@ class Conversations:
         if self.early_exit.max_seq_len is not None:
             budget = min(budget, self.early_exit.max_seq_len - len(tokens))
         limited = dataclasses.replace(config, max_new_tokens=max(budget, 1))
-        async for token in self.early_exit.stream(tokens, limited):
+        eos = () if self.lm.eos is None else (self.lm.eos,)
+        async for token in self.early_exit.stream(tokens, limited, stop_ids=eos):
             first_at = first_at or time.perf_counter()
             generated.append(token)
             delta, printed = text_delta(self.lm.tokenizer, generated, printed)

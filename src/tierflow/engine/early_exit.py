@@ -15,6 +15,7 @@ model's); its speed is measured once on this node's real path, the SIMULATED slo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import threading
 import time
@@ -71,20 +72,27 @@ class EarlyExitLM:
         prefill, decode = self.speed()
         return prefill * history + decode * new
 
-    async def stream(self, ids: Sequence[int], config: SamplingConfig) -> AsyncIterator[int]:
-        """The new tokens after ``ids``, generated in a worker thread, as they come."""
+    async def stream(
+        self, ids: Sequence[int], config: SamplingConfig, stop_ids: Sequence[int] = ()
+    ) -> AsyncIterator[int]:
+        """The new tokens after ``ids``, generated in a worker thread, as they come. It stops at a token
+        of ``stop_ids`` (yielded), and when the consumer stops reading (a client gone)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[int | BaseException | None] = asyncio.Queue()
+        done = threading.Event()
+        stopping = dataclasses.replace(config, stop_token_ids=(*config.stop_token_ids, *stop_ids))
 
         def run() -> None:
             try:
-                stream = self.lm.stream_ids(list(ids), config)
-                while True:
+                stream = self.lm.stream_ids(list(ids), stopping)
+                kind: tuple[str, int] = ("prefill", len(ids))  # the first token pays the whole history
+                while not done.is_set():
                     started = time.perf_counter()
                     token = next(stream, None)
                     if token is None:
                         break
-                    self._slow.stretch(("decode", 1), started)
+                    self._slow.stretch(kind, started)
+                    kind = ("decode", 1)
                     loop.call_soon_threadsafe(queue.put_nowait, token)
             except BaseException as exc:  # carried to the consumer, raised there
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
@@ -92,7 +100,10 @@ class EarlyExitLM:
 
         worker = threading.Thread(target=run, name="early-exit", daemon=True)
         worker.start()
-        while (item := await queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            done.set()

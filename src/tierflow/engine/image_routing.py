@@ -29,7 +29,7 @@ from typing import Any
 from tierflow.engine.images import ImageCapability, TieredImage, TieredImages
 from tierflow.engine.routing import EntryRouter
 from tierflow.engine.sharded import ShardedLM
-from tierflow.errors import InvalidInputError, RecoverableError, TierUnavailableError
+from tierflow.errors import InvalidInputError, RecoverableError, TierflowError, TierUnavailableError
 from tierflow.planner.power import radio_for_profile
 from tierflow.router.energy import BatteryState
 from tierflow.router.sla import SLA, Alternative, Decision, Offer, fallbacks
@@ -40,6 +40,7 @@ from tierflow.types.tiers import Tier
 CALIBRATION_RESOLUTION = 256  # the size of the one image a tier makes to be measured
 CALIBRATION_SEED = 0
 CAPABILITIES_TTL_S = 30.0  # how long the tiers' image models are believed before they are asked again
+CALIBRATION_TIMEOUT_S = 30.0  # a tier whose first small image takes longer is not an offer
 PIXEL_BYTES = 3  # uint8 RGB
 
 
@@ -103,11 +104,13 @@ class RoutedImages:
         self._asked_at = -math.inf
 
     async def _calibrate(self, tier: Tier) -> None:
-        """Measure the tier's compute on one small image (its SIMULATED slowdown included)."""
+        """Measure the tier's compute on one small image (its SIMULATED slowdown included). A tier that
+        fails or hangs is left out until the tiers are asked again (CAPABILITIES_TTL_S)."""
+        making = self.images.generate(tier, None, CALIBRATION_RESOLUTION, None, CALIBRATION_SEED)
         try:
-            image = await self.images.generate(tier, None, CALIBRATION_RESOLUTION, None, CALIBRATION_SEED)
-        except RecoverableError:
-            self.forget(tier)
+            image = await asyncio.wait_for(making, CALIBRATION_TIMEOUT_S)
+        except (TierflowError, TimeoutError):
+            self._capabilities.pop(tier, None)
             return
         self.compute_256_s[tier] = image.elapsed_s
 
@@ -128,13 +131,13 @@ class RoutedImages:
 
     def offers(
         self, capabilities: dict[Tier, ImageCapability], resolution: int
-    ) -> tuple[list[Offer], dict[Tier, float], dict[tuple[Tier, int], float]]:
+    ) -> tuple[list[Offer], dict[Tier, float], dict[Offer, float]]:
         """Offers at every level up to ``resolution`` each tier can make (those under the SLA's
-        ``min_resolution`` miss it: a degraded answer, or the best offer a refusal names); energy per
-        tier (for the largest size it offers) and the predicted seconds per offer."""
+        ``min_resolution`` miss it: a degraded answer, or the best offer a refusal names); the device
+        energy per tier (for the largest size it offers) and per offer."""
         offers: list[Offer] = []
         energy: dict[Tier, float] = {}
-        predicted: dict[tuple[Tier, int], float] = {}
+        per_offer: dict[Offer, float] = {}
         for tier in Tier:
             cap = capabilities.get(tier)
             reachable = not math.isinf(self._hop_s(tier, CALIBRATION_RESOLUTION)[0])
@@ -154,17 +157,17 @@ class RoutedImages:
                 self.router.matrix.set_prior(task, tier, compute + hop)
                 seconds = self.router.matrix.predict(task, tier)
                 assert seconds is not None  # a prior was just set
-                predicted[(tier, level)] = seconds
-                offers.append(Offer(tier, quality_of(cap), level, latency_s=seconds))
+                offer = Offer(tier, quality_of(cap), level, latency_s=seconds)
+                offers.append(offer)
                 power = self.router.power
                 if radio is not None:
                     power = power.model_copy(update={"radio": radio_for_profile(radio)})
                 device_compute = compute if tier is Tier.DEVICE else 0.0
                 received = image_bytes(level) if tier is not Tier.DEVICE else 0
-                energy[tier] = power.energy_j(
+                energy[tier] = per_offer[offer] = power.energy_j(
                     seconds, device_compute, received_bytes=received, receive_s=receive
                 )
-        return offers, energy, predicted
+        return offers, energy, per_offer
 
     async def generate(
         self,
@@ -187,9 +190,10 @@ class RoutedImages:
             )
         capabilities = await self.capabilities()  # measured at start: a first request pays nothing here
         started = time.perf_counter()
-        offers, energy, _ = self.offers(capabilities, resolution)
+        offers, energy, per_offer = self.offers(capabilities, resolution)
         decision = self.router.decide(
-            task, sla, offers, self._network_up(), energy, battery=battery, metered=metered, pin=pin
+            task, sla, offers, self._network_up(), energy,
+            battery=battery, metered=metered, pin=pin, offer_energy=per_offer,
         )
         return await self._run(decision, prompt, seed, started)
 
@@ -225,6 +229,7 @@ class RoutedImages:
                     tiers = ", ".join(f"{f['tier']}: {f['error']}" for f in failed)
                     raise TierUnavailableError(f"no tier could make the image in time ({tiers})") from exc
                 tried.append(left[0])
+                degraded = degraded or not left[0].meets_sla  # a smaller or later image than asked
                 continue
             self.router.matrix.observe(TaskKind.image(offer.resolution), offer.tier, image.wall_s)
             return ImageRoute(decision, image, offer.resolution, tuple(failed), degraded)

@@ -143,7 +143,10 @@ class TieredImages:
         except RecoverableError:  # down, unreachable or not answering in time: not an offer now
             return None
         raw = reply.meta.get(IMAGE_INFO_KEY)
-        return ImageCapability.decode(raw) if raw is not None else None
+        try:
+            return ImageCapability.decode(raw) if raw is not None else None
+        except InvalidModelError:  # a node that describes its model wrongly is no offer
+            return None
 
     async def generate(
         self, tier: Tier, prompt: str | None, resolution: int, refine: bool | None, seed: int | None

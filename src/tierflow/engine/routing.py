@@ -79,7 +79,10 @@ class TextRoute:
 
 @dataclass
 class DeviceConditions:
-    """The device's battery and whether its network is metered (the deployment's; a request may override)."""
+    """The device's battery and whether its network is metered (the deployment's; a request may override).
+
+    ``battery`` is what a client reported; without a report the router reads this machine's own
+    battery (psutil) at each decision, so a laptop entry point that is plugged in is seen to be."""
 
     battery: BatteryState | None = None
     metered: bool = False
@@ -93,8 +96,12 @@ class EntryRouter:
     matrix: TaskResourceMatrix = field(default_factory=TaskResourceMatrix)
     rules: RoutingRules = field(default_factory=RoutingRules)
     policy: EnergyPolicy = field(default_factory=EnergyPolicy)
-    conditions: DeviceConditions = field(default_factory=lambda: DeviceConditions(battery=read_battery()))
+    conditions: DeviceConditions = field(default_factory=DeviceConditions)
     power: DevicePower = field(default_factory=DevicePower)
+
+    def battery_now(self) -> BatteryState | None:
+        """The battery the next decision sees: a client's last report, else this machine's own now."""
+        return self.conditions.battery if self.conditions.battery is not None else read_battery()
 
     def report(self, battery: BatteryState | None = None, metered: bool | None = None) -> None:
         """What the client says of its device now (kept for later requests of the deployment)."""
@@ -229,7 +236,7 @@ class EntryRouter:
 
         ``battery`` / ``metered`` None: the device's conditions as last reported. A pinned request
         names its tier: the energy policy has no say over it (the hard rules still do)."""
-        battery = battery if battery is not None else self.conditions.battery
+        battery = battery if battery is not None else self.battery_now()
         metered = self.conditions.metered if metered is None else metered
         policy = apply(self.policy, None if pin else battery, bool(metered) and pin is None, sla)
         rules = self.rules if pin is None else self.rules.pinned(task, pin)
@@ -259,7 +266,7 @@ class EntryRouter:
 
     def snapshot(self) -> dict[str, Any]:
         """``GET /routing/matrix``: the matrix, the rules, the energy policy and the device's conditions."""
-        battery = self.conditions.battery
+        battery = self.battery_now()
         return {
             **self.matrix.snapshot(),
             "units": {"text_short": "s/token", "text_long": "s/token", "other": "s/request"},

@@ -189,6 +189,13 @@ class ShardedLM:
         self.num_layers = hop.runner.num_layers
         self.tiers = {t: TierRecord(t) for t in tiers}
         self.link_profiles = dict(links or {})
+        # the part of a link past the device's access (device-cloud = access + backhaul), kept apart
+        # so that a new access network (even offline for a while) is chained to it again
+        self.link_far: dict[frozenset[Tier], LinkProfile] = {
+            pair: get_profile(p.name.partition("+")[2])
+            for pair, p in self.link_profiles.items()
+            if "+" in p.name
+        }
         self.link_rtt: dict[frozenset[Tier], float] = {}
         self.hop_overhead_s: dict[frozenset[Tier], float] = {}  # learned, see LEARN_HOPS_MIN_STEPS
         self.fixed = fixed_spans
@@ -310,23 +317,28 @@ class ShardedLM:
         """The device's own network changed (the OS says wifi, 4g, offline...): its links to the edge
         and the cloud are planned on ``profile`` from now on (the RTT measured on the old one is
         forgotten) and the layers are planned again."""
+        changed = False
         for tier in (Tier.EDGE, Tier.CLOUD):
-            old = self.link_profiles.get(frozenset((Tier.DEVICE, tier)))
-            # a link that went on past the access (device-cloud = access + backhaul) keeps its far part
-            far = old.name.partition("+")[2] if old is not None else ""
-            planned = profile if profile.offline or not far else chain(profile, get_profile(far))
-            self._set_link(Tier.DEVICE, tier, planned)
-        await self.replan()
+            far = self.link_far.get(frozenset((Tier.DEVICE, tier)))
+            planned = profile if profile.offline or far is None else chain(profile, far)
+            changed |= self._set_link(Tier.DEVICE, tier, planned)
+        if changed:
+            await self.replan()
 
     async def set_link(self, a: Tier, b: Tier, profile: LinkProfile) -> None:
         """One link between tiers is now ``profile`` (the operator changed it): planned on at once."""
-        self._set_link(a, b, profile)
-        await self.replan()
+        if self._set_link(a, b, profile):
+            await self.replan()
 
-    def _set_link(self, a: Tier, b: Tier, profile: LinkProfile) -> None:
+    def _set_link(self, a: Tier, b: Tier, profile: LinkProfile) -> bool:
+        """Plan on ``profile`` between ``a`` and ``b``; False when that is what is planned already (the
+        RTT measured on it stays)."""
         pair = frozenset((a, b))
+        if self.link_profiles.get(pair) == profile:
+            return False
         self.link_profiles[pair] = profile
         self.link_rtt.pop(pair, None)  # measured on the old link
+        return True
 
     def link_state(self, a: Tier, b: Tier) -> LinkState | None:
         """The planning estimate of the link between ``a`` and ``b`` now (None: unknown or offline)."""

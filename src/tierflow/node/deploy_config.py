@@ -15,7 +15,7 @@
     spans: device=0-1,edge=2-3,cloud=4-5   # optional: fixed layer spans
     routing: routing.yaml                  # optional: rules, energy policy, priors
 
-``tierflow up --config deploy.yaml --host box`` starts the nodes of host ``box`` (the cloud first,
+``tierflow up --config deploy.yaml --machine box`` starts the nodes of host ``box`` (the cloud first,
 then the edge, then the device), each listening on its host's address, reaching the others at
 theirs: real sockets, no emulated links. Relative paths are relative to the file. A node that
 starts before the tiers it reaches is fine: the entry point asks again for a tier that was down.
@@ -82,6 +82,8 @@ class DeployConfig(BaseModel):
                         f"nodes.{tier.value}.{kind}: {where[0]}:{port} is taken by {taken[where]}"
                     )
                 taken[where] = f"nodes.{tier.value}.{kind}"
+        if not self.store:
+            raise ValueError("store: the device node (the entry point) needs one: SQLite or redis://")
         for pair, profile in self.links.items():
             a, _, b = pair.partition("-")
             if {a, b} - {t.value for t in Tier} or a == b:
@@ -119,9 +121,13 @@ class DeployConfig(BaseModel):
         store = self.store
         if store and "://" not in store and not Path(store).is_absolute():
             store = str(folder / store)
-        model = self.model if not self.model.endswith((".onnx", ".tfm")) else str(near(Path(self.model)))
-        return self.model_copy(update={"certs": near(self.certs), "routing": near(self.routing),
-                                       "store": store, "model": model})
+        def file(name: str | None) -> str | None:  # a bundled name stays a name
+            return name if name is None or not name.endswith((".onnx", ".tfm")) else str(near(Path(name)))
+
+        return self.model_copy(update={
+            "certs": near(self.certs), "routing": near(self.routing), "store": store,
+            "model": file(self.model), "image_model": file(self.image_model),
+        })
 
     def address(self, tier: Tier, kind: str = "data_plane") -> str:
         node = self.nodes[tier]
@@ -130,7 +136,7 @@ class DeployConfig(BaseModel):
     def tiers_on(self, host: str | None) -> list[Tier]:
         """The tiers whose nodes run on ``host`` (None: every tier: all on this machine), in start order."""
         if host is not None and host not in self.hosts:
-            raise ConfigError(f"--host {host!r} is not one of the file's hosts ({', '.join(self.hosts)})")
+            raise ConfigError(f"--machine {host!r} is not one of the file's hosts ({', '.join(self.hosts)})")
         return [t for t in START_ORDER if host is None or self.nodes[t].host == host]
 
     def node_args(self, tier: Tier) -> list[str]:

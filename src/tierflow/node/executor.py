@@ -122,7 +122,7 @@ class NodeExecutor:
         started = time.perf_counter()
         result = self._image.generate(prompt, resolution, refine=refine, seed=seed)
         real = time.perf_counter() - started
-        seconds = self._slow.stretch("generate_image", started)
+        seconds = self._slow.stretch(("generate_image", resolution, refine), started)
         self.stats.setdefault("generate_image", StageStats()).add(seconds)
         if seconds > real and self.slowdown > 1.0:  # the SIMULATED hardware's compute time, as measured
             result = replace(result, elapsed_s=result.elapsed_s + seconds - real)
@@ -133,7 +133,8 @@ class NodeExecutor:
             raise UnsupportedModelError("this node's model is not a language model")
         started = time.perf_counter()
         result = self.lm.generate(prompt, config)
-        self.stats.setdefault("generate", StageStats()).add(self._slow.stretch("generate", started))
+        seconds = self._slow.stretch(("generate", len(prompt), config.max_new_tokens), started)
+        self.stats.setdefault("generate", StageStats()).add(seconds)
         return {
             "text": result.text or "",
             "new_ids": result.new_ids,

@@ -268,6 +268,9 @@ class NodeServer:
             await self.api.conversations.lm.start()  # probe the tiers, plan the layer spans
             if self.api.routed_images is not None:  # each tier's image model, measured once
                 await self.api.routed_images.capabilities()
+            lite = self.api.conversations.early_exit
+            if lite is not None:  # its speed, measured once, off the event loop
+                await asyncio.to_thread(lite.speed)
             self.api.conversations.start_purging()
         http_host, http_port = parse_hostport(self.config.http)
         self._http = _ControlServer(
