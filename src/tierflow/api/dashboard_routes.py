@@ -24,8 +24,8 @@ from tierflow.api.auth import caller
 from tierflow.api.deployment_client import DeploymentClient
 from tierflow.api.routes import APIState, state_of
 from tierflow.engine.sharded import ShardedLM, spans_text
-from tierflow.errors import ConfigError, InvalidInputError, TierUnavailableError
-from tierflow.types.links import BACKHAUL, PROFILES, LinkProfile, chain, get_profile
+from tierflow.errors import InvalidInputError, TierUnavailableError
+from tierflow.types.links import BACKHAUL, PROFILES, chain, get_profile
 from tierflow.types.tiers import Tier
 
 router = APIRouter()
@@ -131,16 +131,9 @@ def _control(state: APIState) -> DeploymentClient:
     return state.deployment
 
 
-def _profile(name: str) -> LinkProfile:
-    try:
-        return get_profile(name)
-    except ConfigError as exc:
-        raise InvalidInputError(str(exc)) from None
-
-
 async def _plan_on(lm: ShardedLM, links: dict[str, Any]) -> None:
     """Tell the planner the links as the deployment now has them (device-cloud goes on over edge-cloud)."""
-    names = {name: _profile(figures["profile"]) for name, figures in links.items()}
+    names = {name: get_profile(figures["profile"], InvalidInputError) for name, figures in links.items()}
     if "device-edge" in names:
         await lm.set_link(Tier.DEVICE, Tier.EDGE, names["device-edge"])
     if "edge-cloud" in names:
@@ -159,7 +152,7 @@ async def set_link(
 ) -> dict[str, Any]:
     """Change a link's SIMULATED profile live: ``device-edge``, ``device-cloud`` or ``edge-cloud``."""
     state = state_of(request)
-    _profile(body.profile)  # a bad name is refused here, naming the known ones
+    get_profile(body.profile, InvalidInputError)  # a bad name is refused here, naming the known ones
     snapshot = await _control(state).call("PUT", f"/deployment/links/{name}", {"profile": body.profile})
     await _plan_on(state.conversations.lm, snapshot["links"])
     return {"links": _links(state.conversations.lm, snapshot["links"])}

@@ -30,7 +30,7 @@ from tierflow.engine.sharded import (
     spans_text,
     text_delta,
 )
-from tierflow.errors import ConfigError, ContextError, ContextExpiredError, InvalidInputError
+from tierflow.errors import ContextError, ContextExpiredError, InvalidInputError
 from tierflow.model.lm_layers import Span
 from tierflow.router.energy import BatteryState
 from tierflow.router.sla import SLA
@@ -281,10 +281,7 @@ class Conversations:
         profile name (``wifi``, ``4g``, ``offline``...), which the layers are planned on from now on."""
         self.router.report(battery, metered)
         if network is not None:
-            try:
-                profile = get_profile(network)
-            except ConfigError as exc:
-                raise InvalidInputError(f"network: {exc}") from None
+            profile = get_profile(network, InvalidInputError, "network")
             self.router.conditions.network = profile.name
             await self.lm.set_access(profile)
 

@@ -141,10 +141,7 @@ class LocalDeployment:
         if key is None or key not in self.links:
             known = ", ".join(n for n, k in LINK_NAMES.items() if k in self.links) or "none: plain loopback"
             raise InvalidInputError(f"no link named {name!r} (known: {known})")
-        try:
-            chosen = get_profile(profile) if isinstance(profile, str) else profile
-        except ConfigError as exc:
-            raise InvalidInputError(str(exc)) from None
+        chosen = get_profile(profile, InvalidInputError) if isinstance(profile, str) else profile
         self.links[key].set_profile(chosen)
         return chosen
 

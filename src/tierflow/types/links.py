@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tierflow.errors import ConfigError
+from tierflow.errors import ConfigError, UserError
 
 MBIT = 1_000_000.0
 MS = 0.001
@@ -164,12 +164,13 @@ def chain(first: LinkProfile, then: LinkProfile = BACKHAUL) -> LinkProfile:
 _ALIASES = {"wi-fi": "wifi", "dc": "datacenter", "lte": "4g", "edge": "2g"}
 
 
-def get_profile(name: str) -> LinkProfile:
+def get_profile(name: str, error: type[UserError] = ConfigError, where: str | None = None) -> LinkProfile:
     """The named profile (case-insensitive), ``backhaul``, or ``a+b`` for ``chain(a, b)`` (what
-    :attr:`LinkProfile.name` of a chain reads); an unknown name raises :class:`ConfigError`."""
+    :attr:`LinkProfile.name` of a chain reads); an unknown name raises ``error`` (a setting's
+    :class:`ConfigError` by default; a request's InvalidInputError), its message led by ``where``."""
     if "+" in name:
         first, _, then = name.partition("+")
-        return chain(get_profile(first), get_profile(then))
+        return chain(get_profile(first, error, where), get_profile(then, error, where))
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key == BACKHAUL.name:
@@ -177,7 +178,8 @@ def get_profile(name: str) -> LinkProfile:
     try:
         return PROFILES[key]
     except KeyError:
-        raise ConfigError(f"unknown link profile {name!r}; known: {', '.join(PROFILES)}") from None
+        lead = f"{where}: " if where else ""
+        raise error(f"{lead}unknown link profile {name!r}; known: {', '.join(PROFILES)}") from None
 
 
 def transfer_s(nbytes: float, bps: float) -> float:
