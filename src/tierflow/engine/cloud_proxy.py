@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from tierflow.engine.images import OP_GENERATE_IMAGE, image_meta
 from tierflow.errors import ConfigError, TierUnavailableError, TransportError, UnsupportedModelError
 from tierflow.model.package import Manifest
 from tierflow.runtime.image import ImageResult
@@ -135,14 +136,7 @@ class RemoteModel:
             raise UnsupportedModelError(f"a {self.kind} model has no image generation")
         if resolution is None:
             resolution = default_resolution(self.max_resolution)
-        meta: dict[str, str | int | float | bool] = {"resolution": resolution}
-        if refine is not None:
-            meta["refine"] = refine
-        if prompt is not None:
-            meta["prompt"] = prompt
-        if seed is not None:
-            meta["seed"] = seed
-        reply = self._call(StageRequest("generate_image", meta=meta))
+        reply = self._call(StageRequest(OP_GENERATE_IMAGE, meta=image_meta(prompt, resolution, refine, seed)))
         return ImageResult(
             pixels=reply.outputs["pixels"],
             prompt=prompt,
