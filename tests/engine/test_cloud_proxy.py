@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.packages import compile_bundled
 from tierflow.engine.cloud_proxy import CloudEndpoint
 from tierflow.engine.load import load
 from tierflow.errors import ModelNotFoundError, ProxyUnavailableError, TierUnavailableError
@@ -27,14 +26,7 @@ TINY = Capabilities(memory_total_bytes=64 * 1024 * 1024, cpu_cores=1)
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pkg") / "lm.tfm"
-    subprocess.run(
-        [sys.executable, "-m", "tierflow", "compile", "demo-lm", "-o", str(out)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return out
+    return compile_bundled("demo-lm", tmp_path_factory.mktemp("pkg") / "lm.tfm")
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +117,7 @@ def test_proxy_paints_the_same_image_as_the_local_cloud_target(
     from tierflow.runtime.image import ImageResult
 
     _, certs = cloud
-    package = tmp_path_factory.mktemp("img") / "image.tfm"
-    subprocess.run(
-        [sys.executable, "-m", "tierflow", "compile", "demo-image", "-o", str(package)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    package = compile_bundled("demo-image", tmp_path_factory.mktemp("img") / "image.tfm")
     node = start_node("cloud", package, certs)
     try:
         proxy = load(package, capabilities=TINY, cloud=CloudEndpoint(address=node.data_plane, certs=certs))

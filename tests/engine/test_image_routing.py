@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_peers import FakeNetwork
-from tests.support.packages import compile_demo_image
+from tests.support.packages import compile_bundled
 from tierflow.api.image_routes import ImageBody
 from tierflow.engine.image_routing import RoutedImages
 from tierflow.errors import InvalidInputError
@@ -30,7 +30,7 @@ PROMPT = "a red car on a road"
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_demo_image(tmp_path_factory.mktemp("img") / "image.tfm")
+    return compile_bundled("demo-image", tmp_path_factory.mktemp("img") / "image.tfm")
 
 
 @pytest.fixture

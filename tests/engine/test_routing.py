@@ -13,7 +13,7 @@ import pytest
 from tests.engine.test_sharded import conversations, deployment, run, unsplit
 from tests.engine.test_sharded import pki as pki  # noqa: F401  (the fixture)
 from tests.engine.test_sharded import reference as reference  # noqa: F401  (the fixture)
-from tests.support.packages import compile_demo_lm
+from tests.support.packages import compile_bundled
 from tierflow.engine.routing import TEXT_LONG_TOKENS, deepest
 from tierflow.errors import InvalidInputError, TierUnavailableError
 from tierflow.model.lm_layers import Span
@@ -191,7 +191,7 @@ def test_a_pinned_request_runs_on_its_tier_and_an_offline_network_leaves_only_th
 
 @pytest.fixture(scope="module")
 def lm_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_demo_lm(tmp_path_factory.mktemp("lm") / "demo-lm.tfm")
+    return compile_bundled("demo-lm", tmp_path_factory.mktemp("lm") / "demo-lm.tfm")
 
 
 def test_offline_with_no_room_for_the_full_model_the_phones_early_exit_model_answers_degraded(

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.packages import compile_demo_image
+from tests.support.packages import compile_bundled
 from tierflow.context.auth import issue_key
 from tierflow.engine.images import ImageCapability, TieredImages
 from tierflow.errors import InvalidInputError, TierUnavailableError
@@ -35,7 +35,7 @@ TARGETS = {Tier.DEVICE: "phone", Tier.EDGE: "edge", Tier.CLOUD: "cloud"}
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_demo_image(tmp_path_factory.mktemp("img") / "image.tfm")
+    return compile_bundled("demo-image", tmp_path_factory.mktemp("img") / "image.tfm")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from tests.support.cli import assert_one_line_error, cli
-from tests.support.packages import compile_demo_image
+from tests.support.packages import compile_bundled
 from tests.support.tiny_lm import save_tiny_lm
 
 from tierflow.engine.images import IMAGE_INFO_KEY, OP_GENERATE_IMAGE, OP_INFO, ImageCapability, TieredImages
@@ -50,7 +50,7 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_demo_image(tmp_path_factory.mktemp("img") / "image.tfm")
+    return compile_bundled("demo-image", tmp_path_factory.mktemp("img") / "image.tfm")
 
 
 def with_node(
