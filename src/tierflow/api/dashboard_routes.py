@@ -25,13 +25,12 @@ from tierflow.api.deployment_client import DeploymentClient
 from tierflow.api.routes import APIState, state_of
 from tierflow.engine.sharded import ShardedLM, spans_text
 from tierflow.errors import InvalidInputError, TierUnavailableError
-from tierflow.types.links import BACKHAUL, PROFILES, chain, get_profile
+from tierflow.types.links import BACKHAUL, PROFILES, get_profile
 from tierflow.types.tiers import Tier
 
 router = APIRouter()
 
 STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
-SWITCHABLE = ("edge", "cloud")
 
 
 def _static(name: str) -> bytes:
@@ -81,6 +80,7 @@ async def dashboard_state(state: APIState, owner: str) -> dict[str, Any]:
         with contextlib.suppress(TierUnavailableError):  # the page shows the entry point's view then
             deployment = await state.deployment.call("GET", "/deployment")
     plan = lm.plan
+    matrix = state.conversations.router.snapshot()
     records = await asyncio.to_thread(state.store.list, owner)
     now = time.time()
     return {
@@ -97,18 +97,18 @@ async def dashboard_state(state: APIState, owner: str) -> dict[str, Any]:
             ],
         },
         "links": _links(lm, deployment.get("links", {})),
-        "matrix": state.conversations.router.snapshot(),
+        "matrix": matrix,
         "recent": state.recent.list(),
         "contexts": [
             {"context_id": r.context_id, "tokens": len(r.tokens), "expires_in": round(r.expires_in(now), 1),
              "spans": r.spans}
             for r in records
         ],
-        "device": state.conversations.router.snapshot()["device"],
+        "device": matrix["device"],
         "controls": {
             "links": state.deployment is not None and bool(deployment.get("links")),
             "profiles": [*PROFILES, BACKHAUL.name],
-            "tiers": [t for t in SWITCHABLE if t in deployment.get("tiers", {})],
+            "tiers": deployment.get("switchable", []),
         },
     }
 
@@ -134,16 +134,13 @@ def _control(state: APIState) -> DeploymentClient:
 async def _plan_on(lm: ShardedLM, links: dict[str, Any]) -> None:
     """Tell the planner the links as the deployment now has them (device-cloud goes on over edge-cloud)."""
     names = {name: get_profile(figures["profile"], InvalidInputError) for name, figures in links.items()}
-    if "device-edge" in names:
-        await lm.set_link(Tier.DEVICE, Tier.EDGE, names["device-edge"])
-    if "edge-cloud" in names:
-        await lm.set_link(Tier.EDGE, Tier.CLOUD, names["edge-cloud"])
+    if "edge-cloud" in names:  # the part of the device's way to the cloud past its access
+        lm.link_far[frozenset((Tier.DEVICE, Tier.CLOUD))] = names["edge-cloud"]
+    pairs = {"device-edge": (Tier.DEVICE, Tier.EDGE), "edge-cloud": (Tier.EDGE, Tier.CLOUD)}
+    changes = {pairs[name]: profile for name, profile in names.items() if name in pairs}
     if "device-cloud" in names:
-        access, backhaul = names["device-cloud"], names.get("edge-cloud")
-        if backhaul is not None:  # the device's way to the cloud goes on over the backhaul
-            lm.link_far[frozenset((Tier.DEVICE, Tier.CLOUD))] = backhaul
-        planned = access if access.offline or backhaul is None else chain(access, backhaul)
-        await lm.set_link(Tier.DEVICE, Tier.CLOUD, planned)
+        changes[(Tier.DEVICE, Tier.CLOUD)] = lm.access_profile(Tier.CLOUD, names["device-cloud"])
+    await lm.set_links(changes)
 
 
 @router.put("/deployment/links/{name}", responses=errors.responses(401, 422, 503))
@@ -164,8 +161,7 @@ async def switch_tier(
 ) -> dict[str, Any]:
     """Take the edge or the cloud down (its process stops) or bring it back up."""
     state = state_of(request)
-    if tier not in SWITCHABLE or action not in ("down", "up"):
-        raise InvalidInputError(f"expected /deployment/tiers/(edge|cloud)/(down|up), got {tier}/{action}")
+    # the control refuses an unknown tier or action, and the device (422) before anything happens
     snapshot = await _control(state).call("POST", f"/deployment/tiers/{tier}/{action}")
     lm = state.conversations.lm
     if action == "down":

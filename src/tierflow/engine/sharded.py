@@ -317,17 +317,20 @@ class ShardedLM:
         """The device's own network changed (the OS says wifi, 4g, offline...): its links to the edge
         and the cloud are planned on ``profile`` from now on (the RTT measured on the old one is
         forgotten) and the layers are planned again."""
-        changed = False
-        for tier in (Tier.EDGE, Tier.CLOUD):
-            far = self.link_far.get(frozenset((Tier.DEVICE, tier)))
-            planned = profile if profile.offline or far is None else chain(profile, far)
-            changed |= self._set_link(Tier.DEVICE, tier, planned)
-        if changed:
-            await self.replan()
+        access = {(Tier.DEVICE, t): self.access_profile(t, profile) for t in (Tier.EDGE, Tier.CLOUD)}
+        await self.set_links(access)
 
-    async def set_link(self, a: Tier, b: Tier, profile: LinkProfile) -> None:
-        """One link between tiers is now ``profile`` (the operator changed it): planned on at once."""
-        if self._set_link(a, b, profile):
+    def access_profile(self, tier: Tier, access: LinkProfile) -> LinkProfile:
+        """The device's link to ``tier`` over ``access``: the access alone, or chained to the part that
+        goes on past it (device-cloud = access + backhaul, ``link_far``)."""
+        far = self.link_far.get(frozenset((Tier.DEVICE, tier)))
+        return access if access.offline or far is None else chain(access, far)
+
+    async def set_links(self, links: Mapping[tuple[Tier, Tier], LinkProfile]) -> None:
+        """Links between tiers are now these profiles (an operator's or the OS's word): planned on at
+        once, with one re-plan for them all, none when nothing changed."""
+        changed = [self._set_link(a, b, profile) for (a, b), profile in links.items()]
+        if any(changed):
             await self.replan()
 
     def _set_link(self, a: Tier, b: Tier, profile: LinkProfile) -> bool:

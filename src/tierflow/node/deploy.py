@@ -145,6 +145,11 @@ class LocalDeployment:
         self.links[key].set_profile(chosen)
         return chosen
 
+    @property
+    def switchable(self) -> list[Tier]:
+        """The tiers that can be taken down and up here: the edge and the cloud, where they run."""
+        return [t for t in SWITCHABLE_TIERS if t in self.nodes]
+
     def tier_down(self, tier: Tier) -> None:
         """Stop a tier's node process (SIMULATED outage of the edge box or the cloud)."""
         self._switchable(tier).stop()
@@ -156,13 +161,14 @@ class LocalDeployment:
             self.nodes[tier] = node.restart()
 
     def _switchable(self, tier: Tier) -> NodeProcess:
-        if tier not in SWITCHABLE_TIERS or tier not in self.nodes:
-            names = ", ".join(t.value for t in SWITCHABLE_TIERS if t in self.nodes)
+        if tier not in self.switchable:
+            names = ", ".join(t.value for t in self.switchable)
             raise InvalidInputError(f"tier {tier.value} cannot be taken down or up here (only: {names})")
         return self.nodes[tier]
 
     def snapshot(self) -> dict[str, Any]:
-        """Each link's profile and the bytes it carried, each node's process (for the dashboard)."""
+        """Each link's profile and the bytes it carried, each node's process, and the tiers that can be
+        taken down (for the dashboard)."""
         links: dict[str, Any] = {}
         for name, key in LINK_NAMES.items():
             link = self.links.get(key)
@@ -178,7 +184,7 @@ class LocalDeployment:
                 "bytes_down": stats.down.bytes,
             }
         tiers = {str(t): {"alive": n.alive(), "pid": n.process.pid} for t, n in self.nodes.items()}
-        return {"links": links, "tiers": tiers}
+        return {"links": links, "tiers": tiers, "switchable": [t.value for t in self.switchable]}
 
     def stop(self) -> None:
         for link in self.links.values():
