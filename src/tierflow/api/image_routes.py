@@ -72,10 +72,7 @@ async def generate_image(body: ImageBody, request: Request, owner: str = Depends
         raise UnsupportedModelError("this deployment serves no image model (start it with --image-model)")
     sla = body.image_sla()
     _, battery = body.routing()
-    if body.network is not None:
-        await state.conversations.report_device(network=body.network)
-    if battery is not None or body.metered is not None:
-        state.conversations.router.report(battery, body.metered)
+    await state.conversations.report_device(battery, body.metered, body.network)  # kept for later requests
     routed = await state.routed_images.generate(
         body.prompt,
         body.resolution(),

@@ -271,30 +271,29 @@ def _up_from_config(path: Path, machine: str | None, duration: float) -> None:
 
 def _lite_model(model: str) -> str | None:
     """The device's early-exit LM: the bundled LM's package (its phone target), compiled on first run."""
-    from tierflow.model.registry import BUNDLED, tierflow_home
+    from tierflow.model.registry import BUNDLED
 
     if model.endswith(".tfm"):
         return model  # a package: its own phone target
-    if model not in BUNDLED:
-        return None
-    from tierflow.compiler.bundled import bundled_package
-
-    with spinner(f"preparing {model}'s early-exit target"):
-        return str(bundled_package(model, tierflow_home()))
+    return _compiled(model, f"{model}'s early-exit target") if model in BUNDLED else None
 
 
 def _image_model(name: str | None, *, lm_deployment: bool) -> str | None:
     """What every node serves as its image generator: a bundled name becomes its compiled package."""
-    from tierflow.model.registry import BUNDLED, tierflow_home
+    from tierflow.model.registry import BUNDLED
 
     if name is None or name.lower() == "none" or not lm_deployment:
         return None
-    if name in BUNDLED:
-        from tierflow.compiler.bundled import bundled_package
+    return _compiled(name, name) if name in BUNDLED else name
 
-        with spinner(f"preparing {name}"):
-            return str(bundled_package(name, tierflow_home()))
-    return name
+
+def _compiled(name: str, what: str) -> str:
+    """Bundled model ``name``'s package in the tierflow home, compiled on first run (with a spinner)."""
+    from tierflow.compiler.bundled import bundled_package
+    from tierflow.model.registry import tierflow_home
+
+    with spinner(f"preparing {what}"):
+        return str(bundled_package(name, tierflow_home()))
 
 
 def _serve(

@@ -48,7 +48,7 @@ class EarlyExitLM:
     ) -> EarlyExitLM:
         return cls(CausalLM.open(model, options), slowdown)
 
-    def fits(self, history: int, new: int) -> bool:
+    def fits(self, history: int) -> bool:
         """Whether ``history`` tokens and at least one new one fit its (shorter) context."""
         return self.max_seq_len is None or history + 1 < self.max_seq_len
 

@@ -67,7 +67,6 @@ class TextRoute:
     decision: Decision
     task: TaskKind
     spans: Spans | None
-    token_prior_s: float  # the per-token prediction the decision used
 
     @property
     def early_exit(self) -> bool:
@@ -198,7 +197,7 @@ class EntryRouter:
         offers, plans, energy = self.text_offers(lm, task, current, history, new_prompt, max_tokens)
         offer_energy: dict[Offer, float] = {}
         lite: Offer | None = None
-        if early_exit is not None and early_exit.fits(history, max_tokens):
+        if early_exit is not None and early_exit.fits(history):
             seconds = early_exit.predict_s(history, max_tokens)
             lite = Offer(Tier.DEVICE, TEXT_QUALITY_EARLY_EXIT, latency_s=seconds)
             if Tier.DEVICE not in plans:  # the full model has no room here: the early exit is the offer
@@ -215,9 +214,9 @@ class EntryRouter:
         )
         if decision.quality == TEXT_QUALITY_EARLY_EXIT:
             assert early_exit is not None
-            return TextRoute(decision, task, None, early_exit.speed()[1])
+            return TextRoute(decision, task, None)
         plan = plans[decision.tier]
-        return TextRoute(decision, task, {t: Span(a, b) for t, (a, b) in plan.spans.items()}, plan.token_s)
+        return TextRoute(decision, task, {t: Span(a, b) for t, (a, b) in plan.spans.items()})
 
     def decide(
         self,
