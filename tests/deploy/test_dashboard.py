@@ -13,13 +13,10 @@ Screenshots go to
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.processes import LineReader
+from tests.support.processes import tierflow_up
 
 REPO = Path(__file__).resolve().parents[2]
 STATIC = REPO / "src" / "tierflow" / "api" / "static"
@@ -103,21 +100,10 @@ class Deployment:
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("dashboard")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TIERFLOW_HOME": str(root / "home")}
-    argv = [sys.executable, "-m", "tierflow", "up", "demo-lm", "--port", "0",
-            "--certs", str(root / "pki"), "--store", str(root / "contexts.sqlite"),
+    args = ["demo-lm", "--port", "0", "--certs", str(root / "pki"), "--store", str(root / "contexts.sqlite"),
             "--profile", "wifi", "--image-model", "demo-image"]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert process.stdout is not None
-    try:
-        info = json.loads(LineReader(process.stdout).next(timeout=180))
+    with tierflow_up(args, env) as (info, process):
         yield Deployment(info, process)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def _artifacts() -> Path:

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 import tierflow
-from tests.support.processes import LineReader
+from tests.support.processes import tierflow_up
 from tierflow.client.models import DoneEvent, TokenEvent
 from tierflow.errors import AuthenticationError, ContextForbiddenError, ContextNotFoundError
 from tierflow.model.registry import resolve_model
@@ -72,11 +72,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TIERFLOW_HOME": str(root / "home")}
     routing = root / "routing.yaml"  # the deployment's routing as data: a rule and a prior, seen below
     routing.write_text("rules: {excluded: {clip: [device]}}\npriors: {image_2048: {cloud: 9.5}}\n")
-    argv = [
-        sys.executable,
-        "-m",
-        "tierflow",
-        "up",
+    args = [
         "demo-lm",
         "--port",
         "0",
@@ -93,14 +89,8 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         "--routing",
         str(routing),
     ]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert process.stdout is not None
-    try:
-        info = json.loads(LineReader(process.stdout).next(timeout=180))
+    with tierflow_up(args, env) as (info, process):
         yield Deployment(info, process, root, env)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
 
 
 @pytest.fixture(scope="module")

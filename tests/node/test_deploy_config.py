@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
-from tests.support.processes import LineReader
+from tests.support.processes import tierflow_up
 
 import tierflow
 from tierflow.errors import ConfigError
@@ -92,15 +88,8 @@ def test_two_nodes_on_one_port_and_a_missing_tier_are_refused(tmp_path: Path) ->
 
 @contextmanager
 def machine(path: Path, name: str, env: dict[str, str]) -> Iterator[dict[str, object]]:
-    argv = [sys.executable, "-m", "tierflow", "up", "--config", str(path), "--machine", name,
-            "--image-model", "none"]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert process.stdout is not None
-    try:
-        yield json.loads(LineReader(process.stdout).next(timeout=180))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+    with tierflow_up(["--config", str(path), "--machine", name, "--image-model", "none"], env) as (info, _):
+        yield info
 
 
 @pytest.mark.slow

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import IO, Any
 
 # Runs argv[1:] with SIGINT ignored, the way a non-interactive shell's background job starts
@@ -64,3 +67,23 @@ class LineReader:
         while (line := self._lines.get_nowait()) is not None:
             self.seen.append(line)
         return "".join(self.seen)
+
+
+@contextmanager
+def tierflow_up(
+    args: Sequence[str], env: dict[str, str], ready_timeout: float = 180.0
+) -> Iterator[tuple[dict[str, Any], subprocess.Popen[str]]]:
+    """``tierflow up ARGS`` in a child process: its ready line (one JSON object) and the process;
+    stopped with SIGTERM afterwards, as a user's Ctrl-C or service manager would."""
+    argv = [sys.executable, "-m", "tierflow", "up", *args]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    try:
+        yield json.loads(LineReader(process.stdout).next(timeout=ready_timeout)), process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
