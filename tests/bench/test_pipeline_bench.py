@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 def test_a_stage_that_does_no_work_is_not_overlap() -> None:
     assert every_stage_works({"device_s": 0.05, "remote_s": 0.04, "uplink_s": 0.06, "downlink_s": 0.0})
-    # demo-image's old figures: a 0 ms device stage, the link directions and the remote overlapping
+    # random-image's old figures: a 0 ms device stage, the link directions and the remote overlapping
     assert not every_stage_works({"device_s": 0.0, "remote_s": 0.038, "uplink_s": 0.073, "downlink_s": 0.118})
     assert not every_stage_works({"device_s": 0.1, "remote_s": 0.0099, "uplink_s": 0.0, "downlink_s": 0.0})
 

@@ -21,14 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 import tierflow
 from tests.support.processes import tierflow_up
 from tierflow.client.models import DoneEvent, TokenEvent
-from tierflow.errors import AuthenticationError, ContextForbiddenError, ContextNotFoundError
+from tierflow.errors import (
+    AuthenticationError,
+    ContextForbiddenError,
+    ContextNotFoundError,
+    InvalidInputError,
+)
 from tierflow.model.registry import resolve_model
+from tierflow.model.scenes import parse_prompt, render
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions
 
@@ -233,6 +240,48 @@ def test_images_come_from_the_routed_tier_through_the_openai_package(up: Deploym
     assert shell.returncode == 0, shell.stderr
     assert "256 px made on the edge" in shell.stderr
     assert out.read_bytes() == made.png  # the same seed on the same tier's model: the same image
+
+
+def _png(pixels: np.ndarray, mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_an_edit_repaints_the_mask_only_through_the_openai_package_sdk_and_cli(up: Deployment) -> None:
+    openai = pytest.importorskip("openai")
+    frame = render(parse_prompt("a blue car on a road").scene, 256, seed=2)
+    car = frame.object_ids == 1
+    alpha = np.where(car, 0, 255).astype(np.uint8)  # OpenAI's mask: transparent = repaint
+    mask = _png(np.dstack([frame.image, alpha]), "RGBA")
+    client = openai.OpenAI(base_url=f"{up.api}/v1", api_key=up.key)
+    answer = client.images.edit(image=("frame.png", _png(frame.image)), mask=("mask.png", mask),
+                                prompt="a red car on a road", size="256x256", response_format="b64_json")
+    edited = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.data[0].b64_json or ""))))
+    far = ~(np.asarray(Image.fromarray(car.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(17))) > 0)
+    assert np.array_equal(edited[far], frame.image[far])  # away from the car: the caller's pixels
+    red = edited[car].astype(float).mean(axis=0)
+    assert red[0] > red[2] + 40  # the car is red now
+    with up.client() as sdk:
+        made = sdk.edit(_png(frame.image), "a red car on a road", mask=mask, seed=4, tier="edge")
+        assert made.route["tier"] == "edge" and made.resolution == 256
+        for bad in ({"mask": _png(alpha[:128, :128], "L")}, {"strength": 0.0}, {"size": 100}):
+            with pytest.raises(InvalidInputError):
+                sdk.edit(_png(frame.image), "a red car", **bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="square"):
+            sdk.edit(_png(frame.image[:128]), "a red car")
+        with pytest.raises(InvalidInputError, match="readable"):
+            sdk.edit(b"not a picture", "a red car")
+    picture, out = up.root / "frame.png", up.root / "edited.png"
+    picture.write_bytes(_png(frame.image))
+    shell = subprocess.run(
+        [sys.executable, "-m", "tierflow", "image", "a red car on a road", "--edit", str(picture),
+         "--strength", "0.7", "--size", "256", "--seed", "4", "-o", str(out), "--url", up.api,
+         "--api-key", up.key],
+        capture_output=True, text=True, timeout=120, env=up.env,
+    )
+    assert shell.returncode == 0, shell.stderr
+    assert Image.open(out).size == (256, 256)
 
 
 def test_the_openai_package_chats_streams_and_reuses_the_prefix(up: Deployment) -> None:

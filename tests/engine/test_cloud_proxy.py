@@ -117,7 +117,7 @@ def test_proxy_paints_the_same_image_as_the_local_cloud_target(
     from tierflow.runtime.image import ImageResult
 
     _, certs = cloud
-    package = compile_bundled("demo-image", tmp_path_factory.mktemp("img") / "image.tfm")
+    package = compile_bundled("random-image", tmp_path_factory.mktemp("img") / "image.tfm")
     node = start_node("cloud", package, certs)
     try:
         proxy = load(package, capabilities=TINY, cloud=CloudEndpoint(address=node.data_plane, certs=certs))

@@ -1,6 +1,6 @@
 """Image generation routed by SLA, network and battery, on real nodes (in-process data plane).
 
-Every tier serves its own target of a demo-image package (phone 256 px, edge 1024, cloud 2048 with
+Every tier serves its own target of a random-image package (phone 256 px, edge 1024, cloud 2048 with
 the refiner): the seed's example must hold -- a good network gets the cloud's refined 2048 px, a
 latency budget only the edge meets gets the edge's 1024, no network gets the phone's best.
 """
@@ -30,7 +30,7 @@ PROMPT = "a red car on a road"
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_bundled("demo-image", tmp_path_factory.mktemp("img") / "image.tfm")
+    return compile_bundled("random-image", tmp_path_factory.mktemp("img") / "image.tfm")
 
 
 @pytest.fixture

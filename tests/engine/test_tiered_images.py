@@ -1,5 +1,5 @@
 """TieredImages at the entry point over real edge and cloud node processes: one deployment serves the LM
-and images at once, every tier with its own target of a demo-image package.
+and images at once, every tier with its own target of a random-image package.
 
 The edge and cloud are node processes of a LocalDeployment (demo-lm as their main model, the package as
 their image model); the device node runs in this process, as `tierflow node --tier device --store ...
@@ -35,7 +35,7 @@ TARGETS = {Tier.DEVICE: "phone", Tier.EDGE: "edge", Tier.CLOUD: "cloud"}
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_bundled("demo-image", tmp_path_factory.mktemp("img") / "image.tfm")
+    return compile_bundled("random-image", tmp_path_factory.mktemp("img") / "image.tfm")
 
 
 @pytest.fixture(scope="module")

@@ -226,7 +226,7 @@ def test_lm_without_tokenizer_uses_random_tokens(tmp_path: Path) -> None:
 
 
 def test_image_generator_pyramid(tmp_path: Path) -> None:
-    report = compile_model("demo-image", tmp_path / "img.tfm", config=config())
+    report = compile_model("random-image", tmp_path / "img.tfm", config=config())
     pkg = Package.open(tmp_path / "img.tfm")
     t = pkg.manifest.targets
     assert [t[n].max_resolution for n in ("phone", "edge", "cloud")] == [256, 1024, 2048]

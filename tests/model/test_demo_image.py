@@ -1,4 +1,4 @@
-"""demo-image: the built graph, its cost, and driving it with ImageGenerator and the CLI."""
+"""random-image: the built graph, its cost, and driving it with ImageGenerator and the CLI."""
 
 from __future__ import annotations
 
@@ -204,16 +204,16 @@ def test_cli_run_demo_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     out = tmp_path / "X.png"
-    result = runner.invoke(app, ["run", "demo-image", "--prompt", "a red car", "-r", "256", "-o", str(out),
+    result = runner.invoke(app, ["run", "random-image", "--prompt", "a red car", "-r", "256", "-o", str(out),
                                  "--seed", "3", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert "provider=CPU" in result.output and "256x256" in result.output
     with Image.open(out) as img:
         assert img.size == (256, 256)
     # default output name: <model>-<resolution>.png in the working directory, here with the refiner
-    result = runner.invoke(app, ["run", "demo-image", "-r", "64", "--refine", "--threads", "1"])
+    result = runner.invoke(app, ["run", "random-image", "-r", "64", "--refine", "--threads", "1"])
     assert result.exit_code == 0, result.output
-    assert "refined=yes" in result.output and (tmp_path / "demo-image-64.png").is_file()
-    result = runner.invoke(app, ["run", "demo-image", "-r", "100"])
+    assert "refined=yes" in result.output and (tmp_path / "random-image-64.png").is_file()
+    result = runner.invoke(app, ["run", "random-image", "-r", "100"])
     assert isinstance(result.exception, InvalidInputError)
 

@@ -1,6 +1,6 @@
 """A node serves an image generator as a second model next to its language model (in this process).
 
-The data plane is real (mTLS on loopback); the packages are compiled from demo-image, so the caps are
+The data plane is real (mTLS on loopback); the packages are compiled from random-image, so the caps are
 the pyramid's: phone 256 px without the refiner, cloud 2048 px with it.
 """
 
@@ -50,7 +50,7 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_bundled("demo-image", tmp_path_factory.mktemp("img") / "image.tfm")
+    return compile_bundled("random-image", tmp_path_factory.mktemp("img") / "image.tfm")
 
 
 def with_node(
@@ -86,7 +86,7 @@ def test_an_lm_node_with_an_image_model_answers_both_over_the_data_plane(pki: Pa
         pixels = image.outputs["pixels"]
         assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
         assert image.meta["seed"] == 7 and image.meta["tier"] == "cloud"
-        assert image.meta["refined"] is True  # demo-image has a refiner; refine unset: it refines
+        assert image.meta["refined"] is True  # random-image has a refiner; refine unset: it refines
         assert pixels.std() > 0  # a picture, not a blank
         again = await peers.call("cloud", StageRequest(OP_GENERATE_IMAGE, meta=meta))
         np.testing.assert_array_equal(again.outputs["pixels"], pixels)  # the seed reproduces it
@@ -113,7 +113,7 @@ def test_an_lm_node_with_an_image_model_answers_both_over_the_data_plane(pki: Pa
         assert shown["image"]["model_id"] == node.image_executor.model_id
         assert shown["image"]["max_resolution"] is None and shown["image"]["has_refiner"] is True
 
-    with_node(pki, body, model=str(lm), image_model="demo-image", slowdown=1.5)
+    with_node(pki, body, model=str(lm), image_model="random-image", slowdown=1.5)
 
 
 def test_a_node_without_an_image_model_reports_none_and_refuses_images(pki: Path, lm: Path) -> None:
@@ -142,7 +142,7 @@ def test_a_node_whose_only_model_is_an_image_generator_still_serves_it(pki: Path
         reply = await peers.call("cloud", StageRequest(OP_GENERATE_IMAGE, meta={"resolution": 64, "seed": 2}))
         assert reply.outputs["pixels"].shape == (64, 64, 3)
 
-    with_node(pki, body, model="demo-image")
+    with_node(pki, body, model="random-image")
 
 
 def test_a_target_cap_is_kept_and_reported(pki: Path, lm: Path, package: Path) -> None:
@@ -191,7 +191,9 @@ def test_an_image_model_of_another_kind_is_refused_clearly(
     pki: Path, lm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(UnsupportedModelError, match=r"is a causal-lm model, not an image generator"):
-        NodeServer(NodeConfig(tier=Tier.EDGE, model="demo-image", certs=pki, threads=1, image_model=str(lm)))
+        NodeServer(
+            NodeConfig(tier=Tier.EDGE, model="random-image", certs=pki, threads=1, image_model=str(lm))
+        )
     with pytest.raises(UnsupportedModelError, match="demo-vision is a vision model, not an image generator"):
         NodeServer(NodeConfig(tier=Tier.EDGE, model=str(lm), certs=pki, threads=1, image_model="demo-vision"))
     # a deployment refuses it before any node process starts

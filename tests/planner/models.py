@@ -12,7 +12,7 @@ from tierflow.model.registry import BUNDLED, resolve_model
 from tierflow.runtime.session import SessionOptions
 
 OPTIONS = SessionOptions(intra_op_threads=1, providers=("CPUExecutionProvider",))
-BUNDLED_NAMES = ("demo-lm", "demo-image", "demo-vision")
+BUNDLED_NAMES = ("demo-lm", "random-image", "demo-vision")
 
 
 @cache

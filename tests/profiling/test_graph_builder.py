@@ -43,7 +43,7 @@ def test_demo_vision_blocks_are_units_and_the_long_skip_crosses() -> None:
 
 
 def test_granularities_give_acyclic_graphs_in_topological_order() -> None:
-    for name in ("demo-vision", "demo-image"):
+    for name in ("demo-vision", "random-image"):
         model = bundled(name)
         counts = {}
         for granularity in ("node", "chain", "blocks"):
@@ -72,7 +72,7 @@ def test_lm_layers_and_kv_cache_stays_put() -> None:
 
 
 def test_tensor_sizes_match_a_real_run() -> None:
-    model = bundled("demo-image")
+    model = bundled("random-image")
     graph = build_unit_graph(model, granularity="chain")
     feeds = example_feeds(graph, input_dtypes(model))
     names = [n for n, t in graph.tensors.items() if t.producer is not None][:12]

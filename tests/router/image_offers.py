@@ -1,4 +1,4 @@
-"""Offers and priors shaped like the bundled image generator (demo-image) on three tiers.
+"""Offers and priors shaped like the bundled image generator (random-image) on three tiers.
 
 The phone runs up to 512 px without the refiner, the edge up to 1024, the cloud 1024 and 2048
 with the refiner (the capability pyramid of tierflow.model.demo.image). Latencies are made-up

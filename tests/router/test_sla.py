@@ -1,4 +1,4 @@
-"""SLA parsing, the routing rules and choose / fallbacks on offers shaped like demo-image."""
+"""SLA parsing, the routing rules and choose / fallbacks on offers shaped like random-image."""
 
 from __future__ import annotations
 

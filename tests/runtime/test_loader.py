@@ -91,7 +91,7 @@ def manifest(lm_tfm: Path) -> Manifest:
 @pytest.fixture(scope="module")
 def image_tfm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("img") / "img.tfm"
-    compile_model("demo-image", out, config=pyramid_from_dict(FAST))
+    compile_model("random-image", out, config=pyramid_from_dict(FAST))
     return out
 
 

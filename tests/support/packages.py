@@ -1,6 +1,6 @@
 """Packages compiled from the bundled models, as `tierflow compile` makes them (tests that need targets).
 
-demo-image: the phone target makes 256 px, the edge 1024, the cloud 2048 with the refiner.
+random-image: the phone target makes 256 px, the edge 1024, the cloud 2048 with the refiner.
 demo-lm: its phone target is the early-exit INT8 model (layers 0..2 of 6).
 """
 

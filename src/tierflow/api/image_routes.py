@@ -1,13 +1,18 @@
-"""The image endpoint: ``POST /v1/images/generations``, OpenAI's shape, routed by SLA (docs/ROUTING.md)."""
+"""The image endpoints, OpenAI's shape, routed by SLA (docs/ROUTING.md): ``POST /v1/images/generations``
+(a JSON body) and ``POST /v1/images/edits`` (multipart form: the picture, an optional mask, the prompt)."""
 
 from __future__ import annotations
 
 import base64
+import io
+import json
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tierflow.api import errors
 from tierflow.api.auth import caller
@@ -16,11 +21,18 @@ from tierflow.api.schemas import Routed
 from tierflow.errors import InvalidInputError, UnsupportedModelError
 from tierflow.router.sla import SLA
 from tierflow.runtime.image import png_bytes
+from tierflow.runtime.image_result import ImageEdit
 from tierflow.types.tasks import IMAGE_RESOLUTIONS
 
 router = APIRouter()
 
 DEFAULT_SIZE = 512
+DEFAULT_STRENGTH = 0.8
+MAX_UPLOAD_BYTES = 32 * 2**20
+MASK_HELP = (
+    "where to repaint: a PNG whose transparent pixels (or, without alpha, white pixels) are repainted; "
+    "absent: the whole picture, from its noised self (image-to-image)"
+)
 
 
 class ImageBody(Routed):
@@ -85,3 +97,79 @@ async def generate_image(body: ImageBody, request: Request, owner: str = Depends
     state.recent.image(routed)
     encoded = base64.b64encode(png_bytes(routed.image.pixels)).decode("ascii")
     return ImageReply(created=int(time.time()), data=[ImageData(b64_json=encoded)], route=routed.to_dict())
+
+
+@router.post("/v1/images/edits", response_model=ImageReply, responses=errors.responses(401, 422, 503))
+async def edit_image(
+    request: Request,
+    image: Annotated[UploadFile, File(description="the picture to edit: a square PNG or JPEG")],
+    prompt: Annotated[str, Form(min_length=1, max_length=4000)],
+    mask: Annotated[UploadFile | None, File(description=MASK_HELP)] = None,
+    size: Annotated[str | None, Form(description="WxH of the result (default: the picture's)")] = None,
+    n: Annotated[int, Form(ge=1, le=1)] = 1,
+    response_format: Annotated[Literal["b64_json"], Form()] = "b64_json",
+    seed: Annotated[int | None, Form(ge=0, le=2**63 - 1)] = None,
+    strength: Annotated[float, Form(gt=0.0, le=1.0, description="how far from the picture (1: anew)")] = (
+        DEFAULT_STRENGTH
+    ),
+    sla: Annotated[str | None, Form(max_length=2000, description="the SLA as JSON")] = None,
+    tier: Annotated[str | None, Form(max_length=20)] = None,
+    model: Annotated[str | None, Form(max_length=200)] = None,
+    owner: str = Depends(caller),
+) -> ImageReply:
+    """``image`` repainted under ``prompt`` inside ``mask``, on the tier the router chooses among those
+    whose model can edit; outside the mask the picture comes back as it was."""
+    state = state_of(request)
+    if state.routed_images is None:
+        raise UnsupportedModelError("this deployment serves no image model (start it with --image-model)")
+    pixels = _read_picture(await image.read(MAX_UPLOAD_BYTES + 1), "image")
+    region = None if mask is None else _read_mask(await mask.read(MAX_UPLOAD_BYTES + 1), pixels.shape[:2])
+    if size is None and pixels.shape[0] in IMAGE_RESOLUTIONS:
+        size = f"{pixels.shape[0]}x{pixels.shape[0]}"
+    try:
+        body = ImageBody.model_validate(
+            {"prompt": prompt, "size": size, "seed": seed, "model": model, "tier": tier,
+             "sla": json.loads(sla) if sla else None}
+        )
+    except (ValidationError, ValueError) as exc:
+        raise InvalidInputError(f"edit form: {' '.join(str(exc).split())[:300]}") from exc
+    edit = ImageEdit(pixels, region, strength)
+    _, battery = body.routing()
+    routed = await state.routed_images.generate(
+        body.prompt, body.resolution(), body.image_sla(), seed=body.seed, battery=battery,
+        metered=body.metered, pin=body.tier, edit=edit,
+    )
+    state.recent.image(routed)
+    encoded = base64.b64encode(png_bytes(routed.image.pixels)).decode("ascii")
+    return ImageReply(created=int(time.time()), data=[ImageData(b64_json=encoded)], route=routed.to_dict())
+
+
+def _open(data: bytes, what: str) -> Image.Image:
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise InvalidInputError(f"{what}: larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InvalidInputError(f"{what}: not a readable PNG or JPEG ({exc})") from exc
+    if img.width != img.height:
+        raise InvalidInputError(f"{what}: must be square, is {img.width}x{img.height}")
+    return img
+
+
+def _read_picture(data: bytes, what: str) -> np.ndarray:
+    pixels: np.ndarray = np.asarray(_open(data, what).convert("RGB"), np.uint8)
+    return pixels
+
+
+def _read_mask(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """OpenAI's convention: transparent pixels are repainted; a mask without alpha: white pixels are."""
+    img = _open(data, "mask")
+    if img.size != (shape[1], shape[0]):
+        raise InvalidInputError(f"mask: is {img.width}x{img.height}, the image {shape[1]}x{shape[0]}")
+    if "A" in img.getbands():
+        region: np.ndarray = np.asarray(img.getchannel("A")) == 0
+    else:
+        region = np.asarray(img.convert("L")) > 127
+    return region
+

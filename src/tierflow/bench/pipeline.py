@@ -1,7 +1,7 @@
 """`tierflow bench pipeline`: a split model over real nodes and the link emulator, sequential vs overlapped.
 
 One remote node process (the cloud tier, SIMULATED ``remote_slowdown`` times slower when
-asked) runs the second half of a bundled model (``demo-vision`` by default, or ``demo-image``);
+asked) runs the second half of a bundled model (``demo-vision`` by default, or ``random-image``);
 the device (this process, SIMULATED ``device_slowdown`` times slower) runs the first half and
 sends the cut tensors, INT8 quantized, through a user-space emulated link with the named profile;
 the outputs come back the same way.

@@ -2,7 +2,7 @@
 
 One deployment of real node processes on this machine: the device node (the entry point, its
 compute SIMULATED ``device_slowdown`` x slower), the edge (``edge_slowdown`` x) and the cloud, each
-serving demo-lm and its own target of a demo-image package (the phone makes up to 256 px, the
+serving demo-lm and its own target of a random-image package (the phone makes up to 256 px, the
 edge 1024, the cloud 2048 with the refiner). The benchmark process is the app on the phone: it
 talks HTTP to the entry point, which is not behind an emulated link.
 
@@ -271,9 +271,9 @@ def run_route_bench(
 
     with tempfile.TemporaryDirectory(prefix="tierflow-bench-route-") as tmp:
         root = Path(tmp)
-        stage("compiling demo-image into its pyramid of targets")
-        package = root / "demo-image.tfm"
-        compile_model("demo-image", package)
+        stage("compiling random-image into its pyramid of targets")
+        package = root / "random-image.tfm"
+        compile_model("random-image", package)
         store = str(root / "contexts.sqlite")
         opened = open_store(store)
         try:

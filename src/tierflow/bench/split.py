@@ -1,6 +1,6 @@
 """`tierflow bench split`: the planner's chosen split against every candidate, measured over real tiers.
 
-Models: the bundled ones (``demo-vision``, ``demo-image``, ``demo-lm``), the networks of the split
+Models: the bundled ones (``demo-vision``, ``random-image``, ``demo-lm``), the networks of the split
 papers (``alexnet``, ``resnet18``, ``mobilenetv2``: :mod:`tierflow.bench.paper_models`, exported once
 from plain PyTorch), or any ``.onnx`` file or ``.tfm`` package (every tier serves the package's most
 capable target, so all tiers cut the same graph).
@@ -102,12 +102,12 @@ from tierflow.transport.tls import load_identity
 from tierflow.types import PlanKind, Tier
 from tierflow.types.links import BACKHAUL, Direction, LinkProfile, get_profile, transfer_s
 
-MODELS = ("demo-vision", "demo-image", "demo-lm")
+MODELS = ("demo-vision", "random-image", "demo-lm")
 PROFILES = ("2g", "3g", "4g", "wifi", "5g", "datacenter")
 DEVICE_SLOWDOWN = 4.0
 EDGE_SLOWDOWN = 2.0
 CLOUD_SLOWDOWN = 1.0
-MAX_PLANS = 72  # demo-vision's 55 and demo-image's 66 grid plans are all measured; demo-lm's 279 sampled
+MAX_PLANS = 72  # demo-vision's 55 and random-image's 66 grid plans are all measured; demo-lm's 279 sampled
 NEUROSURGEON_SPEEDUP = 3.1  # Kang et al., ASPLOS 2017: mean latency speed-up over cloud-only
 NEUROSURGEON_NETWORKS = ("3g", "4g", "wifi")  # the wireless networks that mean was taken over
 FAST = "datacenter"  # the profile warm-ups and calibration run over

@@ -60,7 +60,7 @@ def pipeline(
         help="SIMULATED weaker device (stages take this many times as long).",
     ),
     model: str = typer.Option(
-        "demo-vision", "--model", help="Bundled model to split (demo-vision, demo-image)."
+        "demo-vision", "--model", help="Bundled model to split (demo-vision, random-image)."
     ),
     remote_slowdown: float = typer.Option(
         1.0,
@@ -91,7 +91,7 @@ def split(
     model: list[str] | None = typer.Option(
         None,
         "--model",
-        help="Repeatable (or comma separated): a bundled model (demo-vision, demo-image, demo-lm), a paper "
+        help="Repeatable (or comma separated): a bundled model (demo-vision, random-image, demo-lm), a paper "
         "network (alexnet, resnet18, mobilenetv2; built once with torch), an .onnx file or a .tfm package; "
         "'all' = the bundled models, 'paper' = the paper networks. Default: all.",
     ),

@@ -16,7 +16,7 @@ from tierflow.model.pyramid import FidelityFloor, PyramidConfig, load_pyramid
 
 def compile_command(
     model: Annotated[
-        str, typer.Argument(help="ONNX file or bundled name (demo-lm, demo-image, demo-vision).")
+        str, typer.Argument(help="ONNX file or bundled name (see tierflow models).")
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="The package to write (.tfm).")],
     targets: Annotated[

@@ -66,10 +66,10 @@ def demo(
         f"{result.tokens_per_s:.0f} tokens/s[/]"
     )
     console.rule("[bold]demo-image[/]: image generation")
-    from tierflow.runtime.image import ImageGenerator
+    from tierflow.runtime.text_to_image import open_file
 
     with spinner("loading demo-image"):
-        generator = ImageGenerator.open(resolve_model("demo-image"))
+        generator = open_file(resolve_model("demo-image"))
     with spinner(f"painting '{image_prompt}' at 256 px"):
         image = generator.generate(image_prompt, resolution=256, seed=0)
     image.save(out)

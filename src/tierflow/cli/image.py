@@ -22,10 +22,22 @@ def image(
     prefer: str | None = typer.Option(None, "--prefer", help="quality (default), latency or energy."),
     tier: str | None = typer.Option(None, "--tier", help="Pin it to device, edge or cloud."),
     seed: int | None = typer.Option(None, "--seed", help="Noise seed (the same seed, the same image)."),
+    edit: Path | None = typer.Option(
+        None, "--edit", help="A square PNG or JPEG to repaint under PROMPT instead of painting anew."
+    ),
+    mask: Path | None = typer.Option(
+        None, "--mask", help="With --edit: where to repaint (transparent or white pixels; default: all)."
+    ),
+    strength: float | None = typer.Option(
+        None, "--strength", min=0.01, max=1.0, help="With --edit: how far from the picture (default 0.8)."
+    ),
     url: str | None = typer.Option(None, "--url", help="The entry point (default: $TIERFLOW_URL)."),
     api_key: str | None = typer.Option(None, "--api-key", help="API key (default: $TIERFLOW_API_KEY)."),
 ) -> None:
-    """Make an image on a running deployment (`tierflow up`) and write it as PNG; stderr says where it ran."""
+    """Make an image on a running deployment (`tierflow up`) and write it as PNG; stderr says where it ran.
+    With --edit, repaint a picture instead (inside --mask, or all of it from its noised self)."""
+    if edit is None and (mask is not None or strength is not None):
+        raise typer.BadParameter("--mask and --strength go with --edit")
     sla = {
         k: v
         for k, v in (("min_resolution", min_resolution), ("max_latency", max_latency), ("prefer", prefer))
@@ -34,7 +46,13 @@ def image(
     if offline_ok:
         sla["offline_ok"] = True
     with make_client(url, api_key) as client:
-        result = client.image(prompt, size=size, seed=seed, sla=sla or None, tier=tier)
+        if edit is not None:
+            picture = _read(edit)
+            shape = _read(mask) if mask is not None else None
+            result = client.edit(picture, prompt, mask=shape, size=size, strength=strength, seed=seed,
+                                 sla=sla or None, tier=tier)
+        else:
+            result = client.image(prompt, size=size, seed=seed, sla=sla or None, tier=tier)
     out.write_bytes(result.png)
     route = result.route
     made = f"{route.get('resolution')} px made on the {route.get('tier')} in {route.get('wall_s', 0):.2f} s"
@@ -44,6 +62,13 @@ def image(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,7 @@ from tierflow.model.registry import BUNDLED
 
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """List the bundled models (demo-lm, demo-image, demo-vision) with their paths and sizes."""
+    """List the bundled models (demo-lm, demo-image, random-image, demo-vision) with their paths and sizes."""
     rows: list[dict[str, Any]] = []
     with spinner("preparing bundled models"):
         for m in BUNDLED.values():

@@ -20,7 +20,7 @@ DEFAULTS = SamplingConfig()  # what the help texts quote
 
 def run(
     model: str = typer.Argument(
-        ..., help="Model file (.onnx) or bundled name (demo-lm, demo-image, demo-vision)."
+        ..., help="Model file (.onnx) or bundled name (demo-lm, demo-image, random-image, demo-vision)."
     ),
     prompt: str | None = typer.Option(
         None, "--prompt", "-p", help="Text prompt (LMs and the image generator)."

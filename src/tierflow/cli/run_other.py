@@ -18,8 +18,9 @@ from rich.table import Table
 from tierflow.cli._common import console, err_console, print_table, spinner
 from tierflow.model.registry import BUNDLED
 from tierflow.runtime.generic import GenericRunner, TensorSummary, load_npy_inputs
-from tierflow.runtime.image import ImageGenerator, ImageResult, is_image_generator
+from tierflow.runtime.image import ImageResult, is_image_generator
 from tierflow.runtime.providers import short_name
+from tierflow.runtime.text_to_image import AnyImageGenerator, open_generator
 
 
 def run_non_text(
@@ -34,7 +35,7 @@ def run_non_text(
     inputs: Sequence[str] = (),
 ) -> None:
     if is_image_generator(session):
-        _run_image(ImageGenerator(session, onnx.load(str(path))), path, prompt, resolution, refine, seed, out)
+        _run_image(open_generator(session, onnx.load(str(path))), path, prompt, resolution, refine, seed, out)
     else:
         if prompt is not None:
             err_console.print("[dim]--prompt is ignored: this model takes no text[/]")
@@ -50,7 +51,7 @@ def model_label(path: Path) -> str:
 
 
 def _run_image(
-    generator: ImageGenerator,
+    generator: AnyImageGenerator,
     path: Path,
     prompt: str | None,
     resolution: int,

@@ -86,6 +86,8 @@ class Call(Generic[T]):
     path: str
     read: Callable[[httpx.Response], T]
     json: JSON | None = None
+    form: dict[str, str] | None = None  # a multipart form's fields (with files)
+    files: dict[str, tuple[str, bytes, str]] | None = None  # name -> (file name, content, type)
 
 
 class _ContextList(BaseModel):
@@ -150,6 +152,17 @@ def image(body: JSON) -> Call[ImageResult]:
         return ImageResult(png=png, route=data.get("route") or {})
 
     return Call("POST", "/v1/images/generations", read, body)
+
+
+def edit_image(
+    picture: bytes, prompt: str, mask: bytes | None, fields: dict[str, str]
+) -> Call[ImageResult]:
+    """``POST /v1/images/edits``: the picture (and mask) as PNG files, the rest as form fields."""
+    files = {"image": ("image.png", picture, "image/png")}
+    if mask is not None:
+        files["mask"] = ("mask.png", mask, "image/png")
+    call = image({})
+    return Call("POST", "/v1/images/edits", call.read, form={"prompt": prompt, **fields}, files=files)
 
 
 def set_link(name: str, profile: str) -> Call[JSON]:

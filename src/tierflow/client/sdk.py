@@ -8,6 +8,7 @@ reached is a :class:`~tierflow.errors.TierUnavailableError` naming its URL.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Generator
 from types import TracebackType
 from typing import TypeVar
@@ -27,6 +28,15 @@ from tierflow.client.models import (
 from tierflow.client.sse import aiter_sse, iter_sse
 
 T = TypeVar("T")
+
+
+def edit_fields(
+    size: int | None, strength: float | None, seed: int | None, sla: JSON | None, tier: str | None
+) -> dict[str, str]:
+    """The form fields of ``POST /v1/images/edits`` besides the prompt (None: the server's default)."""
+    fields = {"size": f"{size}x{size}" if size else None, "strength": strength, "seed": seed,
+              "sla": json.dumps(sla) if sla is not None else None, "tier": tier}
+    return {k: str(v) for k, v in fields.items() if v is not None}
 
 
 def image_body(prompt: str, size: int, seed: int | None, sla: JSON | None, tier: str | None) -> JSON:
@@ -167,6 +177,23 @@ class Client:
         """One image for ``prompt`` of up to ``size`` px, made where the router chooses (``tier``: pinned)."""
         return self._call(api.image(image_body(prompt, size, seed, sla, tier)))
 
+    def edit(
+        self,
+        picture: bytes,
+        prompt: str,
+        *,
+        mask: bytes | None = None,
+        size: int | None = None,
+        strength: float | None = None,
+        seed: int | None = None,
+        sla: JSON | None = None,
+        tier: str | None = None,
+    ) -> ImageResult:
+        """``picture`` (PNG bytes) repainted under ``prompt``: where ``mask`` (a PNG: transparent or,
+        without alpha, white pixels) says, else everywhere from its noised self at ``strength``."""
+        fields = edit_fields(size, strength, seed, sla, tier)
+        return self._call(api.edit_image(picture, prompt, mask, fields))
+
     def set_link(self, name: str, profile: str) -> JSON:
         """Change a local deployment's SIMULATED link (``device-edge``, ``device-cloud``, ``edge-cloud``)."""
         return self._call(api.set_link(name, profile))
@@ -211,7 +238,9 @@ class Client:
 
     def _call(self, call: api.Call[T]) -> T:
         with api.reaching(self.base_url):
-            return call.read(self._http.request(call.method, call.path, json=call.json))
+            return call.read(
+                self._http.request(call.method, call.path, json=call.json, data=call.form, files=call.files)
+            )
 
 
 class AsyncClient:
@@ -330,6 +359,22 @@ class AsyncClient:
         """See :meth:`Client.image`."""
         return await self._call(api.image(image_body(prompt, size, seed, sla, tier)))
 
+    async def edit(
+        self,
+        picture: bytes,
+        prompt: str,
+        *,
+        mask: bytes | None = None,
+        size: int | None = None,
+        strength: float | None = None,
+        seed: int | None = None,
+        sla: JSON | None = None,
+        tier: str | None = None,
+    ) -> ImageResult:
+        """See :meth:`Client.edit`."""
+        fields = edit_fields(size, strength, seed, sla, tier)
+        return await self._call(api.edit_image(picture, prompt, mask, fields))
+
     async def set_link(self, name: str, profile: str) -> JSON:
         """See :meth:`Client.set_link`."""
         return await self._call(api.set_link(name, profile))
@@ -373,4 +418,7 @@ class AsyncClient:
 
     async def _call(self, call: api.Call[T]) -> T:
         with api.reaching(self.base_url):
-            return call.read(await self._http.request(call.method, call.path, json=call.json))
+            answer = await self._http.request(
+                call.method, call.path, json=call.json, data=call.form, files=call.files
+            )
+            return call.read(answer)

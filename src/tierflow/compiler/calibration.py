@@ -26,6 +26,7 @@ from tierflow.errors import ConfigError, TokenizerError
 from tierflow.model import metadata as md
 from tierflow.model.feeds import ORT_DTYPES, random_array, resolve_shape
 from tierflow.model.tokenizer import Tokenizer
+from tierflow.runtime.text_to_image import example_feeds, is_pipeline
 
 Feeds = dict[str, np.ndarray]
 
@@ -35,6 +36,8 @@ def generated_feeds(
     resolution: int | None = None,
 ) -> list[Feeds]:
     """``count`` seeded input sets for ``session``'s inputs (one generator across them all)."""
+    if is_pipeline(session):
+        return example_feeds(count, seed)
     dims = _dim_values(meta, resolution)
     specs = []
     for spec in session.get_inputs():

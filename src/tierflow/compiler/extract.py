@@ -27,6 +27,7 @@ import onnx
 from tierflow.errors import ConfigError, InvalidModelError, PlanError
 from tierflow.model import lm_contract as lc
 from tierflow.model import metadata as md
+from tierflow.model import text_to_image as t2i
 from tierflow.model.package import LayerGroup
 from tierflow.model.partition import GraphCutter
 from tierflow.model.pyramid import TargetConfig
@@ -108,6 +109,8 @@ class Pyramid:
 def pyramid_for(source: SourceModel) -> Pyramid:
     if source.kind == ModelKind.CAUSAL_LM:
         return LMPyramid(source)
+    if source.kind == ModelKind.IMAGE_GENERATOR and t2i.TOKENS in source.inputs:
+        return PipelinePyramid(source)
     if source.kind == ModelKind.IMAGE_GENERATOR:
         return ImagePyramid(source)
     return GenericPyramid(source)
@@ -262,6 +265,61 @@ class ImagePyramid(Pyramid):
                 parameters=_params(self.source.model, None, exclude=base_names),
             ),
         )
+
+
+class PipelinePyramid(Pyramid):
+    """The text-to-image pipeline (:mod:`tierflow.model.text_to_image`): a target keeps the resolution
+    stages up to its cap and, with ``cloud_layers``, the refiner's chain; ``layers: exit`` (the phone)
+    takes the few-step sampler, whose outputs are renamed to the ordinary ones."""
+
+    def __init__(self, source: SourceModel) -> None:
+        super().__init__(source)
+        self.config: dict[str, object] = md.config(source.meta)
+        self.max_resolution = max(t2i.RESOLUTIONS)
+
+    def info(self) -> dict[str, int | None]:
+        return {"max_resolution": self.max_resolution}
+
+    def cut(self, name: str, spec: TargetConfig) -> TargetGraph:
+        if isinstance(spec.layers, int):
+            raise ConfigError(f"target {name}: a text-to-image pipeline has no layer count; use exit or all")
+        if spec.outputs is not None:
+            model = self._extract(self.source.inputs, list(spec.outputs))
+            return TargetGraph(model, self._components(model), quality=f"cut at {', '.join(spec.outputs)}")
+        cap = min(spec.max_resolution or self.max_resolution, self.max_resolution)
+        sizes = [r for r in t2i.RESOLUTIONS if r <= cap]
+        config = dict(self.config)
+        if spec.layers == "exit":
+            sizes = [r for r in sizes if r <= t2i.FAST_MAX]
+            model = self._extract(self.source.inputs, [f"{t2i.FAST_PREFIX}{r}" for r in sizes])
+            for r in sizes:
+                _rename_tensor(model, f"{t2i.FAST_PREFIX}{r}", t2i.image_output(r))
+            config["steps"] = config.get("fast_steps")
+            blocks = [f"fast{i}/x" for i in range(int(str(config.get("fast_steps") or 0)))]
+        else:
+            refined = [t2i.image_output(r, True) for r in sizes if r >= 256] if spec.cloud_layers else []
+            model = self._extract(self.source.inputs, [t2i.image_output(r) for r in sizes] + refined)
+            blocks = [f"step{i}/x" for i in range(int(str(config.get("steps") or 0)))]
+        top = max(sizes)
+        md.write_metadata(model, max_resolution=top, resolutions=sizes, config=config,
+                          blocks=blocks + [t2i.image_output(r) for r in sizes])
+        layers = self._components(model)
+        stages = " + ".join(layers[2:]) or "no upsampler"
+        quality = f"{config.get('steps')}-step sampler, {stages}, up to {top} px"
+        return TargetGraph(model, layers, max_resolution=top, quality=quality)
+
+    @staticmethod
+    def _components(model: onnx.ModelProto) -> list[str]:
+        names = _initializer_names(model)
+        return [c for c in t2i.COMPONENT_FILES if any(n.startswith(f"{c}/") for n in names)]
+
+    def _group(self, components: tuple[str, ...]) -> LayerGroup:
+        names = {t.name for t in self.source.model.graph.initializer if t.name.split("/", 1)[0] in components}
+        return LayerGroup(components=list(components), parameters=_params(self.source.model, names))
+
+    def groups(self, graphs: dict[str, TargetGraph]) -> tuple[LayerGroup, LayerGroup, LayerGroup]:
+        return (self._group(t2i.BASE_COMPONENTS), self._group(t2i.EDGE_COMPONENTS),
+                self._group(t2i.CLOUD_COMPONENTS))
 
 
 class GenericPyramid(Pyramid):

@@ -8,7 +8,7 @@ tier's model has the refiner, else ``base``. Smaller levels are the graceful deg
 
 The matrix rows ``image_<size>`` hold seconds per image, end to end. Their prior is re-set before
 every decision: the tier's compute, from one 256 px image it made when first seen (compute grows
-with the pixels: x4 per doubling of the side, as measured on demo-image) plus, off the device,
+with the pixels: x4 per doubling of the side, as measured on random-image) plus, off the device,
 the round trip and the image's bytes over the device's link to that tier as planned now; what
 was observed carries over as a ratio (:meth:`TaskResourceMatrix.set_prior`).
 
@@ -33,6 +33,7 @@ from tierflow.errors import InvalidInputError, RecoverableError, TierflowError, 
 from tierflow.planner.power import radio_for_profile
 from tierflow.router.energy import BatteryState
 from tierflow.router.sla import SLA, Alternative, Decision, Offer, fallbacks
+from tierflow.runtime.image_result import ImageEdit
 from tierflow.types.links import transfer_s
 from tierflow.types.tasks import IMAGE_RESOLUTIONS, TaskKind
 from tierflow.types.tiers import Tier
@@ -71,6 +72,7 @@ class ImageRoute:
             "compute_s": self.image.elapsed_s,
             "wall_s": self.image.wall_s,
             "degraded": self.degraded,
+            "ignored_words": list(self.image.ignored_words),
             "failed": list(self.failed),
             "decision": self.decision.to_dict(),
         }
@@ -117,8 +119,9 @@ class RoutedImages:
     def _network_up(self) -> bool:
         return self.lm.network_up if self.lm is not None else True
 
-    def _hop_s(self, tier: Tier, resolution: int) -> tuple[float, float, str | None]:
-        """Seconds to bring an image of ``resolution`` from ``tier`` to the device (and the radio)."""
+    def _hop_s(self, tier: Tier, resolution: int, upload_bytes: int = 0) -> tuple[float, float, str | None]:
+        """Seconds to bring an image of ``resolution`` from ``tier`` to the device, after sending it
+        ``upload_bytes`` (an edit's picture); the seconds spent receiving; the radio."""
         if tier is Tier.DEVICE or self.lm is None:
             return 0.0, 0.0, None
         link = self.lm.link_state(Tier.DEVICE, tier)
@@ -127,14 +130,17 @@ class RoutedImages:
         if link is None:
             return math.inf, math.inf, radio
         receive = transfer_s(image_bytes(resolution), link.down_bps)
-        return link.rtt_s + link.overhead_s + receive, receive, radio
+        send = transfer_s(upload_bytes, link.up_bps) if upload_bytes else 0.0
+        return link.rtt_s + link.overhead_s + send + receive, receive, radio
 
     def offers(
-        self, capabilities: dict[Tier, ImageCapability], resolution: int
+        self, capabilities: dict[Tier, ImageCapability], resolution: int, edit: ImageEdit | None = None
     ) -> tuple[list[Offer], dict[Tier, float], dict[Offer, float]]:
         """Offers at every level up to ``resolution`` each tier can make (those under the SLA's
         ``min_resolution`` miss it: a degraded answer, or the best offer a refusal names); the device
-        energy per tier (for the largest size it offers) and per offer."""
+        energy per tier (for the largest size it offers) and per offer. ``edit``: only tiers whose model
+        repaints a given picture offer anything, and the picture travels up to them first."""
+        upload = 0 if edit is None else int(edit.image.nbytes + (0 if edit.mask is None else edit.mask.size))
         offers: list[Offer] = []
         energy: dict[Tier, float] = {}
         per_offer: dict[Offer, float] = {}
@@ -142,6 +148,7 @@ class RoutedImages:
             cap = capabilities.get(tier)
             reachable = not math.isinf(self._hop_s(tier, CALIBRATION_RESOLUTION)[0])
             usable = cap is not None and tier in self.compute_256_s and reachable
+            usable = usable and (edit is None or bool(cap and cap.can_edit))
             self.router.matrix.set_available(tier, usable)
             if cap is None or not usable:
                 offers.append(Offer(tier, "base", resolution))  # infeasible: the decision says why
@@ -152,7 +159,7 @@ class RoutedImages:
             ]
             for level in levels:
                 compute = self.compute_256_s[tier] * (level / CALIBRATION_RESOLUTION) ** 2
-                hop, receive, radio = self._hop_s(tier, level)
+                hop, receive, radio = self._hop_s(tier, level, upload)
                 task = TaskKind.image(level)
                 self.router.matrix.set_prior(task, tier, compute + hop)
                 seconds = self.router.matrix.predict(task, tier)
@@ -179,8 +186,10 @@ class RoutedImages:
         battery: BatteryState | None = None,
         metered: bool | None = None,
         pin: Tier | None = None,
+        edit: ImageEdit | None = None,
     ) -> ImageRoute:
-        """One image of up to ``resolution`` px (at least ``sla.min_resolution``, default the size asked)."""
+        """One image of up to ``resolution`` px (at least ``sla.min_resolution``, default the size asked);
+        ``edit``: the picture repainted under ``prompt``."""
         task = TaskKind.image(resolution)  # an InvalidInputError names the levels
         if sla.min_resolution is None:  # nothing smaller is acceptable unless the SLA says so
             sla = dataclasses.replace(sla, min_resolution=resolution)
@@ -190,15 +199,15 @@ class RoutedImages:
             )
         capabilities = await self.capabilities()  # measured at start: a first request pays nothing here
         started = time.perf_counter()
-        offers, energy, per_offer = self.offers(capabilities, resolution)
+        offers, energy, per_offer = self.offers(capabilities, resolution, edit)
         decision = self.router.decide(
             task, sla, offers, self._network_up(), energy,
             battery=battery, metered=metered, pin=pin, offer_energy=per_offer,
         )
-        return await self._run(decision, prompt, seed, started)
+        return await self._run(decision, prompt, seed, started, edit)
 
     async def _run(
-        self, decision: Decision, prompt: str | None, seed: int | None, started: float
+        self, decision: Decision, prompt: str | None, seed: int | None, started: float, edit: ImageEdit | None
     ) -> ImageRoute:
         failed: list[dict[str, str]] = []
         tried: list[Alternative] = [decision.chosen]
@@ -212,7 +221,7 @@ class RoutedImages:
                 budget = max(decision.sla.max_latency_s - (time.perf_counter() - started), 0.0)
             try:
                 refine = offer.quality == "refined"
-                making = self.images.generate(offer.tier, prompt, offer.resolution, refine, seed)
+                making = self.images.generate(offer.tier, prompt, offer.resolution, refine, seed, edit)
                 image = await asyncio.wait_for(making, budget)
             except (RecoverableError, TimeoutError) as exc:
                 timed_out = isinstance(exc, TimeoutError)

@@ -21,14 +21,17 @@ from tierflow.errors import (
     TierUnavailableError,
     UnsupportedModelError,
 )
-from tierflow.runtime.image import ImageResult
+from tierflow.runtime.image_result import ImageEdit, ImageResult
 from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
 from tierflow.transport.peers import Peers
 from tierflow.types import Tier
 
 # Operations of a node's data plane (tierflow.node.server answers them; defined here, below it, so
 # that the entry point can send them)
-OP_GENERATE_IMAGE = "generate_image"  # a whole image; prompt, resolution, refine, seed in meta
+OP_GENERATE_IMAGE = "generate_image"  # a whole image; prompt, resolution, refine, seed in meta (an edit:
+#                                       the picture and mask as input tensors, strength in meta)
+EDIT_IMAGE = "image"  # an edit's picture, uint8 H x W x 3
+EDIT_MASK = "mask"  # an edit's mask, uint8 H x W (1 = repaint); absent: everywhere
 OP_INFO = "info"  # the node's tier, model id, provider, stage times and image model
 IMAGE_INFO_KEY = "image"  # the info reply's meta: the node's image model (ImageCapability, JSON)
 INFO_TIMEOUT_S = 10.0  # a tier that does not answer its info within this is left out
@@ -46,8 +49,12 @@ class LocalImageModel(Protocol):
     @property
     def has_refiner(self) -> bool: ...
 
+    @property
+    def can_edit(self) -> bool: ...
+
     def generate_image(
-        self, prompt: str | None, resolution: int, refine: bool | None, seed: int | None
+        self, prompt: str | None, resolution: int, refine: bool | None, seed: int | None,
+        edit: ImageEdit | None = None,
     ) -> ImageResult: ...
 
 
@@ -58,10 +65,11 @@ class ImageCapability:
     max_resolution: int | None  # the target's side cap in pixels; None: no cap of its own
     has_refiner: bool
     model_id: str
+    can_edit: bool = False  # it repaints a given picture (image-to-image, inpainting)
 
     @classmethod
     def of(cls, model: LocalImageModel) -> ImageCapability:
-        return cls(model.max_resolution, model.has_refiner, model.model_id)
+        return cls(model.max_resolution, model.has_refiner, model.model_id, model.can_edit)
 
     def encode(self) -> str:
         """The form the ``info`` op carries it in (meta values are scalars; None must survive)."""
@@ -76,6 +84,7 @@ class ImageCapability:
                 max_resolution=None if cap is None else int(cap),
                 has_refiner=bool(data["has_refiner"]),
                 model_id=str(data["model_id"]),
+                can_edit=bool(data.get("can_edit", False)),
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise InvalidModelError(f"a node described its image model as {str(raw)[:80]!r}") from exc
@@ -91,10 +100,33 @@ class TieredImage:
     tier: Tier
     elapsed_s: float  # the tier's compute (ONNX Runtime, as its SIMULATED slowdown stretches it)
     wall_s: float  # as the entry point waited for it: compute plus the hop and the tensor's transfer
+    ignored_words: tuple[str, ...] = ()  # words of the prompt the tier's text encoder does not know
+
+
+def edit_inputs(edit: ImageEdit | None) -> dict[str, np.ndarray]:
+    """An edit's picture and mask as a ``generate_image`` request's input tensors."""
+    if edit is None:
+        return {}
+    inputs = {EDIT_IMAGE: np.ascontiguousarray(edit.image, np.uint8)}
+    if edit.mask is not None:
+        inputs[EDIT_MASK] = np.ascontiguousarray(edit.mask, np.uint8)
+    return inputs
+
+
+def edit_of(request: StageRequest) -> ImageEdit | None:
+    """The edit a ``generate_image`` request carries (None: a plain generation)."""
+    if EDIT_IMAGE not in request.inputs:
+        return None
+    mask = request.inputs.get(EDIT_MASK)
+    return ImageEdit(
+        image=request.inputs[EDIT_IMAGE],
+        mask=None if mask is None else np.asarray(mask) > 0,
+        strength=float(request.meta.get("strength", ImageEdit.strength)),
+    )
 
 
 def image_meta(
-    prompt: str | None, resolution: int, refine: bool | None, seed: int | None
+    prompt: str | None, resolution: int, refine: bool | None, seed: int | None, edit: ImageEdit | None = None
 ) -> dict[str, MetaValue]:
     """A ``generate_image`` request's meta: what is None is left out (the node's default applies)."""
     meta: dict[str, MetaValue] = {"resolution": resolution}
@@ -104,6 +136,8 @@ def image_meta(
         meta["prompt"] = prompt
     if seed is not None:
         meta["seed"] = seed
+    if edit is not None:
+        meta["strength"] = float(edit.strength)
     return meta
 
 
@@ -149,15 +183,17 @@ class TieredImages:
             return None
 
     async def generate(
-        self, tier: Tier, prompt: str | None, resolution: int, refine: bool | None, seed: int | None
+        self, tier: Tier, prompt: str | None, resolution: int, refine: bool | None, seed: int | None,
+        edit: ImageEdit | None = None,
     ) -> TieredImage:
         """Make one image on ``tier``. ``refine`` None: the tier's model refines if it can; ``seed``
-        None: a fresh one (returned)."""
+        None: a fresh one (returned); ``edit``: repaint that picture."""
         started = time.perf_counter()
         if tier is Tier.DEVICE:
             if self.local is None:
                 raise UnsupportedModelError("the device node serves no image model")
-            result = await asyncio.to_thread(self.local.generate_image, prompt, resolution, refine, seed)
+            make = self.local.generate_image
+            result = await asyncio.to_thread(make, prompt, resolution, refine, seed, edit)
             return TieredImage(
                 pixels=result.pixels,
                 seed=result.seed,
@@ -165,8 +201,13 @@ class TieredImages:
                 tier=tier,
                 elapsed_s=result.elapsed_s,
                 wall_s=time.perf_counter() - started,
+                ignored_words=result.ignored_words,
             )
-        request = StageRequest(OP_GENERATE_IMAGE, meta=image_meta(prompt, resolution, refine, seed))
+        request = StageRequest(
+            OP_GENERATE_IMAGE,
+            inputs=edit_inputs(edit),
+            meta=image_meta(prompt, resolution, refine, seed, edit),
+        )
         reply = await self._call(tier, request, None)
         return TieredImage(
             pixels=reply.outputs["pixels"],
@@ -175,6 +216,7 @@ class TieredImages:
             tier=tier,
             elapsed_s=float(reply.meta["elapsed_s"]),
             wall_s=time.perf_counter() - started,
+            ignored_words=tuple(json.loads(str(reply.meta.get("ignored_words", "[]")))),
         )
 
     async def _call(self, tier: Tier, request: StageRequest, timeout: float | None) -> StageResponse:

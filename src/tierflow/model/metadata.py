@@ -12,7 +12,7 @@ key                         value                                               
 ``tierflow.exit_layer``     layers before the early-exit head, an integer >= 1        demo-lm
 ``tierflow.layer_boundaries`` JSON list of the tensors between decoder layers         LM layer finder
 ``tierflow.blocks``         JSON list of block output tensors, in topological order   demo models
-``tierflow.dims``           JSON object ``{"symbol": size}``, sizes integers >= 0     demo-image
+``tierflow.dims``           JSON object ``{"symbol": size}``, sizes integers >= 0     random-image
 ``tierflow.latent_factor``  pixels per latent cell, an integer >= 1                   image generators
 ``tierflow.cond_dim``       width of the conditioning vector, an integer >= 1         image generators
 ``tierflow.resolutions``    comma-separated image sides (px), integers >= 1           image generators
@@ -131,6 +131,17 @@ def _names(source: MetadataSource, key: str) -> list[str] | None:
 
 
 # --- readers ------------------------------------------------------------------------------
+
+
+def config(source: MetadataSource) -> dict[str, Any]:
+    """The model's own configuration (``tierflow.config``); empty when it has none."""
+    what = "a JSON object"
+    value = _json(source, CONFIG, what)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _malformed(CONFIG, _map(source)[CONFIG], what)
+    return value
 
 
 def kind(source: MetadataSource) -> ModelKind | None:

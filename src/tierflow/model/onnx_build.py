@@ -1,6 +1,6 @@
 """Small helpers to write ONNX graphs by hand with ``onnx.helper`` and seeded numpy weights.
 
-The bundled demo models (``demo-image``, ``demo-vision``) are built with
+The bundled demo models (``random-image``, ``demo-vision``) are built with
 :class:`GraphBuilder` so they share one vocabulary of layers (conv, norm,
 activations, Gemm, resize) and one weight initialisation: He-style normal
 weights drawn from a ``numpy.random.Generator`` with a fixed seed, so the same

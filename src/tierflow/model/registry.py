@@ -1,8 +1,9 @@
 """Bundled models, addressable by name wherever a model path is accepted.
 
-``demo-lm`` ships inside the package (it is trained, so it is committed);
-``demo-image`` and ``demo-vision`` are built from a fixed seed on first use
-(under a second) into the tierflow home folder.
+``demo-lm`` ships inside the package (it is trained, so it is committed); ``demo-image`` is
+assembled on first use (about a second) from the trained components committed under
+``assets/text_to_image/``; ``random-image`` and ``demo-vision`` are built from a fixed seed on first
+use (under a second). Built models go into the tierflow home folder.
 """
 
 from __future__ import annotations
@@ -66,7 +67,16 @@ BUNDLED: dict[str, BundledModel] = {
         BundledModel(
             "demo-image",
             ModelKind.IMAGE_GENERATOR,
-            "text/noise-conditioned image generator (256..2048 px) with an optional refiner; random weights",
+            "text-to-image trained on rendered scenes: flow matching at 64 px, upsamplers to 2048 px, "
+            "a cloud refiner",
+            builder="tierflow.model.text_to_image:build",
+            version="2",  # bump when model/assets/text_to_image/ is retrained
+        ),
+        BundledModel(
+            "random-image",
+            ModelKind.IMAGE_GENERATOR,
+            "latent image generator (256..2048 px) with an optional refiner, random weights: the "
+            "structure and cost of one, for split planning and plumbing tests",
             builder="tierflow.model.demo.image:build",
         ),
         BundledModel(

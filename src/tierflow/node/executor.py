@@ -22,12 +22,13 @@ from tierflow.errors import InvalidInputError, UnsupportedModelError
 from tierflow.model import metadata as md
 from tierflow.model.lm_contract import LMSignature
 from tierflow.model.registry import resolve_model
-from tierflow.runtime.image import ImageGenerator, ImageResult
+from tierflow.runtime.image_result import ImageEdit, ImageResult
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.providers import ranked_providers
 from tierflow.runtime.session import SessionOptions, active_provider, metadata, open_session
 from tierflow.runtime.slowdown import SimulatedSlowdown
 from tierflow.runtime.stages import StageRunner
+from tierflow.runtime.text_to_image import AnyImageGenerator, PipelineGenerator, open_generator
 from tierflow.types import ModelKind, Tier
 
 
@@ -62,14 +63,14 @@ class NodeExecutor:
         names = [i.name for i in self.proto.graph.input if i.name not in initializers]
         self._slow = SimulatedSlowdown(self.slowdown)
         self.is_lm = LMSignature.is_causal_lm(names)  # it then serves layer spans too
-        self._image: ImageGenerator | None = None
+        self._image: AnyImageGenerator | None = None
         if self.is_lm:  # the session the spans will use picks the same provider
             self.provider = self.options.providers[0] if self.options.providers else ranked_providers()[0]
             return
         session = self._session  # validates the model with a clear error
         self.provider = active_provider(session)
         if md.kind(metadata(session)) == ModelKind.IMAGE_GENERATOR:
-            self._image = ImageGenerator(session, self.stages.cutter.model)
+            self._image = open_generator(session, self.stages.cutter.model)
 
     @cached_property
     def _session(self) -> ort.InferenceSession:
@@ -80,7 +81,7 @@ class NodeExecutor:
         return StageRunner(self.proto, self.options, slowdown=self.slowdown)
 
     @property
-    def image(self) -> ImageGenerator | None:
+    def image(self) -> AnyImageGenerator | None:
         """The image generator this model is driven as; None when it is not one."""
         return self._image
 
@@ -107,12 +108,20 @@ class NodeExecutor:
         self.stats.setdefault(key, StageStats()).add(time.perf_counter() - started)
         return result
 
+    @property
+    def can_edit(self) -> bool:
+        return isinstance(self._image, PipelineGenerator)
+
     def generate_image(
-        self, prompt: str | None, resolution: int, refine: bool | None, seed: int | None
+        self, prompt: str | None, resolution: int, refine: bool | None, seed: int | None,
+        edit: ImageEdit | None = None,
     ) -> ImageResult:
-        """``refine`` None: refine when the model has a refiner stage (as a local target does)."""
+        """``refine`` None: refine when the model has a refiner stage (as a local target does);
+        ``edit``: repaint that picture instead of painting from noise."""
         if self._image is None:
             raise UnsupportedModelError("this node's model is not an image generator")
+        if edit is not None and not isinstance(self._image, PipelineGenerator):
+            raise UnsupportedModelError("this node's image model cannot edit pictures (it takes no image)")
         cap = self.max_resolution
         if cap is not None and resolution > cap:
             target = md.target(self.proto) or self.label
@@ -120,7 +129,13 @@ class NodeExecutor:
         if refine is None:
             refine = self._image.has_refiner
         started = time.perf_counter()
-        result = self._image.generate(prompt, resolution, refine=refine, seed=seed)
+        if edit is not None:
+            assert isinstance(self._image, PipelineGenerator)
+            result = self._image.edit(
+                prompt, edit.image, edit.mask, edit.strength, resolution, refine=refine, seed=seed
+            )
+        else:
+            result = self._image.generate(prompt, resolution, refine=refine, seed=seed)
         real = time.perf_counter() - started
         seconds = self._slow.stretch(("generate_image", resolution, refine), started)
         self.stats.setdefault("generate_image", StageStats()).add(seconds)

@@ -26,6 +26,7 @@ from tierflow.engine.images import (
     OP_INFO,
     ImageCapability,
     TieredImages,
+    edit_of,
 )
 from tierflow.engine.lm_hop import LM_OPS, LMHop
 from tierflow.errors import ModelNotFoundError, TierUnavailableError, UnsupportedModelError
@@ -170,6 +171,7 @@ class NodeServer:
                 int(meta.get("resolution", default_resolution(images.max_resolution))),
                 bool(meta["refine"]) if "refine" in meta else None,  # None: the model refines if it can
                 int(meta["seed"]) if "seed" in meta else None,
+                edit_of(request),
             )
             return StageResponse(
                 request.request_id,
@@ -180,6 +182,7 @@ class NodeServer:
                     "provider": image.provider,
                     "elapsed_s": image.elapsed_s,
                     "tier": self.config.tier.value,
+                    "ignored_words": json.dumps(list(image.ignored_words)),
                 },
             )
         if request.op == OP_GENERATE:

@@ -1,4 +1,4 @@
-"""Image generation on ONNX Runtime for models with the image-generator contract of ``demo-image``.
+"""Image generation on ONNX Runtime for models with the latent image-generator contract of ``random-image``.
 
 The contract (see :mod:`tierflow.model.demo.image`):
 
@@ -27,22 +27,22 @@ random weights can use.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from PIL import Image
 
 from tierflow.errors import InvalidInputError, UnsupportedModelError
 from tierflow.model import metadata as md
 from tierflow.model.partition import GraphCutter
+from tierflow.runtime.image_result import ImageResult, png_bytes, to_uint8
 from tierflow.runtime.session import SessionOptions, active_provider, metadata, open_session
 from tierflow.types import ModelKind
+
+__all__ = ["ImageGenerator", "ImageResult", "encode_prompt", "is_image_generator", "png_bytes", "to_uint8"]
 
 NOISE = "noise"
 COND = "cond"
@@ -50,7 +50,7 @@ IMAGE = "image"
 DEFAULT_REFINER_OUTPUT = "refined_image"
 DEFAULT_LATENT_FACTOR = 8
 MIN_RESOLUTION = 64
-MAX_RESOLUTION = 4096  # 16 Mpx: the full-resolution activations of demo-image then take ~1 GB each
+MAX_RESOLUTION = 4096  # 16 Mpx: the full-resolution activations of random-image then take ~1 GB each
 
 _WORD = re.compile(r"\w+")
 
@@ -72,52 +72,6 @@ def encode_prompt(prompt: str | None, dim: int = 64) -> np.ndarray:
         vec += weight * np.random.default_rng(seed).standard_normal(dim)
     vec *= np.sqrt(dim) / np.linalg.norm(vec)
     return vec.astype(np.float32)[None, :]
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """[1, 3, H, W] floats in [-1, 1] -> H x W x 3 uint8."""
-    pixels = (np.clip(image[0], -1.0, 1.0) + 1.0) * 127.5
-    return np.ascontiguousarray(np.rint(pixels).astype(np.uint8).transpose(1, 2, 0))
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """An H x W x 3 uint8 image as PNG."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """One generated image and how it was made."""
-
-    pixels: np.ndarray  # uint8, H x W x 3
-    prompt: str | None
-    resolution: int
-    refined: bool
-    seed: int  # the noise seed: generate(..., seed=seed) reproduces this image
-    provider: str
-    elapsed_s: float  # ONNX Runtime time only
-
-    @property
-    def height(self) -> int:
-        return int(self.pixels.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.pixels.shape[1])
-
-    def to_png_bytes(self) -> bytes:
-        return png_bytes(self.pixels)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the image as PNG to ``path``."""
-        path = Path(path)
-        try:
-            path.write_bytes(self.to_png_bytes())
-        except OSError as exc:
-            raise InvalidInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        return path
 
 
 class ImageGenerator:

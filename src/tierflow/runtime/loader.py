@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, Protocol, Unpack
 
 import numpy as np
+import onnx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -44,11 +45,12 @@ from tierflow.model.package import Manifest, Package, TargetManifest
 from tierflow.model.pyramid import first_error
 from tierflow.runtime.capabilities import GB, Capabilities, detect
 from tierflow.runtime.generic import GenericRunner
-from tierflow.runtime.image import ImageGenerator, ImageResult
+from tierflow.runtime.image import ImageResult
 from tierflow.runtime.interfaces import GenericKind, ImageKind, LoadedModel, TextKind
 from tierflow.runtime.lm import CausalLM, GenerationResult, SamplingConfig, SamplingOptions, sampling_config
 from tierflow.runtime.providers import available_providers, ranked_providers, short_name
 from tierflow.runtime.session import SessionOptions, active_provider, open_session
+from tierflow.runtime.text_to_image import open_generator
 from tierflow.types import ModelKind
 
 CLOUD_PROXY = "cloud-proxy"
@@ -282,7 +284,7 @@ class ImageSession(TierSession):
 
     def __init__(self, package: Package, target: str, data: bytes, decision: str, options: SessionOptions):
         super().__init__(package, target, data, decision, options)
-        self.image = ImageGenerator(self.session)
+        self.image = open_generator(self.session, onnx.load_from_string(data))
 
     def generate(
         self,

@@ -9,6 +9,7 @@ class ModelKind(StrEnum):
     """The kinds of model tierflow drives; each has its own runner and its own way of being cut."""
 
     CAUSAL_LM = "causal-lm"  # the LM contract (tierflow.model.lm_contract)
-    IMAGE_GENERATOR = "image-generator"  # the image-generator contract of demo-image
+    # an image generator: the text-to-image pipeline (demo-image) or the latent contract (random-image)
+    IMAGE_GENERATOR = "image-generator"
     VISION = "vision"  # an image classifier (demo-vision)
     GENERIC = "generic"  # any other ONNX model: run on given or generated inputs

@@ -1,4 +1,4 @@
-"""``demo-image``: a text/noise-conditioned image generator with an optional refiner stage.
+"""``random-image``: a text/noise-conditioned image generator with an optional refiner stage.
 
 The weights are random (seeded), but the structure and the cost are those of a
 real latent-space generator, so the capability pyramid (phone 256 px, edge
@@ -98,7 +98,7 @@ def _refiner(b: GraphBuilder, image: str) -> str:
 
 
 def build_model(seed: int = SEED) -> onnx.ModelProto:
-    """The demo-image graph, deterministic for a given ``seed``."""
+    """The random-image graph, deterministic for a given ``seed``."""
     b = GraphBuilder(seed)
     noise = b.input(NOISE, [1, LATENT_CHANNELS, "h", "w"])
     cond = b.input(COND, [1, COND_DIM])
@@ -137,10 +137,10 @@ def build_model(seed: int = SEED) -> onnx.ModelProto:
         refiner_output=REFINED_IMAGE,
         dims={"h": side, "w": side},
     )
-    doc = f"tierflow demo-image: latent generator + x8 decoder + refiner, random weights (seed {seed})"
+    doc = f"tierflow random-image: latent generator + x8 decoder + refiner, random weights (seed {seed})"
     return b.model("demo_image", doc, metadata)
 
 
 def build(path: Path) -> None:
-    """Write demo-image to ``path`` (the registry's builder entry point)."""
+    """Write random-image to ``path`` (the registry's builder entry point)."""
     onnx.save(build_model(), str(path))

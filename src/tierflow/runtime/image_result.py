@@ -1,0 +1,74 @@
+"""One generated image and how it was made (every image generator returns these)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tierflow.errors import InvalidInputError
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """[1, 3, H, W] floats in [-1, 1] -> H x W x 3 uint8."""
+    pixels = (np.clip(image[0], -1.0, 1.0) + 1.0) * 127.5
+    return np.ascontiguousarray(np.rint(pixels).astype(np.uint8).transpose(1, 2, 0))
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An H x W x 3 uint8 image as PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One generated image and how it was made."""
+
+    pixels: np.ndarray  # uint8, H x W x 3
+    prompt: str | None
+    resolution: int
+    refined: bool
+    seed: int  # the noise seed: generate(..., seed=seed) reproduces this image
+    provider: str
+    elapsed_s: float  # ONNX Runtime time only
+    ignored_words: tuple[str, ...] = ()  # words of the prompt the text encoder does not know
+    stages: tuple[tuple[str, float], ...] = ()  # (stage, seconds) in the order they ran
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    def to_png_bytes(self) -> bytes:
+        return png_bytes(self.pixels)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the image as PNG to ``path``."""
+        path = Path(path)
+        try:
+            path.write_bytes(self.to_png_bytes())
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return path
+
+
+@dataclass(frozen=True)
+class ImageEdit:
+    """What an edit starts from: the picture (uint8 H x W x 3), where to repaint (bool H x W; None:
+    everywhere) and how far from the picture the sampler may go (1: from pure noise)."""
+
+    image: np.ndarray
+    mask: np.ndarray | None = None
+    strength: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.strength) <= 1.0:
+            raise InvalidInputError(f"strength must be in (0, 1], not {self.strength!r}")
