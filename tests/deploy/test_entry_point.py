@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image
 
 import tierflow
 from tests.support.processes import tierflow_up
@@ -38,6 +38,7 @@ from tierflow.model.registry import resolve_model
 from tierflow.model.scenes import parse_prompt, render
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions
+from tierflow.runtime.text_to_image import touched
 
 pytestmark = pytest.mark.slow
 
@@ -258,7 +259,7 @@ def test_an_edit_repaints_the_mask_only_through_the_openai_package_sdk_and_cli(u
     answer = client.images.edit(image=("frame.png", _png(frame.image)), mask=("mask.png", mask),
                                 prompt="a red car on a road", size="256x256", response_format="b64_json")
     edited = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.data[0].b64_json or ""))))
-    far = ~(np.asarray(Image.fromarray(car.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(17))) > 0)
+    far = ~touched(car, 256)
     assert np.array_equal(edited[far], frame.image[far])  # away from the car: the caller's pixels
     red = edited[car].astype(float).mean(axis=0)
     assert red[0] > red[2] + 40  # the car is red now

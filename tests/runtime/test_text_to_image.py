@@ -3,22 +3,23 @@ stage by stage; prompts it follows, edits that keep what is outside the mask, ta
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
+from tierflow.bench.images import SEED_BASE, spread, to_64
 from tierflow.compiler.compiler import compile_model
-from tierflow.compiler.image_quality import CLASSIFIER
-from tierflow.compiler.train_scene_classifier import HEADS, open_classifier, predict
+from tierflow.compiler.image_quality import CLASSIFIER, adherence_prompts, score
 from tierflow.errors import InvalidInputError
 from tierflow.model import text_to_image as t2i
 from tierflow.model.package import Package
 from tierflow.model.pyramid import pyramid_from_dict
 from tierflow.model.scenes import parse_prompt, render
 from tierflow.runtime.session import SessionOptions, open_session
-from tierflow.runtime.text_to_image import PipelineGenerator, open_generator
+from tierflow.runtime.text_to_image import PipelineGenerator, open_generator, touched
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +37,9 @@ def generator(pipeline_file: Path) -> PipelineGenerator:
     return gen
 
 
-def _classify(images: list[np.ndarray]) -> dict[str, list[str]]:
-    from PIL import Image
-
-    small = np.stack([np.asarray(Image.fromarray(i).resize((64, 64), Image.Resampling.BOX)) for i in images])
-    predicted = predict(open_classifier(CLASSIFIER), small)
-    return {head: [HEADS[head][int(k)] for k in predicted[head]] for head in ("kind", "colour")}
-
-
 def test_parameter_groups_are_the_components_own_weights(pipeline_file: Path) -> None:
     model = onnx.load(str(pipeline_file))
-    files = t2i.COMPONENT_FILES
-    own = {name: t2i.parameters(onnx.load(str(t2i.ASSET_DIR / file))) for name, file in files.items()}
+    own = {name: t2i.parameters(c.model) for name, c in t2i.load_components().items()}
     inlined: dict[str, int] = {}
     for t in model.graph.initializer:
         head = t.name.split("/", 1)[0]
@@ -55,6 +47,9 @@ def test_parameter_groups_are_the_components_own_weights(pipeline_file: Path) ->
             inlined[head] = inlined.get(head, 0) + int(np.prod(t.dims))
     # every step and every upsampling level shares one copy of its component's weights
     assert inlined == own
+    trained = json.loads((t2i.ASSET_DIR / "training.json").read_text())["parameters"]
+    for name in ("text_encoder", "denoiser"):  # what training counted (the file adds folded constants)
+        assert trained[name] <= own[name] < trained[name] * 1.01
     base = sum(own[c] for c in t2i.BASE_COMPONENTS)
     assert 0.05 < own["up2x"] / base < 0.2  # the edge layers: about +10 %
     assert 1.5 < own["refiner"] / base < 3.0  # the cloud layers: about +200 %
@@ -88,13 +83,14 @@ def test_unknown_words_are_reported_and_ignored(generator: PipelineGenerator) ->
     assert np.array_equal(plain.pixels, noisy.pixels)
 
 
-@pytest.mark.parametrize("prompt", ["a red car on a road", "a blue truck on grass", "a yellow ball on sand"])
-def test_images_follow_the_prompt(generator: PipelineGenerator, prompt: str) -> None:
-    main = parse_prompt(prompt).scene.main
-    images = [generator.generate(prompt, 256, seed=s).pixels for s in range(4)]
-    seen = _classify(images)
-    assert seen["colour"].count(str(main.colour)) >= 3, seen
-    assert seen["kind"].count(str(main.kind)) >= 2, seen
+def test_images_follow_their_prompts_far_above_chance(generator: PipelineGenerator) -> None:
+    prompts = spread(adherence_prompts(), 12)  # every kind, several colours and positions
+    made = [generator.generate(p, 256, seed=SEED_BASE + i).pixels for i, p in enumerate(prompts)]
+    images = np.stack([to_64(m) for m in made])
+    report = score(images, prompts, CLASSIFIER)
+    # chance: 0.11 for the colour, 0.125 for the kind (docs/MODELS.md has the full figures)
+    assert report["colour"] >= 0.75, report
+    assert report["kind"] >= 0.35, report
 
 
 def test_an_edit_repaints_the_mask_and_keeps_the_rest(generator: PipelineGenerator) -> None:
@@ -102,11 +98,9 @@ def test_an_edit_repaints_the_mask_and_keeps_the_rest(generator: PipelineGenerat
     frame = render(scene, 256, seed=7)
     car = frame.object_ids == 1
     edited = generator.edit("a red car on a road", frame.image, car, strength=0.9, seed=1)
-    # outside the mask grown by the feather band, the caller's pixels exactly
-    from PIL import Image, ImageFilter
-
-    band = 2 * round(2 * 256 / 64) + 1
-    grown = np.asarray(Image.fromarray(car.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(band))) > 0
+    # outside the mask grown by the feather band (a few pixels), the caller's pixels exactly
+    grown = touched(car, 256)
+    assert grown.sum() - car.sum() < 0.05 * car.size  # a band of 8 px at 256
     assert np.array_equal(edited.pixels[~grown], frame.image[~grown])
     before = frame.image[car].astype(float).mean(axis=0)
     after = edited.pixels[car].astype(float).mean(axis=0)

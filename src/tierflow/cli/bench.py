@@ -11,7 +11,8 @@ from rich.table import Table
 from tierflow.cli._common import console, spinner
 
 bench_app = typer.Typer(
-    help="Measure tierflow: transport, pipeline, split, generate, migrate, route.", no_args_is_help=True
+    help="Measure tierflow: transport, pipeline, split, generate, migrate, route, images.",
+    no_args_is_help=True,
 )
 
 
@@ -267,6 +268,35 @@ def route(
     _print(result, as_json, rows, "routing over a network and battery trace")
     if not as_json:
         console.print_json(json.dumps(result["targets"]))
+
+
+@bench_app.command("images")
+def images(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    package: str | None = typer.Option(None, "--package", help="A demo-image .tfm (default: compile one)."),
+    prompts: int = typer.Option(48, "--prompts", min=4, help="Prompts per target and resolution."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Timed images per level (median)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads."),
+) -> None:
+    """demo-image's pyramid: adherence, seconds and MACs per target and resolution; the refiner; edits."""
+    from pathlib import Path
+
+    from tierflow.bench.images import run_images_bench
+    from tierflow.cli._common import err_console
+
+    result = run_images_bench(
+        Path(package) if package else None, prompts=prompts, repeats=repeats, threads=threads,
+        on_stage=lambda line: err_console.print(line, style="dim", highlight=False, markup=False),
+    )
+    rows = [
+        {"target": name, "level": key, **fig["adherence"], "seconds": fig["seconds"], "GMAC": fig["gmacs"]}
+        for name, per in result["targets"].items()
+        for key, fig in per["levels"].items()
+    ]
+    _print(result, as_json, rows, f"demo-image adherence over {result['prompts']} prompts")
+    if not as_json:
+        for key in ("reference_adherence", "parameters", "super_resolution", "edits"):
+            console.print(key, result.get(key))
 
 
 def register(app: typer.Typer) -> None:

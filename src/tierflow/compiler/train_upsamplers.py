@@ -68,12 +68,13 @@ class StageSpec:
     renders: tuple[int, ...]  # high-resolution render sides to crop from
     batch: int
     minutes: float
+    lr: float = 1e-3
 
 
 STAGES: dict[str, StageSpec] = {
     "up256": StageSpec(4, ((32, 2), (64, 2)), False, 256, (256,), 16, 8.0),
     "up2x": StageSpec(2, ((24, 1), (48, 1), (96, 1)), False, 128, (256, 512, 1024), 16, 8.0),
-    "refiner": StageSpec(4, ((64, 3), (128, 3), (256, 4)), True, 256, (256,), 8, 16.0),
+    "refiner": StageSpec(4, ((64, 3), (128, 3), (256, 4)), True, 256, (256,), 8, 16.0, lr=3e-4),
 }
 
 
@@ -210,7 +211,7 @@ def train_stage(
     torch.manual_seed(seed)
     bf16 = bf16_available()
     model = Upsampler(spec)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     pool = PairPool(spec, seed, 256, pooled_text(base_dir) if spec.text else None)
@@ -220,7 +221,7 @@ def train_stage(
         if elapsed >= budget and step > 50:
             break
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, elapsed / budget, 1e-3, 50)
+            group["lr"] = lr_at(step, elapsed / budget, spec.lr, 100)
         high_u8, pooled = pool.draw(spec.batch, max(1, spec.batch // 4))
         high = to_model_space(high_u8)
         low = degrade(to_model_space(low_of(high_u8, spec.factor)), gen)
@@ -245,6 +246,7 @@ def train_stage(
         "levels": [list(level) for level in spec.levels],
         "text_conditioned": spec.text,
         "seed": seed,
+        "lr": spec.lr,
         "steps": step,
         "batch": spec.batch,
         "crop": spec.crop,

@@ -34,7 +34,7 @@ from tierflow.runtime.image_result import ImageResult
 from tierflow.runtime.session import SessionOptions, active_provider, open_session
 
 MAX_RESOLUTION = 2048
-EDGE_FEATHER = 2  # pixels (at 64 px) around the mask that the composite blends over
+EDGE_FEATHER = 1  # pixels (at 64 px; 4 at 256) around the mask that the composite blends over
 
 
 def is_pipeline(session: ort.InferenceSession) -> bool:
@@ -77,7 +77,7 @@ def example_feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 
 @dataclass(frozen=True)
-class _Stage:
+class Stage:
     name: str
     inputs: tuple[str, ...]
     output: str
@@ -139,44 +139,66 @@ class PipelineGenerator:
 
     # --- the stages --------------------------------------------------------------------------------
 
-    def _chain(self, level: int, refine: bool) -> list[_Stage]:
-        sampler = _Stage("sampler", t2i.INPUTS, t2i.image_output(t2i.BASE))
+    def chain(self, level: int, refine: bool) -> list[Stage]:
+        """The stages that make a ``level`` px image, in order."""
+        sampler = Stage("sampler", t2i.INPUTS, t2i.image_output(t2i.BASE))
         stages = [sampler]
         start = t2i.BASE
         if refine:
-            stages.append(_Stage("refiner", (sampler.output, t2i.TOKENS), t2i.image_output(256, True)))
+            stages.append(Stage("refiner", (sampler.output, t2i.TOKENS), t2i.image_output(256, True)))
             start = 256
         res = start
         while res < level:
             nxt = t2i.RESOLUTIONS[t2i.RESOLUTIONS.index(res) + 1]
-            stages.append(_Stage(f"up{nxt}", (t2i.image_output(res, refine and res >= 256),),
+            stages.append(Stage(f"up{nxt}", (t2i.image_output(res, refine and res >= 256),),
                                  t2i.image_output(nxt, refine)))
             res = nxt
         return stages
 
-    def _session(self, stage: _Stage) -> ort.InferenceSession:
+    def stage_model(self, stage: Stage) -> onnx.ModelProto:
+        """The part of the graph that computes ``stage`` from its inputs."""
+        if self._model is None:
+            raise UnsupportedModelError("the pipeline's stages need the model itself, not only a session")
+        if self._cutter is None:
+            self._cutter = GraphCutter(self._model)
+        return self._cutter.extract(stage.inputs, [stage.output])
+
+    def _session(self, stage: Stage) -> ort.InferenceSession:
         if stage.output not in self._sessions:
-            if self._model is None:
-                raise UnsupportedModelError("the pipeline's stages need the model itself, not only a session")
-            if self._cutter is None:
-                self._cutter = GraphCutter(self._model)
-            part = self._cutter.extract(stage.inputs, [stage.output])
+            part = self.stage_model(stage)
             self._sessions[stage.output] = open_session(part.SerializeToString(), self._options)
         return self._sessions[stage.output]
+
+    def run_stage(
+        self, name: str, tensors: dict[str, np.ndarray], prompt: str | None = None
+    ) -> npt.NDArray[np.uint8]:
+        """One stage (``up256``, ``refiner``, ``up512``...) on given inputs (its input images in
+        [-1, 1]); its output as uint8 H x W x 3."""
+        top = max(self.refined_levels or self.levels)
+        stages = {s.name: s for s in self.chain(top, False) + self.chain(top, self.has_refiner)}
+        if name not in stages:
+            raise InvalidInputError(f"no stage {name!r} here (stages: {', '.join(stages)})")
+        stage = stages[name]
+        feeds = {**tensors, t2i.TOKENS: prompt_tokens(prompt).ids[None, :]}
+        session = self._session(stage)
+        wanted = {i.name for i in session.get_inputs()}
+        (out,) = session.run([stage.output], {k: v for k, v in feeds.items() if k in wanted})
+        pixels: npt.NDArray[np.uint8] = to_uint8(np.asarray(out, np.float32))[0]
+        return pixels
 
     def _run(
         self, feeds: dict[str, np.ndarray], level: int, refine: bool
     ) -> tuple[np.ndarray, list[tuple[str, float]]]:
         tensors = dict(feeds)
         timings = []
-        for stage in self._chain(level, refine):
+        for stage in self.chain(level, refine):
             session = self._session(stage)
             wanted = {i.name for i in session.get_inputs()}
             started = time.perf_counter()
             (out,) = session.run([stage.output], {k: v for k, v in tensors.items() if k in wanted})
             timings.append((stage.name, time.perf_counter() - started))
             tensors[stage.output] = np.asarray(out, np.float32)
-        return tensors[self._chain(level, refine)[-1].output], timings
+        return tensors[self.chain(level, refine)[-1].output], timings
 
     # --- calls ---------------------------------------------------------------------------------------
 
@@ -290,12 +312,25 @@ def _composite(
 ) -> npt.NDArray[np.uint8]:
     """``made`` inside the region (grown and feathered a little at the output's scale), ``given`` outside
     it: the pixels away from the region are exactly the caller's."""
-    side = made.shape[0]
-    grow = max(1, round(EDGE_FEATHER * side / t2i.BASE))
-    img = Image.fromarray(region.astype(np.uint8) * 255, "L").resize((side, side), Image.Resampling.NEAREST)
-    soft = img.filter(ImageFilter.MaxFilter(2 * grow + 1)).filter(ImageFilter.BoxBlur(grow))
-    alpha = np.asarray(soft, np.float32)[..., None] / 255.0
+    alpha = _alpha(region, made.shape[0])[..., None]
     return np.rint(alpha * made + (1.0 - alpha) * given).astype(np.uint8)
+
+
+def _alpha(region: npt.NDArray[np.bool_], side: int) -> npt.NDArray[np.float32]:
+    """How much of the made image each pixel takes: 1 on the region grown by the feather band,
+    falling to 0 over another band outside it."""
+    band = max(1, round(EDGE_FEATHER * side / t2i.BASE))
+    img = Image.fromarray(region.astype(np.uint8) * 255, "L").resize((side, side), Image.Resampling.NEAREST)
+    soft = img.filter(ImageFilter.MaxFilter(2 * band + 1)).filter(ImageFilter.BoxBlur(band))
+    alpha: npt.NDArray[np.float32] = np.asarray(soft, np.float32) / 255.0
+    return alpha
+
+
+def touched(region: npt.NDArray[np.bool_], side: int) -> npt.NDArray[np.bool_]:
+    """The pixels of a ``side`` px edit that may differ from the given picture: the region and a
+    feather band around it (every other pixel is the caller's own, exactly)."""
+    inside: npt.NDArray[np.bool_] = _alpha(region, side) > 0
+    return inside
 
 
 AnyImageGenerator = ImageGenerator | PipelineGenerator
