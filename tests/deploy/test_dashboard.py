@@ -97,9 +97,9 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def up(tmp_path_factory: pytest.TempPathFactory, tierflow_home: Path) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("dashboard")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TIERFLOW_HOME": str(root / "home")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TIERFLOW_HOME": str(tierflow_home)}
     args = ["demo-lm", "--port", "0", "--certs", str(root / "pki"), "--store", str(root / "contexts.sqlite"),
             "--profile", "wifi", "--image-model", "demo-image"]
     with tierflow_up(args, env) as (info, process):

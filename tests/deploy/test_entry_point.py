@@ -75,9 +75,9 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def up(tmp_path_factory: pytest.TempPathFactory, tierflow_home: Path) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("up")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TIERFLOW_HOME": str(root / "home")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TIERFLOW_HOME": str(tierflow_home)}
     routing = root / "routing.yaml"  # the deployment's routing as data: a rule and a prior, seen below
     routing.write_text("rules: {excluded: {clip: [device]}}\npriors: {image_2048: {cloud: 9.5}}\n")
     args = [

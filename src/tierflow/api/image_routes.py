@@ -1,5 +1,6 @@
 """The image endpoints, OpenAI's shape, routed by SLA (docs/ROUTING.md): ``POST /v1/images/generations``
-(a JSON body) and ``POST /v1/images/edits`` (multipart form: the picture, an optional mask, the prompt)."""
+(a JSON body), ``POST /v1/images/edits`` (multipart form: the picture, an optional mask, the prompt) and
+``POST /v1/clips`` (a short animated GIF: the router picks its tier, size and length)."""
 
 from __future__ import annotations
 
@@ -172,4 +173,44 @@ def _read_mask(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     else:
         region = np.asarray(img.convert("L")) > 127
     return region
+
+
+class ClipBody(ImageBody):
+    frames: int = Field(16, ge=1, le=48, description="the most frames wanted (the router may make fewer)")
+    fps: float = Field(8.0, ge=0.5, le=30.0)
+
+    def clip_sla(self) -> SLA:
+        """Clips prefer quality (the largest, then the longest) unless the SLA says otherwise; any size
+        down to ``min_resolution`` is acceptable."""
+        raw = dict(self.sla or {})
+        if raw.get("prefer") is None:
+            raw["prefer"] = "quality"
+        return SLA.parse(raw)
+
+
+class ClipData(BaseModel):
+    b64_gif: str
+
+
+class ClipReply(BaseModel):
+    created: int
+    data: list[ClipData]
+    route: dict[str, Any] = Field(description="where the clip was made, its size and length, the decision")
+
+
+@router.post("/v1/clips", response_model=ClipReply, responses=errors.responses(401, 422, 503))
+async def generate_clip(body: ClipBody, request: Request, owner: str = Depends(caller)) -> ClipReply:
+    """A short clip of ``prompt`` (a camera pan over the scene) as an animated GIF: up to ``frames``
+    frames of up to ``size``, made on the tier the router chooses, at the size and length it chooses."""
+    state = state_of(request)
+    if state.routed_images is None:
+        raise UnsupportedModelError("this deployment serves no image model (start it with --image-model)")
+    _, battery = body.routing()
+    await state.conversations.report_device(battery, body.metered, body.network)
+    routed = await state.routed_images.clip(
+        body.prompt, body.frames, body.resolution(), body.clip_sla(), seed=body.seed, fps=body.fps,
+        battery=battery, metered=body.metered, pin=body.tier,
+    )
+    encoded = base64.b64encode(routed.clip.gif).decode("ascii")
+    return ClipReply(created=int(time.time()), data=[ClipData(b64_gif=encoded)], route=routed.to_dict())
 

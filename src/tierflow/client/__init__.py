@@ -5,6 +5,7 @@ pydantic models of :mod:`tierflow.client.models`; failures are tierflow's error 
 """
 
 from tierflow.client.models import (
+    ClipResult,
     ContextInfo,
     DoneEvent,
     GenerateRequest,
@@ -23,6 +24,7 @@ from tierflow.client.sdk import AsyncClient, Client
 __all__ = [
     "AsyncClient",
     "Client",
+    "ClipResult",
     "ContextInfo",
     "DoneEvent",
     "GenerateRequest",

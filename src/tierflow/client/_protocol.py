@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from tierflow.client.errors import error_for_event, error_for_response
 from tierflow.client.models import (
     JSON,
+    ClipResult,
     ContextInfo,
     DoneEvent,
     GenerateRequest,
@@ -154,6 +155,18 @@ def image(body: JSON) -> Call[ImageResult]:
     return Call("POST", "/v1/images/generations", read, body)
 
 
+def clip(body: JSON) -> Call[ClipResult]:
+    def read(response: httpx.Response) -> ClipResult:
+        data = _json_object(response)
+        try:
+            gif = base64.b64decode(data["data"][0]["b64_gif"])
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise RecoverableError(f"unexpected answer from {response.request.url}: no clip ({exc})") from exc
+        return ClipResult(gif=gif, route=data.get("route") or {})
+
+    return Call("POST", "/v1/clips", read, body)
+
+
 def edit_image(
     picture: bytes, prompt: str, mask: bytes | None, fields: dict[str, str]
 ) -> Call[ImageResult]:
@@ -168,6 +181,10 @@ def edit_image(
 def set_link(name: str, profile: str) -> Call[JSON]:
     path = "/deployment/links/" + quote(name, safe="")
     return Call("PUT", path, _json_object, {"profile": profile})
+
+
+def dashboard_state() -> Call[JSON]:
+    return Call("GET", "/dashboard/state", _json_object)
 
 
 def switch_tier(tier: str, action: str) -> Call[JSON]:

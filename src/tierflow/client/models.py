@@ -94,6 +94,25 @@ class ImageResult(_Body):
         return int(self.route.get("resolution", 0))
 
 
+class ClipResult(_Body):
+    """The answer of ``POST /v1/clips``: the animated GIF and where, how large and how long it was made."""
+
+    gif: bytes
+    route: JSON = Field(default_factory=dict)  # tier, resolution, frames, seed, timings, the decision
+
+    @property
+    def tier(self) -> str:
+        return str(self.route.get("tier", ""))
+
+    @property
+    def resolution(self) -> int:
+        return int(self.route.get("resolution", 0))
+
+    @property
+    def frames(self) -> int:
+        return int(self.route.get("frames", 0))
+
+
 class TokenEvent(_Body):
     """One generated piece of text as it streams (``event: token``)."""
 

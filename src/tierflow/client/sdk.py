@@ -18,6 +18,7 @@ import httpx
 from tierflow.client import _protocol as api
 from tierflow.client.models import (
     JSON,
+    ClipResult,
     ContextInfo,
     DoneEvent,
     GenerateResult,
@@ -37,6 +38,18 @@ def edit_fields(
     fields = {"size": f"{size}x{size}" if size else None, "strength": strength, "seed": seed,
               "sla": json.dumps(sla) if sla is not None else None, "tier": tier}
     return {k: str(v) for k, v in fields.items() if v is not None}
+
+
+def clip_body(
+    prompt: str, frames: int, size: int, fps: float | None, seed: int | None, sla: JSON | None,
+    tier: str | None,
+) -> JSON:
+    """The body of ``POST /v1/clips``."""
+    body = image_body(prompt, size, seed, sla, tier)
+    body["frames"] = frames
+    if fps is not None:
+        body["fps"] = fps
+    return body
 
 
 def image_body(prompt: str, size: int, seed: int | None, sla: JSON | None, tier: str | None) -> JSON:
@@ -177,6 +190,21 @@ class Client:
         """One image for ``prompt`` of up to ``size`` px, made where the router chooses (``tier``: pinned)."""
         return self._call(api.image(image_body(prompt, size, seed, sla, tier)))
 
+    def clip(
+        self,
+        prompt: str,
+        *,
+        frames: int = 16,
+        size: int = 512,
+        fps: float | None = None,
+        seed: int | None = None,
+        sla: JSON | None = None,
+        tier: str | None = None,
+    ) -> ClipResult:
+        """A clip of ``prompt`` of up to ``frames`` frames and ``size`` px (the router may choose fewer or
+        smaller within the SLA), as an animated GIF."""
+        return self._call(api.clip(clip_body(prompt, frames, size, fps, seed, sla, tier)))
+
     def edit(
         self,
         picture: bytes,
@@ -197,6 +225,10 @@ class Client:
     def set_link(self, name: str, profile: str) -> JSON:
         """Change a local deployment's SIMULATED link (``device-edge``, ``device-cloud``, ``edge-cloud``)."""
         return self._call(api.set_link(name, profile))
+
+    def deployment(self) -> JSON:
+        """``GET /dashboard/state``: the tiers, the links and their profiles, plans, recent requests."""
+        return self._call(api.dashboard_state())
 
     def tier_down(self, tier: str) -> JSON:
         """Stop a local deployment's edge or cloud node (a SIMULATED outage)."""
@@ -359,6 +391,20 @@ class AsyncClient:
         """See :meth:`Client.image`."""
         return await self._call(api.image(image_body(prompt, size, seed, sla, tier)))
 
+    async def clip(
+        self,
+        prompt: str,
+        *,
+        frames: int = 16,
+        size: int = 512,
+        fps: float | None = None,
+        seed: int | None = None,
+        sla: JSON | None = None,
+        tier: str | None = None,
+    ) -> ClipResult:
+        """See :meth:`Client.clip`."""
+        return await self._call(api.clip(clip_body(prompt, frames, size, fps, seed, sla, tier)))
+
     async def edit(
         self,
         picture: bytes,
@@ -378,6 +424,10 @@ class AsyncClient:
     async def set_link(self, name: str, profile: str) -> JSON:
         """See :meth:`Client.set_link`."""
         return await self._call(api.set_link(name, profile))
+
+    async def deployment(self) -> JSON:
+        """See :meth:`Client.deployment`."""
+        return await self._call(api.dashboard_state())
 
     async def tier_down(self, tier: str) -> JSON:
         """See :meth:`Client.tier_down`."""

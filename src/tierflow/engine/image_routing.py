@@ -23,10 +23,11 @@ import asyncio
 import dataclasses
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from tierflow.engine.images import ImageCapability, TieredImage, TieredImages
+from tierflow.engine.images import ImageCapability, TieredClip, TieredImage, TieredImages
 from tierflow.engine.routing import EntryRouter
 from tierflow.engine.sharded import ShardedLM
 from tierflow.errors import InvalidInputError, RecoverableError, TierflowError, TierUnavailableError
@@ -43,6 +44,9 @@ CALIBRATION_SEED = 0
 CAPABILITIES_TTL_S = 30.0  # how long the tiers' image models are believed before they are asked again
 CALIBRATION_TIMEOUT_S = 30.0  # a tier whose first small image takes longer is not an offer
 PIXEL_BYTES = 3  # uint8 RGB
+GIF_BYTES_PER_PIXEL = 0.5  # a clip travels as an animated GIF: about this many bytes a pixel a frame
+DEFAULT_FPS = 8.0
+_Made = TypeVar("_Made")
 
 
 def image_bytes(resolution: int) -> int:
@@ -78,6 +82,55 @@ class ImageRoute:
         }
 
 
+@dataclass(frozen=True)
+class ClipRoute:
+    """A clip made where the router chose (how long and how large, too), and the tries that failed."""
+
+    decision: Decision
+    clip: TieredClip
+    resolution: int
+    failed: tuple[dict[str, str], ...] = ()
+    degraded: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tier": self.clip.tier.value,
+            "resolution": self.resolution,
+            "frames": self.clip.frames,
+            "seed": self.clip.seed,
+            "bytes": len(self.clip.gif),
+            "compute_s": self.clip.elapsed_s,
+            "wall_s": self.clip.wall_s,
+            "degraded": self.degraded,
+            "failed": list(self.failed),
+            "decision": self.decision.to_dict(),
+        }
+
+
+def levels_from_stages(stages: tuple[tuple[str, float], ...], elapsed_s: float) -> dict[int, float]:
+    """Seconds to make each level, from one image's stage timings (``sampler``, ``refiner``, ``up256``,
+    ``up512``...): the stages up to that level's upsampler, stretched like the whole image was (a
+    SIMULATED slowdown stretches the tier's compute, not each stage)."""
+    total = sum(s for _, s in stages)
+    if not stages or total <= 0:
+        return {}
+    stretch = max(elapsed_s / total, 1.0)
+    levels: dict[int, float] = {}
+    spent = 0.0
+    for name, seconds in stages:
+        spent += seconds * stretch
+        if name.startswith("up") and name[2:].isdigit():
+            levels[int(name[2:])] = spent
+        elif name == "refiner":
+            levels[CALIBRATION_RESOLUTION] = spent
+    return levels
+
+
+def clip_lengths(frames: int) -> list[int]:
+    """The lengths a clip of up to ``frames`` frames is offered at: a quarter, a half and all of it."""
+    return sorted({max(1, frames // 4), max(1, frames // 2), frames})
+
+
 @dataclass
 class RoutedImages:
     """The entry point's routed image generation (see the module docstring)."""
@@ -87,6 +140,7 @@ class RoutedImages:
     lm: ShardedLM | None = None  # the link estimates and the network state (the LM's planner keeps them)
     clock: Any = time.monotonic
     compute_256_s: dict[Tier, float] = field(default_factory=dict)
+    level_s: dict[Tier, dict[int, float]] = field(default_factory=dict)  # measured seconds per level
     _capabilities: dict[Tier, ImageCapability] = field(default_factory=dict)
     _asked_at: float = -math.inf
 
@@ -106,22 +160,41 @@ class RoutedImages:
         self._asked_at = -math.inf
 
     async def _calibrate(self, tier: Tier) -> None:
-        """Measure the tier's compute on one small image (its SIMULATED slowdown included). A tier that
-        fails or hangs is left out until the tiers are asked again (CAPABILITIES_TTL_S)."""
-        making = self.images.generate(tier, None, CALIBRATION_RESOLUTION, None, CALIBRATION_SEED)
+        """Measure the tier's compute on one image (its SIMULATED slowdown included): a latent generator's
+        at 256 px (its cost grows with the area), a pipeline's at its largest size, whose stage timings
+        give every level's cost. A tier that fails or hangs is left out until the tiers are asked again
+        (CAPABILITIES_TTL_S)."""
+        cap = self._capabilities.get(tier)
+        size = CALIBRATION_RESOLUTION
+        if cap is not None and cap.can_edit and cap.max_resolution:
+            size = max(CALIBRATION_RESOLUTION, min(cap.max_resolution, max(IMAGE_RESOLUTIONS)))
+        making = self.images.generate(tier, None, size, None, CALIBRATION_SEED)
         try:
             image = await asyncio.wait_for(making, CALIBRATION_TIMEOUT_S)
         except (TierflowError, TimeoutError):
             self._capabilities.pop(tier, None)
             return
-        self.compute_256_s[tier] = image.elapsed_s
+        levels = levels_from_stages(image.stages, image.elapsed_s)
+        if levels:
+            self.level_s[tier] = levels
+        self.compute_256_s[tier] = levels.get(CALIBRATION_RESOLUTION, image.elapsed_s)
+
+    def compute_s(self, tier: Tier, level: int) -> float:
+        """Seconds of the tier's compute for one image of ``level`` px: measured per stage where the
+        model reports its stages, else its 256 px image scaled by the area."""
+        measured = self.level_s.get(tier, {})
+        if level in measured:
+            return measured[level]
+        return self.compute_256_s[tier] * (level / CALIBRATION_RESOLUTION) ** 2
 
     def _network_up(self) -> bool:
         return self.lm.network_up if self.lm is not None else True
 
-    def _hop_s(self, tier: Tier, resolution: int, upload_bytes: int = 0) -> tuple[float, float, str | None]:
-        """Seconds to bring an image of ``resolution`` from ``tier`` to the device, after sending it
-        ``upload_bytes`` (an edit's picture); the seconds spent receiving; the radio."""
+    def _hop_s(
+        self, tier: Tier, download_bytes: int, upload_bytes: int = 0
+    ) -> tuple[float, float, str | None]:
+        """Seconds to bring ``download_bytes`` (an image, a clip) from ``tier`` to the device, after
+        sending it ``upload_bytes`` (an edit's picture); the seconds spent receiving; the radio."""
         if tier is Tier.DEVICE or self.lm is None:
             return 0.0, 0.0, None
         link = self.lm.link_state(Tier.DEVICE, tier)
@@ -129,7 +202,7 @@ class RoutedImages:
         radio = profile.name if profile is not None else None
         if link is None:
             return math.inf, math.inf, radio
-        receive = transfer_s(image_bytes(resolution), link.down_bps)
+        receive = transfer_s(download_bytes, link.down_bps)
         send = transfer_s(upload_bytes, link.up_bps) if upload_bytes else 0.0
         return link.rtt_s + link.overhead_s + send + receive, receive, radio
 
@@ -146,7 +219,7 @@ class RoutedImages:
         per_offer: dict[Offer, float] = {}
         for tier in Tier:
             cap = capabilities.get(tier)
-            reachable = not math.isinf(self._hop_s(tier, CALIBRATION_RESOLUTION)[0])
+            reachable = not math.isinf(self._hop_s(tier, image_bytes(CALIBRATION_RESOLUTION))[0])
             usable = cap is not None and tier in self.compute_256_s and reachable
             usable = usable and (edit is None or bool(cap and cap.can_edit))
             self.router.matrix.set_available(tier, usable)
@@ -158,8 +231,8 @@ class RoutedImages:
                 if r <= resolution and (cap.max_resolution is None or r <= cap.max_resolution)
             ]
             for level in levels:
-                compute = self.compute_256_s[tier] * (level / CALIBRATION_RESOLUTION) ** 2
-                hop, receive, radio = self._hop_s(tier, level, upload)
+                compute = self.compute_s(tier, level)
+                hop, receive, radio = self._hop_s(tier, image_bytes(level), upload)
                 task = TaskKind.image(level)
                 self.router.matrix.set_prior(task, tier, compute + hop)
                 seconds = self.router.matrix.predict(task, tier)
@@ -209,20 +282,32 @@ class RoutedImages:
     async def _run(
         self, decision: Decision, prompt: str | None, seed: int | None, started: float, edit: ImageEdit | None
     ) -> ImageRoute:
+        def make(offer: Offer) -> Awaitable[TieredImage]:
+            assert offer.resolution is not None  # image offers carry their size
+            refine = offer.quality == "refined"
+            return self.images.generate(offer.tier, prompt, offer.resolution, refine, seed, edit)
+
+        offer, image, failed, degraded = await self._tries(decision, started, make)
+        assert offer.resolution is not None
+        self.router.matrix.observe(TaskKind.image(offer.resolution), offer.tier, image.wall_s)
+        return ImageRoute(decision, image, offer.resolution, tuple(failed), degraded)
+
+    async def _tries(
+        self, decision: Decision, started: float, make: Callable[[Offer], Awaitable[_Made]]
+    ) -> tuple[Offer, _Made, list[dict[str, str]], bool]:
+        """The chosen offer, then the fallbacks still in time (any, with ``offline_ok``) until one
+        answers: that offer, its result, the failed tries and whether the answer is degraded."""
         failed: list[dict[str, str]] = []
         tried: list[Alternative] = [decision.chosen]
         degraded = decision.degraded
         while True:
             alt = tried[-1]
             offer = alt.offer
-            assert offer.resolution is not None  # image offers carry their size
             budget = None
             if decision.sla.max_latency_s is not None and not degraded:
                 budget = max(decision.sla.max_latency_s - (time.perf_counter() - started), 0.0)
             try:
-                refine = offer.quality == "refined"
-                making = self.images.generate(offer.tier, prompt, offer.resolution, refine, seed, edit)
-                image = await asyncio.wait_for(making, budget)
+                made = await asyncio.wait_for(make(offer), budget)
             except (RecoverableError, TimeoutError) as exc:
                 timed_out = isinstance(exc, TimeoutError)
                 what = f"no answer within the {budget or 0:.3g} s left" if timed_out else str(exc)
@@ -236,9 +321,81 @@ class RoutedImages:
                     degraded = bool(left)
                 if not left:
                     tiers = ", ".join(f"{f['tier']}: {f['error']}" for f in failed)
-                    raise TierUnavailableError(f"no tier could make the image in time ({tiers})") from exc
+                    raise TierUnavailableError(f"no tier could make it in time ({tiers})") from exc
                 tried.append(left[0])
-                degraded = degraded or not left[0].meets_sla  # a smaller or later image than asked
+                degraded = degraded or not left[0].meets_sla  # a smaller or later answer than asked
                 continue
-            self.router.matrix.observe(TaskKind.image(offer.resolution), offer.tier, image.wall_s)
-            return ImageRoute(decision, image, offer.resolution, tuple(failed), degraded)
+            return offer, made, failed, degraded
+
+    # --- clips ------------------------------------------------------------------------------------------
+
+    def clip_offers(
+        self, capabilities: dict[Tier, ImageCapability], frames: int, resolution: int
+    ) -> tuple[list[Offer], dict[Tier, float], dict[Offer, float]]:
+        """Offers of a clip from every tier whose model makes clips: each level up to ``resolution``
+        and the tier's cap, at each of :func:`clip_lengths`; predicted seconds are the frames' compute
+        (the tier's 256 px image scaled by area) plus the GIF's trip to the device."""
+        offers: list[Offer] = []
+        energy: dict[Tier, float] = {}
+        per_offer: dict[Offer, float] = {}
+        for tier in Tier:
+            cap = capabilities.get(tier)
+            reachable = not math.isinf(self._hop_s(tier, image_bytes(CALIBRATION_RESOLUTION))[0])
+            calibrated = cap is not None and tier in self.compute_256_s and reachable
+            self.router.matrix.set_available(tier, calibrated)
+            if cap is None or not cap.can_edit or not calibrated:
+                offers.append(Offer(tier, "base", resolution, latency_s=None, frames=frames))
+                continue
+            levels = [r for r in IMAGE_RESOLUTIONS if r <= resolution and (cap.max_resolution or r) >= r]
+            for level in levels:
+                for length in clip_lengths(frames):
+                    compute = length * self.compute_s(tier, level)
+                    size = int(length * level * level * GIF_BYTES_PER_PIXEL)
+                    hop, receive, radio = self._hop_s(tier, size)
+                    offer = Offer(tier, quality_of(cap), level, latency_s=compute + hop, frames=length)
+                    offers.append(offer)
+                    power = self.router.power
+                    if radio is not None:
+                        power = power.model_copy(update={"radio": radio_for_profile(radio)})
+                    device_compute = compute if tier is Tier.DEVICE else 0.0
+                    received = size if tier is not Tier.DEVICE else 0
+                    energy[tier] = per_offer[offer] = power.energy_j(
+                        compute + hop, device_compute, received_bytes=received, receive_s=receive
+                    )
+        return offers, energy, per_offer
+
+    async def clip(
+        self,
+        prompt: str | None,
+        frames: int,
+        resolution: int,
+        sla: SLA,
+        *,
+        seed: int | None = None,
+        fps: float = DEFAULT_FPS,
+        battery: BatteryState | None = None,
+        metered: bool | None = None,
+        pin: Tier | None = None,
+    ) -> ClipRoute:
+        """A clip of up to ``frames`` frames and ``resolution`` px: the router picks the tier, the size and
+        the length within the SLA (the largest, then the longest, by default); fewer frames or a smaller
+        size are the graceful degradation (``sla.min_resolution`` bounds the size)."""
+        TaskKind.image(resolution)  # an InvalidInputError names the levels
+        if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= 48:
+            raise InvalidInputError(f"frames must be an integer 1..48, not {frames!r}")
+        capabilities = await self.capabilities()
+        started = time.perf_counter()
+        offers, energy, per_offer = self.clip_offers(capabilities, frames, resolution)
+        decision = self.router.decide(
+            TaskKind.CLIP, sla, offers, self._network_up(), energy,
+            battery=battery, metered=metered, pin=pin, offer_energy=per_offer,
+        )
+
+        def make(offer: Offer) -> Awaitable[TieredClip]:
+            assert offer.resolution is not None and offer.frames is not None  # clip offers carry both
+            return self.images.clip(offer.tier, prompt, offer.frames, offer.resolution, seed, fps)
+
+        offer, clip, failed, degraded = await self._tries(decision, started, make)
+        assert offer.resolution is not None
+        return ClipRoute(decision, clip, offer.resolution, tuple(failed), degraded)
+

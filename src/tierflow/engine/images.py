@@ -21,7 +21,7 @@ from tierflow.errors import (
     TierUnavailableError,
     UnsupportedModelError,
 )
-from tierflow.runtime.image_result import ImageEdit, ImageResult
+from tierflow.runtime.image_result import ClipResult, ImageEdit, ImageResult
 from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
 from tierflow.transport.peers import Peers
 from tierflow.types import Tier
@@ -30,6 +30,8 @@ from tierflow.types import Tier
 # that the entry point can send them)
 OP_GENERATE_IMAGE = "generate_image"  # a whole image; prompt, resolution, refine, seed in meta (an edit:
 #                                       the picture and mask as input tensors, strength in meta)
+OP_GENERATE_CLIP = "generate_clip"  # a clip; prompt, frames, resolution, seed, fps in meta; the GIF back
+CLIP_GIF = "gif"  # a clip's reply: the animated GIF's bytes as a uint8 tensor
 EDIT_IMAGE = "image"  # an edit's picture, uint8 H x W x 3
 EDIT_MASK = "mask"  # an edit's mask, uint8 H x W (1 = repaint); absent: everywhere
 OP_INFO = "info"  # the node's tier, model id, provider, stage times and image model
@@ -52,6 +54,10 @@ class LocalImageModel(Protocol):
     @property
     def can_edit(self) -> bool: ...
 
+    def generate_clip(
+        self, prompt: str | None, frames: int, resolution: int, seed: int | None, fps: float
+    ) -> ClipResult: ...
+
     def generate_image(
         self, prompt: str | None, resolution: int, refine: bool | None, seed: int | None,
         edit: ImageEdit | None = None,
@@ -65,7 +71,7 @@ class ImageCapability:
     max_resolution: int | None  # the target's side cap in pixels; None: no cap of its own
     has_refiner: bool
     model_id: str
-    can_edit: bool = False  # it repaints a given picture (image-to-image, inpainting)
+    can_edit: bool = False  # it repaints a given picture (image-to-image, inpainting) and makes clips
 
     @classmethod
     def of(cls, model: LocalImageModel) -> ImageCapability:
@@ -101,6 +107,30 @@ class TieredImage:
     elapsed_s: float  # the tier's compute (ONNX Runtime, as its SIMULATED slowdown stretches it)
     wall_s: float  # as the entry point waited for it: compute plus the hop and the tensor's transfer
     ignored_words: tuple[str, ...] = ()  # words of the prompt the tier's text encoder does not know
+    stages: tuple[tuple[str, float], ...] = ()  # (stage, seconds) as they ran, where the model says
+
+
+@dataclass(frozen=True)
+class TieredClip:
+    """One clip (an animated GIF) and where and how it was made."""
+
+    gif: bytes
+    frames: int
+    seed: int
+    tier: Tier
+    elapsed_s: float  # the tier's compute
+    wall_s: float  # as the entry point waited for it
+
+
+def clip_meta(
+    prompt: str | None, frames: int, resolution: int, seed: int | None, fps: float
+) -> dict[str, MetaValue]:
+    meta: dict[str, MetaValue] = {"frames": frames, "resolution": resolution, "fps": fps}
+    if prompt is not None:
+        meta["prompt"] = prompt
+    if seed is not None:
+        meta["seed"] = seed
+    return meta
 
 
 def edit_inputs(edit: ImageEdit | None) -> dict[str, np.ndarray]:
@@ -202,6 +232,7 @@ class TieredImages:
                 elapsed_s=result.elapsed_s,
                 wall_s=time.perf_counter() - started,
                 ignored_words=result.ignored_words,
+                stages=result.stages,
             )
         request = StageRequest(
             OP_GENERATE_IMAGE,
@@ -217,6 +248,29 @@ class TieredImages:
             elapsed_s=float(reply.meta["elapsed_s"]),
             wall_s=time.perf_counter() - started,
             ignored_words=tuple(json.loads(str(reply.meta.get("ignored_words", "[]")))),
+            stages=tuple((str(n), float(s)) for n, s in json.loads(str(reply.meta.get("stages", "[]")))),
+        )
+
+    async def clip(
+        self, tier: Tier, prompt: str | None, frames: int, resolution: int, seed: int | None, fps: float
+    ) -> TieredClip:
+        """Make one clip on ``tier``."""
+        started = time.perf_counter()
+        if tier is Tier.DEVICE:
+            if self.local is None:
+                raise UnsupportedModelError("the device node serves no image model")
+            made = await asyncio.to_thread(self.local.generate_clip, prompt, frames, resolution, seed, fps)
+            return TieredClip(made.to_gif_bytes(), len(made.frames), made.seed, tier, made.elapsed_s,
+                              time.perf_counter() - started)
+        request = StageRequest(OP_GENERATE_CLIP, meta=clip_meta(prompt, frames, resolution, seed, fps))
+        reply = await self._call(tier, request, None)
+        return TieredClip(
+            gif=np.asarray(reply.outputs[CLIP_GIF], np.uint8).tobytes(),
+            frames=int(reply.meta["frames"]),
+            seed=int(reply.meta["seed"]),
+            tier=tier,
+            elapsed_s=float(reply.meta["elapsed_s"]),
+            wall_s=time.perf_counter() - started,
         )
 
     async def _call(self, tier: Tier, request: StageRequest, timeout: float | None) -> StageResponse:

@@ -22,7 +22,7 @@ from tierflow.errors import InvalidInputError, UnsupportedModelError
 from tierflow.model import metadata as md
 from tierflow.model.lm_contract import LMSignature
 from tierflow.model.registry import resolve_model
-from tierflow.runtime.image_result import ImageEdit, ImageResult
+from tierflow.runtime.image_result import ClipResult, ImageEdit, ImageResult
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.providers import ranked_providers
 from tierflow.runtime.session import SessionOptions, active_provider, metadata, open_session
@@ -139,6 +139,25 @@ class NodeExecutor:
         real = time.perf_counter() - started
         seconds = self._slow.stretch(("generate_image", resolution, refine), started)
         self.stats.setdefault("generate_image", StageStats()).add(seconds)
+        if seconds > real and self.slowdown > 1.0:  # the SIMULATED hardware's compute time, as measured
+            result = replace(result, elapsed_s=result.elapsed_s + seconds - real)
+        return result
+
+    def generate_clip(
+        self, prompt: str | None, frames: int, resolution: int, seed: int | None, fps: float
+    ) -> ClipResult:
+        """A clip (:meth:`PipelineGenerator.clip`) at up to this target's cap."""
+        if not isinstance(self._image, PipelineGenerator):
+            raise UnsupportedModelError("this node's image model makes no clips (no text-to-image pipeline)")
+        cap = self.max_resolution
+        if cap is not None and resolution > cap:
+            target = md.target(self.proto) or self.label
+            raise InvalidInputError(f"target {target} makes clips up to {cap} px; asked for {resolution}")
+        started = time.perf_counter()
+        result = self._image.clip(prompt, frames, resolution, seed=seed, fps=fps)
+        real = time.perf_counter() - started
+        seconds = self._slow.stretch(("generate_clip", frames, resolution), started)
+        self.stats.setdefault("generate_clip", StageStats()).add(seconds)
         if seconds > real and self.slowdown > 1.0:  # the SIMULATED hardware's compute time, as measured
             result = replace(result, elapsed_s=result.elapsed_s + seconds - real)
         return result

@@ -21,7 +21,9 @@ from fastapi import FastAPI
 from tierflow.api.app import mount as mount_api
 from tierflow.api.routes import APIState
 from tierflow.engine.images import (
+    CLIP_GIF,
     IMAGE_INFO_KEY,
+    OP_GENERATE_CLIP,
     OP_GENERATE_IMAGE,
     OP_INFO,
     ImageCapability,
@@ -134,7 +136,7 @@ class NodeServer:
         return self.image_executor or self.executor
 
     def _serving(self, op: str) -> NodeExecutor:
-        return self.image_runner if op == OP_GENERATE_IMAGE else self.executor
+        return self.image_runner if op in (OP_GENERATE_IMAGE, OP_GENERATE_CLIP) else self.executor
 
     async def handle(self, request: StageRequest, peer: PeerInfo) -> StageResponse:
         started = time.perf_counter()
@@ -183,7 +185,25 @@ class NodeServer:
                     "elapsed_s": image.elapsed_s,
                     "tier": self.config.tier.value,
                     "ignored_words": json.dumps(list(image.ignored_words)),
+                    "stages": json.dumps(image.stages),
                 },
+            )
+        if request.op == OP_GENERATE_CLIP:
+            meta = request.meta
+            clip = await asyncio.to_thread(
+                self.image_runner.generate_clip,
+                str(meta["prompt"]) if "prompt" in meta else None,
+                int(meta["frames"]),
+                int(meta["resolution"]),
+                int(meta["seed"]) if "seed" in meta else None,
+                float(meta.get("fps", 8.0)),
+            )
+            gif = clip.to_gif_bytes()
+            return StageResponse(
+                request.request_id,
+                outputs={CLIP_GIF: np.frombuffer(gif, np.uint8).copy()},
+                meta={"seed": clip.seed, "frames": len(clip.frames), "elapsed_s": clip.elapsed_s,
+                      "tier": self.config.tier.value},
             )
         if request.op == OP_GENERATE:
             meta = request.meta
@@ -212,7 +232,7 @@ class NodeServer:
         if request.op == OP_INFO:
             return StageResponse(request.request_id, meta=self.info())
         raise UnsupportedModelError(
-            f"unknown operation '{request.op}' (known: run, generate, generate_image, info)"
+            f"unknown operation '{request.op}' (known: run, generate, generate_image, generate_clip, info)"
         )
 
     async def _run(self, request: StageRequest) -> StageResponse:

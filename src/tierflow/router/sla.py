@@ -160,6 +160,7 @@ class Offer:
     quality: str
     resolution: int | None = None
     latency_s: float | None = None
+    frames: int | None = None  # clips: how many frames
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tier", parse_tier(self.tier))
@@ -168,6 +169,8 @@ class Offer:
             isinstance(self.resolution, bool) or self.resolution not in IMAGE_RESOLUTIONS
         ):
             raise InvalidInputError(f"offer resolution {self.resolution!r} has no image level")
+        if self.frames is not None and (isinstance(self.frames, bool) or not 1 <= self.frames < 1000):
+            raise InvalidInputError(f"offer frames must be 1..999, got {self.frames!r}")
         if self.latency_s is not None and not (
             isinstance(self.latency_s, int | float) and math.isfinite(self.latency_s) and self.latency_s >= 0
         ):
@@ -176,11 +179,13 @@ class Offer:
     def describe(self) -> str:
         """``edge base 1024 px``."""
         size = f" {self.resolution} px" if self.resolution is not None else ""
-        return f"{self.tier} {self.quality}{size}"
+        frames = f" x {self.frames} frames" if self.frames is not None else ""
+        return f"{self.tier} {self.quality}{size}{frames}"
 
     def quality_key(self) -> tuple[int, int]:
-        """Higher is better: the resolution first (0 for text), then the level on its ladder."""
-        return (self.resolution or 0, _ladder(self.quality).index(self.quality))
+        """Higher is better: the resolution first (0 for text), then a clip's frames, then the level on
+        its ladder (resolution and frames in one number, frames < 1000)."""
+        return ((self.resolution or 0) * 1000 + (self.frames or 0), _ladder(self.quality).index(self.quality))
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,7 @@ class Alternative:
             "tier": self.offer.tier.value,
             "quality": self.offer.quality,
             "resolution": self.offer.resolution,
+            "frames": self.offer.frames,
             "predicted_s": self.predicted_s,
             "energy_j": self.energy_j,
             "feasible": self.feasible,

@@ -72,3 +72,26 @@ class ImageEdit:
     def __post_init__(self) -> None:
         if not 0.0 < float(self.strength) <= 1.0:
             raise InvalidInputError(f"strength must be in (0, 1], not {self.strength!r}")
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """A short clip (frames of one size, in order) and how it was made."""
+
+    frames: tuple[np.ndarray, ...]  # uint8, H x W x 3 each
+    prompt: str | None
+    resolution: int
+    refined: bool
+    seed: int
+    provider: str
+    elapsed_s: float
+    fps: float
+    ignored_words: tuple[str, ...] = ()
+
+    def to_gif_bytes(self) -> bytes:
+        """The clip as an animated GIF that loops."""
+        images = [Image.fromarray(f, "RGB") for f in self.frames]
+        buf = io.BytesIO()
+        images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
+                       duration=round(1000 / self.fps), loop=0)
+        return buf.getvalue()

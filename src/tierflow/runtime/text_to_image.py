@@ -30,10 +30,13 @@ from tierflow.model import text_to_image as t2i
 from tierflow.model.partition import GraphCutter
 from tierflow.runtime.flow_sampler import initial_noise, prompt_tokens, to_uint8
 from tierflow.runtime.image import ImageGenerator
-from tierflow.runtime.image_result import ImageResult
+from tierflow.runtime.image_result import ClipResult, ImageResult
 from tierflow.runtime.session import SessionOptions, active_provider, open_session
 
 MAX_RESOLUTION = 2048
+MAX_FRAMES = 48
+DEFAULT_FPS = 8.0
+PAN_PX = 2  # a clip's camera moves this many pixels (at 64 px) per frame
 EDGE_FEATHER = 1  # pixels (at 64 px; 4 at 256) around the mask that the composite blends over
 
 
@@ -226,6 +229,79 @@ class PipelineGenerator:
             raise InvalidInputError("the mask selects no pixel to repaint")
         return self._make(prompt, side, refine, seed, guidance, pixels, region, float(strength))
 
+    def clip(
+        self, prompt: str | None, frames: int, resolution: int, refine: bool = False, seed: int | None = None,
+        fps: float = DEFAULT_FPS, pan: int = PAN_PX, guidance: float | None = None,
+    ) -> ClipResult:
+        """A camera pan over the scene of ``prompt``: frame 0 is a generated image; each next frame is
+        the last one moved ``pan`` px (at 64 px) to the left, the strip it uncovers painted by the
+        sampler (inpainting: what is kept is the last frame exactly), then upsampled to ``resolution``.
+        The cost is ``frames`` sampler runs and upsampler chains: it grows with frames x area."""
+        if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES:
+            raise InvalidInputError(f"frames must be an integer 1..{MAX_FRAMES}, not {frames!r}")
+        if not 1 <= pan <= t2i.BASE // 4:
+            raise InvalidInputError(f"pan must be 1..{t2i.BASE // 4} px, not {pan!r}")
+        if not 0.5 <= float(fps) <= 30.0:
+            raise InvalidInputError(f"fps must be in 0.5..30, not {fps!r}")
+        seed = self._seed(seed)
+        started = time.perf_counter()
+        first = self._make(prompt, t2i.BASE, False, seed, guidance, None, None, 1.0)
+        base = t2i.BASE
+        x = _to_model(first.pixels)
+        strip = np.zeros((1, 1, base, base), np.float32)
+        strip[..., base - pan:] = 1.0
+        low = [x]
+        for k in range(1, frames):
+            moved = np.concatenate([x[..., pan:], np.repeat(x[..., -1:], pan, axis=3)], axis=3)
+            feeds = self._feeds(prompt, seed + k, guidance, moved, strip, 1.0)
+            x, _ = self._run(feeds, base, False)
+            low.append(x)
+        level = self.level_for(self.check_resolution(resolution), refine)
+        tokens = prompt_tokens(prompt).ids[None, :]
+        out = []
+        for x in low:
+            up = x if level == base else self._upsample(x, tokens, level, refine)
+            pixels = to_uint8(up)[0]
+            out.append(pixels if level == resolution else _resize(pixels, resolution))
+        return ClipResult(
+            frames=tuple(out), prompt=prompt, resolution=resolution, refined=refine, seed=seed,
+            provider=self.provider, elapsed_s=time.perf_counter() - started, fps=float(fps),
+            ignored_words=first.ignored_words,
+        )
+
+    def _upsample(self, x: np.ndarray, tokens: np.ndarray, level: int, refine: bool) -> np.ndarray:
+        tensors = {t2i.image_output(t2i.BASE): x, t2i.TOKENS: tokens}
+        for stage in self.chain(level, refine)[1:]:
+            session = self._session(stage)
+            wanted = {i.name for i in session.get_inputs()}
+            (made,) = session.run([stage.output], {k: v for k, v in tensors.items() if k in wanted})
+            tensors[stage.output] = np.asarray(made, np.float32)
+        return tensors[self.chain(level, refine)[-1].output]
+
+    def _seed(self, seed: int | None) -> int:
+        if seed is None:
+            return int(np.random.SeedSequence().entropy % 2**62)  # type: ignore[operator]
+        return int(seed)
+
+    def _feeds(
+        self, prompt: str | None, seed: int, guidance: float | None, init: np.ndarray | None,
+        mask: np.ndarray | None, strength: float,
+    ) -> dict[str, np.ndarray]:
+        """The sampler's inputs: ``init`` [1, 3, 64, 64] in [-1, 1] and ``mask`` [1, 1, 64, 64]
+        (None: plain generation)."""
+        g = self.default_guidance if guidance is None else float(guidance)
+        if not np.isfinite(g) or not 0.0 <= g <= 50.0:
+            raise InvalidInputError(f"guidance must be a number in 0..50, not {guidance!r}")
+        base = t2i.BASE
+        return {
+            t2i.TOKENS: prompt_tokens(prompt).ids[None, :],
+            t2i.NOISE: initial_noise(seed % 2**63, base)[None],
+            t2i.INIT_IMAGE: np.zeros((1, 3, base, base), np.float32) if init is None else init,
+            t2i.MASK: np.ones((1, 1, base, base), np.float32) if mask is None else mask,
+            t2i.STRENGTH: np.array([strength], np.float32),
+            t2i.GUIDANCE: np.array([g], np.float32),
+        }
+
     def _make(
         self, prompt: str | None, resolution: int, refine: bool, seed: int | None, guidance: float | None,
         image: npt.NDArray[np.uint8] | None, region: npt.NDArray[np.bool_] | None, strength: float,
@@ -233,26 +309,13 @@ class PipelineGenerator:
         resolution = self.check_resolution(resolution)
         if refine and not self.has_refiner:
             raise InvalidInputError("this target has no refiner stage; run it without refine")
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % 2**63)  # type: ignore[operator]
-        g = self.default_guidance if guidance is None else float(guidance)
-        if not np.isfinite(g) or not 0.0 <= g <= 50.0:
-            raise InvalidInputError(f"guidance must be a number in 0..50, not {guidance!r}")
+        seed = self._seed(seed)
         tokens = prompt_tokens(prompt)
-        base = t2i.BASE
-        init = np.zeros((1, 3, base, base), np.float32)
-        mask = np.ones((1, 1, base, base), np.float32)
+        init = mask = None
         if image is not None and region is not None:
-            init = _to_model(_resize(image, base))
-            mask = _mask_at(region, base)[None, None]
-        feeds: dict[str, np.ndarray] = {
-            t2i.TOKENS: tokens.ids[None, :],
-            t2i.NOISE: initial_noise(seed % 2**63, base)[None],
-            t2i.INIT_IMAGE: init,
-            t2i.MASK: mask,
-            t2i.STRENGTH: np.array([strength], np.float32),
-            t2i.GUIDANCE: np.array([g], np.float32),
-        }
+            init = _to_model(_resize(image, t2i.BASE))
+            mask = _mask_at(region, t2i.BASE)[None, None]
+        feeds = self._feeds(prompt, seed, guidance, init, mask, strength)
         started = time.perf_counter()
         level = self.level_for(resolution, refine)
         out, timings = self._run(feeds, level, refine)
