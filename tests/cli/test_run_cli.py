@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 from onnx import TensorProto, helper
+
 from tests.support.cli import assert_one_line_error
 from tests.support.tiny_lm import build_tiny_lm, save_tiny_lm
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tests.support.cli import assert_one_line_error, cli
 from tests.support.tiny_lm import save_tiny_lm
-
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from tests.support.processes import LineReader, popen_sigint_ignored
 
+from tests.support.processes import LineReader, popen_sigint_ignored
 from tierflow.cli._common import StopSignals
 from tierflow.transport.certs import init_pki
 

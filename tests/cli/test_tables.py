@@ -10,8 +10,8 @@ import pytest
 from onnx import TensorProto, helper
 from rich.console import Console
 from rich.table import Table
-from tests.support.cli import cli
 
+from tests.support.cli import cli
 from tierflow.cli._common import print_table
 
 INPUT = "an_input_tensor_with_a_long_descriptive_name"

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+
 from tests.support.cli import assert_one_line_error, cli
 from tests.support.tiny_pyramid import build_classifier, build_lm, save
-
 from tierflow.compiler.compiler import CompileReport, compile_model
 from tierflow.compiler.extract import SourceModel, pyramid_for
 from tierflow.errors import ConfigError, FidelityError, InvalidModelError, ModelNotFoundError

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.cli import assert_one_line_error, cli
 
+from tests.support.cli import assert_one_line_error, cli
 from tierflow.errors import PackageError, UnknownTargetError
 from tierflow.model.package import (
     MANIFEST_NAME,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tests.support.tiny_lm import build_tiny_lm
 
+from tests.support.tiny_lm import build_tiny_lm
 from tierflow.errors import PlanError
 from tierflow.model.partition import GraphCutter
 from tierflow.runtime.session import SessionOptions

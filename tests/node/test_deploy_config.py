@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.support.processes import tierflow_up
 
 import tierflow
+from tests.support.processes import tierflow_up
 from tierflow.errors import ConfigError
 from tierflow.node.deploy_config import DeployConfig
 from tierflow.types import Tier

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
 from tests.support.cli import assert_one_line_error, cli
 from tests.support.packages import compile_bundled
 from tests.support.tiny_lm import save_tiny_lm
-
 from tierflow.engine.images import IMAGE_INFO_KEY, OP_GENERATE_IMAGE, OP_INFO, ImageCapability, TieredImages
 from tierflow.engine.lm_hop import OP_LM_INFO
 from tierflow.errors import (

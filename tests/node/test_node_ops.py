@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from tests.support.tiny_lm import save_tiny_lm
 
+from tests.support.tiny_lm import save_tiny_lm
 from tierflow.errors import InvalidInputError, ModelNotFoundError
 from tierflow.node.config import NodeConfig
 from tierflow.node.server import NodeServer

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.tiny_lm import save_tiny_lm
 
+from tests.support.tiny_lm import save_tiny_lm
 from tierflow.node.launch import NodeProcess, start_node
 from tierflow.transport.certs import init_pki
 

@@ -7,8 +7,8 @@ from dataclasses import fields
 import numpy as np
 import onnx
 import pytest
-from tests.support.tiny_lm import build_tiny_lm
 
+from tests.support.tiny_lm import build_tiny_lm
 from tierflow.errors import InvalidInputError, TokenizerError, UnsupportedModelError
 from tierflow.model import lm_contract as lc
 from tierflow.runtime.lm import (

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.cli import cli
-from tests.support.tiny_pyramid import build_lm, save
 
 import tierflow
+from tests.support.cli import cli
+from tests.support.tiny_pyramid import build_lm, save
 from tierflow.compiler.compiler import compile_model
 from tierflow.errors import (
     ConfigError,

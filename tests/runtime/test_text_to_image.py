@@ -107,6 +107,21 @@ def test_an_edit_repaints_the_mask_and_keeps_the_rest(generator: PipelineGenerat
     assert after[0] - after[2] > before[0] - before[2] + 60  # the car went from blue to red
 
 
+def test_a_masked_edit_repaints_anew_by_default_and_a_whole_picture_edit_keeps_its_layout(
+    generator: PipelineGenerator,
+) -> None:
+    frame = render(parse_prompt("a blue car on a road").scene, 64, seed=7)
+    car = frame.object_ids == 1
+    prompt = "a red car on a road"
+
+    def edit(mask: np.ndarray | None, strength: float | None) -> np.ndarray:
+        return generator.edit(prompt, frame.image, mask, strength, seed=3).pixels
+
+    assert np.array_equal(edit(car, None), edit(car, 1.0))
+    assert np.array_equal(edit(None, None), edit(None, 0.8))
+    assert not np.array_equal(edit(None, None), edit(None, 1.0))
+
+
 def test_bad_edits_are_refused(generator: PipelineGenerator) -> None:
     frame = np.zeros((128, 128, 3), np.uint8)
     with pytest.raises(InvalidInputError, match="square"):

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.support.processes import LineReader, popen_sigint_ignored
 from typer.testing import CliRunner
 
+from tests.support.processes import LineReader, popen_sigint_ignored
 from tierflow.cli import app
 
 CLI = [sys.executable, "-c", "from tierflow.cli import main; main()", "link"]

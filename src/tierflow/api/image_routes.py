@@ -28,7 +28,6 @@ from tierflow.types.tasks import IMAGE_RESOLUTIONS
 router = APIRouter()
 
 DEFAULT_SIZE = 512
-DEFAULT_STRENGTH = 0.8
 MAX_UPLOAD_BYTES = 32 * 2**20
 MASK_HELP = (
     "where to repaint: a PNG whose transparent pixels (or, without alpha, white pixels) are repainted; "
@@ -110,9 +109,9 @@ async def edit_image(
     n: Annotated[int, Form(ge=1, le=1)] = 1,
     response_format: Annotated[Literal["b64_json"], Form()] = "b64_json",
     seed: Annotated[int | None, Form(ge=0, le=2**63 - 1)] = None,
-    strength: Annotated[float, Form(gt=0.0, le=1.0, description="how far from the picture (1: anew)")] = (
-        DEFAULT_STRENGTH
-    ),
+    strength: Annotated[float | None, Form(
+        gt=0.0, le=1.0, description="how far from the picture (1: anew; default 1 with a mask, else 0.8)"
+    )] = None,
     sla: Annotated[str | None, Form(max_length=2000, description="the SLA as JSON")] = None,
     tier: Annotated[str | None, Form(max_length=20)] = None,
     model: Annotated[str | None, Form(max_length=200)] = None,

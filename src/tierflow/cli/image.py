@@ -29,7 +29,8 @@ def image(
         None, "--mask", help="With --edit: where to repaint (transparent or white pixels; default: all)."
     ),
     strength: float | None = typer.Option(
-        None, "--strength", min=0.01, max=1.0, help="With --edit: how far from the picture (default 0.8)."
+        None, "--strength", min=0.01, max=1.0,
+        help="With --edit: how far from the picture (default 1 with --mask, else 0.8).",
     ),
     url: str | None = typer.Option(None, "--url", help="The entry point (default: $TIERFLOW_URL)."),
     api_key: str | None = typer.Option(None, "--api-key", help="API key (default: $TIERFLOW_API_KEY)."),

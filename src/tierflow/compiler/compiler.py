@@ -118,6 +118,8 @@ def compile_model(
         say(f"compiling {target} ({spec.precision})")
         graph = graphs[target]
         model, method = _convert(graph.model, spec, src.kind, checker)
+        if t2i.TOKENS in src.inputs:
+            _stages_start_at_outputs(model)
         md.write_metadata(model, target=target, precision=spec.precision)
         data = model.SerializeToString()
         say(f"measuring {target}")
@@ -185,6 +187,51 @@ def _load_source(path: Path, name: str) -> SourceModel:
 def _inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     inits = {t.name for t in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in inits]
+
+
+def _stages_start_at_outputs(model: onnx.ModelProto) -> None:
+    """After FP16 conversion a graph output (``image_64``) is a Cast of an inner FP16 tensor that the next
+    stage reads; rewire that stage to read the output itself (cast back, exactly), so the runtime can
+    cut the pipeline at its outputs and start a stage from one."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    nodes = list(graph.node)
+    rewired: list[onnx.NodeProto] = []
+    for node in nodes:
+        rewired.append(node)
+        if node.op_type != "Cast" or node.output[0] not in outputs:
+            continue
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        inner, name = node.input[0], node.output[0]
+        users = [n for n in nodes if n is not node and inner in n.input]
+        if to != onnx.TensorProto.FLOAT or not users:
+            continue
+        back = f"{name}/fp16"
+        rewired.append(onnx.helper.make_node(
+            "Cast", [name], [back], name=f"{name}/to_fp16", to=onnx.TensorProto.FLOAT16
+        ))
+        for user in users:
+            user.input[:] = [back if i == inner else i for i in user.input]
+    del graph.node[:]
+    given = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    graph.node.extend(_topological(rewired, given))
+
+
+def _topological(nodes: list[onnx.NodeProto], given: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` in an order where each comes after what it reads (stable where the order was one)."""
+    ready, done, waiting = set(given), [], list(nodes)
+    while waiting:
+        left = []
+        for node in waiting:
+            if all(not i or i in ready for i in node.input):
+                done.append(node)
+                ready.update(node.output)
+            else:
+                left.append(node)
+        if len(left) == len(waiting):
+            raise InvalidModelError(f"the graph has a cycle or a missing tensor near {left[0].name}")
+        waiting = left
+    return done
 
 
 def _first_stages(data: bytes) -> bytes:

@@ -151,7 +151,7 @@ def edit_of(request: StageRequest) -> ImageEdit | None:
     return ImageEdit(
         image=request.inputs[EDIT_IMAGE],
         mask=None if mask is None else np.asarray(mask) > 0,
-        strength=float(request.meta.get("strength", ImageEdit.strength)),
+        strength=None if "strength" not in request.meta else float(request.meta["strength"]),
     )
 
 
@@ -166,7 +166,7 @@ def image_meta(
         meta["prompt"] = prompt
     if seed is not None:
         meta["seed"] = seed
-    if edit is not None:
+    if edit is not None and edit.strength is not None:
         meta["strength"] = float(edit.strength)
     return meta
 

@@ -30,7 +30,7 @@ from tierflow.model import text_to_image as t2i
 from tierflow.model.partition import GraphCutter
 from tierflow.runtime.flow_sampler import initial_noise, prompt_tokens, to_uint8
 from tierflow.runtime.image import ImageGenerator
-from tierflow.runtime.image_result import ClipResult, ImageResult
+from tierflow.runtime.image_result import ClipResult, ImageResult, edit_strength
 from tierflow.runtime.session import SessionOptions, active_provider, open_session
 
 MAX_RESOLUTION = 2048
@@ -214,15 +214,15 @@ class PipelineGenerator:
 
     def edit(
         self, prompt: str | None, image: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_] | None = None,
-        strength: float = 0.8, resolution: int | None = None, refine: bool = False, seed: int | None = None,
-        guidance: float | None = None,
+        strength: float | None = None, resolution: int | None = None, refine: bool = False,
+        seed: int | None = None, guidance: float | None = None,
     ) -> ImageResult:
         """Repaint ``image`` (uint8 H x W x 3) under ``prompt``: inside ``mask`` (bool H x W, True =
-        repaint; None = everywhere), from its noised self at ``1 - strength`` (1: from pure noise).
-        Outside the mask the result is ``image`` itself (resized to ``resolution``, default its side)."""
+        repaint; None = everywhere), from its noised self at ``1 - strength`` (1: from pure noise;
+        None: 1 with a mask, 0.8 without, :func:`edit_strength`). Outside the mask the result is
+        ``image`` itself (resized to ``resolution``, default its side)."""
         pixels = _check_image(image)
-        if not 0.0 < float(strength) <= 1.0:
-            raise InvalidInputError(f"strength must be in (0, 1], not {strength!r}")
+        strength = edit_strength(strength, mask is not None)
         side = resolution or int(pixels.shape[0])
         region = np.ones(pixels.shape[:2], bool) if mask is None else _check_mask(mask, pixels.shape[:2])
         if not region.any():
