@@ -6,7 +6,8 @@ default the local one):
 1. the device interprets the command (the words of the scene grammar: which object, which colour)
    and captures a road frame -- SIMULATED: the renderer draws it, and its labels give the car's
    silhouette, where a real car would run a segmenter;
-2. the edit is routed by its SLA (512 px within 2 s): the edge makes it on a fast link;
+2. the edit is routed by its SLA (512 px within 6 s, what the edge's 25-step sampler and upsamplers take
+   on this 2-core CPU with the other tiers beside it): the edge makes it on a fast link;
 3. "HD": the same edit at 2048 px, which only the cloud (with its refiner) makes;
 4. the cloud out of reach (the device's and the edge's links to it SIMULATED offline): the basic edit
    still works, on the edge.
@@ -82,7 +83,7 @@ def main(command: str) -> int:
     (OUT / "frame.png").write_bytes(png_bytes(frame))
     prompt = f"a {colour} {kind} on a road"
     with tierflow.Client(timeout=300) as client:
-        fast = {"max_latency": 2.0, "offline_ok": True}
+        fast = {"max_latency": 6.0, "offline_ok": True}
         basic = edit(client, frame, mask, prompt, FRAME_SIDE, fast, "edit-512")
         hd = edit(client, frame, mask, prompt, 2048, {"prefer": "quality", "max_latency": 60}, "edit-hd")
         cut = ("device-cloud", "edge-cloud")
@@ -90,7 +91,7 @@ def main(command: str) -> int:
         try:
             for link in cut:
                 client.set_link(link, "offline")
-            offline = edit(client, frame, mask, prompt, FRAME_SIDE, {"max_latency": 5.0, "offline_ok": True},
+            offline = edit(client, frame, mask, prompt, FRAME_SIDE, {"max_latency": 6.0, "offline_ok": True},
                            "edit-cloud-offline")
         finally:  # the deployment gets its links back, whatever happened
             for link, profile in before.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from tierflow.api import dashboard_routes, errors, image_routes, openai_routes, routes
+from tierflow.api import dashboard_routes, errors, image_routes, inspection_routes, openai_routes, routes
 from tierflow.api.routes import APIState
 
 
@@ -15,6 +15,7 @@ def mount(app: FastAPI, state: APIState) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(openai_routes.router)
     app.include_router(image_routes.router)
+    app.include_router(inspection_routes.router)
     app.include_router(dashboard_routes.router)
     return app
 

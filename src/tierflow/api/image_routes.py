@@ -144,7 +144,8 @@ async def edit_image(
     return ImageReply(created=int(time.time()), data=[ImageData(b64_json=encoded)], route=routed.to_dict())
 
 
-def _open(data: bytes, what: str) -> Image.Image:
+def open_picture(data: bytes, what: str, square: bool = True) -> Image.Image:
+    """An uploaded PNG or JPEG, or an InvalidInputError naming ``what`` is wrong with it."""
     if len(data) > MAX_UPLOAD_BYTES:
         raise InvalidInputError(f"{what}: larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
     try:
@@ -152,19 +153,19 @@ def _open(data: bytes, what: str) -> Image.Image:
         img.load()
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InvalidInputError(f"{what}: not a readable PNG or JPEG ({exc})") from exc
-    if img.width != img.height:
+    if square and img.width != img.height:
         raise InvalidInputError(f"{what}: must be square, is {img.width}x{img.height}")
     return img
 
 
 def _read_picture(data: bytes, what: str) -> np.ndarray:
-    pixels: np.ndarray = np.asarray(_open(data, what).convert("RGB"), np.uint8)
+    pixels: np.ndarray = np.asarray(open_picture(data, what).convert("RGB"), np.uint8)
     return pixels
 
 
 def _read_mask(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """OpenAI's convention: transparent pixels are repainted; a mask without alpha: white pixels are."""
-    img = _open(data, "mask")
+    img = open_picture(data, "mask")
     if img.size != (shape[1], shape[0]):
         raise InvalidInputError(f"mask: is {img.width}x{img.height}, the image {shape[1]}x{shape[0]}")
     if "A" in img.getbands():

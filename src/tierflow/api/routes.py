@@ -32,6 +32,7 @@ from tierflow.context.store import ContextStore
 from tierflow.engine.conversations import Conversations, Finished
 from tierflow.engine.image_routing import RoutedImages
 from tierflow.engine.images import TieredImages
+from tierflow.engine.inspection import TieredDetectors
 from tierflow.engine.sharded import GenerationEvent
 from tierflow.router.energy import BatteryState
 
@@ -47,6 +48,7 @@ class APIState:
     images: TieredImages | None = None  # image generation on the tiers
     routed_images: RoutedImages | None = None  # ... routed by SLA (``POST /v1/images/generations``)
     deployment: DeploymentClient | None = None  # the local deployment's control (tierflow up), if any
+    detectors: TieredDetectors | None = None  # crack inspection on the tiers (``POST /v1/inspections``)
     recent: RecentRequests = field(default_factory=RecentRequests)
 
     def __post_init__(self) -> None:

@@ -30,6 +30,10 @@ def node(
     image_target: str | None = typer.Option(
         None, "--image-target", help="Target of the --image-model .tfm (default: the tier's own)."
     ),
+    detector: str | None = typer.Option(
+        None, "--detector", help="A crack detector served next to --model (detect_cracks): .onnx or a "
+        "bundled name (crack-edge, crack-cloud)."
+    ),
     name: str | None = typer.Option(None, "--name", help="Certificate name (default: the tier)."),
     threads: int = typer.Option(0, "--threads", min=0, help="ONNX Runtime intra-op threads (0 = auto)."),
     slowdown: float = typer.Option(
@@ -87,6 +91,7 @@ def node(
             target=target,
             image_model=image_model,
             image_target=image_target,
+            detector=detector,
             name=name,
             threads=threads,
             slowdown=slowdown,

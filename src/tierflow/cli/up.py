@@ -122,6 +122,12 @@ def up(
     image_target: str | None = typer.Option(
         None, "--image-target", help="Target of the --image-model .tfm every node serves."
     ),
+    detectors: str = typer.Option(
+        "edge=crack-edge,cloud=crack-cloud",
+        "--detectors",
+        help="Crack detectors for POST /v1/inspections, as TIER=MODEL pairs (.onnx or bundled name); "
+        "'none': no inspection.",
+    ),
     threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads per node."),
     edge_slowdown: float = typer.Option(1.0, "--edge-slowdown", min=1.0, help="SIMULATED slower edge box."),
     device_slowdown: float = typer.Option(1.0, "--device-slowdown", min=1.0, help="SIMULATED slower device."),
@@ -180,6 +186,7 @@ def up(
     running = [Tier.DEVICE, Tier.EDGE, Tier.CLOUD] if entry else [Tier.EDGE, Tier.CLOUD]
     image_model = _image_model(image_model, lm_deployment=entry is not None)
     image_models = {tier: image_model for tier in running} if image_model else {}
+    detector_models = _detectors(detectors) if entry is not None else {}  # inspection needs the entry point
     control = None
     if entry is not None:  # the dashboard's and `tierflow link set`'s way to the links and processes
         from tierflow.api.deployment_client import TOKEN_ENV
@@ -203,6 +210,7 @@ def up(
                 entry=entry,
                 image_models=image_models,
                 image_target=image_target,
+                detectors=detector_models,
                 backhaul=links.get("edge-cloud", BACKHAUL),
                 device_cloud=links.get("device-cloud"),
             )
@@ -267,6 +275,25 @@ def _up_from_config(path: Path, machine: str | None, duration: float) -> None:
         finally:
             for process in reversed(list(started.values())):
                 process.stop()
+
+
+def _detectors(spec: str) -> dict[Tier, str]:
+    """``--detectors``: TIER=MODEL pairs, each model checked to be a crack detector before anything starts."""
+    from tierflow.model.registry import kind_of
+    from tierflow.types import ModelKind
+
+    if spec.strip().lower() == "none":
+        return {}
+    pairs = parse_assignments([p for p in spec.split(",") if p.strip()], "--detectors", "TIER=MODEL")
+    out: dict[Tier, str] = {}
+    for name, model in pairs.items():
+        tier = next((t for t in Tier if t.value == name), None)
+        if tier is None:
+            raise ConfigError(f"--detectors: no tier {name!r} (device, edge or cloud)")
+        if kind_of(model) is not ModelKind.CRACK_DETECTOR:
+            raise ConfigError(f"--detectors: {model} is not a crack detector")
+        out[tier] = model
+    return out
 
 
 def _lite_model(model: str) -> str | None:

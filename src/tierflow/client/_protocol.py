@@ -27,6 +27,7 @@ from tierflow.client.models import (
     GenerateRequest,
     GenerateResult,
     ImageResult,
+    InspectionResult,
     MigrateResult,
     StreamEvent,
     TokenEvent,
@@ -165,6 +166,10 @@ def clip(body: JSON) -> Call[ClipResult]:
         return ClipResult(gif=gif, route=data.get("route") or {})
 
     return Call("POST", "/v1/clips", read, body)
+
+
+def inspect(body: JSON) -> Call[InspectionResult]:
+    return Call("POST", "/v1/inspections", lambda r: parse(InspectionResult, r), body)
 
 
 def edit_image(

@@ -113,6 +113,18 @@ class ClipResult(_Body):
         return int(self.route.get("frames", 0))
 
 
+class InspectionResult(_Body):
+    """The answer of ``POST /v1/inspections``: is there a crack, where, and which tier's detector said so."""
+
+    cracked: bool
+    score: float  # the probability of a crack in the frame
+    confidence: float  # how sure the answer that stands is (0.5..1)
+    box: list[float] | None = None  # normalised x0, y0, x1, y1 of the crack
+    tier: str  # whose answer stands
+    escalated: bool  # the frame went to the cloud's detector as a hard example
+    route: JSON = Field(default_factory=dict)  # the first answer, the final one, why, the tiers that failed
+
+
 class TokenEvent(_Body):
     """One generated piece of text as it streams (``event: token``)."""
 

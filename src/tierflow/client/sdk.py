@@ -8,6 +8,7 @@ reached is a :class:`~tierflow.errors.TierUnavailableError` naming its URL.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncGenerator, Generator
 from types import TracebackType
@@ -23,6 +24,7 @@ from tierflow.client.models import (
     DoneEvent,
     GenerateResult,
     ImageResult,
+    InspectionResult,
     MigrateResult,
     StreamEvent,
 )
@@ -49,6 +51,14 @@ def clip_body(
     body["frames"] = frames
     if fps is not None:
         body["fps"] = fps
+    return body
+
+
+def inspection_body(frame: bytes, escalate_below: float | None, escalate: bool) -> JSON:
+    """The body of ``POST /v1/inspections`` (``frame``: PNG or JPEG bytes)."""
+    body: JSON = {"image": base64.b64encode(frame).decode("ascii"), "escalate": escalate}
+    if escalate_below is not None:
+        body["escalate_below"] = escalate_below
     return body
 
 
@@ -221,6 +231,13 @@ class Client:
         without alpha, white pixels) says, else everywhere from its noised self at ``strength``."""
         fields = edit_fields(size, strength, seed, sla, tier)
         return self._call(api.edit_image(picture, prompt, mask, fields))
+
+    def inspect(
+        self, frame: bytes, *, escalate_below: float | None = None, escalate: bool = True
+    ) -> InspectionResult:
+        """Is there a crack in ``frame`` (PNG or JPEG bytes), and where: the edge's detector answers, a
+        frame it is less sure of than ``escalate_below`` goes to the cloud's (unless ``escalate`` is off)."""
+        return self._call(api.inspect(inspection_body(frame, escalate_below, escalate)))
 
     def set_link(self, name: str, profile: str) -> JSON:
         """Change a local deployment's SIMULATED link (``device-edge``, ``device-cloud``, ``edge-cloud``)."""
@@ -420,6 +437,12 @@ class AsyncClient:
         """See :meth:`Client.edit`."""
         fields = edit_fields(size, strength, seed, sla, tier)
         return await self._call(api.edit_image(picture, prompt, mask, fields))
+
+    async def inspect(
+        self, frame: bytes, *, escalate_below: float | None = None, escalate: bool = True
+    ) -> InspectionResult:
+        """See :meth:`Client.inspect`."""
+        return await self._call(api.inspect(inspection_body(frame, escalate_below, escalate)))
 
     async def set_link(self, name: str, profile: str) -> JSON:
         """See :meth:`Client.set_link`."""

@@ -80,6 +80,19 @@ BUNDLED: dict[str, BundledModel] = {
             builder="tierflow.model.demo.image:build",
         ),
         BundledModel(
+            "crack-edge",
+            ModelKind.CRACK_DETECTOR,
+            "crack detector for the edge (inspection): crack pixels and a per-frame score, trained on "
+            "rendered pipes and walls",
+            asset="crack_edge.onnx",
+        ),
+        BundledModel(
+            "crack-cloud",
+            ModelKind.CRACK_DETECTOR,
+            "the larger, more accurate crack detector the edge's hard examples go to",
+            asset="crack_cloud.onnx",
+        ),
+        BundledModel(
             "demo-vision",
             ModelKind.VISION,
             "image classifier with branches and skip connections (a DAG); random weights",

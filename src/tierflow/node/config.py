@@ -36,6 +36,9 @@ class NodeConfig(BaseModel):
     image_target: str | None = Field(
         None, description="target of the image model's .tfm package; default: the tier's own"
     )
+    detector: str | None = Field(
+        None, description="a crack detector served next to the model (detect_cracks): .onnx or bundled name"
+    )
     listen: str = Field("127.0.0.1:0", description="data plane HOST:PORT (mTLS gRPC)")
     http: str = Field("127.0.0.1:0", description="control plane HOST:PORT (FastAPI)")
     certs: Path = Field(description="folder made by `tierflow certs init`")

@@ -218,6 +218,7 @@ def deploy_local(
     entry: EntrySettings | None = None,
     image_models: Mapping[Tier, str | Path] | None = None,
     image_target: str | None = None,
+    detectors: Mapping[Tier, str | Path] | None = None,
     startup_timeout: float = 60.0,
 ) -> LocalDeployment:
     """Start cloud and edge nodes serving ``model`` and the emulated links between the tiers.
@@ -233,6 +234,7 @@ def deploy_local(
     ``image_models`` gives a tier's node an image generator next to ``model`` (the device's needs
     ``entry``: without it the device is the caller's own process); ``image_target`` is the target of
     those packages every node serves (default: each tier's own, with its resolution cap).
+    ``detectors`` gives a tier's node a crack detector (a file or a bundled name: crack-edge, crack-cloud).
     """
     access = get_profile(profile) if isinstance(profile, str) else profile  # a bad name fails first
     image_models = dict(image_models or {})
@@ -247,7 +249,11 @@ def deploy_local(
     seeds = (None, None, None) if seed is None else (seed, seed + 1, seed + 2)
 
     def extra(tier: Tier) -> list[str]:
-        return entry.node_args(tier) if entry is not None else []
+        detector = (detectors or {}).get(tier)
+        return [
+            *(entry.node_args(tier) if entry is not None else []),
+            *(["--detector", str(detector)] if detector is not None else []),
+        ]
 
     def emulate(name: str, target: str, link: LinkProfile | None, seed: int | None) -> str:
         """The address that reaches ``target`` through ``link`` (``target`` itself with no link)."""

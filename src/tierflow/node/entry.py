@@ -12,6 +12,7 @@ from tierflow.engine.conversations import Conversations
 from tierflow.engine.early_exit import EarlyExitLM
 from tierflow.engine.image_routing import RoutedImages
 from tierflow.engine.images import TieredImages
+from tierflow.engine.inspection import TieredDetectors
 from tierflow.engine.lm_hop import LMHop
 from tierflow.engine.routing import EntryRouter
 from tierflow.engine.sharded import ShardedLM, parse_spans
@@ -77,10 +78,12 @@ def early_exit(config: NodeConfig) -> EarlyExitLM | None:
 
 
 def entry_point(
-    config: NodeConfig, hop: LMHop, label: str, images: TieredImages | None = None
+    config: NodeConfig, hop: LMHop, label: str, images: TieredImages | None = None,
+    detectors: TieredDetectors | None = None,
 ) -> APIState:
     """The API state of a device node serving ``hop``'s LM with the store ``config.store``;
-    ``images``: its image generation across the tiers, kept only when it has somewhere to run."""
+    ``images``: its image generation across the tiers, kept only when it has somewhere to run;
+    ``detectors``: its crack inspection across the tiers."""
     assert config.store is not None
     name = label.rsplit("/", 1)[-1].removesuffix(".onnx")
     lm = sharded_lm(hop, name, spans=config.spans, links=link_estimates(config.links))
@@ -99,4 +102,6 @@ def entry_point(
         if not token:
             raise ConfigError(f"--deployment-url needs the deployment's token in ${TOKEN_ENV}")
         control = DeploymentClient(config.deployment_url, token)
-    return APIState(conversations, store, images=images, routed_images=routed, deployment=control)
+    return APIState(
+        conversations, store, images=images, routed_images=routed, deployment=control, detectors=detectors
+    )

@@ -30,16 +30,27 @@ from tierflow.engine.images import (
     TieredImages,
     edit_of,
 )
+from tierflow.engine.inspection import (
+    DETECT_IMAGE,
+    DETECT_MASK,
+    DETECTOR_INFO_KEY,
+    OP_DETECT_CRACKS,
+    TieredDetectors,
+    detection_meta,
+)
 from tierflow.engine.lm_hop import LM_OPS, LMHop
-from tierflow.errors import ModelNotFoundError, TierUnavailableError, UnsupportedModelError
+from tierflow.errors import InvalidInputError, ModelNotFoundError, TierUnavailableError, UnsupportedModelError
 from tierflow.model import metadata as md
+from tierflow.model.registry import resolve_model
 from tierflow.node.config import NodeConfig, not_an_image_generator, parse_hostport
 from tierflow.node.control import NodeMetrics, NodeState, create_app
 from tierflow.node.entry import entry_point
 from tierflow.node.executor import NodeExecutor, load_node_model
+from tierflow.runtime.crack_detector import CrackDetector
 from tierflow.runtime.lm import SamplingConfig
 from tierflow.runtime.loader import default_resolution
 from tierflow.runtime.session import SessionOptions
+from tierflow.runtime.slowdown import SimulatedSlowdown
 from tierflow.transport.dataplane import DataPlaneServer, error_code_for
 from tierflow.transport.dataplane_metrics import DataPlaneMetrics
 from tierflow.transport.messages import (
@@ -84,6 +95,13 @@ def open_image_executor(config: NodeConfig) -> NodeExecutor | None:
     return executor
 
 
+def open_detector(config: NodeConfig) -> CrackDetector | None:
+    """The node's crack detector (``config.detector``, a file or a bundled name); None when none is set."""
+    if config.detector is None:
+        return None
+    return CrackDetector.open(resolve_model(config.detector), threads=max(config.threads, 1))
+
+
 class NodeServer:
     """``peers``: how the node reaches its next tiers (default: the data plane to ``config.peers``)."""
 
@@ -94,6 +112,8 @@ class NodeServer:
             model_bytes, label, SessionOptions(intra_op_threads=config.threads), slowdown=config.slowdown
         )
         self.image_executor = open_image_executor(config)
+        self.detector = open_detector(config)
+        self._detector_slow = SimulatedSlowdown(config.slowdown)
         self.dp_metrics = DataPlaneMetrics()
         self.state = NodeState(
             config,
@@ -124,7 +144,8 @@ class NodeServer:
             )
             if config.tier is Tier.DEVICE and config.store:
                 images = TieredImages(self.image_executor, self.lm_hop.peers)
-                self.api = entry_point(config, self.lm_hop, label, images=images)
+                detectors = TieredDetectors(self.detector, self.lm_hop.peers)
+                self.api = entry_point(config, self.lm_hop, label, images=images, detectors=detectors)
 
     @property
     def executor(self) -> NodeExecutor:
@@ -205,6 +226,8 @@ class NodeServer:
                 meta={"seed": clip.seed, "frames": len(clip.frames), "elapsed_s": clip.elapsed_s,
                       "tier": self.config.tier.value},
             )
+        if request.op == OP_DETECT_CRACKS:
+            return await asyncio.to_thread(self._detect, request)
         if request.op == OP_GENERATE:
             meta = request.meta
             default = SamplingConfig()  # what a missing option means: the default decoding
@@ -232,8 +255,23 @@ class NodeServer:
         if request.op == OP_INFO:
             return StageResponse(request.request_id, meta=self.info())
         raise UnsupportedModelError(
-            f"unknown operation '{request.op}' (known: run, generate, generate_image, generate_clip, info)"
+            f"unknown operation '{request.op}' "
+            "(known: run, generate, generate_image, generate_clip, detect_cracks, info)"
         )
+
+    def _detect(self, request: StageRequest) -> StageResponse:
+        """One frame through the node's crack detector (a worker thread: it sleeps when SIMULATED slow)."""
+        if self.detector is None:  # a model this node lacks: the entry point asks the next tier
+            raise ModelNotFoundError(f"this {self.config.tier.value} node serves no crack detector")
+        if DETECT_IMAGE not in request.inputs:
+            raise InvalidInputError(f"detect_cracks needs the frame as input {DETECT_IMAGE!r}")
+        started = time.perf_counter()
+        found = self.detector.detect(request.inputs[DETECT_IMAGE])
+        seconds = self._detector_slow.stretch(("detect_cracks",), started)
+        meta = detection_meta(found, self.config.tier.value)
+        meta["elapsed_s"] = seconds
+        mask = found.mask.astype(np.uint8)
+        return StageResponse(request.request_id, outputs={DETECT_MASK: mask}, meta=meta)
 
     async def _run(self, request: StageRequest) -> StageResponse:
         """Compute this hop's stage, then forward along the route (if any) and merge what comes back."""
@@ -280,6 +318,8 @@ class NodeServer:
         }
         if self.image_runner.image is not None:  # what generate_image runs here (TieredImages reads it)
             info[IMAGE_INFO_KEY] = ImageCapability.of(self.image_runner).encode()
+        if self.detector is not None:
+            info[DETECTOR_INFO_KEY] = self.detector.variant
         return info
 
     async def start(self) -> dict[str, str]:

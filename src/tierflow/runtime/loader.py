@@ -464,20 +464,22 @@ def load(
     else:
         decision = choose(package.manifest, caps, load_policy(policy))
     kind = model_kind(package.manifest.model.kind)
+    # what has no runner of its own (a crack detector, any other model) runs as a generic model
+    generic: GenericKind = ModelKind.VISION if kind is ModelKind.VISION else ModelKind.GENERIC
     if decision.target == CLOUD_PROXY:
         transport = remote(package.manifest) if remote else None
         if kind is ModelKind.CAUSAL_LM:
             return TextProxy(package.manifest, decision.reason, transport)
         if kind is ModelKind.IMAGE_GENERATOR:
             return ImageProxy(package.manifest, decision.reason, transport)
-        return GenericProxy(package.manifest, decision.reason, transport, kind)
+        return GenericProxy(package.manifest, decision.reason, transport, generic)
     data = package.artifact(decision.target)  # checks size and sha256
     options = SessionOptions(threads, _providers(caps))
     if kind is ModelKind.CAUSAL_LM:
         return TextSession(package, decision.target, data, decision.reason, options)
     if kind is ModelKind.IMAGE_GENERATOR:
         return ImageSession(package, decision.target, data, decision.reason, options)
-    return GenericSession(package, decision.target, data, decision.reason, options, kind)
+    return GenericSession(package, decision.target, data, decision.reason, options, generic)
 
 
 def _providers(caps: Capabilities) -> tuple[str, ...]:

@@ -12,4 +12,5 @@ class ModelKind(StrEnum):
     # an image generator: the text-to-image pipeline (demo-image) or the latent contract (random-image)
     IMAGE_GENERATOR = "image-generator"
     VISION = "vision"  # an image classifier (demo-vision)
+    CRACK_DETECTOR = "crack-detector"  # crack probability per pixel and per frame (crack-edge, crack-cloud)
     GENERIC = "generic"  # any other ONNX model: run on given or generated inputs
