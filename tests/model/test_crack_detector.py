@@ -25,9 +25,10 @@ CLOUD = ASSETS / "crack_cloud.onnx"
 TEST_SEED = 4242  # a held-out seed of its own: stream [1, 4242, i], never trained on (stream 0)
 PER_CLASS = 10
 EVIDENCE = 8  # of 10 per class: far above what a detector without skill reaches on both classes
+FRAME = 256  # the camera frame: the cloud reads it as it is, the edge box-filters it to 128
 
 
-def heldout(cracked: bool, count: int = PER_CLASS, size: int = 128) -> list[tuple[np.ndarray, np.ndarray]]:
+def heldout(cracked: bool, count: int = PER_CLASS, size: int = FRAME) -> list[tuple[np.ndarray, np.ndarray]]:
     """The first ``count`` held-out renders (image, crack mask) that are cracked or not."""
     found: list[tuple[np.ndarray, np.ndarray]] = []
     index = 0
@@ -86,7 +87,7 @@ def test_a_random_weight_copy_has_no_skill(tmp_path: Path) -> None:
 def test_detection_fields_any_size_and_batches() -> None:
     detector = CrackDetector.open(committed(EDGE))
     assert detector.variant == "edge" and detector.size == 128
-    ((image, mask),) = heldout(True, 1, size=256)  # a larger render: resized (box filter) to 128
+    ((image, mask),) = heldout(True, 1)  # a 256 px frame: resized (box filter) to 128
     found = detector.detect(image)
     assert found.cracked and 0.5 <= found.score <= 1 and 0.5 <= found.confidence <= 1
     assert found.mask.shape == (128, 128) and found.mask.dtype == np.bool_ and found.mask.any()
@@ -151,6 +152,18 @@ def test_held_out_streams_and_evaluation_figures() -> None:
     assert esc["accuracy_escalated"] >= esc["accuracy_edge"] - 0.05
 
 
+def test_training_batches_whole_frames_and_crops() -> None:
+    edge, cloud = tcd.VARIANTS["edge"], tcd.VARIANTS["cloud"]
+    images, masks, labels = tcd.training_batch(edge, 0, 0, 6)
+    assert images.shape == (6, 128, 128, 3) and masks.shape == (6, 128, 128)
+    assert labels.tolist() == masks.any(axis=(1, 2)).tolist()
+    images, masks, labels = tcd.training_batch(cloud, 0, 0, 8)  # two renders, four crops each
+    assert images.shape == (8, cloud.crop, cloud.crop, 3) and masks.shape == (8, cloud.crop, cloud.crop)
+    assert labels.tolist() == masks.any(axis=(1, 2)).tolist()
+    again, _, _ = tcd.training_batch(cloud, 0, 0, 8)
+    assert np.array_equal(images, again)  # the run repeats exactly
+
+
 def test_auroc_and_summary_counts() -> None:
     wrong = np.array([True, False, False, True])
     assert tcd.auroc(wrong, np.array([0.9, 0.1, 0.2, 0.8])) == 1.0
@@ -163,7 +176,10 @@ def test_shipped_metadata() -> None:
         proto = onnx.load(str(committed(path)))
         config = md.config(proto)
         assert config["kind"] == "crack-detector" and config["variant"] == variant
-        assert md.kind(proto) is ModelKind.VISION and md.input_size(proto) == 128
+        assert (
+            md.kind(proto) is ModelKind.VISION
+            and md.input_size(proto) == {"edge": 128, "cloud": 256}[variant]
+        )
         training = json.loads(md.props(proto)[md.TRAINING])
         assert training["heldout"]["accuracy"] >= 0.9 and training["parameters"] > 0
         assert path.stat().st_size < 5_000_000
@@ -183,5 +199,5 @@ def test_a_tiny_training_run_exports_the_detector_contract(tmp_path: Path) -> No
     log = json.loads(out.with_suffix(".json").read_text())
     assert log["training"]["steps"] == 3 and log["log"][-1]["step"] == 3
     detector = CrackDetector.open(out)
-    prob, score = detector.probabilities(heldout(True, 2)[0][0][None])
+    prob, score = detector.probabilities(heldout(True, 1, size=128)[0][0][None])
     assert prob.shape == (1, 128, 128) and score.shape == (1,) and 0 <= float(score[0]) <= 1

@@ -152,6 +152,8 @@ async def set_link(
     get_profile(body.profile, InvalidInputError)  # a bad name is refused here, naming the known ones
     snapshot = await _control(state).call("PUT", f"/deployment/links/{name}", {"profile": body.profile})
     await _plan_on(state.conversations.lm, snapshot["links"])
+    if state.routed_images is not None:
+        state.routed_images.refresh()  # a tier that was out of reach over the old link may be back
     return {"links": _links(state.conversations.lm, snapshot["links"])}
 
 

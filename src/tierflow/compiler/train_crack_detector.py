@@ -1,7 +1,7 @@
 """Train the crack detector of the inspection scenario on procedural renders and export it to ONNX.
 
     python -m tierflow.compiler.train_crack_detector --variant edge \\
-        --out src/tierflow/model/assets/crack_edge.onnx [--steps 1500] [--seed 0] [--eval 1000]
+        --out src/tierflow/model/assets/crack_edge.onnx [--steps 1800] [--seed 0] [--eval 1000]
     python -m tierflow.compiler.train_crack_detector --variant cloud \\
         --out src/tierflow/model/assets/crack_cloud.onnx [--edge src/tierflow/model/assets/crack_edge.onnx]
 
@@ -9,12 +9,24 @@ The detector reads a render of a pipe or a wall (:mod:`tierflow.model.scenes`; t
 always crackable, half of them carry a crack, every background, day and night, both sizes, every
 position, sometimes a second pipe or wall beside it) and answers where the crack is, pixel by
 pixel, and whether there is one. It is a small U-Net: strided 3x3 convolutions down to 1/8 (edge)
-or 1/16 (cloud) of the side, a dilated context stage, a decoder that adds each level's skip back
-up to full resolution (a crack is one or two pixels wide at 128 px: a coarser map would lose it),
-a 1x1 head for the per-pixel logits, and an image head on the global max and mean of the deepest
-features and the peak of the pixel logits. Two variants share the code (:data:`VARIANTS`):
-``edge`` (tens of thousands of parameters, a few ms per frame on one core) and ``cloud``
-(about ten times the parameters, the capacity at the coarse levels where it costs little time).
+or 1/16 (cloud) of the side, residual blocks (dilated at the deepest level, for context: is this
+dark line a crack or a brick joint?), a decoder that adds each level's skip back up to full
+resolution (a crack is one or two pixels wide at 128 px: a coarser map would lose it), a 1x1 head
+for the per-pixel logits, and an image head on the global max of the deepest features and of the
+pixel logits. Two variants share the code (:data:`VARIANTS`):
+
+* ``edge`` reads 128 px: tens of thousands of parameters, about 1.5 ms per frame on one core;
+* ``cloud`` reads 256 px (the camera frame the edge box-filters down to 128): a crack is twice as
+  many pixels wide there, so short and faint ones resolve. About ten times the edge's parameters,
+  the extra capacity at the coarse levels where it costs little time. Trained first on 128 px
+  crops of 256 px renders (one anywhere, three around the main object; four per render: a step
+  costs about what an edge step does), then on whole 256 px frames for the last 30 % of the steps
+  (crops miss the top of the frame and a max pool over a whole frame has more places to fire).
+  The net is fully convolutional and its image head reads max pools only, so both phases train
+  the same graph.
+
+Training labels are what is in view: a crack hidden behind the other object (or outside a crop)
+is not there to be seen. Held-out figures count the scene's crack, seen or not.
 
 Loss: pixel BCE with the crack pixels weighted up (they are ~0.5 % of a cracked image) plus a soft
 dice over the batch (it rewards overlap, not a wide blur), plus the image-level BCE.
@@ -79,17 +91,35 @@ class Variant:
     for context (is this dark line a crack or a brick joint?)."""
 
     name: str
-    size: int
+    size: int  # the side it reads (renders are made at this size)
     widths: tuple[int, ...]
     blocks: tuple[int, ...]
     steps: int
-    batch: int
+    batch: int  # training images (or crops) per step
     lr: float
+    crop: int = 0  # train on crops of this side (0: whole frames); the network is fully convolutional
+    crops: int = 1  # crops per render (renders cost more than the network at 256 px)
+    whole_from: float = 1.0  # from this share of the steps on, whole frames (batch / crops of them)
 
 
 VARIANTS: dict[str, Variant] = {
     "edge": Variant("edge", 128, (8, 16, 24, 32), (0, 1, 1, 2), steps=1800, batch=32, lr=4e-3),
-    "cloud": Variant("cloud", 128, (8, 16, 32, 64, 128), (0, 2, 2, 2, 2), steps=1400, batch=32, lr=3e-3),
+    # the cloud reads 256 px: a crack is twice as many pixels wide, the short and faint ones
+    # resolve. 128 px crops (four per render) learn the local features fast; whole frames for
+    # the last 30 % of the steps teach the image head and the map the whole frame (the night
+    # sky's stars and moon sit at the top, where few crops reach)
+    "cloud": Variant(
+        "cloud",
+        256,
+        (8, 16, 32, 64, 128),
+        (0, 1, 2, 2, 2),
+        steps=1400,
+        batch=32,
+        lr=4e-3,
+        crop=128,
+        crops=4,
+        whole_from=0.7,
+    ),
 }
 
 
@@ -120,6 +150,53 @@ def render_batch(
         scenes.append(scene)
     labels = np.asarray([s.crack for s in scenes], np.bool_)
     return images, masks, labels, scenes
+
+
+def crop_windows(
+    rng: np.random.Generator, box: Box, size: int, crop: int, count: int
+) -> list[tuple[int, int]]:
+    """Top-left corners (row, column) of ``count`` crops: the first anywhere in the frame (sky,
+    ground and background must stay quiet too), the others around the main object's box (where
+    the cracks are)."""
+    corners = [(int(rng.integers(0, size - crop + 1)), int(rng.integers(0, size - crop + 1)))]
+    cx, cy = (box[0] + box[2]) / 2 * size, (box[1] + box[3]) / 2 * size
+    for _ in range(count - 1):
+        x = cx - crop / 2 + rng.uniform(-0.25, 0.25) * crop
+        y = cy - crop / 2 + rng.uniform(-0.25, 0.25) * crop
+        corners.append((int(np.clip(round(y), 0, size - crop)), int(np.clip(round(x), 0, size - crop))))
+    return corners
+
+
+def training_batch(
+    variant: Variant, seed: int, step: int, batch: int, whole: bool = False
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Step ``step``'s images, crack masks and labels: ``batch`` crops of ``batch / crops`` renders
+    for a variant trained on crops, or (``whole``, or a variant without crops) the renders
+    themselves. Render ``i`` is scene ``step * renders + i`` either way, so the two phases never
+    repeat a scene. The label is whether crack pixels are in view: a crack hidden behind the
+    other object, or outside the crop, is not there to be seen."""
+    renders = -(-batch // variant.crops)
+    if whole or not variant.crop:
+        images, masks, _, _ = render_batch(TRAIN_STREAM, seed, step * renders, renders, variant.size)
+        return images, masks, _in_view(masks)
+    c = variant.crop
+    out_images = np.empty((renders * variant.crops, c, c, 3), np.uint8)
+    out_masks = np.empty((renders * variant.crops, c, c), np.bool_)
+    for k in range(renders):
+        index = step * renders + k
+        scene, render_seed = scene_at(TRAIN_STREAM, seed, index)
+        rendered = render(scene, variant.size, render_seed)
+        rng = np.random.default_rng([TRAIN_STREAM, seed, index, 1])  # the crops' own stream
+        for j, (y, x) in enumerate(crop_windows(rng, rendered.boxes[0], variant.size, c, variant.crops)):
+            out_images[k * variant.crops + j] = rendered.image[y : y + c, x : x + c]
+            out_masks[k * variant.crops + j] = rendered.crack_mask[y : y + c, x : x + c]
+    images, masks = out_images[:batch], out_masks[:batch]
+    return images, masks, _in_view(masks)
+
+
+def _in_view(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Per image of a [N, H, W] mask stack: is any crack pixel in it."""
+    return np.asarray(masks.reshape(len(masks), -1).any(axis=1), np.bool_)
 
 
 # --- the model ---------------------------------------------------------------------------------
@@ -165,7 +242,7 @@ def build_model(variant: Variant) -> torch.nn.Module:
             # the first steps then learn where cracks are instead of that most pixels are not
             assert self.pixel.bias is not None
             nn.init.constant_(self.pixel.bias, -4.0)
-            self.image = nn.Linear(2 * w[-1] + 1, 1)
+            self.image = nn.Linear(w[-1] + 1, 1)
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             skips = []
@@ -176,7 +253,8 @@ def build_model(variant: Variant) -> torch.nn.Module:
             for k in reversed(range(len(self.lateral))):
                 x = self.fuse[k](self.up(self.lateral[k](x)) + skips[k])
             logits = self.pixel(x)
-            pooled = torch.cat([deep.amax(dim=(2, 3)), deep.mean(dim=(2, 3)), logits.amax(dim=(2, 3))], dim=1)
+            # max pools only: they read the same on a training crop and on the whole frame
+            pooled = torch.cat([deep.amax(dim=(2, 3)), logits.amax(dim=(2, 3))], dim=1)
             return logits, self.image(pooled)[:, 0]
 
     torch.manual_seed(0)
@@ -266,7 +344,8 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
         t0 = time.perf_counter()
-        images, masks, labels, _ = render_batch(TRAIN_STREAM, seed, step * batch, batch, variant.size)
+        whole = step >= round(variant.whole_from * steps)
+        images, masks, labels = training_batch(variant, seed, step, batch, whole)
         render_s += time.perf_counter() - t0
         x = torch.from_numpy(to_input(images)).contiguous(memory_format=torch.channels_last)
         logits, score = model(x)
@@ -440,17 +519,19 @@ def record_of(found: Detection, truth_mask: npt.NDArray[np.bool_], truth: bool, 
 
 
 def detect_heldout(
-    detector: CrackDetector, n: int, seed: int, size: int, batch: int = 50
-) -> list[tuple[Detection, Record]]:
-    """Render ``n`` held-out scenes at ``size`` px and run the detector on each."""
-    out: list[tuple[Detection, Record]] = []
+    detectors: Sequence[CrackDetector], n: int, seed: int, size: int, batch: int = 50
+) -> list[list[Record]]:
+    """Render ``n`` held-out scenes once, at ``size`` px, and run every detector on them (each
+    resizes to its own side and is scored on the crack mask rendered at that side)."""
+    out: list[list[Record]] = [[] for _ in detectors]
     for start in range(0, n, batch):
         count = min(batch, n - start)
         images, masks, labels, scenes = render_batch(HELDOUT_STREAM, seed, start, count, size)
-        truth_masks = masks if size == detector.size else _masks_at(scenes, seed, start, detector.size)
-        for k, found in enumerate(detector.detect_batch(list(images))):
-            night = str(scenes[k].lighting) == "night"
-            out.append((found, record_of(found, truth_masks[k], bool(labels[k]), night)))
+        nights = [str(scene.lighting) == "night" for scene in scenes]
+        for records, detector in zip(out, detectors, strict=True):
+            truth_masks = masks if size == detector.size else _masks_at(scenes, seed, start, detector.size)
+            for k, found in enumerate(detector.detect_batch(list(images))):
+                records.append(record_of(found, truth_masks[k], bool(labels[k]), nights[k]))
     return out
 
 
@@ -520,7 +601,7 @@ def evaluate(path: str | Path, n: int = 1000, seed: int = 0) -> dict[str, float 
     if n < 1:
         raise InvalidInputError(f"n must be >= 1, not {n}")
     detector = CrackDetector.open(path, threads=1)
-    records = [r for _, r in detect_heldout(detector, n, seed, detector.size)]
+    (records,) = detect_heldout([detector], n, seed, detector.size)
     return summarise(records) | {"latency_ms": latency_ms(detector)}
 
 
@@ -534,11 +615,10 @@ def escalation(
         raise InvalidInputError(f"need n >= 1 and 0 <= share <= 1, got {n} and {share}")
     edge, cloud = CrackDetector.open(edge_path), CrackDetector.open(cloud_path)
     size = max(edge.size, cloud.size)  # render once, at the larger side; each detector resizes
-    at_edge = [d for d, _ in detect_heldout(edge, n, seed, size)]
-    at_cloud = [d for d, _ in detect_heldout(cloud, n, seed, size)]
-    truth = np.asarray([scene_at(HELDOUT_STREAM, seed, i)[0].crack for i in range(n)])
-    edge_said = np.asarray([d.cracked for d in at_edge])
-    cloud_said = np.asarray([d.cracked for d in at_cloud])
+    at_edge, at_cloud = detect_heldout([edge, cloud], n, seed, size)
+    truth = np.asarray([r.truth for r in at_edge])
+    edge_said = np.asarray([r.cracked for r in at_edge])
+    cloud_said = np.asarray([r.cracked for r in at_cloud])
     sent = np.argsort([d.confidence for d in at_edge], kind="mergesort")[: round(share * n)]
     combined = edge_said.copy()
     combined[sent] = cloud_said[sent]

@@ -157,10 +157,14 @@ class RoutedImages:
     def forget(self, tier: Tier) -> None:
         """``tier`` failed: not an offer until the tiers are asked again."""
         self._capabilities.pop(tier, None)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Ask the tiers again at the next request (a link changed: a tier out of reach may be back)."""
         self._asked_at = -math.inf
 
     async def _calibrate(self, tier: Tier) -> None:
-        """Measure the tier's compute on one image (its SIMULATED slowdown included): a latent generator's
+        """Measure the tier's compute on one warm image (SIMULATED slowdown included): a latent generator's
         at 256 px (its cost grows with the area), a pipeline's at its largest size, whose stage timings
         give every level's cost. A tier that fails or hangs is left out until the tiers are asked again
         (CAPABILITIES_TTL_S)."""
@@ -168,9 +172,12 @@ class RoutedImages:
         size = CALIBRATION_RESOLUTION
         if cap is not None and cap.can_edit and cap.max_resolution:
             size = max(CALIBRATION_RESOLUTION, min(cap.max_resolution, max(IMAGE_RESOLUTIONS)))
-        making = self.images.generate(tier, None, size, None, CALIBRATION_SEED)
         try:
-            image = await asyncio.wait_for(making, CALIBRATION_TIMEOUT_S)
+            # twice, timing the second: the first run opens the stage sessions and grows ONNX Runtime's
+            # arenas, which no later request pays (measured cold, a phone's clip was predicted 5x slow)
+            for _ in range(2):
+                making = self.images.generate(tier, None, size, None, CALIBRATION_SEED)
+                image = await asyncio.wait_for(making, CALIBRATION_TIMEOUT_S)
         except (TierflowError, TimeoutError):
             self._capabilities.pop(tier, None)
             return
