@@ -52,8 +52,19 @@ def test_the_file_says_which_nodes_run_where_and_how_they_reach_each_other(tmp_p
     device = config.node_args(Tier.DEVICE)
     assert f"edge={config.address(Tier.EDGE)}" in device and "--store" in device
     assert device[device.index("--spans") + 1] == SPANS
+    assert "--detector" not in device
     with pytest.raises(ConfigError, match="not one of the file's hosts"):
         config.tiers_on("laptop")
+
+
+def test_a_node_serves_the_detector_the_file_names_a_file_relative_to_it(tmp_path: Path) -> None:
+    nodes = yaml.safe_load(layout(tmp_path).read_text())["nodes"]
+    nodes["edge"]["detector"] = "crack-edge"
+    nodes["cloud"]["detector"] = "models/cloud-detector.onnx"
+    config = DeployConfig.load(layout(tmp_path, nodes=nodes))
+    edge, cloud = config.node_args(Tier.EDGE), config.node_args(Tier.CLOUD)
+    assert edge[edge.index("--detector") + 1] == "crack-edge"  # a bundled name stays a name
+    assert cloud[cloud.index("--detector") + 1] == str(tmp_path / "models" / "cloud-detector.onnx")
 
 
 @pytest.mark.parametrize(

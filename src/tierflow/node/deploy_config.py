@@ -9,8 +9,8 @@
     hosts: {phone: 10.0.0.2, box: 10.0.0.3}
     nodes:
       device: {host: phone, data_plane: 9100, http: 8700, slowdown: 4}
-      edge:   {host: box, data_plane: 9200, http: 9201}
-      cloud:  {host: box, data_plane: 9300, http: 9301}
+      edge:   {host: box, data_plane: 9200, http: 9201, detector: crack-edge}
+      cloud:  {host: box, data_plane: 9300, http: 9301, detector: crack-cloud}
     links: {device-edge: wifi, device-cloud: 4g+backhaul, edge-cloud: backhaul}  # planning estimates
     spans: device=0-1,edge=2-3,cloud=4-5   # optional: fixed layer spans
     routing: routing.yaml                  # optional: rules, energy policy, priors
@@ -47,6 +47,7 @@ class NodeSpec(BaseModel):
     slowdown: float = Field(1.0, ge=1.0)
     threads: int = Field(1, ge=1)
     memory_mib: float | None = Field(None, gt=0)
+    detector: str | None = None  # a crack detector this node serves (crack-edge, crack-cloud or a file)
 
 
 class DeployConfig(BaseModel):
@@ -124,9 +125,10 @@ class DeployConfig(BaseModel):
         def file(name: str | None) -> str | None:  # a bundled name stays a name
             return name if name is None or not name.endswith((".onnx", ".tfm")) else str(near(Path(name)))
 
+        nodes = {t: n.model_copy(update={"detector": file(n.detector)}) for t, n in self.nodes.items()}
         return self.model_copy(update={
             "certs": near(self.certs), "routing": near(self.routing), "store": store,
-            "model": file(self.model), "image_model": file(self.image_model),
+            "model": file(self.model), "image_model": file(self.image_model), "nodes": nodes,
         })
 
     def address(self, tier: Tier, kind: str = "data_plane") -> str:
@@ -148,6 +150,8 @@ class DeployConfig(BaseModel):
             args += ["--peer", f"{peer.value}={self.address(peer)}"]
         if node.memory_mib:
             args += ["--memory", str(node.memory_mib)]
+        if node.detector:
+            args += ["--detector", node.detector]
         if tier is Tier.DEVICE:
             if not self.store:
                 raise ConfigError("deployment config: store is needed for the device node (the entry point)")
