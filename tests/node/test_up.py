@@ -125,6 +125,26 @@ def test_up_with_a_bad_routing_file_is_a_one_line_error_before_anything_starts(t
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.parametrize(
+    ("detectors", "says"),
+    [("edge=demo-lm", "demo-lm is not a crack detector"), ("moon=crack-edge", "no tier 'moon'"),
+     ("edge=missing.onnx", "no such model file")],
+)
+def test_up_refuses_a_detector_that_is_not_one_before_anything_starts(
+    tmp_path: Path, detectors: str, says: str
+) -> None:
+    argv = [sys.executable, "-m", "tierflow", "up", "demo-lm", "--detectors", detectors]
+    argv += ["--certs", str(tmp_path / "p"), "--store", str(tmp_path / "contexts.sqlite")]
+    proc = subprocess.run(
+        argv, capture_output=True, timeout=60, env={**os.environ, "TIERFLOW_HOME": str(tmp_path)}
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    assert says in err
+    assert not (tmp_path / "p").exists()
+
+
 def test_up_reads_per_link_profiles_and_refuses_bad_ones() -> None:
     from tierflow.cli.up import parse_links
     from tierflow.errors import ConfigError

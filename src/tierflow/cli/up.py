@@ -184,9 +184,9 @@ def up(
             routing=routing,
         )
     running = [Tier.DEVICE, Tier.EDGE, Tier.CLOUD] if entry else [Tier.EDGE, Tier.CLOUD]
+    detector_models = _detectors(detectors) if entry is not None else {}  # inspection needs the entry point
     image_model = _image_model(image_model, lm_deployment=entry is not None)
     image_models = {tier: image_model for tier in running} if image_model else {}
-    detector_models = _detectors(detectors) if entry is not None else {}  # inspection needs the entry point
     control = None
     if entry is not None:  # the dashboard's and `tierflow link set`'s way to the links and processes
         from tierflow.api.deployment_client import TOKEN_ENV
@@ -279,7 +279,8 @@ def _up_from_config(path: Path, machine: str | None, duration: float) -> None:
 
 def _detectors(spec: str) -> dict[Tier, str]:
     """``--detectors``: TIER=MODEL pairs, each model checked to be a crack detector before anything starts."""
-    from tierflow.model.registry import kind_of
+    from tierflow.model.registry import BUNDLED, resolve_model
+    from tierflow.runtime.crack_detector import CrackDetector
     from tierflow.types import ModelKind
 
     if spec.strip().lower() == "none":
@@ -290,8 +291,10 @@ def _detectors(spec: str) -> dict[Tier, str]:
         tier = next((t for t in Tier if t.value == name), None)
         if tier is None:
             raise ConfigError(f"--detectors: no tier {name!r} (device, edge or cloud)")
-        if kind_of(model) is not ModelKind.CRACK_DETECTOR:
+        if model in BUNDLED and BUNDLED[model].kind is not ModelKind.CRACK_DETECTOR:
             raise ConfigError(f"--detectors: {model} is not a crack detector")
+        if model not in BUNDLED:
+            CrackDetector.open(resolve_model(model))  # a one-line error for a file that is not one
         out[tier] = model
     return out
 
