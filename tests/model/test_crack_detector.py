@@ -17,7 +17,7 @@ from tierflow.errors import InvalidInputError, UnsupportedModelError
 from tierflow.model import metadata as md
 from tierflow.model.registry import ASSETS
 from tierflow.model.scenes import CRACKABLE
-from tierflow.runtime.crack_detector import PROB, SCORE, CrackDetector, box_of
+from tierflow.runtime.crack_detector import PROB, SCORE, Box, CrackDetector, box_of
 from tierflow.types.models import ModelKind
 
 EDGE = ASSETS / "crack_edge.onnx"
@@ -40,8 +40,8 @@ def heldout(cracked: bool, count: int = PER_CLASS, size: int = FRAME) -> list[tu
     return found
 
 
-def boxes_overlap(a: tuple[float, ...] | None, b: tuple[float, ...] | None) -> bool:
-    return a is not None and b is not None and tcd.boxes_overlap(a, b)  # type: ignore[arg-type]
+def boxes_overlap(a: Box | None, b: Box | None) -> bool:
+    return a is not None and b is not None and tcd.boxes_overlap(a, b)
 
 
 def skill(detector: CrackDetector) -> tuple[int, int]:

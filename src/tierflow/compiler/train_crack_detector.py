@@ -1,9 +1,10 @@
 """Train the crack detector of the inspection scenario on procedural renders and export it to ONNX.
 
     python -m tierflow.compiler.train_crack_detector --variant edge \\
-        --out src/tierflow/model/assets/crack_edge.onnx [--steps 1800] [--seed 0] [--eval 1000]
+        --out src/tierflow/model/assets/crack_edge.onnx [--steps 1400] [--seed 0] [--eval 5000]
     python -m tierflow.compiler.train_crack_detector --variant cloud \\
-        --out src/tierflow/model/assets/crack_cloud.onnx [--edge src/tierflow/model/assets/crack_edge.onnx]
+        --out src/tierflow/model/assets/crack_cloud.onnx [--steps 1400] [--eval 5000] \\
+        [--edge src/tierflow/model/assets/crack_edge.onnx]
 
 The detector reads a render of a pipe or a wall (:mod:`tierflow.model.scenes`; the main object is
 always crackable, half of them carry a crack, every background, day and night, both sizes, every
@@ -12,18 +13,24 @@ pixel, and whether there is one. It is a small U-Net: strided 3x3 convolutions d
 or 1/16 (cloud) of the side, residual blocks (dilated at the deepest level, for context: is this
 dark line a crack or a brick joint?), a decoder that adds each level's skip back up to full
 resolution (a crack is one or two pixels wide at 128 px: a coarser map would lose it), a 1x1 head
-for the per-pixel logits, and an image head on the global max of the deepest features and of the
-pixel logits. Two variants share the code (:data:`VARIANTS`):
+for the per-pixel logits, and the image logit: a learned scale and offset of the mean of the top
+``k`` pixel logits (an image has a crack when some pixels surely are one; not the single maximum,
+so that one stray pixel is not enough). Two variants share the code (:data:`VARIANTS`):
 
-* ``edge`` reads 128 px: tens of thousands of parameters, about 1.5 ms per frame on one core;
+* ``edge`` reads 128 px: tens of thousands of parameters, about 1.5 ms per frame on one core.
+  Half its training frames are native 128 px renders, half 256 px renders box-filtered to 128 as
+  the runtime resizes a camera frame (trained on native renders alone, it called cracks on
+  resized frames: finer texture, softer edges);
 * ``cloud`` reads 256 px (the camera frame the edge box-filters down to 128): a crack is twice as
   many pixels wide there, so short and faint ones resolve. About ten times the edge's parameters,
   the extra capacity at the coarse levels where it costs little time. Trained first on 128 px
   crops of 256 px renders (one anywhere, three around the main object; four per render: a step
   costs about what an edge step does), then on whole 256 px frames for the last 30 % of the steps
-  (crops miss the top of the frame and a max pool over a whole frame has more places to fire).
-  The net is fully convolutional and its image head reads max pools only, so both phases train
-  the same graph.
+  (crops miss the top of the frame, where the night sky's stars and moon are). The image loss
+  counts on whole frames only: a crop that cuts a crack leaves a few crack pixels whose image
+  label says less than the pixels do. The net is fully convolutional and its image logit reads
+  the top pixels, which a crop and a whole frame have alike, so both phases train one graph. The
+  exported cloud graph also reads the mirror image and averages the two answers.
 
 Training labels are what is in view: a crack hidden behind the other object (or outside a crop)
 is not there to be seen. Held-out figures count the scene's crack, seen or not.
@@ -42,6 +49,10 @@ Every training batch is rendered fresh: scene ``i`` of the run comes from the ra
 ``[1, seed, i]``, so the two never share a stream. A fixed ``--seed`` and ``--steps`` repeat the
 run exactly (on one thread). torch is needed for training only; :func:`evaluate` and
 :func:`escalation` need ONNX Runtime alone (:mod:`tierflow.runtime.crack_detector`).
+:func:`evaluate` renders at the model's own side; :func:`escalation` renders 256 px frames that
+each detector resizes to its side (the inspection camera's case), so it is also the like-for-like
+comparison of the two variants. ``--rescore`` scores a trained file again and stores the figures
+(after the edge a cloud escalates from was retrained, say).
 """
 
 from __future__ import annotations
@@ -71,6 +82,7 @@ from tierflow.runtime.crack_detector import (
     CrackDetector,
     Detection,
     box_of,
+    resize,
     to_input,
 )
 from tierflow.types.models import ModelKind
@@ -100,10 +112,16 @@ class Variant:
     crop: int = 0  # train on crops of this side (0: whole frames); the network is fully convolutional
     crops: int = 1  # crops per render (renders cost more than the network at 256 px)
     whole_from: float = 1.0  # from this share of the steps on, whole frames (batch / crops of them)
+    topk: int = 4  # the image logit reads the mean of the top ``topk`` pixel logits
+    sources: tuple[int, ...] = ()  # whole frames rendered at these sides in turn, resized (multiples)
+    flip: bool = False  # the exported graph also reads the mirror image and averages (2x the time)
 
 
 VARIANTS: dict[str, Variant] = {
-    "edge": Variant("edge", 128, (8, 16, 24, 32), (0, 1, 1, 2), steps=1800, batch=32, lr=4e-3),
+    # the edge reads frames box-filtered from larger camera frames as much as native ones
+    "edge": Variant(
+        "edge", 128, (8, 16, 24, 32), (0, 1, 1, 2), steps=1400, batch=32, lr=4e-3, topk=4, sources=(128, 256)
+    ),
     # the cloud reads 256 px: a crack is twice as many pixels wide, the short and faint ones
     # resolve. 128 px crops (four per render) learn the local features fast; whole frames for
     # the last 30 % of the steps teach the image head and the map the whole frame (the night
@@ -119,6 +137,8 @@ VARIANTS: dict[str, Variant] = {
         crop=128,
         crops=4,
         whole_from=0.7,
+        topk=8,  # a crack has twice the pixels at 256 px
+        flip=True,
     ),
 }
 
@@ -176,6 +196,8 @@ def training_batch(
     repeat a scene. The label is whether crack pixels are in view: a crack hidden behind the
     other object, or outside the crop, is not there to be seen."""
     renders = -(-batch // variant.crops)
+    if variant.sources:
+        return _resized_frames(variant, seed, step * renders, renders)
     if whole or not variant.crop:
         images, masks, _, _ = render_batch(TRAIN_STREAM, seed, step * renders, renders, variant.size)
         return images, masks, _in_view(masks)
@@ -191,6 +213,27 @@ def training_batch(
             out_images[k * variant.crops + j] = rendered.image[y : y + c, x : x + c]
             out_masks[k * variant.crops + j] = rendered.crack_mask[y : y + c, x : x + c]
     images, masks = out_images[:batch], out_masks[:batch]
+    return images, masks, _in_view(masks)
+
+
+def _resized_frames(
+    variant: Variant, seed: int, start: int, count: int
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Whole frames rendered at the sides of ``variant.sources`` in turn and brought to the
+    variant's side as the runtime does (:func:`~tierflow.runtime.crack_detector.resize`): a frame
+    box-filtered from a larger render is not a native render (finer texture, softer crack edges),
+    and a detector trained on native renders alone calls cracks on it. The mask of a larger render
+    is max-pooled: a pixel is crack where any of its sub-pixels is (as a native mask marks it)."""
+    size = variant.size
+    images = np.empty((count, size, size, 3), np.uint8)
+    masks = np.empty((count, size, size), np.bool_)
+    for k in range(count):
+        scene, render_seed = scene_at(TRAIN_STREAM, seed, start + k)
+        source = variant.sources[(start + k) % len(variant.sources)]
+        rendered = render(scene, source, render_seed)
+        factor = source // size
+        images[k] = resize(rendered.image, size)
+        masks[k] = rendered.crack_mask.reshape(size, factor, size, factor).any(axis=(1, 3))
     return images, masks, _in_view(masks)
 
 
@@ -242,30 +285,37 @@ def build_model(variant: Variant) -> torch.nn.Module:
             # the first steps then learn where cracks are instead of that most pixels are not
             assert self.pixel.bias is not None
             nn.init.constant_(self.pixel.bias, -4.0)
-            self.image = nn.Linear(w[-1] + 1, 1)
+            # the image logit is a scaled mean of the top pixel logits: an image has a crack when
+            # some pixels are confidently crack. A head on pooled deep features was worse on the
+            # cloud (trained on crops, it overruled maps that had found the crack on whole frames);
+            # top-k, not the max, so that one stray pixel is not enough
+            self.image = nn.Linear(1, 1)
+            nn.init.constant_(self.image.weight, 1.0)
+            nn.init.constant_(self.image.bias, 4.0)  # the pixel logits start at -4: a score of 0.5
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             skips = []
             for stage in self.down:
                 x = stage(x)
                 skips.append(x)
-            deep = x
             for k in reversed(range(len(self.lateral))):
                 x = self.fuse[k](self.up(self.lateral[k](x)) + skips[k])
             logits = self.pixel(x)
-            # max pools only: they read the same on a training crop and on the whole frame
-            pooled = torch.cat([deep.amax(dim=(2, 3)), logits.amax(dim=(2, 3))], dim=1)
-            return logits, self.image(pooled)[:, 0]
+            top = logits.flatten(1).topk(variant.topk, dim=1).values.mean(dim=1, keepdim=True)
+            return logits, self.image(top)[:, 0]
 
     torch.manual_seed(0)
     return CrackNet()
 
 
 class _Exported:
-    """The export wrapper: sigmoid on both outputs (the file gives probabilities)."""
+    """The export wrapper: sigmoid on both outputs (the file gives probabilities) and, for a
+    variant with ``flip``, the mean of the image's and its mirror image's answers (the scenes
+    are drawn facing either way, so the mirror is as valid an input; two looks halve the noise
+    for twice the time, which the cloud can spend)."""
 
     @staticmethod
-    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+    def wrap(model: torch.nn.Module, flip: bool) -> torch.nn.Module:
         import torch
         from torch import nn
 
@@ -275,8 +325,13 @@ class _Exported:
                 self.net = model
 
             def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                logits, score = self.net(image)
-                return torch.sigmoid(logits), torch.sigmoid(score)
+                if not flip:
+                    logits, score = self.net(image)
+                    return torch.sigmoid(logits), torch.sigmoid(score)
+                n = image.shape[0]
+                logits, score = self.net(torch.cat([image, torch.flip(image, dims=[3])]))
+                prob, p_score = torch.sigmoid(logits), torch.sigmoid(score)
+                return (prob[:n] + torch.flip(prob[n:], dims=[3])) / 2, (p_score[:n] + p_score[n:]) / 2
 
         return WithSigmoid()
 
@@ -351,7 +406,10 @@ def train(
         logits, score = model(x)
         y = torch.from_numpy(masks[:, None].astype(np.float32))
         terms = losses_of(logits, score, y, torch.from_numpy(labels.astype(np.float32)))
-        loss = sum(terms.values(), torch.zeros(()))
+        # on crops the image label is unreliable (a crack cut by the crop's border leaves a few
+        # pixels): the map learns from crops, the image score from whole frames only
+        counted = [v for k, v in terms.items() if whole or not variant.crop or k != "image"]
+        loss = sum(counted, torch.zeros(()))
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
@@ -372,7 +430,7 @@ def train(
         "batch": batch,
         "lr": lr,
         "threads": threads,
-        "scenes": steps * batch,
+        "scenes": steps * -(-batch // variant.crops),  # renders (a crop variant takes several crops of each)
         "minutes": round((time.perf_counter() - started) / 60, 2),
         "parameters": parameter_count(model),
     }
@@ -436,7 +494,7 @@ def export_onnx(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is wanted: cleaner graph
         torch.onnx.export(
-            _Exported.wrap(model),
+            _Exported.wrap(model, variant.flip).eval(),  # eval: the exporter restores the wrapper's mode
             (dummy,),
             str(tmp),
             input_names=[INPUT],
@@ -474,6 +532,8 @@ def config_of(variant: Variant) -> dict[str, Any]:
         "threshold": 0.5,
         "widths": list(variant.widths),
         "blocks": list(variant.blocks),
+        "topk": variant.topk,
+        "flip": variant.flip,
     }
 
 
@@ -645,6 +705,23 @@ def _write_json(path: Path, document: Mapping[str, Any]) -> None:
     path.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n")
 
 
+def _rescore(path: Path, n: int, seed: int, edge: Path | None) -> None:
+    """Replace the held-out figures (and escalation from ``edge``) of a trained model and its
+    .json, keeping its run and log: e.g. after the edge model it escalates from was retrained."""
+    document = json.loads(path.with_suffix(".json").read_text())
+    run = document["training"]
+    variant = VARIANTS[run["variant"]]
+    document["config"], document["variant"] = config_of(variant), asdict(variant)
+    run["heldout"] = _rounded(evaluate(path, n, seed))
+    print(f"held-out: {json.dumps(run['heldout'])}", flush=True)
+    run.pop("escalation", None)
+    if edge:
+        run["escalation"] = _rounded(escalation(edge, path, n, seed))
+        print(f"escalation: {json.dumps(run['escalation'])}", flush=True)
+    set_training(path, run)
+    _write_json(path, document)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="edge")
@@ -660,7 +737,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--eval", type=int, default=1000, metavar="N", help="held-out scenes to score (0: skip)")
     ap.add_argument("--edge", type=Path, help="an edge detector: also measure escalation from it to --out")
     ap.add_argument("--evaluate-only", action="store_true", help="score an existing --out file, no training")
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score an existing --out file again and store the figures in it and its .json (no training)",
+    )
     args = ap.parse_args(argv)
+    if args.rescore:
+        _rescore(args.out, args.eval or 1000, args.seed, args.edge)
+        return
     if args.evaluate_only:
         report: dict[str, Any] = {"heldout": _rounded(evaluate(args.out, args.eval or 1000, args.seed))}
         if args.edge:
