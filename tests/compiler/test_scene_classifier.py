@@ -15,6 +15,7 @@ from tierflow.errors import UserError
 from tierflow.model import metadata as md
 from tierflow.model.registry import ASSETS
 from tierflow.model.scenes import Colour, Kind, Position, Scene, SceneObject
+from tierflow.runtime.image_result import unit_nchw
 from tierflow.types.models import ModelKind
 
 COMMITTED = ASSETS / "scene_classifier.onnx"
@@ -45,11 +46,11 @@ def test_held_out_scenes_are_not_training_scenes() -> None:
 def test_to_input_is_nchw_in_unit_range() -> None:
     images = np.zeros((2, 64, 64, 3), np.uint8)
     images[1, 0, 0] = (255, 0, 128)
-    x = tsc.to_input(images)
+    x = unit_nchw(images)
     assert x.shape == (2, 3, 64, 64) and x.dtype == np.float32
     assert x[1, :, 0, 0].tolist() == pytest.approx([1.0, 0.0, 128 / 255])
     with pytest.raises(UserError):
-        tsc.to_input(images.astype(np.float32))  # type: ignore[arg-type]
+        unit_nchw(images.astype(np.float32))  # type: ignore[arg-type]
 
 
 @pytest.mark.export
@@ -77,7 +78,7 @@ def test_a_tiny_training_run_exports_a_model_onnx_runtime_runs(
 
     session = tsc.open_classifier(out)
     images, labels, _ = tsc.render_batch(tsc.HELDOUT_STREAM, 3, 0, 5)
-    logits = session.run(None, {tsc.INPUT: tsc.to_input(images)})
+    logits = session.run(None, {tsc.INPUT: unit_nchw(images)})
     assert [np.asarray(x).shape for x in logits] == [(5, len(c)) for c in tsc.HEADS.values()]
     assert all(np.isfinite(np.asarray(x)).all() for x in logits)
     predicted = tsc.predict(session, images)

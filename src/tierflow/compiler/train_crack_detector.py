@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -70,6 +69,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from tierflow.compiler.train_scene_classifier import lr_at, parameter_count
 from tierflow.errors import InvalidInputError
 from tierflow.model import metadata as md
 from tierflow.model.scenes import CRACKABLE, Scene, random_scene, render
@@ -83,8 +83,8 @@ from tierflow.runtime.crack_detector import (
     Detection,
     box_of,
     resize,
-    to_input,
 )
+from tierflow.runtime.image_result import unit_nchw
 from tierflow.types.models import ModelKind
 
 if TYPE_CHECKING:
@@ -336,18 +336,6 @@ class _Exported:
         return WithSigmoid()
 
 
-def parameter_count(model: torch.nn.Module) -> int:
-    return sum(int(p.numel()) for p in model.parameters())
-
-
-def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 2 % of the peak at the last step."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(steps - warmup, 1)
-    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
 def losses_of(
     logits: torch.Tensor, score: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -402,7 +390,7 @@ def train(
         whole = step >= round(variant.whole_from * steps)
         images, masks, labels = training_batch(variant, seed, step, batch, whole)
         render_s += time.perf_counter() - t0
-        x = torch.from_numpy(to_input(images)).contiguous(memory_format=torch.channels_last)
+        x = torch.from_numpy(unit_nchw(images)).contiguous(memory_format=torch.channels_last)
         logits, score = model(x)
         y = torch.from_numpy(masks[:, None].astype(np.float32))
         terms = losses_of(logits, score, y, torch.from_numpy(labels.astype(np.float32)))

@@ -11,9 +11,9 @@ text-to-image model: render or generate an image for a prompt, classify it, comp
 prompt says (:func:`tierflow.model.scenes.parse_prompt` gives the stated attributes).
 
 The ONNX model (opset 17) takes ``image``: float32 [N, 3, 64, 64], RGB in [0, 1] (see
-:func:`to_input`), and returns one logits tensor per head (``kind``, ``colour``, ``position``,
-``crack``), [N, classes] each; the class names ride in the metadata (``tierflow.config``
-``heads``), the training run and its held-out accuracy in ``tierflow.training``.
+:func:`tierflow.runtime.image_result.unit_nchw`), and returns one logits tensor per head
+(``kind``, ``colour``, ``position``, ``crack``), [N, classes] each; the class names ride in the
+metadata (``tierflow.config`` ``heads``), the training run and its held-out accuracy in ``tierflow.training``.
 
 Every training batch is rendered fresh: scene ``i`` of the run comes from the random stream
 ``[0, seed, i]``, while :func:`evaluate` draws its held-out scenes from ``[1, seed, i]``, so the
@@ -39,6 +39,7 @@ import numpy.typing as npt
 from tierflow.errors import InvalidInputError
 from tierflow.model import metadata as md
 from tierflow.model.scenes import CRACKABLE, Colour, Kind, Position, Scene, random_scene, render
+from tierflow.runtime.image_result import unit_nchw
 from tierflow.types.models import ModelKind
 
 if TYPE_CHECKING:
@@ -96,16 +97,6 @@ def render_batch(
             labels[head].append(value)
         scenes.append(scene)
     return images, {h: np.asarray(v, np.int64) for h, v in labels.items()}, scenes
-
-
-def to_input(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """uint8 [N, H, W, 3] (or one [H, W, 3]) -> the model's float32 [N, 3, H, W] in [0, 1]."""
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise InvalidInputError(f"expected uint8 images [N, H, W, 3], got {arr.dtype} {list(arr.shape)}")
-    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
 
 
 # --- the model ---------------------------------------------------------------------------------
@@ -186,7 +177,7 @@ def train(
         t0 = time.perf_counter()
         images, labels, _ = render_batch(TRAIN_STREAM, seed, step * batch, batch)
         render_s += time.perf_counter() - t0
-        x = torch.from_numpy(to_input(images))
+        x = torch.from_numpy(unit_nchw(images))
         outputs = model(x)
         loss = torch.zeros(())
         for (head, target), logits in zip(labels.items(), outputs, strict=True):
@@ -278,7 +269,7 @@ def open_classifier(path: str | Path, threads: int = 1) -> ort.InferenceSession:
 
 def predict(session: ort.InferenceSession, images: npt.NDArray[np.uint8]) -> dict[str, npt.NDArray[np.int64]]:
     """The predicted class index of each head for uint8 images [N, 64, 64, 3]."""
-    x = to_input(images)
+    x = unit_nchw(images)
     if x.shape[2:] != (INPUT_SIZE, INPUT_SIZE):
         raise InvalidInputError(f"the classifier reads {INPUT_SIZE} x {INPUT_SIZE} images, not {x.shape[2:]}")
     outputs = session.run(list(HEADS), {INPUT: x})

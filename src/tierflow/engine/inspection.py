@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tierflow.errors import InvalidInputError, ModelNotFoundError, RecoverableError, TierUnavailableError
-from tierflow.runtime.crack_detector import check_pixels
+from tierflow.runtime.crack_detector import Detection, check_pixels
 from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
 from tierflow.transport.peers import Peers
 from tierflow.types import Tier
@@ -35,31 +35,6 @@ DETECTOR_INFO_KEY = "detector"  # the info reply's meta: the node's detector var
 ESCALATE_BELOW = 0.9
 SMALL_FIRST = (Tier.EDGE, Tier.DEVICE)  # who answers first, in order of preference
 LARGE = Tier.CLOUD
-
-
-class Detection(Protocol):
-    """One detector's answer (:class:`tierflow.runtime.crack_detector.Detection`)."""
-
-    @property
-    def cracked(self) -> bool: ...
-
-    @property
-    def score(self) -> float: ...
-
-    @property
-    def confidence(self) -> float: ...
-
-    @property
-    def box(self) -> tuple[float, float, float, float] | None: ...
-
-    @property
-    def mask(self) -> npt.NDArray[np.bool_]: ...
-
-    @property
-    def elapsed_s(self) -> float: ...
-
-    @property
-    def variant(self) -> str: ...
 
 
 class LocalDetector(Protocol):

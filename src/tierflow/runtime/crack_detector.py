@@ -30,6 +30,7 @@ from PIL import Image
 
 from tierflow.errors import InvalidInputError, InvalidModelError, UnsupportedModelError
 from tierflow.model import metadata as md
+from tierflow.runtime.image_result import unit_nchw
 from tierflow.runtime.session import SessionOptions, metadata, open_session
 
 DETECTOR_KIND = "crack-detector"  # tierflow.config "kind" (no ModelKind names a detector)
@@ -57,16 +58,6 @@ class Detection:
     mask: npt.NDArray[np.bool_]
     elapsed_s: float
     variant: str
-
-
-def to_input(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """uint8 [N, H, W, 3] (or one [H, W, 3]) -> float32 [N, 3, H, W] in [0, 1]."""
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise InvalidInputError(f"expected uint8 images [N, H, W, 3], got {arr.dtype} {list(arr.shape)}")
-    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
 
 
 def check_pixels(pixels: object) -> npt.NDArray[np.uint8]:
@@ -189,7 +180,7 @@ class CrackDetector:
             images = list(images)  # an [N, H, W, 3] stack is N images
         if len(images) == 0:
             raise InvalidInputError("detect_batch needs at least one image")
-        x = to_input(np.stack([resize(check_pixels(p), self.size) for p in images]))
+        x = unit_nchw(np.stack([resize(check_pixels(p), self.size) for p in images]))
         started = time.perf_counter()
         prob, score = self.session.run([PROB, SCORE], {INPUT: x})
         each = (time.perf_counter() - started) / len(images)
@@ -199,7 +190,7 @@ class CrackDetector:
         self, pixels: npt.NDArray[np.uint8]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """The raw outputs for a uint8 [N, S, S, 3] stack at the input size: maps [N, S, S], scores [N]."""
-        x = to_input(pixels)
+        x = unit_nchw(pixels)
         if x.shape[2:] != (self.size, self.size):
             raise InvalidInputError(f"the detector reads {self.size} px images, not {list(x.shape[2:])}")
         prob, score = self.session.run([PROB, SCORE], {INPUT: x})

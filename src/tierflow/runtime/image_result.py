@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from tierflow.errors import InvalidInputError
@@ -75,6 +76,17 @@ def edit_strength(strength: float | None, masked: bool) -> float:
     if not 0.0 < float(strength) <= 1.0:
         raise InvalidInputError(f"strength must be in (0, 1], not {strength!r}")
     return float(strength)
+
+
+def unit_nchw(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """uint8 images [N, H, W, 3] (or one [H, W, 3]) -> float32 [N, 3, H, W] in [0, 1], the input of the
+    classifiers and detectors trained here (the scene classifier, the crack detectors)."""
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise InvalidInputError(f"expected uint8 images [N, H, W, 3], got {arr.dtype} {list(arr.shape)}")
+    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
 
 
 @dataclass(frozen=True)
