@@ -43,14 +43,15 @@ class LocalDetector(Protocol):
     def detect(self, pixels: npt.NDArray[np.uint8]) -> Detection: ...
 
 
-def detection_meta(found: Detection, tier: str) -> dict[str, MetaValue]:
-    """A node's ``detect_cracks`` reply meta (the mask rides as an output tensor)."""
+def detection_meta(found: Detection, tier: str, elapsed_s: float) -> dict[str, MetaValue]:
+    """A node's ``detect_cracks`` reply meta (the mask rides as an output tensor); ``elapsed_s`` is the
+    node's compute as its SIMULATED slowdown stretched it."""
     return {
         "cracked": bool(found.cracked),
         "score": float(found.score),
         "confidence": float(found.confidence),
         "box": json.dumps(found.box),
-        "elapsed_s": float(found.elapsed_s),
+        "elapsed_s": float(elapsed_s),
         "variant": found.variant,
         "tier": tier,
     }

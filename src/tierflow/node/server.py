@@ -268,8 +268,7 @@ class NodeServer:
         started = time.perf_counter()
         found = self.detector.detect(request.inputs[DETECT_IMAGE])
         seconds = self._detector_slow.stretch(("detect_cracks",), started)
-        meta = detection_meta(found, self.config.tier.value)
-        meta["elapsed_s"] = seconds
+        meta = detection_meta(found, self.config.tier.value, seconds)
         mask = found.mask.astype(np.uint8)
         return StageResponse(request.request_id, outputs={DETECT_MASK: mask}, meta=meta)
 
