@@ -292,6 +292,22 @@ def test_an_edit_repaints_the_mask_only_through_the_openai_package_sdk_and_cli(u
     assert Image.open(out).size == (256, 256)
 
 
+def test_inspection_answers_at_the_edge_and_refuses_bad_frames(up: Deployment) -> None:
+    cracked = render(parse_prompt("a grey pipe with a crack on grass").scene, 256, seed=5)
+    clean = render(parse_prompt("a grey pipe on grass").scene, 256, seed=5)
+    with up.client() as sdk:
+        found = sdk.inspect(_png(cracked.image), escalate_below=0.5)  # 0.5: no answer is unsure
+        assert found.cracked and found.tier == "edge" and not found.escalated and found.box is not None
+        assert not sdk.inspect(_png(clean.image), escalate_below=0.5).cracked
+    auth = {"Authorization": f"Bearer {up.key}"}
+    frame = base64.b64encode(_png(cracked.image)).decode()
+    for bad, says in (({"image": "%%%"}, "base64"), ({"image": base64.b64encode(b"no").decode()}, "readable"),
+                      ({"image": frame, "escalate_below": 0.3}, "escalate_below")):
+        refused = httpx.post(f"{up.api}/v1/inspections", json=bad, headers=auth, timeout=60)
+        assert refused.status_code == 422 and says in refused.text, refused.text
+    assert httpx.post(f"{up.api}/v1/inspections", json={"image": frame}, timeout=60).status_code == 401
+
+
 def test_the_openai_package_chats_streams_and_reuses_the_prefix(up: Deployment) -> None:
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{up.api}/v1", api_key=up.key)
