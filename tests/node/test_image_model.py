@@ -17,7 +17,19 @@ import pytest
 from tests.support.cli import assert_one_line_error, cli
 from tests.support.packages import compile_bundled
 from tests.support.tiny_lm import save_tiny_lm
-from tierflow.engine.images import IMAGE_INFO_KEY, OP_GENERATE_IMAGE, OP_INFO, ImageCapability, TieredImages
+from tierflow.engine.images import (
+    EDIT_IMAGE,
+    EDIT_MASK,
+    IMAGE_INFO_KEY,
+    IMAGE_PNG,
+    OP_GENERATE_IMAGE,
+    OP_INFO,
+    ImageCapability,
+    TieredImages,
+    edit_inputs,
+    png_tensor,
+    tensor_bytes,
+)
 from tierflow.engine.lm_hop import OP_LM_INFO
 from tierflow.errors import (
     InvalidInputError,
@@ -26,11 +38,14 @@ from tierflow.errors import (
     UnsupportedModelError,
 )
 from tierflow.model.package import Package
+from tierflow.model.scenes import parse_prompt, render
 from tierflow.node.config import NodeConfig
 from tierflow.node.deploy import deploy_local
 from tierflow.node.server import NodeServer
+from tierflow.runtime.image_result import ImageEdit, read_png
+from tierflow.runtime.text_to_image import touched
 from tierflow.transport.certs import init_pki
-from tierflow.transport.messages import StageRequest
+from tierflow.transport.messages import StageRequest, StageResponse
 from tierflow.transport.peers import PeerClients
 from tierflow.transport.tls import load_identity
 from tierflow.types import Tier
@@ -83,13 +98,13 @@ def test_an_lm_node_with_an_image_model_answers_both_over_the_data_plane(pki: Pa
         assert "layer_s" in (await peers.call("cloud", StageRequest(OP_LM_INFO))).meta  # its layer spans
         meta = {"prompt": "a red car", "resolution": 64, "seed": 7}
         image = await peers.call("cloud", StageRequest(OP_GENERATE_IMAGE, meta=meta))
-        pixels = image.outputs["pixels"]
+        pixels = pixels_of(image)
         assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
         assert image.meta["seed"] == 7 and image.meta["tier"] == "cloud"
         assert image.meta["refined"] is True  # random-image has a refiner; refine unset: it refines
         assert pixels.std() > 0  # a picture, not a blank
         again = await peers.call("cloud", StageRequest(OP_GENERATE_IMAGE, meta=meta))
-        np.testing.assert_array_equal(again.outputs["pixels"], pixels)  # the seed reproduces it
+        np.testing.assert_array_equal(pixels_of(again), pixels)  # the seed reproduces it
         assert node.image_executor is not None
         # the image model runs as the node's main model does: its threads, its SIMULATED slowdown
         assert node.image_executor.slowdown == node.executor.slowdown == 1.5
@@ -97,7 +112,7 @@ def test_an_lm_node_with_an_image_model_answers_both_over_the_data_plane(pki: Pa
         assert node.image_executor.stats["generate_image"].calls == 2
         # a request that names a model is checked against the model that serves the op
         named = StageRequest(OP_GENERATE_IMAGE, model=node.image_executor.model_id, meta=meta)
-        np.testing.assert_array_equal((await peers.call("cloud", named)).outputs["pixels"], pixels)
+        np.testing.assert_array_equal(pixels_of(await peers.call("cloud", named)), pixels)
         with pytest.raises(ModelNotFoundError):
             await peers.call(
                 "cloud", StageRequest(OP_GENERATE_IMAGE, model=node.executor.model_id, meta=meta)
@@ -140,7 +155,7 @@ def test_a_node_whose_only_model_is_an_image_generator_still_serves_it(pki: Path
         info = (await peers.call("cloud", StageRequest(OP_INFO))).meta
         assert ImageCapability.decode(info[IMAGE_INFO_KEY]).model_id == node.executor.model_id
         reply = await peers.call("cloud", StageRequest(OP_GENERATE_IMAGE, meta={"resolution": 64, "seed": 2}))
-        assert reply.outputs["pixels"].shape == (64, 64, 3)
+        assert pixels_of(reply).shape == (64, 64, 3)
 
     with_node(pki, body, model="random-image")
 
@@ -212,3 +227,34 @@ def test_an_image_model_of_another_kind_is_refused_clearly(
     )
     assert_one_line_error(code, err, "is a causal-lm model, not an image generator")
     assert not (tmp_path / "pki").exists()  # refused before anything was started
+
+
+def pixels_of(reply: StageResponse) -> np.ndarray:
+    """A ``generate_image`` reply's image (it travels as PNG bytes)."""
+    return read_png(tensor_bytes(reply.outputs[IMAGE_PNG], "the reply"), "the reply")
+
+
+def test_an_edit_crosses_the_data_plane_exactly_and_a_bad_picture_is_refused(pki: Path, lm: Path) -> None:
+    scene = render(parse_prompt("a blue car on a road").scene, 64, seed=3)
+    car = scene.object_ids == 1
+    inputs = edit_inputs(ImageEdit(scene.image, car))
+    # a picture and its mask as PNG are several times smaller than the raw pixels
+    assert inputs[EDIT_IMAGE].nbytes + inputs[EDIT_MASK].nbytes < (scene.image.nbytes + car.size) / 2
+    meta = {"prompt": "a red car on a road", "resolution": 64, "seed": 7}
+
+    async def body(node: NodeServer, peers: PeerClients) -> None:
+        made = pixels_of(await peers.call("cloud", StageRequest(OP_GENERATE_IMAGE, inputs=inputs, meta=meta)))
+        kept = ~touched(car, 64)
+        assert kept.any() and np.array_equal(made[kept], scene.image[kept])  # the picture arrived exactly
+        assert not np.array_equal(made[car], scene.image[car])  # and the car was repainted
+        raw = {EDIT_IMAGE: scene.image}  # pixels, not PNG bytes
+        with pytest.raises(InvalidInputError, match="the edit's picture: expected a 1-D uint8 tensor"):
+            await peers.call("cloud", StageRequest(OP_GENERATE_IMAGE, inputs=raw, meta=meta))
+        junk = {EDIT_IMAGE: np.frombuffer(b"GIF89a not a png", np.uint8).copy()}
+        with pytest.raises(InvalidInputError, match="the edit's picture: not a readable PNG"):
+            await peers.call("cloud", StageRequest(OP_GENERATE_IMAGE, inputs=junk, meta=meta))
+        small = {EDIT_IMAGE: inputs[EDIT_IMAGE], EDIT_MASK: png_tensor(np.zeros((32, 32), np.uint8))}
+        with pytest.raises(InvalidInputError, match=r"the edit's mask is \(32, 32\), its picture \(64, 64\)"):
+            await peers.call("cloud", StageRequest(OP_GENERATE_IMAGE, inputs=small, meta=meta))
+
+    with_node(pki, body, model=str(lm), image_model="demo-image")

@@ -21,7 +21,6 @@ from tierflow.api.routes import state_of
 from tierflow.api.schemas import Routed
 from tierflow.errors import InvalidInputError, UnsupportedModelError
 from tierflow.router.sla import SLA
-from tierflow.runtime.image import png_bytes
 from tierflow.runtime.image_result import ImageEdit
 from tierflow.types.tasks import IMAGE_RESOLUTIONS
 
@@ -95,7 +94,7 @@ async def generate_image(body: ImageBody, request: Request, owner: str = Depends
         pin=body.tier,
     )
     state.recent.image(routed)
-    encoded = base64.b64encode(png_bytes(routed.image.pixels)).decode("ascii")
+    encoded = base64.b64encode(routed.image.png).decode("ascii")
     return ImageReply(created=int(time.time()), data=[ImageData(b64_json=encoded)], route=routed.to_dict())
 
 
@@ -140,7 +139,7 @@ async def edit_image(
         metered=body.metered, pin=body.tier, edit=edit,
     )
     state.recent.image(routed)
-    encoded = base64.b64encode(png_bytes(routed.image.pixels)).decode("ascii")
+    encoded = base64.b64encode(routed.image.png).decode("ascii")
     return ImageReply(created=int(time.time()), data=[ImageData(b64_json=encoded)], route=routed.to_dict())
 
 

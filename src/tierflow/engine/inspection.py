@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from tierflow.engine.images import png_tensor
 from tierflow.errors import InvalidInputError, ModelNotFoundError, RecoverableError, TierUnavailableError
 from tierflow.runtime.crack_detector import Detection, check_pixels
 from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
@@ -27,8 +28,7 @@ from tierflow.transport.peers import Peers
 from tierflow.types import Tier
 
 OP_DETECT_CRACKS = "detect_cracks"  # one frame (uint8 H x W x 3 input "image"); the answer in meta
-DETECT_IMAGE = "image"
-DETECT_MASK = "mask"  # the reply's crack pixels, uint8 S x S at the detector's input size
+DETECT_IMAGE = "image"  # the frame, as PNG bytes (engine/images.png_tensor)
 DETECTOR_INFO_KEY = "detector"  # the info reply's meta: the node's detector variant, if it has one
 # Below this confidence an edge answer is a hard example for the cloud. On the held-out renders it
 # sends about a tenth of the frames up (docs/MODELS.md, "The crack detector").
@@ -44,7 +44,7 @@ class LocalDetector(Protocol):
 
 
 def detection_meta(found: Detection, tier: str, elapsed_s: float) -> dict[str, MetaValue]:
-    """A node's ``detect_cracks`` reply meta (the mask rides as an output tensor); ``elapsed_s`` is the
+    """A node's ``detect_cracks`` reply meta; ``elapsed_s`` is the
     node's compute as its SIMULATED slowdown stretched it."""
     return {
         "cracked": bool(found.cracked),
@@ -129,9 +129,8 @@ class TieredDetectors:
                                  found.elapsed_s, time.perf_counter() - started)
         if self.peers is None:
             raise TierUnavailableError(f"the entry point has no route to tier {tier.value}", tier=tier.value)
-        frame = np.ascontiguousarray(pixels)
         reply: StageResponse = await self.peers.call(
-            tier.value, StageRequest(OP_DETECT_CRACKS, inputs={DETECT_IMAGE: frame}), None
+            tier.value, StageRequest(OP_DETECT_CRACKS, inputs={DETECT_IMAGE: png_tensor(pixels)}), None
         )
         meta = reply.meta
         box = json.loads(str(meta["box"]))

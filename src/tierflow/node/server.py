@@ -23,16 +23,18 @@ from tierflow.api.routes import APIState
 from tierflow.engine.images import (
     CLIP_GIF,
     IMAGE_INFO_KEY,
+    IMAGE_PNG,
     OP_GENERATE_CLIP,
     OP_GENERATE_IMAGE,
     OP_INFO,
     ImageCapability,
     TieredImages,
     edit_of,
+    png_tensor,
+    tensor_bytes,
 )
 from tierflow.engine.inspection import (
     DETECT_IMAGE,
-    DETECT_MASK,
     DETECTOR_INFO_KEY,
     OP_DETECT_CRACKS,
     TieredDetectors,
@@ -47,6 +49,7 @@ from tierflow.node.control import NodeMetrics, NodeState, create_app
 from tierflow.node.entry import entry_point
 from tierflow.node.executor import NodeExecutor, load_node_model
 from tierflow.runtime.crack_detector import CrackDetector
+from tierflow.runtime.image_result import read_png
 from tierflow.runtime.lm import SamplingConfig
 from tierflow.runtime.loader import default_resolution
 from tierflow.runtime.session import SessionOptions
@@ -198,7 +201,7 @@ class NodeServer:
             )
             return StageResponse(
                 request.request_id,
-                outputs={"pixels": image.pixels},
+                outputs={IMAGE_PNG: png_tensor(image.pixels)},
                 meta={
                     "seed": image.seed,
                     "refined": image.refined,
@@ -266,11 +269,10 @@ class NodeServer:
         if DETECT_IMAGE not in request.inputs:
             raise InvalidInputError(f"detect_cracks needs the frame as input {DETECT_IMAGE!r}")
         started = time.perf_counter()
-        found = self.detector.detect(request.inputs[DETECT_IMAGE])
+        frame = read_png(tensor_bytes(request.inputs[DETECT_IMAGE], "the frame"), "the frame")
+        found = self.detector.detect(frame)
         seconds = self._detector_slow.stretch(("detect_cracks",), started)
-        meta = detection_meta(found, self.config.tier.value, seconds)
-        mask = found.mask.astype(np.uint8)
-        return StageResponse(request.request_id, outputs={DETECT_MASK: mask}, meta=meta)
+        return StageResponse(request.request_id, meta=detection_meta(found, self.config.tier.value, seconds))
 
     async def _run(self, request: StageRequest) -> StageResponse:
         """Compute this hop's stage, then forward along the route (if any) and merge what comes back."""

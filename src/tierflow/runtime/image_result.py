@@ -19,11 +19,26 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.rint(pixels).astype(np.uint8).transpose(1, 2, 0))
 
 
+PNG_LEVEL = 1  # zlib level: 3x faster than PIL's default 6 for ~30 % more bytes (a 512 px image: 10 vs 34 ms)
+
+
 def png_bytes(pixels: np.ndarray) -> bytes:
-    """An H x W x 3 uint8 image as PNG."""
+    """An H x W x 3 uint8 image (or an H x W uint8 mask) as PNG."""
     buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+    mode = "L" if pixels.ndim == 2 else "RGB"
+    Image.fromarray(pixels, mode).save(buf, format="PNG", compress_level=PNG_LEVEL)
     return buf.getvalue()
+
+
+def read_png(data: bytes, what: str, *, grey: bool = False) -> np.ndarray:
+    """A PNG's pixels (H x W x 3 uint8; ``grey``: H x W); an InvalidInputError naming ``what`` if it is
+    not a PNG."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=["PNG"])
+        img.load()
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise InvalidInputError(f"{what}: not a readable PNG ({exc})") from exc
+    return np.asarray(img.convert("L" if grey else "RGB"), np.uint8)
 
 
 @dataclass(frozen=True)
