@@ -24,7 +24,7 @@ from tierflow.model.lm_contract import LMSignature
 from tierflow.model.registry import resolve_model
 from tierflow.runtime.image_result import ClipResult, ImageEdit, ImageResult
 from tierflow.runtime.lm import CausalLM, SamplingConfig
-from tierflow.runtime.providers import ranked_providers
+from tierflow.runtime.precision import should_widen, widen_fp16
 from tierflow.runtime.session import SessionOptions, active_provider, metadata, open_session
 from tierflow.runtime.slowdown import SimulatedSlowdown
 from tierflow.runtime.stages import StageRunner
@@ -57,15 +57,19 @@ class NodeExecutor:
     stats: dict[str, StageStats] = field(default_factory=dict)
 
     def __post_init__(self, model_bytes: bytes) -> None:
-        self.model_id = model_id(model_bytes)
+        self.model_id = model_id(model_bytes)  # of the model as stored, whatever widening follows
         self.proto = onnx.load_from_string(model_bytes)
+        planned = self.options.provider
+        self.widened = should_widen(self.proto, planned)  # FP16 weights on a provider slower at FP16
+        if self.widened:
+            self.proto = widen_fp16(self.proto)
         initializers = {t.name for t in self.proto.graph.initializer}
         names = [i.name for i in self.proto.graph.input if i.name not in initializers]
         self._slow = SimulatedSlowdown(self.slowdown)
         self.is_lm = LMSignature.is_causal_lm(names)  # it then serves layer spans too
         self._image: AnyImageGenerator | None = None
         if self.is_lm:  # the session the spans will use picks the same provider
-            self.provider = self.options.providers[0] if self.options.providers else ranked_providers()[0]
+            self.provider = planned
             return
         session = self._session  # validates the model with a clear error
         self.provider = active_provider(session)

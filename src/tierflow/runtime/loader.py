@@ -33,6 +33,7 @@ from typing import Annotated, Any, NoReturn, Protocol, Unpack
 import numpy as np
 import onnx
 import yaml
+from google.protobuf.message import DecodeError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tierflow.errors import (
@@ -48,6 +49,7 @@ from tierflow.runtime.generic import GenericRunner
 from tierflow.runtime.image import ImageResult
 from tierflow.runtime.interfaces import GenericKind, ImageKind, LoadedModel, TextKind
 from tierflow.runtime.lm import CausalLM, GenerationResult, SamplingConfig, SamplingOptions, sampling_config
+from tierflow.runtime.precision import should_widen, widen_fp16
 from tierflow.runtime.providers import available_providers, ranked_providers, short_name
 from tierflow.runtime.session import SessionOptions, active_provider, open_session
 from tierflow.runtime.text_to_image import open_generator
@@ -236,6 +238,15 @@ class TierSession:
         self.target = target
         self.spec = package.manifest.target(target)
         self.decision = decision
+        try:
+            stored: onnx.ModelProto | None = onnx.load_from_string(data)
+        except DecodeError:  # open_session below names what is wrong with it
+            stored = None
+        self.widened = stored is not None and should_widen(stored, options.provider)  # runtime/precision.py
+        if self.widened:
+            assert stored is not None
+            data = widen_fp16(stored).SerializeToString()
+        self.data = data  # what runs: the stored artifact, or its widened form
         self.session = open_session(data, options)
 
     @property
@@ -252,7 +263,8 @@ class TierSession:
         return GenericRunner(self.session).run(dict(feeds)).arrays
 
     def describe(self) -> str:
-        return f"target={self.target} provider={short_name(self.provider)} precision={self.spec.precision}"
+        precision = f"{self.spec.precision} (computed in fp32)" if self.widened else self.spec.precision
+        return f"target={self.target} provider={short_name(self.provider)} precision={precision}"
 
 
 class TextSession(TierSession):
@@ -284,7 +296,7 @@ class ImageSession(TierSession):
 
     def __init__(self, package: Package, target: str, data: bytes, decision: str, options: SessionOptions):
         super().__init__(package, target, data, decision, options)
-        self.image = open_generator(self.session, onnx.load_from_string(data))
+        self.image = open_generator(self.session, onnx.load_from_string(self.data))
 
     def generate(
         self,

@@ -20,6 +20,11 @@ class SessionOptions:
     intra_op_threads: int = 0
     providers: tuple[str, ...] | None = None  # None: best available
 
+    @property
+    def provider(self) -> str:
+        """The provider a session opened with these options tries first."""
+        return self.providers[0] if self.providers else ranked_providers()[0]
+
 
 def open_session(model: str | Path | bytes, options: SessionOptions | None = None) -> ort.InferenceSession:
     """Open ``model`` (a path or the serialized bytes) on the best available provider."""
