@@ -50,7 +50,7 @@ def test_widening_computes_the_fp16_weights_in_fp32() -> None:
     assert model.graph.initializer[0].data_type == TensorProto.FLOAT16  # the stored model is left alone
     x = RNG.standard_normal((2, 8)).astype(np.float32)
     (y,) = open_session(wide.SerializeToString()).run(None, {"x": x})
-    expected = x @ WEIGHT.astype(np.float32) + BIAS.astype(np.float32)  # FP16-rounded weights, FP32 arithmetic
+    expected = x @ WEIGHT.astype(np.float32) + BIAS.astype(np.float32)  # FP16-rounded weights in FP32
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
     (y16,) = open_session(model.SerializeToString()).run(None, {"x": x})
     np.testing.assert_allclose(y, y16, atol=2e-2)  # FP16 arithmetic differs from it by its rounding only
@@ -78,9 +78,10 @@ def test_an_fp16_target_keeps_its_identity_and_says_how_it_computes(package: Pat
     pkg = Package.open(package)
     assert pkg.manifest.targets["edge"].precision == "fp16"
     stored = pkg.artifact("edge")
-    node = NodeExecutor(stored, "edge", SessionOptions(intra_op_threads=1, providers=("CPUExecutionProvider",)))
+    cpu = SessionOptions(intra_op_threads=1, providers=("CPUExecutionProvider",))
+    node = NodeExecutor(stored, "edge", cpu)
     assert node.widened and node.model_id == model_id(stored)  # tiers still name the model as stored
-    cloud = NodeExecutor(pkg.artifact("cloud"), "cloud", SessionOptions(providers=("CPUExecutionProvider",)))
+    cloud = NodeExecutor(pkg.artifact("cloud"), "cloud", cpu)
     assert not cloud.widened  # an FP32 target has nothing to widen
     session = load(package, target="edge", threads=1)  # this machine: the CPU provider
     assert "precision=fp16 (computed in fp32)" in session.describe()
