@@ -125,6 +125,7 @@ def test_unknown_id_is_not_found(store: ContextStore) -> None:
         lambda: store.get("ctx_nope", "alice"),
         lambda: store.append_tokens("ctx_nope", [1]),
         lambda: store.set_spans("ctx_nope", {"edge": "0-1"}),
+        lambda: store.set_meta("ctx_nope", {"prompt": "a car"}),
         lambda: store.touch("ctx_nope", 10),
     ]
     for call in calls:
@@ -180,6 +181,15 @@ def test_set_spans(store: ContextStore) -> None:
         store.set_spans(cid, {"edge": "5-2"})
     with pytest.raises(InvalidInputError):
         store.create("alice", "m1", 60, spans={"edge": "two"})
+
+
+def test_set_meta_replaces_the_map_and_keeps_the_rest(store: ContextStore) -> None:
+    rec = store.create("alice", "m1", 60, tokens=[4, 5], meta={"kind": "image", "prompt": "a car"})
+    large = "x" * 2_000_000  # an image context keeps its last picture (base64 PNG) here
+    changed = store.set_meta(rec.context_id, {"prompt": "a blue car", "png": large})
+    assert changed.meta == {"prompt": "a blue car", "png": large}  # replaced, not merged
+    again = store.get(rec.context_id, "alice")
+    assert again.meta == changed.meta and again.tokens == [4, 5] and again.expires_at == rec.expires_at
 
 
 def test_list_is_the_owners_live_contexts_oldest_first(store: ContextStore) -> None:

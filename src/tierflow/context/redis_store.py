@@ -35,6 +35,7 @@ from tierflow.context.store import (
     EXPIRED_GRACE_S,
     ContextRecord,
     check_expires_in,
+    check_meta,
     check_tokens,
     decode_tokens,
     encode_tokens,
@@ -201,6 +202,11 @@ class RedisContextStore:
         """Replace the tier -> span map."""
         checked = json.dumps(check_spans(dict(spans)))
         return self._run(self._set_field, [self._ctx(context_id)], ["spans", checked], context_id)
+
+    def set_meta(self, context_id: str, meta: Mapping[str, str]) -> ContextRecord:
+        """Replace the meta map."""
+        checked = json.dumps(check_meta(meta))
+        return self._run(self._set_field, [self._ctx(context_id)], ["meta", checked], context_id)
 
     def touch(self, context_id: str, expires_in: float = DEFAULT_EXPIRES_IN) -> ContextRecord:
         """Move the expiry (and the Redis TTLs) to ``expires_in`` seconds from now."""

@@ -36,6 +36,7 @@ from tierflow.context.store import (
     ContextRecord,
     check_expires_in,
     check_keep,
+    check_meta,
     check_tokens,
     decode_tokens,
     encode_tokens,
@@ -228,6 +229,16 @@ class SQLiteContextStore:
                 "UPDATE contexts SET spans = ? WHERE context_id = ?", (json.dumps(checked), context_id)
             )
         return replace(record, spans=checked)
+
+    def set_meta(self, context_id: str, meta: Mapping[str, str]) -> ContextRecord:
+        """Replace the meta map."""
+        checked = check_meta(meta)
+        with self._tx() as conn:
+            record = self._live(conn, context_id, None)
+            conn.execute(
+                "UPDATE contexts SET meta = ? WHERE context_id = ?", (json.dumps(checked), context_id)
+            )
+        return replace(record, meta=checked)
 
     def touch(self, context_id: str, expires_in: float = DEFAULT_EXPIRES_IN) -> ContextRecord:
         """Move the expiry to ``expires_in`` seconds from now."""

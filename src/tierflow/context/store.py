@@ -93,6 +93,10 @@ class ContextStore(Protocol):
         """Replace which tier holds which layer span (after a plan, a failover or a migration)."""
         ...
 
+    def set_meta(self, context_id: str, meta: Mapping[str, str]) -> ContextRecord:
+        """Replace the context's meta (an image context's last picture and prompt); atomic."""
+        ...
+
     def touch(self, context_id: str, expires_in: float = DEFAULT_EXPIRES_IN) -> ContextRecord:
         """Refresh the expiry to ``expires_in`` seconds from now (every use does this)."""
         ...
@@ -162,6 +166,11 @@ def check_expires_in(expires_in: float) -> float:
     return value
 
 
+def check_meta(meta: Mapping[str, str] | None) -> dict[str, str]:
+    """A context's meta as str -> str."""
+    return {str(k): str(v) for k, v in (meta or {}).items()}
+
+
 def check_keep(keep: int | None, length: int) -> int:
     """The history length to keep before an append: ``length`` for None, else 0 <= keep <= length."""
     if keep is None:
@@ -200,7 +209,7 @@ def new_record(
         spans=check_spans(dict(spans or {})),
         created_at=now,
         expires_at=now + check_expires_in(expires_in),
-        meta={str(k): str(v) for k, v in (meta or {}).items()},
+        meta=check_meta(meta),
     )
 
 

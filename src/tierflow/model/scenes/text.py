@@ -205,10 +205,8 @@ def parse_prompt(text: str) -> ParsedPrompt:
                 position = Position(word)
         elif word in _LIGHTING_WORDS:
             lighting = Lighting(word)
-        elif word == "crack":
-            crack = not any(w in _NEGATIONS for w in words[max(i - 2, 0) : i])
-        elif word == "intact":
-            crack = False
+        elif (said := crack_said(words, i)) is not None:
+            crack = said
         elif word not in _WORD_ID and word not in unknown:
             unknown.append(word)
         i += 1
@@ -245,6 +243,14 @@ def parse_prompt(text: str) -> ParsedPrompt:
         bool(crack),
     )
     return ParsedPrompt(scene, tuple(unknown), frozenset(stated), tuple(notes))
+
+
+def crack_said(words: list[str], i: int) -> bool | None:
+    """What ``words[i]`` says of a crack: ``crack`` sets it unless ``without``/``no``/``not`` stands
+    within the two words before; ``intact`` clears it; any other word says nothing (None)."""
+    if words[i] == "crack":
+        return not any(w in _NEGATIONS for w in words[max(i - 2, 0) : i])
+    return False if words[i] == "intact" else None
 
 
 def _assign_positions(drafts: list[_Draft], notes: list[str], stated: set[str]) -> list[Position]:
