@@ -292,6 +292,60 @@ def test_an_edit_repaints_the_mask_only_through_the_openai_package_sdk_and_cli(u
     assert Image.open(out).size == (256, 256)
 
 
+def _pixels(png: bytes, side: int | None = None) -> np.ndarray:
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    return np.asarray(img if side is None else img.resize((side, side), Image.Resampling.BOX))
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / max(np.mean((a.astype(float) - b) ** 2), 1e-9)))
+
+
+def _blue_share(pixels: np.ndarray) -> float:
+    p = pixels.astype(int)
+    return float(((p[..., 2] > p[..., 0] + 40) & (p[..., 2] > p[..., 1] + 20)).mean())
+
+
+def test_a_follow_up_changes_the_last_picture_and_keeps_the_rest(up: Deployment) -> None:
+    with up.client() as sdk:
+        red = sdk.image("a red car on a road", size=256, seed=11, tier="edge")
+        assert red.context_id and red.route.get("follow_up") is None
+        blue = sdk.image("make it blue", context_id=red.context_id, tier="edge")
+        assert blue.context_id == red.context_id and blue.resolution == 256  # the last picture's size
+        follow = blue.route["follow_up"]
+        assert follow["prompt"] == "a blue car on a road"
+        assert follow["changes"] == ["colour of the car: red -> blue"]
+        before, after = _pixels(red.png), _pixels(blue.png)
+        same = (after == before).all(axis=2)
+        assert 0.4 < same.mean() < 1.0  # most of the picture is the last one's own pixels, exactly
+        assert 1 - same.mean() <= follow["changed_share"] + 1e-6  # and it says how much it took anew
+        changed = ~same
+        assert _red_share(before[changed]) > _red_share(after[changed]) + 0.1  # where it changed: red...
+        assert _blue_share(after[changed]) > _blue_share(before[changed]) + 0.1  # ... became blue
+        larger = sdk.image("higher resolution", context_id=red.context_id, tier="edge")
+        assert larger.resolution == 512 and larger.route["follow_up"]["upscaled_from"] == 256
+        assert larger.route["follow_up"]["prompt"] == "a blue car on a road"  # the scene so far
+        other = sdk.image("a blue car on a road", size=512, seed=12, tier="edge")  # another seed: the control
+        shrunk = _pixels(larger.png, 256)
+        assert _psnr(shrunk, after) > _psnr(_pixels(other.png, 256), after) + 4  # the same picture, larger
+        # contexts of pictures and of conversations do not mix; the owner's rules are a conversation's
+        with pytest.raises(InvalidInputError, match="holds a picture, not a conversation"):
+            sdk.generate(PROMPT, context_id=red.context_id, max_tokens=2)
+        text = sdk.generate(PROMPT, max_tokens=2, temperature=0)
+        with pytest.raises(InvalidInputError, match="is a conversation, not a picture"):
+            sdk.image("make it blue", context_id=text.context_id)
+        with pytest.raises(ContextNotFoundError):
+            sdk.image("make it blue", context_id="ctx_" + "B" * 32)
+        with up.client(up.new_key()) as bob, pytest.raises(ContextForbiddenError):
+            bob.image("make it green", context_id=red.context_id)
+        # an edit's result is kept too; a follow-up to it edits that picture (no prompt and seed make it)
+        frame = render(parse_prompt("a white van on a road").scene, 256, seed=2)
+        edited = sdk.edit(_png(frame.image), "a white van on a road at night", seed=3, tier="edge")
+        night = sdk.image("make it red", context_id=edited.context_id, tier="edge")
+        assert night.route["follow_up"]["method"] == "edited the last picture"
+        assert night.route["follow_up"]["prompt"] == "a red van on a road at night"
+
+
 def test_inspection_answers_at_the_edge_and_refuses_bad_frames(up: Deployment) -> None:
     cracked = render(parse_prompt("a grey pipe with a crack on grass").scene, 256, seed=5)
     clean = render(parse_prompt("a grey pipe on grass").scene, 256, seed=5)

@@ -17,11 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tierflow.api import errors
 from tierflow.api.auth import caller
-from tierflow.api.routes import state_of
+from tierflow.api.routes import APIState, state_of
 from tierflow.api.schemas import Routed
+from tierflow.engine.image_contexts import ImageContexts, LastImage, plan_follow_up
+from tierflow.engine.image_routing import ImageRoute
 from tierflow.errors import InvalidInputError, UnsupportedModelError
 from tierflow.router.sla import SLA
-from tierflow.runtime.image_result import ImageEdit
+from tierflow.runtime.image_result import ImageEdit, png_bytes
 from tierflow.types.tasks import IMAGE_RESOLUTIONS
 
 router = APIRouter()
@@ -43,10 +45,19 @@ class ImageBody(Routed):
     response_format: Literal["b64_json"] = "b64_json"
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     model: str | None = Field(None, max_length=200)
+    context_id: str | None = Field(
+        None, max_length=200,
+        description='tierflow: a follow-up to the last picture of this context ("make it blue", "hd")',
+    )
+    expires_in: float | None = Field(None, gt=0, le=30 * 86400, description="the context's lifetime, s")
 
     def resolution(self) -> int:
+        return self.asked_resolution() or DEFAULT_SIZE
+
+    def asked_resolution(self) -> int | None:
+        """The size asked for (None: not said)."""
         if self.size is None:
-            return DEFAULT_SIZE
+            return None
         width, x, height = self.size.lower().partition("x")
         if not x or not width.isdigit() or width != height:
             raise InvalidInputError(f"size: expected a square WxH such as 1024x1024, got {self.size!r}")
@@ -72,6 +83,8 @@ class ImageReply(BaseModel):
     created: int
     data: list[ImageData]
     route: dict[str, Any] = Field(description="where the image was made, its size, the router's decision")
+    context_id: str = Field(description="tierflow: send it back with a follow-up to change this picture")
+    expires_in: float
 
 
 @router.post("/v1/images/generations", response_model=ImageReply, responses=errors.responses(401, 422, 503))
@@ -84,18 +97,46 @@ async def generate_image(body: ImageBody, request: Request, owner: str = Depends
     sla = body.image_sla()
     _, battery = body.routing()
     await state.conversations.report_device(battery, body.metered, body.network)  # kept for later requests
+    contexts = image_contexts(state)
+    last = None if body.context_id is None else await contexts.last(body.context_id, owner)
+    plan = None if last is None else plan_follow_up(last, body.prompt, body.asked_resolution())
     routed = await state.routed_images.generate(
-        body.prompt,
-        body.resolution(),
+        body.prompt if plan is None else plan.prompt,
+        body.resolution() if plan is None else plan.resolution,
         sla,
-        seed=body.seed,
+        seed=body.seed if plan is None else plan.seed,
         battery=battery,
         metered=body.metered,
         pin=body.tier,
+        edit=None if plan is None else plan.edit,
     )
+    route = routed.to_dict()
+    png = routed.image.png
+    if plan is not None and last is not None:
+        pixels, route["follow_up"] = plan.finish(last, routed.image.pixels)
+        png = png_bytes(pixels) if pixels is not routed.image.pixels else png
+    made = LastImage(
+        prompt=body.prompt if plan is None else plan.prompt, seed=routed.image.seed,
+        resolution=routed.resolution, png=png, reproducible=last is None or last.reproducible,
+    )
+    return await _answer(state, owner, routed, route, made, body)
+
+
+def image_contexts(state: APIState) -> ImageContexts:
+    assert state.image_contexts is not None  # an entry point with routed images has them
+    return state.image_contexts
+
+
+async def _answer(
+    state: APIState, owner: str, routed: ImageRoute, route: dict[str, Any], made: LastImage, body: ImageBody
+) -> ImageReply:
+    """The reply, once the picture is the context's last one (a new context when the body names none)."""
     state.recent.image(routed)
-    encoded = base64.b64encode(routed.image.png).decode("ascii")
-    return ImageReply(created=int(time.time()), data=[ImageData(b64_json=encoded)], route=routed.to_dict())
+    record = await image_contexts(state).keep(owner, body.context_id, made, body.expires_in)
+    return ImageReply(
+        created=int(time.time()), data=[ImageData(b64_json=base64.b64encode(made.png).decode("ascii"))],
+        route=route, context_id=record.context_id, expires_in=record.expires_in(time.time()),
+    )
 
 
 @router.post("/v1/images/edits", response_model=ImageReply, responses=errors.responses(401, 422, 503))
@@ -114,10 +155,12 @@ async def edit_image(
     sla: Annotated[str | None, Form(max_length=2000, description="the SLA as JSON")] = None,
     tier: Annotated[str | None, Form(max_length=20)] = None,
     model: Annotated[str | None, Form(max_length=200)] = None,
+    context_id: Annotated[str | None, Form(max_length=200, description="keep the result here")] = None,
     owner: str = Depends(caller),
 ) -> ImageReply:
     """``image`` repainted under ``prompt`` inside ``mask``, on the tier the router chooses among those
-    whose model can edit; outside the mask the picture comes back as it was."""
+    whose model can edit; outside the mask the picture comes back as it was. The result becomes the last
+    picture of ``context_id`` (a new context when absent) for follow-ups."""
     state = state_of(request)
     if state.routed_images is None:
         raise UnsupportedModelError("this deployment serves no image model (start it with --image-model)")
@@ -128,7 +171,7 @@ async def edit_image(
     try:
         body = ImageBody.model_validate(
             {"prompt": prompt, "size": size, "seed": seed, "model": model, "tier": tier,
-             "sla": json.loads(sla) if sla else None}
+             "sla": json.loads(sla) if sla else None, "context_id": context_id}
         )
     except (ValidationError, ValueError) as exc:
         raise InvalidInputError(f"edit form: {' '.join(str(exc).split())[:300]}") from exc
@@ -138,9 +181,11 @@ async def edit_image(
         body.prompt, body.resolution(), body.image_sla(), seed=body.seed, battery=battery,
         metered=body.metered, pin=body.tier, edit=edit,
     )
-    state.recent.image(routed)
-    encoded = base64.b64encode(routed.image.png).decode("ascii")
-    return ImageReply(created=int(time.time()), data=[ImageData(b64_json=encoded)], route=routed.to_dict())
+    if body.context_id is not None:
+        await image_contexts(state).last(body.context_id, owner)  # the caller's, live, a picture's context
+    made = LastImage(prompt=body.prompt, seed=routed.image.seed, resolution=routed.resolution,
+                     png=routed.image.png, reproducible=False)  # it starts from the uploaded picture
+    return await _answer(state, owner, routed, routed.to_dict(), made, body)
 
 
 def open_picture(data: bytes, what: str, square: bool = True) -> Image.Image:

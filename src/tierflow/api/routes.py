@@ -30,6 +30,7 @@ from tierflow.api.schemas import (
 )
 from tierflow.context.store import ContextStore
 from tierflow.engine.conversations import Conversations, Finished
+from tierflow.engine.image_contexts import ImageContexts
 from tierflow.engine.image_routing import RoutedImages
 from tierflow.engine.images import TieredImages
 from tierflow.engine.inspection import TieredDetectors
@@ -49,6 +50,7 @@ class APIState:
     routed_images: RoutedImages | None = None  # ... routed by SLA (``POST /v1/images/generations``)
     deployment: DeploymentClient | None = None  # the local deployment's control (tierflow up), if any
     detectors: TieredDetectors | None = None  # crack inspection on the tiers (``POST /v1/inspections``)
+    image_contexts: ImageContexts | None = None  # the last picture of each image context (follow-ups)
     recent: RecentRequests = field(default_factory=RecentRequests)
 
     def __post_init__(self) -> None:

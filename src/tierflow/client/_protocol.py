@@ -151,7 +151,7 @@ def image(body: JSON) -> Call[ImageResult]:
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             where = response.request.url
             raise RecoverableError(f"unexpected answer from {where}: no image ({exc})") from exc
-        return ImageResult(png=png, route=data.get("route") or {})
+        return ImageResult(png=png, route=data.get("route") or {}, context_id=data.get("context_id"))
 
     return Call("POST", "/v1/images/generations", read, body)
 

@@ -84,6 +84,7 @@ class ImageResult(_Body):
 
     png: bytes
     route: JSON = Field(default_factory=dict)  # tier, resolution, refined, seed, timings, the decision
+    context_id: str | None = None  # with a follow-up prompt (Client.image), changes this picture
 
     @property
     def tier(self) -> str:

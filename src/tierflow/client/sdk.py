@@ -34,11 +34,12 @@ T = TypeVar("T")
 
 
 def edit_fields(
-    size: int | None, strength: float | None, seed: int | None, sla: JSON | None, tier: str | None
+    size: int | None, strength: float | None, seed: int | None, sla: JSON | None, tier: str | None,
+    context_id: str | None = None,
 ) -> dict[str, str]:
     """The form fields of ``POST /v1/images/edits`` besides the prompt (None: the server's default)."""
     fields = {"size": f"{size}x{size}" if size else None, "strength": strength, "seed": seed,
-              "sla": json.dumps(sla) if sla is not None else None, "tier": tier}
+              "sla": json.dumps(sla) if sla is not None else None, "tier": tier, "context_id": context_id}
     return {k: str(v) for k, v in fields.items() if v is not None}
 
 
@@ -62,10 +63,15 @@ def inspection_body(frame: bytes, escalate_below: float | None, escalate: bool) 
     return body
 
 
-def image_body(prompt: str, size: int, seed: int | None, sla: JSON | None, tier: str | None) -> JSON:
+def image_body(
+    prompt: str, size: int | None, seed: int | None, sla: JSON | None, tier: str | None,
+    context_id: str | None = None,
+) -> JSON:
     """The body of ``POST /v1/images/generations`` (None fields left out: the server's defaults)."""
-    body: JSON = {"prompt": prompt, "size": f"{size}x{size}"}
-    for name, value in (("seed", seed), ("sla", sla), ("tier", tier)):
+    body: JSON = {"prompt": prompt}
+    if size is not None:
+        body["size"] = f"{size}x{size}"
+    for name, value in (("seed", seed), ("sla", sla), ("tier", tier), ("context_id", context_id)):
         if value is not None:
             body[name] = value
     return body
@@ -192,13 +198,16 @@ class Client:
         self,
         prompt: str,
         *,
-        size: int = 512,
+        size: int | None = None,
         seed: int | None = None,
         sla: JSON | None = None,
         tier: str | None = None,
+        context_id: str | None = None,
     ) -> ImageResult:
-        """One image for ``prompt`` of up to ``size`` px, made where the router chooses (``tier``: pinned)."""
-        return self._call(api.image(image_body(prompt, size, seed, sla, tier)))
+        """One image for ``prompt`` of up to ``size`` px (None: 512), made where the router chooses
+        (``tier``: pinned). With ``context_id`` (a result's), ``prompt`` is a follow-up to that picture
+        ("make it blue", "higher resolution"; ``size`` None: the picture's, or the next level up)."""
+        return self._call(api.image(image_body(prompt, size, seed, sla, tier, context_id)))
 
     def clip(
         self,
@@ -226,10 +235,12 @@ class Client:
         seed: int | None = None,
         sla: JSON | None = None,
         tier: str | None = None,
+        context_id: str | None = None,
     ) -> ImageResult:
         """``picture`` (PNG bytes) repainted under ``prompt``: where ``mask`` (a PNG: transparent or,
-        without alpha, white pixels) says, else everywhere from its noised self at ``strength``."""
-        fields = edit_fields(size, strength, seed, sla, tier)
+        without alpha, white pixels) says, else everywhere from its noised self at ``strength``. The
+        result's ``context_id`` (``context_id``'s when given) takes follow-ups (:meth:`image`)."""
+        fields = edit_fields(size, strength, seed, sla, tier, context_id)
         return self._call(api.edit_image(picture, prompt, mask, fields))
 
     def inspect(
@@ -400,13 +411,14 @@ class AsyncClient:
         self,
         prompt: str,
         *,
-        size: int = 512,
+        size: int | None = None,
         seed: int | None = None,
         sla: JSON | None = None,
         tier: str | None = None,
+        context_id: str | None = None,
     ) -> ImageResult:
         """See :meth:`Client.image`."""
-        return await self._call(api.image(image_body(prompt, size, seed, sla, tier)))
+        return await self._call(api.image(image_body(prompt, size, seed, sla, tier, context_id)))
 
     async def clip(
         self,
@@ -433,9 +445,10 @@ class AsyncClient:
         seed: int | None = None,
         sla: JSON | None = None,
         tier: str | None = None,
+        context_id: str | None = None,
     ) -> ImageResult:
         """See :meth:`Client.edit`."""
-        fields = edit_fields(size, strength, seed, sla, tier)
+        fields = edit_fields(size, strength, seed, sla, tier, context_id)
         return await self._call(api.edit_image(picture, prompt, mask, fields))
 
     async def inspect(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from tierflow.context.store import DEFAULT_EXPIRES_IN, ContextRecord, ContextStore, common_prefix_len
 from tierflow.engine.early_exit import EarlyExitLM
+from tierflow.engine.image_contexts import IMAGE_KIND, KIND_KEY
 from tierflow.engine.routing import EntryRouter, TextRoute, deepest, text_task
 from tierflow.engine.sharded import (
     GenerationEvent,
@@ -160,6 +161,8 @@ class Conversations:
         created = False
         if context_id is not None:
             record = await self.get(context_id, owner)
+            if record.meta.get(KIND_KEY) == IMAGE_KIND:
+                raise InvalidInputError(f"context {context_id} holds a picture, not a conversation")
         elif whole and (found := await self._implicit_match(owner, ids)) is not None:
             record = found
         else:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from tierflow.api.deployment_client import TOKEN_ENV, DeploymentClient
 from tierflow.api.routes import APIState
 from tierflow.context.factory import open_store
 from tierflow.engine.conversations import Conversations
 from tierflow.engine.early_exit import EarlyExitLM
+from tierflow.engine.image_contexts import ImageContexts
 from tierflow.engine.image_routing import RoutedImages
 from tierflow.engine.images import TieredImages
 from tierflow.engine.inspection import TieredDetectors
@@ -102,6 +104,8 @@ def entry_point(
         if not token:
             raise ConfigError(f"--deployment-url needs the deployment's token in ${TOKEN_ENV}")
         control = DeploymentClient(config.deployment_url, token)
+    image_name = Path(config.image_model or "images").name.removesuffix(".tfm").removesuffix(".onnx")
     return APIState(
-        conversations, store, images=images, routed_images=routed, deployment=control, detectors=detectors
+        conversations, store, images=images, routed_images=routed, deployment=control, detectors=detectors,
+        image_contexts=ImageContexts(store, image_name) if routed is not None else None,
     )
