@@ -19,7 +19,7 @@ from tierflow.model.package import Package
 from tierflow.model.pyramid import pyramid_from_dict
 from tierflow.model.scenes import parse_prompt, render
 from tierflow.runtime.session import SessionOptions, open_session
-from tierflow.runtime.text_to_image import PipelineGenerator, open_generator, touched
+from tierflow.runtime.text_to_image import PipelineGenerator, dilate, open_generator, touched
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +152,15 @@ def test_the_phone_target_takes_the_few_step_sampler_to_256(pipeline_file: Path,
         phone.generate("a red car on a road", 256, refine=True, seed=0)
     with pytest.raises(InvalidInputError, match="out of range"):
         phone.generate("a red car on a road", 512, seed=0)
+
+
+@pytest.mark.parametrize(("side", "radius"), [(64, 1), (256, 4), (300, 7), (40, 60)])
+def test_dilate_is_a_square_max_filter(side: int, radius: int) -> None:
+    from PIL import Image, ImageFilter
+
+    mask = np.random.default_rng(side).random((side, side)) > 0.99
+    mask[0, 0] = mask[-1, -1] = True  # the borders too
+    binary = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+    expected = np.asarray(binary.filter(ImageFilter.MaxFilter(2 * min(radius, side) + 1))) > 0
+    np.testing.assert_array_equal(dilate(mask, radius), expected)
+    assert not dilate(np.zeros((side, side), bool), radius).any()

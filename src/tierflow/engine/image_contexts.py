@@ -35,6 +35,7 @@ from tierflow.context.store import DEFAULT_EXPIRES_IN, ContextRecord, ContextSto
 from tierflow.errors import InvalidInputError
 from tierflow.model.scenes.follow_up import FollowUp, follow_up
 from tierflow.runtime.image_result import IMAGE_TO_IMAGE_STRENGTH, ImageEdit, read_png
+from tierflow.runtime.text_to_image import dilate
 from tierflow.types.tasks import IMAGE_RESOLUTIONS
 
 KIND_KEY = "kind"  # a context record's meta: what the context holds
@@ -140,8 +141,8 @@ def keep_unchanged(
     side = made.shape[0]
     moved = np.abs(made.astype(np.int16) - last.astype(np.int16)).max(axis=2) > CHANGE_LEVEL
     changed = Image.fromarray(moved.astype(np.uint8) * 255, "L")
-    coarse = changed.resize((MASK_SIDE, MASK_SIDE), Image.Resampling.BOX)
-    grown = coarse.point(lambda v: 255 if v else 0).filter(ImageFilter.MaxFilter(2 * GROW_PX + 1))
+    coarse = np.asarray(changed.resize((MASK_SIDE, MASK_SIDE), Image.Resampling.BOX)) > 0
+    grown = Image.fromarray(dilate(coarse, GROW_PX).astype(np.uint8) * 255, "L")
     soft = grown.filter(ImageFilter.GaussianBlur(FEATHER_PX)).resize((side, side), Image.Resampling.BILINEAR)
     alpha = np.asarray(soft, np.float32)[..., None] / np.float32(255.0)
     blended = np.rint(alpha * made + (1.0 - alpha) * last).astype(np.uint8)

@@ -384,9 +384,26 @@ def _alpha(region: npt.NDArray[np.bool_], side: int) -> npt.NDArray[np.float32]:
     falling to 0 over another band outside it."""
     band = max(1, round(EDGE_FEATHER * side / t2i.BASE))
     img = Image.fromarray(region.astype(np.uint8) * 255, "L").resize((side, side), Image.Resampling.NEAREST)
-    soft = img.filter(ImageFilter.MaxFilter(2 * band + 1)).filter(ImageFilter.BoxBlur(band))
-    alpha: npt.NDArray[np.float32] = np.asarray(soft, np.float32) / 255.0
+    grown = Image.fromarray(dilate(np.asarray(img) > 0, band).astype(np.uint8) * 255, "L")
+    alpha: npt.NDArray[np.float32] = np.asarray(grown.filter(ImageFilter.BoxBlur(band)), np.float32) / 255.0
     return alpha
+
+
+def dilate(mask: npt.NDArray[np.bool_], radius: int) -> npt.NDArray[np.bool_]:
+    """``mask`` grown by ``radius`` pixels in a square: PIL's MaxFilter(2 * radius + 1) on a binary image,
+    one axis at a time (4 * radius array ORs, where MaxFilter looks at (2 * radius + 1) ** 2 pixels per
+    pixel: a 2048 px edit's 32 px band took 20 s that way)."""
+    out = mask.copy()
+    for axis in (0, 1):
+        source = out.copy()
+        n = source.shape[axis]
+        for shift in range(1, min(radius, n - 1) + 1):
+            ahead = [slice(None), slice(None)]
+            behind = [slice(None), slice(None)]
+            ahead[axis], behind[axis] = slice(shift, None), slice(None, n - shift)
+            out[tuple(ahead)] |= source[tuple(behind)]
+            out[tuple(behind)] |= source[tuple(ahead)]
+    return out
 
 
 def touched(region: npt.NDArray[np.bool_], side: int) -> npt.NDArray[np.bool_]:
