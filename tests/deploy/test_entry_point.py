@@ -353,6 +353,9 @@ def test_inspection_answers_at_the_edge_and_refuses_bad_frames(up: Deployment) -
         found = sdk.inspect(_png(cracked.image), escalate_below=0.5)  # 0.5: no answer is unsure
         assert found.cracked and found.tier == "edge" and not found.escalated and found.box is not None
         assert not sdk.inspect(_png(clean.image), escalate_below=0.5).cracked
+        recent = [r for r in sdk.deployment()["recent"] if r["kind"] == "inspection"][:2]
+        assert [(r["tier"], r["cracked"]) for r in recent] == [("edge", False), ("edge", True)]  # listed
+        assert set(recent[0]["compute_s"]) == {"edge"} and recent[0]["events"] == []
     auth = {"Authorization": f"Bearer {up.key}"}
     frame = base64.b64encode(_png(cracked.image)).decode()
     for bad, says in (({"image": "%%%"}, "base64"), ({"image": base64.b64encode(b"no").decode()}, "readable"),
@@ -425,7 +428,7 @@ def test_the_dashboard_state_and_the_deployment_controls(up: Deployment) -> None
     assert set(before["tiers"]) == {"device", "edge", "cloud"}
     assert before["tiers"]["edge"]["process"]["alive"] is False  # killed by the failover test
     assert before["links"]["device-edge"]["profile"] == "wifi" and before["controls"]["links"]
-    assert {r["kind"] for r in before["recent"]} == {"text", "image"}  # both kinds were served above
+    assert {r["kind"] for r in before["recent"]} == {"text", "image", "inspection"}  # all served above
     assert before["contexts"] and before["plan"]["spans"]
     revived = httpx.post(f"{up.api}/deployment/tiers/edge/up", headers=auth, timeout=120)
     assert revived.status_code == 200 and revived.json()["tiers"]["edge"]["available"] is True

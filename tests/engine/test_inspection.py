@@ -97,3 +97,17 @@ def test_bad_requests_are_refused(net: FakeNetwork, tmp_path: Path) -> None:
     lm_only.node(Tier.EDGE, resolve_model("demo-lm"))
     with pytest.raises(ModelNotFoundError, match="no crack detector"):
         asyncio.run(TieredDetectors(None, lm_only.peers("device", ["edge"])).detect(Tier.EDGE, CRACKED))
+
+
+def test_the_recent_requests_list_an_escalated_inspection_with_both_tiers() -> None:
+    from tierflow.api.recent import RecentRequests
+    from tierflow.engine.inspection import Inspection, TierDetection
+
+    edge = TierDetection(Tier.EDGE, "edge", False, 0.4, 0.6, None, 0.002, 0.01)
+    cloud = TierDetection(Tier.CLOUD, "cloud", True, 0.97, 0.97, (0.1, 0.2, 0.3, 0.4), 0.02, 0.05)
+    recent = RecentRequests()
+    recent.inspection(Inspection(cloud, edge, True, "confidence 0.600 < 0.9"))
+    (item,) = recent.list()
+    assert (item["kind"], item["tier"], item["cracked"]) == ("inspection", "cloud", True)
+    assert item["events"] == [{"event": "escalated", "tier": "cloud"}]
+    assert item["compute_s"] == {"edge": 0.002, "cloud": 0.02} and item["wall_s"] == 0.06

@@ -175,14 +175,14 @@ async def edit_image(
         )
     except (ValidationError, ValueError) as exc:
         raise InvalidInputError(f"edit form: {' '.join(str(exc).split())[:300]}") from exc
+    if body.context_id is not None:
+        await image_contexts(state).last(body.context_id, owner)  # the caller's, live, a picture's context
     edit = ImageEdit(pixels, region, strength)
     _, battery = body.routing()
     routed = await state.routed_images.generate(
         body.prompt, body.resolution(), body.image_sla(), seed=body.seed, battery=battery,
         metered=body.metered, pin=body.tier, edit=edit,
     )
-    if body.context_id is not None:
-        await image_contexts(state).last(body.context_id, owner)  # the caller's, live, a picture's context
     made = LastImage(prompt=body.prompt, seed=routed.image.seed, resolution=routed.resolution,
                      png=routed.image.png, reproducible=False)  # it starts from the uploaded picture
     return await _answer(state, owner, routed, routed.to_dict(), made, body)
@@ -256,5 +256,6 @@ async def generate_clip(body: ClipBody, request: Request, owner: str = Depends(c
         battery=battery, metered=body.metered, pin=body.tier,
     )
     encoded = base64.b64encode(routed.clip.gif).decode("ascii")
+    state.recent.clip(routed)
     return ClipReply(created=int(time.time()), data=[ClipData(b64_gif=encoded)], route=routed.to_dict())
 

@@ -64,4 +64,5 @@ async def inspect(body: InspectionBody, request: Request, owner: str = Depends(c
     found = await state.detectors.inspect(
         _frame(body.image), escalate_below=body.escalate_below, escalate=body.escalate
     )
+    state.recent.inspection(found)
     return InspectionReply(**found.to_dict())

@@ -7,7 +7,8 @@ from collections import deque
 from typing import Any
 
 from tierflow.engine.conversations import Finished
-from tierflow.engine.image_routing import ImageRoute
+from tierflow.engine.image_routing import ClipRoute, ImageRoute
+from tierflow.engine.inspection import Inspection
 from tierflow.engine.routing import deepest
 
 RECENT_MAX = 50
@@ -39,19 +40,30 @@ class RecentRequests:
 
     def image(self, routed: ImageRoute) -> None:
         image = routed.image
+        self._add("image", image.tier.value, image.wall_s, routed.resolution, routed.decision.reason,
+                  [{"event": "failed", **f} for f in routed.failed], {image.tier.value: image.elapsed_s})
+
+    def clip(self, routed: ClipRoute) -> None:
+        clip = routed.clip
+        self._add("clip", clip.tier.value, clip.wall_s, routed.resolution, routed.decision.reason,
+                  [{"event": "failed", **f} for f in routed.failed], {clip.tier.value: clip.elapsed_s},
+                  frames=clip.frames)
+
+    def inspection(self, found: Inspection) -> None:
+        tiers = (found.first, found.final) if found.escalated else (found.first,)
+        events = [{"event": "escalated", "tier": found.final.tier.value}] if found.escalated else []
+        events += [{"event": "failed", "error": f} for f in found.failed]
+        self._add("inspection", found.final.tier.value, sum(t.wall_s for t in tiers), None, found.reason,
+                  events, {t.tier.value: t.elapsed_s for t in tiers}, cracked=found.final.cracked)
+
+    def _add(
+        self, kind: str, tier: str, wall_s: float, resolution: int | None, reason: str,
+        events: list[dict[str, Any]], compute_s: dict[str, float], **more: Any,
+    ) -> None:
         self._items.appendleft({
-            "at": time.time(),
-            "kind": "image",
-            "tier": image.tier.value,
-            "spans": None,
-            "wall_s": round(image.wall_s, 4),
-            "ttft_s": None,
-            "tokens_per_s": None,
-            "tokens": None,
-            "resolution": routed.resolution,
-            "reason": routed.decision.reason,
-            "events": [{"event": "failed", **f} for f in routed.failed],
-            "compute_s": {image.tier.value: round(image.elapsed_s, 4)},
+            "at": time.time(), "kind": kind, "tier": tier, "spans": None, "wall_s": round(wall_s, 4),
+            "ttft_s": None, "tokens_per_s": None, "tokens": None, "resolution": resolution, "reason": reason,
+            "events": events, "compute_s": {k: round(v, 4) for k, v in compute_s.items()}, **more,
         })
 
     def list(self) -> list[dict[str, Any]]:

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from tierflow.engine.images import OP_GENERATE_IMAGE, image_meta
+from tierflow.engine.images import OP_GENERATE_IMAGE, image_meta, reply_png
 from tierflow.errors import ConfigError, TierUnavailableError, TransportError, UnsupportedModelError
 from tierflow.model.package import Manifest
 from tierflow.runtime.image import ImageResult
+from tierflow.runtime.image_result import read_png
 from tierflow.runtime.lm import GenerationResult, SamplingConfig
 from tierflow.runtime.loader import default_resolution, model_kind
 from tierflow.transport.dataplane import SyncDataPlaneClient
@@ -138,7 +139,7 @@ class RemoteModel:
             resolution = default_resolution(self.max_resolution)
         reply = self._call(StageRequest(OP_GENERATE_IMAGE, meta=image_meta(prompt, resolution, refine, seed)))
         return ImageResult(
-            pixels=reply.outputs["pixels"],
+            pixels=read_png(reply_png(reply, "cloud"), "the cloud's image"),
             prompt=prompt,
             resolution=resolution,
             refined=bool(reply.meta["refined"]),

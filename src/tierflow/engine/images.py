@@ -155,6 +155,13 @@ def tensor_bytes(tensor: np.ndarray, what: str) -> bytes:
     return tensor.tobytes()
 
 
+def reply_png(reply: StageResponse, where: str) -> bytes:
+    """The PNG bytes of a ``generate_image`` reply from ``where``."""
+    if IMAGE_PNG not in reply.outputs:
+        raise RecoverableError(f"the {where} answered generate_image without an image")
+    return tensor_bytes(reply.outputs[IMAGE_PNG], f"the image from the {where}")
+
+
 def edit_inputs(edit: ImageEdit | None) -> dict[str, np.ndarray]:
     """An edit's picture and mask as a ``generate_image`` request's input tensors (PNG bytes)."""
     if edit is None:
@@ -269,7 +276,7 @@ class TieredImages:
         )
         reply = await self._call(tier, request, None)
         return TieredImage(
-            png=tensor_bytes(reply.outputs[IMAGE_PNG], f"the image from the {tier.value}"),
+            png=reply_png(reply, tier.value),
             seed=int(reply.meta["seed"]),
             refined=bool(reply.meta["refined"]),
             tier=tier,
