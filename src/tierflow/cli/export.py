@@ -1,4 +1,5 @@
-"""``tierflow export``: a Hugging Face causal LM -> tierflow's ONNX LM form (extra ``export``)."""
+"""``tierflow export``: a Hugging Face causal LM -> tierflow's ONNX LM form, or a diffusers
+Stable-Diffusion pipeline folder -> tierflow's component form (extra ``export``)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,23 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tierflow.cli._common import console, err_console
+from tierflow.compiler import export_diffusers as ed
 from tierflow.compiler.export_hf import ExportOptions, ExportResult, describe, export_hf
+from tierflow.errors import InvalidInputError
 
 
 def export(
     source: Annotated[
-        str, typer.Argument(help="Hugging Face model directory (config.json + weights) or a cached hub id.")
+        str,
+        typer.Argument(
+            help="Hugging Face model directory (config.json + weights), a cached hub id, or a diffusers "
+            "pipeline folder (model_index.json)."
+        ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="The .onnx file to write (a folder for a diffusers pipeline)."),
+    ],
     opset: Annotated[int, typer.Option("--opset", min=14, help="ONNX opset version.")] = 18,
     max_seq_len: Annotated[
         int | None,
@@ -27,7 +37,15 @@ def export(
     threads: Annotated[int, typer.Option("--threads", min=0, help="CPU threads (0 = all).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Export a Hugging Face causal LM to ONNX with its KV cache, check it against PyTorch, and write it."""
+    """Export a Hugging Face causal LM to ONNX with its KV cache, or a diffusers Stable-Diffusion pipeline
+    to ONNX components; check the result against PyTorch / diffusers, and write it."""
+    if ed.is_diffusers_pipeline(source):
+        if max_seq_len is not None or no_tokenizer:
+            raise InvalidInputError(
+                "--max-seq-len and --no-tokenizer apply to causal LMs, not to a diffusers pipeline"
+            )
+        _export_pipeline(source, output, ed.DiffusersExportOptions(opset=opset, threads=threads), as_json)
+        return
     options = ExportOptions(
         opset=opset, max_seq_len=max_seq_len, include_tokenizer=not no_tokenizer, threads=threads
     )
@@ -59,6 +77,31 @@ def _report(r: ExportResult) -> None:
     _say(
         f"  verified: ONNX Runtime matches PyTorch on prefill + decode, "
         f"max |logits diff| {r.max_abs_diff:.1e} (limit {r.allowed_diff:.1e})"
+    )
+
+
+def _export_pipeline(source: str, output: Path, options: ed.DiffusersExportOptions, as_json: bool) -> None:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(f"exporting {source}", total=None)
+        result = ed.export_diffusers(
+            source, output, options, on_stage=lambda msg: progress.update(task, description=msg)
+        )
+    if as_json:
+        typer.echo(json.dumps(ed.describe(result), indent=2))
+        return
+    _say(f"wrote {result.path}/ ({result.size_bytes / 1e6:.1f} MB) in {result.seconds:.1f}s")
+    for c in result.components:
+        weights = f", weights in {c.data_path.name}" if c.data_path else ""
+        _say(f"  {c.path.name}: {c.parameters / 1e6:.2f} M parameters, {c.size_bytes / 1e6:.1f} MB{weights}")
+    _say(
+        f"  {result.pipeline_class}: {result.scheduler}, {result.resolution} px by default, "
+        f"prompts of {result.max_length} tokens; tokenizer and {result.manifest.name} beside them"
+    )
+    _say(
+        f"  verified: diffusers and the exported form paint the same image ({result.steps} steps, "
+        f"guidance {result.guidance:g}), max |pixel diff| {result.max_abs_diff:.1e} "
+        f"(limit {result.tolerance:.1e}, pixels in [0, 1])"
     )
 
 

@@ -10,6 +10,7 @@ import typer
 from tierflow.cli._common import console, err_console, spinner
 from tierflow.model.lm_contract import LMSignature
 from tierflow.model.registry import resolve_model
+from tierflow.runtime.diffusion import MANIFEST, DiffusionPipeline
 from tierflow.runtime.interfaces import TextModel
 from tierflow.runtime.lm import CausalLM, SamplingConfig, sampling_config
 from tierflow.runtime.providers import short_name
@@ -20,7 +21,8 @@ DEFAULTS = SamplingConfig()  # what the help texts quote
 
 def run(
     model: str = typer.Argument(
-        ..., help="Model file (.onnx) or bundled name (demo-lm, demo-image, random-image, demo-vision)."
+        ..., help="Model file (.onnx), bundled name (demo-lm, demo-image, random-image, demo-vision), "
+        "package (.tfm) or a diffusers pipeline folder written by `tierflow export`."
     ),
     prompt: str | None = typer.Option(
         None, "--prompt", "-p", help="Text prompt (LMs and the image generator)."
@@ -69,6 +71,9 @@ def run(
     from tierflow.cli.run_package import is_package, run_package
 
     config = sampling_from_options(max_tokens, temperature, top_k, top_p, repeat_penalty, greedy, seed)
+    if (Path(model) / MANIFEST).is_file():  # a diffusers pipeline `tierflow export` wrote
+        _run_diffusion(Path(model), prompt, resolution, seed, out, threads)
+        return
     if is_package(model):
         run_package(
             model,
@@ -104,6 +109,19 @@ def run(
         out=out,
         inputs=inputs or [],
     )
+
+
+def _run_diffusion(
+    folder: Path, prompt: str | None, resolution: int, seed: int | None, out: Path | None, threads: int
+) -> None:
+    from tierflow.cli.run_other import print_image_result
+
+    with spinner(f"loading {folder.name}"):
+        pipeline = DiffusionPipeline.open(folder, SessionOptions(intra_op_threads=threads))
+    pipeline.check_resolution(resolution)  # fail before the spinner on a bad value
+    with spinner(f"generating {resolution}x{resolution}"):
+        result = pipeline.generate(prompt or "", seed=seed, resolution=resolution)
+    print_image_result(result, out if out is not None else Path.cwd() / f"{folder.name}-{resolution}.png")
 
 
 def sampling_from_options(
