@@ -30,11 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from tierflow.compiler.export_hf import INSTALL_HINT, Stage, _one_line, _quiet
+from tierflow.compiler.export_hf import Stage, _one_line, _quiet, require_modules
 from tierflow.errors import (
     ExportError,
     InvalidModelError,
-    MissingExtraError,
     ModelNotFoundError,
     UnsupportedModelError,
 )
@@ -178,17 +177,7 @@ def _check_output(output: Path) -> None:
 
 def _require_extra() -> Any:
     """Import torch (and check transformers and diffusers), or say how to install them."""
-    missing = []
-    for name in ("torch", "transformers", "diffusers"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise MissingExtraError(
-            f"exporting a diffusers pipeline needs {', '.join(missing)} (the 'export' extra); "
-            f"install it: {INSTALL_HINT}"
-        )
+    require_modules(("torch", "transformers", "diffusers"), "exporting a diffusers pipeline")
     import torch
 
     return torch

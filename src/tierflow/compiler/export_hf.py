@@ -81,18 +81,24 @@ class ExportResult:
 # --- the optional extra ------------------------------------------------------
 
 
-def _require_extra() -> tuple[Any, Any]:
-    """Import torch and transformers (and check onnxscript), or say how to install them."""
+def require_modules(names: tuple[str, ...], what: str) -> None:
+    """A MissingExtraError naming those of ``names`` (modules of the 'export' extra) that ``what``
+    needs and cannot import, with how to install them."""
     missing = []
-    for name in ("torch", "transformers", "onnxscript"):
+    for name in names:
         try:
             __import__(name)
         except ImportError:
             missing.append(name)
     if missing:
         raise MissingExtraError(
-            f"tierflow export needs {', '.join(missing)} (the 'export' extra); install it: {INSTALL_HINT}"
+            f"{what} needs {', '.join(missing)} (the 'export' extra); install it: {INSTALL_HINT}"
         )
+
+
+def _require_extra() -> tuple[Any, Any]:
+    """Import torch and transformers (and check onnxscript), or say how to install them."""
+    require_modules(("torch", "transformers", "onnxscript"), "tierflow export")
     import torch
     import transformers
 
