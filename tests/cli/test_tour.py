@@ -35,3 +35,6 @@ def test_the_tour_shows_context_images_a_degraded_link_and_a_failover(tmp_path: 
     failover = text.split("4. a failover", 1)[1].split("the edge is back", 1)[0]
     assert "layers " in failover and "edge" not in failover.split("layers ", 1)[1].split(";")[0]
     assert "the edge is back: layers device 0-1, edge 2-3, cloud 4-5" in text
+    assert "'a blue car on a road' (colour of the car: red -> blue), repainted on the" in text  # follow-up
+    blue, first = (Image.open(tmp_path / "out" / name) for name in ("image-blue.png", "image-wifi.png"))
+    assert blue.size == first.size  # the first image's picture, changed

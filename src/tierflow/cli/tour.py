@@ -2,8 +2,9 @@
 
 Against ``TIERFLOW_URL`` / ``TIERFLOW_API_KEY``, or a deployment it starts itself (``tierflow up``
 in a child process, stopped at the end): a conversation with its context, a routed image, the
-route changing when the device's links degrade, a failover when the edge is taken down, and an
-edit: a rendered road frame's car repainted inside its mask, everything else left as it was.
+route changing when the device's links degrade, a failover when the edge is taken down, an
+edit: a rendered road frame's car repainted inside its mask, everything else left as it was, and a
+follow-up to the first image ("make it blue") in its context.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def _route_line(route: dict[str, Any]) -> str:
 
 
 def _image(http: httpx.Client, prompt: str, size: int, out: Path) -> dict[str, Any]:
+    """Make the image, print where; the reply (``route``, ``context_id``)."""
     body = {"prompt": prompt, "size": f"{size}x{size}", "sla": IMAGE_SLA, "seed": 1}
     answer = http.post("/v1/images/generations", json=body)
     reply = answer.json()
@@ -79,7 +81,7 @@ def _image(http: httpx.Client, prompt: str, size: int, out: Path) -> dict[str, A
         f"{' (refined)' if route['refined'] else ''} in {route['wall_s']:.2f} s -> {out}", highlight=False
     )
     console.print(f"  [dim]why: {route['decision']['reason']}[/]", highlight=False)
-    return route
+    return reply  # type: ignore[no-any-return]
 
 
 def _edit(client: Client, out: Path) -> None:
@@ -129,7 +131,7 @@ def tour(api: str, key: str, out: Path) -> None:
         )
 
         console.rule("[bold]2. an image[/]: routed by its SLA (1024 px wanted, 256 px accepted, 8 s)")
-        _image(http, "a red car on a road", 1024, out / "image-wifi.png")
+        first_image = _image(http, "a red car on a road", 1024, out / "image-wifi.png")
 
         console.rule("[bold]3. the network degrades[/]: the device's links drop to 3g, the route follows")
         links = http.get("/dashboard/state").json()["links"]
@@ -160,6 +162,16 @@ def tour(api: str, key: str, out: Path) -> None:
             console.print("  [dim]this deployment has no tiers to take down: skipped[/]")
         console.rule("[bold]5. an image edit[/]: paint the car red, a road frame repainted inside a mask")
         _edit(client, out)
+
+        console.rule("[bold]6. a follow-up[/]: \"make it blue\" on the first image, in its context")
+        blue = client.image("make it blue", context_id=first_image["context_id"], sla=IMAGE_SLA)
+        (out / "image-blue.png").write_bytes(blue.png)
+        done = blue.route["follow_up"]
+        console.print(
+            f"  {done['prompt']!r} ({', '.join(done['changes'])}), repainted on the [bold]{blue.tier}[/], "
+            f"{blue.resolution} px; {1 - done['changed_share']:.0%} of the picture kept as it was "
+            f"-> {out / 'image-blue.png'}", highlight=False,
+        )
 
 
 def run(url: str | None, key: str | None, out: Path, profile: str) -> None:
