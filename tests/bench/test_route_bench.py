@@ -56,3 +56,19 @@ def test_the_router_serves_offline_what_pinned_remote_tiers_cannot() -> None:
                                                      ("always-device", "always-edge", "always-cloud"))
     figures = targets(policies)
     assert figures["sla_vs_oracle"] is not None and figures["sla_vs_oracle"] > 0
+
+
+def test_the_best_static_policy_meets_the_most_slas_and_is_compared_on_energy() -> None:
+    def policy(rate: float, joules: float) -> dict[str, float]:
+        return {"sla_met_rate": rate, "device_energy_j": joules, "failed_where_offline_ok": 0}
+
+    policies = {
+        "tierflow": policy(0.8, 28.0), "always-device": policy(0.75, 40.0), "always-edge": policy(0.4, 10.0),
+        "always-cloud": policy(0.4, 11.0), "oracle": policy(0.8, 25.0),
+    }
+    figures = targets(policies)
+    assert figures["best_static"] == "always-device"  # the most SLAs met, whatever the others spend
+    assert figures["energy_vs_best_static"] == pytest.approx(0.7)
+    assert figures["sla_vs_best_static"] == pytest.approx(0.05)
+    assert figures["energy_vs_least_energy_static_at_equal_or_lower_sla"] == pytest.approx(2.8)
+    assert figures["battery_life_vs_always_device"] == pytest.approx(40 / 28, abs=1e-3)

@@ -246,6 +246,9 @@ def route(
     prefer: str | None = typer.Option(
         None, "--prefer", help="What every request prefers, for every policy (default: the mix's own)."
     ),
+    large: str | None = typer.Option(
+        None, "--large", help="Serve a random-init Llama of this shape (8x512, 24x1024) instead of demo-lm."
+    ),
 ) -> None:
     """The router against always-device/edge/cloud and a hindsight oracle over a network and battery trace."""
     from tierflow.bench.route import Segment, run_route_bench
@@ -257,6 +260,7 @@ def route(
         device_slowdown=device_slowdown,
         edge_slowdown=edge_slowdown,
         prefer=prefer,
+        large=large,
         on_stage=lambda line: err_console.print(line, style="dim", highlight=False, markup=False),
     )
     requests_log = result.pop("requests_log")
