@@ -43,7 +43,8 @@ def test_the_summary_counts_failures_where_offline_ok_allowed_an_answer() -> Non
 
 @pytest.mark.slow
 def test_the_router_serves_offline_what_pinned_remote_tiers_cannot() -> None:
-    result = run_route_bench([Segment("wifi"), Segment("offline")], requests_per_segment=len(MIX))
+    trace = [Segment("wifi"), Segment("offline"), Segment("wifi")]
+    result = run_route_bench(trace, requests_per_segment=len(MIX))
     policies = result["policies"]
     assert set(policies) == {"tierflow", "always-device", "always-edge", "always-cloud", "oracle"}
     offline = [r for r in result["requests_log"] if r["network"] == "offline"]
@@ -51,6 +52,8 @@ def test_the_router_serves_offline_what_pinned_remote_tiers_cannot() -> None:
     answered = [r for r in offline if r["tierflow"]["error"] is None]
     assert answered and all(r["tierflow"]["tier"] == "device" for r in answered)
     assert policies["tierflow"]["failed_where_offline_ok"] == 0
+    back = [r for r in result["requests_log"][2 * len(MIX):] if r["request"] == "image-512"]
+    assert back and back[0]["always-edge"]["met"], back  # back on wifi, the edge makes images again
     # the oracle is the best static outcome per request: the router can match it, not beat it on SLA
     assert policies["oracle"]["sla_met_rate"] >= max(policies[p]["sla_met_rate"] for p in
                                                      ("always-device", "always-edge", "always-cloud"))

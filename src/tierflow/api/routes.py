@@ -55,6 +55,8 @@ class APIState:
 
     def __post_init__(self) -> None:
         self.conversations.on_finished.append(self.recent.text)
+        if self.routed_images is not None:  # a tier out of reach on the old network may be back
+            self.conversations.on_network.append(self.routed_images.refresh)
 
     @property
     def model_name(self) -> str:

@@ -70,6 +70,7 @@ class Conversations:
         self.early_exit = early_exit  # the phone's early-exit model on the device, if it keeps one
         self.router = router if router is not None else EntryRouter()
         self.on_finished: list[Callable[[Finished], None]] = []  # told of every finished generation
+        self.on_network: list[Callable[[], None]] = []  # told when the device reports its access network
         self.store = store
         self.default_expires_in = default_expires_in
         self._locks: dict[str, asyncio.Lock] = {}
@@ -287,6 +288,8 @@ class Conversations:
             profile = get_profile(network, InvalidInputError, "network")
             self.router.conditions.network = profile.name
             await self.lm.set_access(profile)
+            for hook in self.on_network:
+                hook()
 
     async def migrate(
         self, context_id: str, owner: str, layers: str, to: str
