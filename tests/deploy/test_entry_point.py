@@ -273,6 +273,8 @@ def test_an_edit_repaints_the_mask_only_through_the_openai_package_sdk_and_cli(u
     with up.client() as sdk:
         made = sdk.edit(_png(frame.image), "a red car on a road", mask=mask, seed=4, tier="edge")
         assert made.route["tier"] == "edge" and made.resolution == 256
+        matrix = httpx.get(f"{up.api}/routing/matrix", headers={"Authorization": f"Bearer {up.key}"}).json()
+        assert matrix["tasks"]["image_edit"]["edge"]["count"] >= 1  # an edit is learned in its own row
         for bad in ({"mask": _png(alpha[:128, :128], "L")}, {"strength": 0.0}, {"size": 100}):
             with pytest.raises(InvalidInputError):
                 sdk.edit(_png(frame.image), "a red car", **bad)  # type: ignore[arg-type]
@@ -353,6 +355,8 @@ def test_inspection_answers_at_the_edge_and_refuses_bad_frames(up: Deployment) -
         found = sdk.inspect(_png(cracked.image), escalate_below=0.5)  # 0.5: no answer is unsure
         assert found.cracked and found.tier == "edge" and not found.escalated and found.box is not None
         assert not sdk.inspect(_png(clean.image), escalate_below=0.5).cracked
+        matrix = httpx.get(f"{up.api}/routing/matrix", headers={"Authorization": f"Bearer {up.key}"}).json()
+        assert matrix["tasks"]["crack_detect"]["edge"]["count"] >= 2  # the matrix learned the edge's time
         recent = [r for r in sdk.deployment()["recent"] if r["kind"] == "inspection"][:2]
         assert [(r["tier"], r["cracked"]) for r in recent] == [("edge", False), ("edge", True)]  # listed
         assert set(recent[0]["compute_s"]) == {"edge"} and recent[0]["events"] == []

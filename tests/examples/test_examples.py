@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.processes import tierflow_up
@@ -57,3 +58,7 @@ def test_mobile_creation_makes_a_larger_clip_on_the_better_link(env: dict[str, s
     out = run("mobile_creation.py", env)
     assert "mobile-creation scenario: ok" in out
     assert "clip-2g:" in out and "clip-wifi:" in out
+    auth = {"Authorization": f"Bearer {env['TIERFLOW_API_KEY']}"}
+    matrix = httpx.get(f"{env['TIERFLOW_URL']}/routing/matrix", headers=auth, timeout=30).json()
+    clips = matrix["tasks"]["clip"]
+    assert sum(cell["count"] for cell in clips.values()) >= 2  # the matrix learned from both clips

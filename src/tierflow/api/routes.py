@@ -33,9 +33,10 @@ from tierflow.engine.conversations import Conversations, Finished
 from tierflow.engine.image_contexts import ImageContexts
 from tierflow.engine.image_routing import RoutedImages
 from tierflow.engine.images import TieredImages
-from tierflow.engine.inspection import TieredDetectors
+from tierflow.engine.inspection import TierDetection, TieredDetectors
 from tierflow.engine.sharded import GenerationEvent
 from tierflow.router.energy import BatteryState
+from tierflow.types.tasks import TaskKind
 
 router = APIRouter()
 
@@ -57,6 +58,11 @@ class APIState:
         self.conversations.on_finished.append(self.recent.text)
         if self.routed_images is not None:  # a tier out of reach on the old network may be back
             self.conversations.on_network.append(self.routed_images.refresh)
+        if self.detectors is not None:  # the matrix learns each tier's crack detection time
+            self.detectors.on_detected.append(self._observe_detection)
+
+    def _observe_detection(self, found: TierDetection) -> None:
+        self.conversations.router.matrix.observe(TaskKind.CRACK_DETECT, found.tier, found.wall_s)
 
     @property
     def model_name(self) -> str:

@@ -57,6 +57,11 @@ def image_bytes(resolution: int) -> int:
     return int(PNG_BYTES_256 * (resolution / 256) ** 1.5)
 
 
+def clip_units(frames: int, resolution: int) -> float:
+    """A clip's size in frames of 256 x 256 px: the unit the matrix's clip row learns seconds per."""
+    return frames * (resolution / CALIBRATION_RESOLUTION) ** 2
+
+
 def quality_of(capability: ImageCapability) -> str:
     return "refined" if capability.has_refiner else "base"
 
@@ -300,7 +305,9 @@ class RoutedImages:
 
         offer, image, failed, degraded = await self._tries(decision, started, make)
         assert offer.resolution is not None
-        self.router.matrix.observe(TaskKind.image(offer.resolution), offer.tier, image.wall_s)
+        # an edit's wall time includes its picture's upload: its own row, not the level's
+        task = TaskKind.IMAGE_EDIT if edit is not None else TaskKind.image(offer.resolution)
+        self.router.matrix.observe(task, offer.tier, image.wall_s)
         return ImageRoute(decision, image, offer.resolution, tuple(failed), degraded)
 
     async def _tries(
@@ -345,7 +352,8 @@ class RoutedImages:
     ) -> tuple[list[Offer], dict[Tier, float], dict[Offer, float]]:
         """Offers of a clip from every tier whose model makes clips: each level up to ``resolution``
         and the tier's cap, at each of :func:`clip_lengths`; predicted seconds are the frames' compute
-        (the tier's 256 px image scaled by area) plus the GIF's trip to the device."""
+        (the matrix's learned seconds per frame of 256 x 256 px, scaled by frames x area; its prior the
+        tier's 256 px image) plus the GIF's trip to the device."""
         offers: list[Offer] = []
         energy: dict[Tier, float] = {}
         per_offer: dict[Offer, float] = {}
@@ -358,9 +366,12 @@ class RoutedImages:
                 offers.append(Offer(tier, "base", resolution, latency_s=None, frames=frames))
                 continue
             levels = [r for r in IMAGE_RESOLUTIONS if r <= resolution and (cap.max_resolution or r) >= r]
+            self.router.matrix.set_prior(TaskKind.CLIP, tier, self.compute_s(tier, CALIBRATION_RESOLUTION))
+            per_unit = self.router.matrix.predict(TaskKind.CLIP, tier)
+            assert per_unit is not None  # a prior was just set
             for level in levels:
                 for length in clip_lengths(frames):
-                    compute = length * self.compute_s(tier, level)
+                    compute = per_unit * clip_units(length, level)
                     size = int(length * level * level * GIF_BYTES_PER_PIXEL)
                     hop, receive, radio = self._hop_s(tier, size)
                     offer = Offer(tier, quality_of(cap), level, latency_s=compute + hop, frames=length)
@@ -408,5 +419,7 @@ class RoutedImages:
 
         offer, clip, failed, degraded = await self._tries(decision, started, make)
         assert offer.resolution is not None
+        units = clip_units(clip.frames, offer.resolution)
+        self.router.matrix.observe(TaskKind.CLIP, offer.tier, clip.elapsed_s / units)  # per frame of 256 px
         return ClipRoute(decision, clip, offer.resolution, tuple(failed), degraded)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -116,9 +117,16 @@ class TieredDetectors:
     def __init__(self, local: LocalDetector | None, peers: Peers | None) -> None:
         self.local = local
         self.peers = peers
+        self.on_detected: list[Callable[[TierDetection], None]] = []  # told of every tier's answer
 
     async def detect(self, tier: Tier, pixels: npt.NDArray[np.uint8]) -> TierDetection:
         """One frame on ``tier``; a tier without a detector or out of reach raises a tierflow error."""
+        found = await self._detect(tier, pixels)
+        for hook in self.on_detected:
+            hook(found)
+        return found
+
+    async def _detect(self, tier: Tier, pixels: npt.NDArray[np.uint8]) -> TierDetection:
         pixels = check_pixels(pixels)  # a wrong frame is the caller's error, not a tier's
         started = time.perf_counter()
         if tier is Tier.DEVICE:

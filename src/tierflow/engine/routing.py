@@ -268,7 +268,8 @@ class EntryRouter:
         battery = self.battery_now()
         return {
             **self.matrix.snapshot(),
-            "units": {"text_short": "s/token", "text_long": "s/token", "other": "s/request"},
+            "units": {"text_short": "s/token", "text_long": "s/token", "clip": "s per frame of 256 x 256 px",
+                      "other": "s/request"},
             "rules": self.rules.to_dict(),
             "energy_policy": self.policy.to_dict(),
             "device": {
