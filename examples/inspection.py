@@ -4,7 +4,9 @@ Runs against a running deployment (``tierflow up``; ``TIERFLOW_URL`` and ``TIERF
 default the local one):
 
 1. a camera on the line sends a stream of frames -- SIMULATED: the scene renderer draws pipes and walls,
-   about half of them cracked, and its labels are the ground truth;
+   about half of them cracked (many faintly), and its labels are the ground truth; each frame goes through
+   a SIMULATED camera (tierflow.model.scenes.camera: blur, exposure, white balance, sensor noise that
+   grows at night), so some frames are hard;
 2. each frame goes to ``POST /v1/inspections``: the edge's small detector answers; a frame it is unsure
    of is a hard example and goes to the cloud's larger detector (joint inference, as KubeEdge Sedna does);
 3. for each crack found, the edge's language model writes a short repair note (the LM runs pinned to
@@ -30,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 import tierflow
-from tierflow.model.scenes import CRACKABLE, random_scene, render
+from tierflow.model.scenes import CRACKABLE, random_scene
+from tierflow.model.scenes.camera import inspection_frame
 from tierflow.runtime.image import png_bytes
 
 OUT = Path(os.environ.get("TIERFLOW_EXAMPLE_OUT", "inspection"))
@@ -39,12 +42,13 @@ SEED = 4242  # the stream of frames (a stream the detectors were not trained on)
 
 
 def frames(count: int) -> list[tuple[np.ndarray, bool, str]]:
-    """``count`` SIMULATED camera frames: (pixels, cracked, what the frame shows)."""
+    """``count`` SIMULATED camera frames: (pixels, cracked, what the frame shows). The scenes come
+    from the stream ``[SEED, 1]``, frame ``i``'s crack contrast and camera from ``[SEED, 2, i]``."""
     rng = np.random.default_rng([SEED, 1])
     out = []
     for i in range(count):
         scene = random_scene(rng, max_objects=1, kinds=CRACKABLE)
-        shown = render(scene, FRAME_SIDE, seed=SEED + i)
+        shown = inspection_frame(scene, FRAME_SIDE, SEED + i, np.random.default_rng([SEED, 2, i]))
         obj = scene.objects[0]
         out.append((shown.image, scene.crack, f"{obj.colour} {obj.kind} on {scene.background}"))
     return out

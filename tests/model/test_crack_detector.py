@@ -4,6 +4,7 @@ not a detector, the evaluation figures, and a tiny training run's export contrac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,10 +14,18 @@ import pytest
 from onnx import helper, numpy_helper
 
 from tierflow.compiler import train_crack_detector as tcd
+from tierflow.engine.inspection import ESCALATE_BELOW
 from tierflow.errors import InvalidInputError, UnsupportedModelError
 from tierflow.model import metadata as md
 from tierflow.model.registry import ASSETS
-from tierflow.model.scenes import CRACKABLE
+from tierflow.model.scenes import CRACKABLE, Background, Colour, Kind, Lighting, Scene, SceneObject, render
+from tierflow.model.scenes.camera import (
+    apply_camera,
+    camera_frame,
+    draw_settings,
+    faint_crack,
+    inspection_frame,
+)
 from tierflow.runtime.crack_detector import PROB, SCORE, Box, CrackDetector, box_of
 from tierflow.types.models import ModelKind
 
@@ -201,3 +210,56 @@ def test_a_tiny_training_run_exports_the_detector_contract(tmp_path: Path) -> No
     detector = CrackDetector.open(out)
     prob, score = detector.probabilities(heldout(True, 1, size=128)[0][0][None])
     assert prob.shape == (1, 128, 128) and score.shape == (1,) and 0 <= float(score[0]) <= 1
+
+
+def test_the_simulated_camera_is_deterministic_and_leaves_the_render_alone() -> None:
+    scene, render_seed = tcd.scene_at(tcd.HELDOUT_STREAM, TEST_SEED, 0)
+    clean = render(scene, FRAME, render_seed).image
+    before = clean.copy()
+    a = camera_frame(clean, np.random.default_rng(7))
+    assert a.shape == clean.shape and a.dtype == np.uint8
+    assert np.array_equal(a, camera_frame(clean, np.random.default_rng(7)))  # the same draws, the same frame
+    assert not np.array_equal(a, camera_frame(clean, np.random.default_rng(8)))
+    assert np.array_equal(clean, before)  # the render is not written to
+    assert 1.0 < np.abs(a.astype(np.float64) - clean).mean() < 40.0  # changed, still the same picture
+    with pytest.raises(InvalidInputError):
+        camera_frame(clean.astype(np.float32), np.random.default_rng(0))  # type: ignore[arg-type]
+
+
+def test_night_frames_are_noisier_than_day_frames() -> None:
+    """Auto-exposure raises the gain in low light, and the sensor noise with it: the noise left in
+    a frame (the camera frame minus the same frame without noise) is larger at night."""
+    quiet = dataclasses.replace(draw_settings(np.random.default_rng(0)), shot=0.0, read=0.0)
+    noisy = dataclasses.replace(quiet, shot=0.0006, read=0.002)
+    noise = {}
+    for lighting in (Lighting.DAY, Lighting.NIGHT):
+        scene = Scene((SceneObject(Kind.WALL, Colour.WHITE),), Background.GRASS, lighting)
+        image = render(scene, FRAME, 1).image
+        with_noise = apply_camera(image, noisy, np.random.default_rng(1)).astype(np.float64)
+        noise[lighting] = float(np.std(with_noise - apply_camera(image, quiet, np.random.default_rng(1))))
+    assert noise[Lighting.NIGHT] > 2 * noise[Lighting.DAY] > 0
+
+
+def test_a_faint_crack_keeps_a_share_of_its_ink() -> None:
+    scene = Scene((SceneObject(Kind.WALL, Colour.WHITE),), Background.GRASS, crack=True)
+    cracked = render(scene, FRAME, 3).image
+    plain = render(dataclasses.replace(scene, crack=False), FRAME, 3).image
+    ink = np.abs(cracked.astype(np.float64) - plain).sum()
+    assert ink > 0  # the two renders differ in the crack alone
+    assert np.array_equal(faint_crack(cracked, plain, 1.0), cracked)
+    assert np.array_equal(faint_crack(cracked, plain, 0.0), plain)
+    half = np.abs(faint_crack(cracked, plain, 0.5).astype(np.float64) - plain).sum()
+    assert 0.45 * ink < half < 0.55 * ink
+    frame = inspection_frame(scene, FRAME, 3, np.random.default_rng(0))
+    assert np.array_equal(frame.crack_mask, render(scene, FRAME, 3).crack_mask)  # the render's labels
+
+
+def test_the_default_escalation_threshold_is_the_endpoints() -> None:
+    assert tcd.ESCALATE_BELOW == ESCALATE_BELOW
+
+
+def test_sign_test() -> None:
+    assert tcd.sign_test(0, 0) == 1.0
+    assert tcd.sign_test(5, 5) == 1.0
+    assert tcd.sign_test(10, 0) == pytest.approx(2 / 1024)
+    assert tcd.sign_test(0, 10) == tcd.sign_test(10, 0)

@@ -1,39 +1,55 @@
-"""Train the crack detector of the inspection scenario on procedural renders and export it to ONNX.
+"""Train the crack detector of the inspection scenario on SIMULATED camera frames of procedural
+renders and export it to ONNX.
 
     python -m tierflow.compiler.train_crack_detector --variant edge \\
         --out src/tierflow/model/assets/crack_edge.onnx [--steps 1400] [--seed 0] [--eval 5000]
     python -m tierflow.compiler.train_crack_detector --variant cloud \\
-        --out src/tierflow/model/assets/crack_cloud.onnx [--steps 1400] [--eval 5000] \\
+        --out src/tierflow/model/assets/crack_cloud.onnx [--steps 2100] [--eval 5000] \\
         [--edge src/tierflow/model/assets/crack_edge.onnx]
 
-The detector reads a render of a pipe or a wall (:mod:`tierflow.model.scenes`; the main object is
-always crackable, half of them carry a crack, every background, day and night, both sizes, every
-position, sometimes a second pipe or wall beside it) and answers where the crack is, pixel by
-pixel, and whether there is one. It is a small U-Net: strided 3x3 convolutions down to 1/8 (edge)
-or 1/16 (cloud) of the side, residual blocks (dilated at the deepest level, for context: is this
-dark line a crack or a brick joint?), a decoder that adds each level's skip back up to full
-resolution (a crack is one or two pixels wide at 128 px: a coarser map would lose it), a 1x1 head
-for the per-pixel logits, and the image logit: a learned scale and offset of the mean of the top
-``k`` pixel logits (an image has a crack when some pixels surely are one; not the single maximum,
-so that one stray pixel is not enough). Two variants share the code (:data:`VARIANTS`):
+The detector reads a camera's frame of a pipe or a wall (:mod:`tierflow.model.scenes`; the main
+object is always crackable, half of them carry a crack, every background, day and night, both
+sizes, every position, sometimes a second pipe or wall beside it) and answers where the crack is,
+pixel by pixel, and whether there is one. The frames are what a camera on an inspection line
+would send, SIMULATED by :mod:`tierflow.model.scenes.camera`: most cracks fainter than the
+renderer's open dark line (hairline, shallow, dust-filled: 25 to 100 % of its ink), then defocus
+and motion blur, vignetting, auto-exposure, white balance off by a little, and sensor noise that
+the gain raises in low light (night frames are several times noisier). On the renderer's clean
+pictures both variants were at 99.5 % and the larger one had nothing to add; on camera frames the
+faint cracks at night are hard, and resolution and capacity tell. Three training renders in four
+go through the camera; every fourth stays clean (clean frames must not be called cracked either).
+
+It is a small U-Net: strided 3x3 convolutions down to 1/8 (edge) or 1/16 (cloud) of the side,
+residual blocks (dilated at the deepest level, for context: is this dark line a crack or a brick
+joint?), a decoder that adds each level's skip back up to full resolution (a crack is one or two
+pixels wide at 128 px: a coarser map would lose it), a 1x1 head for the per-pixel logits, and the
+image logit: a learned scale and offset of the mean of the top ``k`` pixel logits (an image has a
+crack when some pixels surely are one; not the single maximum, so that one stray pixel is not
+enough). Two variants share the code (:data:`VARIANTS`):
 
 * ``edge`` reads 128 px: tens of thousands of parameters, about 1.5 ms per frame on one core.
-  Half its training frames are native 128 px renders, half 256 px renders box-filtered to 128 as
-  the runtime resizes a camera frame (trained on native renders alone, it called cracks on
-  resized frames: finer texture, softer edges);
+  Its camera frames are taken at 256 px (what the camera sends) and box-filtered to 128 as the
+  runtime resizes them; its clean frames are native 128 px renders and 256 px renders
+  box-filtered to 128 in turn (trained on native renders alone, it called cracks on resized
+  frames: finer texture, softer edges). 1,400 steps of 32 frames: about 14 minutes on one core
+  here, two thirds of it making the frames;
 * ``cloud`` reads 256 px (the camera frame the edge box-filters down to 128): a crack is twice as
   many pixels wide there, so short and faint ones resolve. About ten times the edge's parameters,
   the extra capacity at the coarse levels where it costs little time. Trained first on 128 px
-  crops of 256 px renders (one anywhere, three around the main object; four per render: a step
-  costs about what an edge step does), then on whole 256 px frames for the last 30 % of the steps
-  (crops miss the top of the frame, where the night sky's stars and moon are). The image loss
-  counts on whole frames only: a crop that cuts a crack leaves a few crack pixels whose image
-  label says less than the pixels do. The net is fully convolutional and its image logit reads
-  the top pixels, which a crop and a whole frame have alike, so both phases train one graph. The
-  exported cloud graph also reads the mirror image and averages the two answers.
+  crops of 256 px frames (the camera applied to the whole frame first; one crop anywhere, three
+  around the main object; four per frame: a step costs about what an edge step does), then on
+  whole 256 px frames for the last 30 % of the steps (crops miss the top of the frame, where the
+  night sky's stars and moon are). 2,100 steps, half again the edge's (a ten times larger
+  network on noisy frames; its step costs less than the edge's, whose frames cost more to make):
+  about 13 minutes here. The image loss counts on whole frames only: a crop that cuts a
+  crack leaves a few crack pixels whose image label says less than the pixels do. The net is fully
+  convolutional and its image logit reads the top pixels, which a crop and a whole frame have
+  alike, so both phases train one graph. The exported cloud graph also reads the mirror image and
+  averages the two answers.
 
 Training labels are what is in view: a crack hidden behind the other object (or outside a crop)
-is not there to be seen. Held-out figures count the scene's crack, seen or not.
+is not there to be seen; a faint crack is still a crack. Held-out figures count the scene's crack,
+seen or not.
 
 Loss: pixel BCE with the crack pixels weighted up (they are ~0.5 % of a cracked image) plus a soft
 dice over the batch (it rewards overlap, not a wide blur), plus the image-level BCE.
@@ -44,21 +60,28 @@ probability). Metadata: ``tierflow.kind`` ``vision``, ``tierflow.input_size`` S,
 (``kind`` = ``crack-detector``, the variant, the architecture), ``tierflow.training`` (the run and
 the held-out figures); a JSON file beside the model holds the same plus the training log.
 
-Every training batch is rendered fresh: scene ``i`` of the run comes from the random stream
-``[0, seed, i]``; :func:`evaluate` and :func:`escalation` draw held-out scenes from
-``[1, seed, i]``, so the two never share a stream. A fixed ``--seed`` and ``--steps`` repeat the
-run exactly (on one thread). torch is needed for training only; :func:`evaluate` and
-:func:`escalation` need ONNX Runtime alone (:mod:`tierflow.runtime.crack_detector`).
-:func:`evaluate` renders at the model's own side; :func:`escalation` renders 256 px frames that
-each detector resizes to its side (the inspection camera's case), so it is also the like-for-like
-comparison of the two variants. ``--rescore`` scores a trained file again and stores the figures
-(after the edge a cloud escalates from was retrained, say).
+Every training batch is made fresh: scene ``i`` of the run comes from the random stream
+``[0, seed, i]`` and its crack contrast and camera from ``[0, seed, i, 2]``; :func:`evaluate` and
+:func:`escalation` draw held-out scenes from ``[1, seed, i]`` (camera ``[1, seed, i, 2]``), so the
+two never share a stream. A fixed ``--seed`` and ``--steps`` repeat the run exactly (on one
+thread). torch is needed for training only; :func:`evaluate` and :func:`escalation` need ONNX
+Runtime alone (:mod:`tierflow.runtime.crack_detector`). Both score the camera's 256 px frames,
+which each detector resizes to its side (the inspection endpoint's case), so they are also the
+like-for-like comparison of the two variants; ``evaluate(..., camera=False)`` scores clean renders
+at the detector's own side. :func:`escalation` sends the edge's least confident 10 % up, and the
+frames below the endpoint's ``escalate_below`` (0.9), and says how many frames each variant gets
+wrong that the other gets right (with the exact sign test of the split). The command stores the
+camera figures (``heldout``), the clean ones (``heldout_clean``) and, given ``--edge``, escalation
+(``escalation``). ``--evaluate-only`` prints them for an existing file; ``--rescore`` scores a
+trained file again and stores the figures (after the edge a cloud escalates from was retrained,
+say).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -73,6 +96,8 @@ from tierflow.compiler.train_scene_classifier import lr_at, parameter_count
 from tierflow.errors import InvalidInputError
 from tierflow.model import metadata as md
 from tierflow.model.scenes import CRACKABLE, Scene, random_scene, render
+from tierflow.model.scenes.camera import CAMERA_SIDE, inspection_frame
+from tierflow.model.scenes.grammar import RenderedScene
 from tierflow.runtime.crack_detector import (
     DETECTOR_KIND,
     INPUT,
@@ -94,6 +119,9 @@ TRAIN_STREAM, HELDOUT_STREAM = 0, 1
 MAX_OBJECTS = 2  # the pipe or wall inspected, sometimes a second (never cracked) one beside it
 CRACK_PROBABILITY = 0.5
 POS_WEIGHT = 8.0  # crack pixels in the pixel BCE: they are rare and thin
+# the inspection endpoint's default (tierflow.engine.inspection.ESCALATE_BELOW; the compiler may not
+# import the engine, a test checks the two agree)
+ESCALATE_BELOW = 0.9
 
 
 @dataclass(frozen=True)
@@ -115,10 +143,12 @@ class Variant:
     topk: int = 4  # the image logit reads the mean of the top ``topk`` pixel logits
     sources: tuple[int, ...] = ()  # whole frames rendered at these sides in turn, resized (multiples)
     flip: bool = False  # the exported graph also reads the mirror image and averages (2x the time)
+    clean_every: int = 4  # every n-th training render stays clean; the others go through the camera
 
 
 VARIANTS: dict[str, Variant] = {
-    # the edge reads frames box-filtered from larger camera frames as much as native ones
+    # the edge reads the camera's 256 px frames box-filtered to 128 px; its clean frames are
+    # native renders and box-filtered ones in turn
     "edge": Variant(
         "edge", 128, (8, 16, 24, 32), (0, 1, 1, 2), steps=1400, batch=32, lr=4e-3, topk=4, sources=(128, 256)
     ),
@@ -131,7 +161,7 @@ VARIANTS: dict[str, Variant] = {
         256,
         (8, 16, 32, 64, 128),
         (0, 1, 2, 2, 2),
-        steps=1400,
+        steps=2100,  # half again the edge's steps: a larger net on noisy frames; about 13 min here
         batch=32,
         lr=4e-3,
         crop=128,
@@ -155,19 +185,35 @@ def scene_at(stream: int, seed: int, index: int) -> tuple[Scene, int]:
     return scene, int(rng.integers(0, 2**31 - 1))
 
 
+def frame_at(stream: int, seed: int, index: int, size: int, camera: bool) -> RenderedScene:
+    """Scene ``index`` of a stream at ``size`` px: the clean render, or (``camera``) the SIMULATED
+    camera's frame of it (:func:`~tierflow.model.scenes.camera.inspection_frame`: a crack made
+    faint, the camera's blur, exposure and noise), drawn from the stream ``[stream, seed, index,
+    2]``. The labels are the render's either way."""
+    scene, render_seed = scene_at(stream, seed, index)
+    if not camera:
+        return render(scene, size, render_seed)
+    return inspection_frame(scene, size, render_seed, np.random.default_rng([stream, seed, index, 2]))
+
+
+def through_camera(variant: Variant, index: int) -> bool:
+    """Whether training render ``index`` goes through the camera (all but every ``clean_every``-th)."""
+    return variant.clean_every <= 0 or index % variant.clean_every != variant.clean_every - 1
+
+
 def render_batch(
-    stream: int, seed: int, start: int, count: int, size: int
+    stream: int, seed: int, start: int, count: int, size: int, camera: bool = False
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_], npt.NDArray[np.bool_], list[Scene]]:
-    """Scenes ``start .. start + count - 1`` of a stream at ``size`` px: images [count, S, S, 3]
-    uint8, crack masks [count, S, S], image labels [count] (cracked or not) and the scenes."""
+    """Scenes ``start .. start + count - 1`` of a stream at ``size`` px, clean or (``camera``) as
+    the camera sees them: images [count, S, S, 3] uint8, crack masks [count, S, S], image labels
+    [count] (cracked or not) and the scenes."""
     images = np.empty((count, size, size, 3), np.uint8)
     masks = np.empty((count, size, size), np.bool_)
     scenes = []
     for k in range(count):
-        scene, render_seed = scene_at(stream, seed, start + k)
-        rendered = render(scene, size, render_seed)
+        rendered = frame_at(stream, seed, start + k, size, camera)
         images[k], masks[k] = rendered.image, rendered.crack_mask
-        scenes.append(scene)
+        scenes.append(rendered.scene)
     labels = np.asarray([s.crack for s in scenes], np.bool_)
     return images, masks, labels, scenes
 
@@ -193,21 +239,26 @@ def training_batch(
     """Step ``step``'s images, crack masks and labels: ``batch`` crops of ``batch / crops`` renders
     for a variant trained on crops, or (``whole``, or a variant without crops) the renders
     themselves. Render ``i`` is scene ``step * renders + i`` either way, so the two phases never
-    repeat a scene. The label is whether crack pixels are in view: a crack hidden behind the
-    other object, or outside the crop, is not there to be seen."""
+    repeat a scene; it goes through the camera unless :func:`through_camera` says not. The label
+    is whether crack pixels are in view: a crack hidden behind the other object, or outside the
+    crop, is not there to be seen."""
     renders = -(-batch // variant.crops)
     if variant.sources:
         return _resized_frames(variant, seed, step * renders, renders)
     if whole or not variant.crop:
-        images, masks, _, _ = render_batch(TRAIN_STREAM, seed, step * renders, renders, variant.size)
+        images = np.empty((renders, variant.size, variant.size, 3), np.uint8)
+        masks = np.empty((renders, variant.size, variant.size), np.bool_)
+        for k in range(renders):
+            index = step * renders + k
+            rendered = frame_at(TRAIN_STREAM, seed, index, variant.size, through_camera(variant, index))
+            images[k], masks[k] = rendered.image, rendered.crack_mask
         return images, masks, _in_view(masks)
     c = variant.crop
     out_images = np.empty((renders * variant.crops, c, c, 3), np.uint8)
     out_masks = np.empty((renders * variant.crops, c, c), np.bool_)
     for k in range(renders):
         index = step * renders + k
-        scene, render_seed = scene_at(TRAIN_STREAM, seed, index)
-        rendered = render(scene, variant.size, render_seed)
+        rendered = frame_at(TRAIN_STREAM, seed, index, variant.size, through_camera(variant, index))
         rng = np.random.default_rng([TRAIN_STREAM, seed, index, 1])  # the crops' own stream
         for j, (y, x) in enumerate(crop_windows(rng, rendered.boxes[0], variant.size, c, variant.crops)):
             out_images[k * variant.crops + j] = rendered.image[y : y + c, x : x + c]
@@ -219,18 +270,22 @@ def training_batch(
 def _resized_frames(
     variant: Variant, seed: int, start: int, count: int
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    """Whole frames rendered at the sides of ``variant.sources`` in turn and brought to the
-    variant's side as the runtime does (:func:`~tierflow.runtime.crack_detector.resize`): a frame
-    box-filtered from a larger render is not a native render (finer texture, softer crack edges),
-    and a detector trained on native renders alone calls cracks on it. The mask of a larger render
-    is max-pooled: a pixel is crack where any of its sub-pixels is (as a native mask marks it)."""
+    """Whole frames brought to the variant's side as the runtime does
+    (:func:`~tierflow.runtime.crack_detector.resize`): camera frames are taken at
+    :data:`~tierflow.model.scenes.camera.CAMERA_SIDE` (what the camera sends), clean ones are
+    rendered at the sides of ``variant.sources`` in turn (a frame box-filtered from a larger render
+    is not a native render: finer texture, softer crack edges, and a detector trained on native
+    renders alone calls cracks on it). The mask of a larger render is max-pooled: a pixel is crack
+    where any of its sub-pixels is (as a native mask marks it)."""
     size = variant.size
     images = np.empty((count, size, size, 3), np.uint8)
     masks = np.empty((count, size, size), np.bool_)
     for k in range(count):
-        scene, render_seed = scene_at(TRAIN_STREAM, seed, start + k)
-        source = variant.sources[(start + k) % len(variant.sources)]
-        rendered = render(scene, source, render_seed)
+        index = start + k
+        camera = through_camera(variant, index)
+        clean_side = variant.sources[(index // max(variant.clean_every, 1)) % len(variant.sources)]
+        source = CAMERA_SIDE if camera else clean_side
+        rendered = frame_at(TRAIN_STREAM, seed, index, source, camera)
         factor = source // size
         images[k] = resize(rendered.image, size)
         masks[k] = rendered.crack_mask.reshape(size, factor, size, factor).any(axis=(1, 3))
@@ -567,14 +622,15 @@ def record_of(found: Detection, truth_mask: npt.NDArray[np.bool_], truth: bool, 
 
 
 def detect_heldout(
-    detectors: Sequence[CrackDetector], n: int, seed: int, size: int, batch: int = 50
+    detectors: Sequence[CrackDetector], n: int, seed: int, size: int, camera: bool = True, batch: int = 50
 ) -> list[list[Record]]:
-    """Render ``n`` held-out scenes once, at ``size`` px, and run every detector on them (each
-    resizes to its own side and is scored on the crack mask rendered at that side)."""
+    """Take ``n`` held-out frames once, at ``size`` px (the camera's frames, or clean renders when
+    not ``camera``), and run every detector on them (each resizes to its own side and is scored on
+    the crack mask rendered at that side)."""
     out: list[list[Record]] = [[] for _ in detectors]
     for start in range(0, n, batch):
         count = min(batch, n - start)
-        images, masks, labels, scenes = render_batch(HELDOUT_STREAM, seed, start, count, size)
+        images, masks, labels, scenes = render_batch(HELDOUT_STREAM, seed, start, count, size, camera)
         nights = [str(scene.lighting) == "night" for scene in scenes]
         for records, detector in zip(out, detectors, strict=True):
             truth_masks = masks if size == detector.size else _masks_at(scenes, seed, start, detector.size)
@@ -643,54 +699,125 @@ def latency_ms(detector: CrackDetector, frames: int = 30) -> float:
     return float(np.median(times) * 1e3)
 
 
-def evaluate(path: str | Path, n: int = 1000, seed: int = 0) -> dict[str, float | None]:
-    """The detector's figures on ``n`` held-out renders (stream ``[1, seed, i]``, never trained on),
-    at its own input size, and its per-frame latency on one thread."""
+def evaluate(path: str | Path, n: int = 1000, seed: int = 0, camera: bool = True) -> dict[str, float | None]:
+    """The detector's figures on ``n`` held-out frames (stream ``[1, seed, i]``, never trained on):
+    the SIMULATED camera's frames at :data:`CAMERA_SIDE`, resized to the detector's side as the
+    runtime does, or (not ``camera``) clean renders at its own side; and its per-frame latency on
+    one thread."""
     if n < 1:
         raise InvalidInputError(f"n must be >= 1, not {n}")
     detector = CrackDetector.open(path, threads=1)
-    (records,) = detect_heldout([detector], n, seed, detector.size)
+    (records,) = detect_heldout([detector], n, seed, CAMERA_SIDE if camera else detector.size, camera)
     return summarise(records) | {"latency_ms": latency_ms(detector)}
 
 
 def escalation(
-    edge_path: str | Path, cloud_path: str | Path, n: int = 1000, seed: int = 0, share: float = 0.1
-) -> dict[str, float]:
-    """Edge-first inspection: the edge answers every image, the least confident ``share`` of them
-    go to the cloud, whose answer replaces the edge's. Accuracy edge-only, cloud-only and with
-    escalation, and the share the edge closed alone; held-out stream as :func:`evaluate`."""
-    if n < 1 or not 0.0 <= share <= 1.0:
-        raise InvalidInputError(f"need n >= 1 and 0 <= share <= 1, got {n} and {share}")
+    edge_path: str | Path,
+    cloud_path: str | Path,
+    n: int = 1000,
+    seed: int = 0,
+    share: float = 0.1,
+    escalate_below: float = ESCALATE_BELOW,
+    camera: bool = True,
+) -> dict[str, float | None]:
+    """Edge-first inspection on ``n`` held-out camera frames at :data:`CAMERA_SIDE` (each detector
+    resizes them; stream as :func:`evaluate`): the edge answers every frame and a frame it sent up
+    gets the cloud's answer. Two ways to choose what goes up: the least confident ``share`` of the
+    frames (``*_share`` figures), and the frames below ``escalate_below`` as the inspection
+    endpoint does (``*_threshold``). Also precision, recall, accuracy and errors of each variant
+    alone, the frames one gets wrong and the other right (with the two-sided exact sign test of
+    them: is the cloud's edge real, or noise), and how well the edge's confidence ranks its errors."""
+    if n < 1 or not 0.0 <= share <= 1.0 or not 0.5 <= escalate_below <= 1.0:
+        raise InvalidInputError(
+            f"need n >= 1, 0 <= share <= 1 and 0.5 <= escalate_below <= 1, got {n}, {share}, {escalate_below}"
+        )
     edge, cloud = CrackDetector.open(edge_path), CrackDetector.open(cloud_path)
-    size = max(edge.size, cloud.size)  # render once, at the larger side; each detector resizes
-    at_edge, at_cloud = detect_heldout([edge, cloud], n, seed, size)
+    at_edge, at_cloud = detect_heldout([edge, cloud], n, seed, CAMERA_SIDE, camera)
     truth = np.asarray([r.truth for r in at_edge])
     edge_said = np.asarray([r.cracked for r in at_edge])
     cloud_said = np.asarray([r.cracked for r in at_cloud])
-    sent = np.argsort([d.confidence for d in at_edge], kind="mergesort")[: round(share * n)]
-    combined = edge_said.copy()
-    combined[sent] = cloud_said[sent]
-    return {
-        "n": float(n),
-        "share": share,
-        "accuracy_edge": float((edge_said == truth).mean()),
-        "accuracy_cloud": float((cloud_said == truth).mean()),
-        "accuracy_escalated": float((combined == truth).mean()),
-        "closed_at_edge": 1.0 - len(sent) / n,
-        "edge_errors_sent": float((edge_said[sent] != truth[sent]).sum()),
-        "edge_errors": float((edge_said != truth).sum()),
+    confidence = np.asarray([r.confidence for r in at_edge], np.float64)
+    edge_wrong, cloud_wrong = edge_said != truth, cloud_said != truth
+    by_share = np.zeros(n, np.bool_)
+    by_share[np.argsort(confidence, kind="mergesort")[: round(share * n)]] = True
+    by_threshold = confidence < escalate_below
+    report: dict[str, float | None] = {"n": float(n), "n_cracked": float(truth.sum())}
+    for name, said in (("edge", edge_said), ("cloud", cloud_said)):
+        report |= _scores(name, said, truth)
+    only_edge, only_cloud = int((edge_wrong & ~cloud_wrong).sum()), int((cloud_wrong & ~edge_wrong).sum())
+    report |= {
+        "wrong_edge_only": float(only_edge),
+        "wrong_cloud_only": float(only_cloud),
+        "sign_test_p": sign_test(only_edge, only_cloud),
+        "edge_confidence_auroc": auroc(edge_wrong, -confidence),
     }
+    for name, sent in (("share", by_share), ("threshold", by_threshold)):
+        combined = np.where(sent, cloud_said, edge_said)
+        report |= {
+            f"sent_{name}": float(sent.mean()),
+            f"closed_at_edge_{name}": 1.0 - float(sent.mean()),
+            f"accuracy_escalated_{name}": float((combined == truth).mean()),
+            f"errors_escalated_{name}": float((combined != truth).sum()),
+            f"edge_errors_sent_{name}": float((edge_wrong & sent).sum()),
+        }
+    report |= {  # the names earlier reports used (least confident ``share``)
+        "share": share,
+        "escalate_below": escalate_below,
+        "accuracy_escalated": report["accuracy_escalated_share"],
+        "closed_at_edge": report["closed_at_edge_share"],
+        "edge_errors_sent": report["edge_errors_sent_share"],
+    }
+    return report
+
+
+def _scores(name: str, said: npt.NDArray[np.bool_], truth: npt.NDArray[np.bool_]) -> dict[str, float | None]:
+    tp = int((said & truth).sum())
+    return {
+        f"precision_{name}": tp / int(said.sum()) if said.any() else None,
+        f"recall_{name}": tp / int(truth.sum()) if truth.any() else None,
+        f"accuracy_{name}": float((said == truth).mean()),
+        f"{name}_errors": float((said != truth).sum()),
+    }
+
+
+def sign_test(a: int, b: int) -> float:
+    """Two-sided exact sign test (McNemar's exact test) of ``a`` against ``b`` discordant frames:
+    the chance of a split at least this uneven if either variant were as likely to be the one right."""
+    total = a + b
+    if total == 0:
+        return 1.0
+    tail = sum(math.comb(total, k) for k in range(min(a, b) + 1)) / 2**total
+    return float(min(1.0, 2 * tail))
 
 
 # --- the command -------------------------------------------------------------------------------
 
 
 def _rounded(report: Mapping[str, float | None]) -> dict[str, float | None]:
-    return {k: None if v is None else round(v, 4) for k, v in report.items()}
+    """Four decimals; three significant digits below 0.001 (a sign test's p is not 0)."""
+    return {
+        k: None if v is None else float(f"{v:.3g}") if 0 < abs(v) < 1e-3 else round(v, 4)
+        for k, v in report.items()
+    }
 
 
 def _write_json(path: Path, document: Mapping[str, Any]) -> None:
     path.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n")
+
+
+def _figures(path: Path, n: int, seed: int, edge: Path | None) -> dict[str, dict[str, float | None]]:
+    """The held-out figures of a written model: on the camera stream (``heldout``), on clean
+    renders (``heldout_clean``) and, given an ``edge`` model, escalation from it (``escalation``);
+    each printed as it is measured."""
+    figures = {
+        "heldout": _rounded(evaluate(path, n, seed)),
+        "heldout_clean": _rounded(evaluate(path, n, seed, camera=False)),
+    }
+    if edge:
+        figures["escalation"] = _rounded(escalation(edge, path, n, seed))
+    for name, report in figures.items():
+        print(f"{name}: {json.dumps(report)}", flush=True)
+    return figures
 
 
 def _rescore(path: Path, n: int, seed: int, edge: Path | None) -> None:
@@ -700,12 +827,9 @@ def _rescore(path: Path, n: int, seed: int, edge: Path | None) -> None:
     run = document["training"]
     variant = VARIANTS[run["variant"]]
     document["config"], document["variant"] = config_of(variant), asdict(variant)
-    run["heldout"] = _rounded(evaluate(path, n, seed))
-    print(f"held-out: {json.dumps(run['heldout'])}", flush=True)
-    run.pop("escalation", None)
-    if edge:
-        run["escalation"] = _rounded(escalation(edge, path, n, seed))
-        print(f"escalation: {json.dumps(run['escalation'])}", flush=True)
+    for name in ("heldout", "heldout_clean", "escalation"):
+        run.pop(name, None)
+    run |= _figures(path, n, seed, edge)
     set_training(path, run)
     _write_json(path, document)
 
@@ -735,10 +859,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _rescore(args.out, args.eval or 1000, args.seed, args.edge)
         return
     if args.evaluate_only:
-        report: dict[str, Any] = {"heldout": _rounded(evaluate(args.out, args.eval or 1000, args.seed))}
-        if args.edge:
-            report["escalation"] = _rounded(escalation(args.edge, args.out, args.eval or 1000, args.seed))
-        print(json.dumps(report, indent=1))
+        _figures(args.out, args.eval or 1000, args.seed, args.edge)
         return
     variant = VARIANTS[args.variant]
     model, run, log = train(
@@ -750,11 +871,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     export_onnx(model, variant, args.out, run)
     if args.eval:
-        run["heldout"] = _rounded(evaluate(args.out, args.eval, args.seed))
-        print(f"held-out: {json.dumps(run['heldout'])}", flush=True)
-        if args.edge:
-            run["escalation"] = _rounded(escalation(args.edge, args.out, args.eval, args.seed))
-            print(f"escalation: {json.dumps(run['escalation'])}", flush=True)
+        run |= _figures(args.out, args.eval, args.seed, args.edge)
         set_training(args.out, run)
     _write_json(
         args.out, {"training": run, "config": config_of(variant), "variant": asdict(variant), "log": log}
