@@ -84,7 +84,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -809,14 +809,16 @@ def _figures(path: Path, n: int, seed: int, edge: Path | None) -> dict[str, dict
     """The held-out figures of a written model: on the camera stream (``heldout``), on clean
     renders (``heldout_clean``) and, given an ``edge`` model, escalation from it (``escalation``);
     each printed as it is measured."""
-    figures = {
-        "heldout": _rounded(evaluate(path, n, seed)),
-        "heldout_clean": _rounded(evaluate(path, n, seed, camera=False)),
+    figures: dict[str, dict[str, float | None]] = {}
+    measures: dict[str, Callable[[], Mapping[str, float | None]]] = {
+        "heldout": lambda: evaluate(path, n, seed),
+        "heldout_clean": lambda: evaluate(path, n, seed, camera=False),
     }
     if edge:
-        figures["escalation"] = _rounded(escalation(edge, path, n, seed))
-    for name, report in figures.items():
-        print(f"{name}: {json.dumps(report)}", flush=True)
+        measures["escalation"] = lambda: escalation(edge, path, n, seed)
+    for name, measure in measures.items():
+        figures[name] = _rounded(measure())
+        print(f"{name}: {json.dumps(figures[name])}", flush=True)
     return figures
 
 
