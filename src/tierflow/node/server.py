@@ -41,7 +41,6 @@ from tierflow.engine.inspection import (
     detection_meta,
 )
 from tierflow.engine.lm_hop import LM_OPS, LMHop
-from tierflow.engine.tier_load import LOAD_KEY, ProcessLoad, watch_loads
 from tierflow.errors import InvalidInputError, ModelNotFoundError, TierUnavailableError, UnsupportedModelError
 from tierflow.model import metadata as md
 from tierflow.model.registry import resolve_model
@@ -118,8 +117,6 @@ class NodeServer:
         self.image_executor = open_image_executor(config)
         self.detector = open_detector(config)
         self._detector_slow = SimulatedSlowdown(config.slowdown)
-        self.load = ProcessLoad(config.threads)  # this node's load, in its info (engine/tier_load.py)
-        self._load_task: asyncio.Task[None] | None = None  # the entry point's watch of every tier's load
         self.dp_metrics = DataPlaneMetrics()
         self.state = NodeState(
             config,
@@ -324,7 +321,6 @@ class NodeServer:
             info[IMAGE_INFO_KEY] = ImageCapability.of(self.image_runner).encode()
         if self.detector is not None:
             info[DETECTOR_INFO_KEY] = self.detector.variant
-        info[LOAD_KEY] = self.load()
         return info
 
     async def start(self) -> dict[str, str]:
@@ -340,9 +336,6 @@ class NodeServer:
             if lite is not None:  # its speed, measured once, off the event loop
                 await asyncio.to_thread(lite.speed)
             self.api.conversations.start_purging()
-            peers = self.lm_hop.peers if self.lm_hop is not None else None
-            matrix = self.api.conversations.router.matrix
-            self._load_task = asyncio.create_task(watch_loads(peers, self.load, matrix))
         http_host, http_port = parse_hostport(self.config.http)
         self._http = _ControlServer(
             uvicorn.Config(self._app(), host=http_host, port=http_port, log_level="warning", lifespan="off")
@@ -364,8 +357,6 @@ class NodeServer:
 
     async def stop(self) -> None:
         self.state.ready = False
-        if self._load_task is not None:
-            self._load_task.cancel()
         if self.api is not None:
             await self.api.conversations.stop()
             self.api.store.close()
