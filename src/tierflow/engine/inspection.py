@@ -31,8 +31,8 @@ from tierflow.types import Tier
 OP_DETECT_CRACKS = "detect_cracks"  # one frame (uint8 H x W x 3 input "image"); the answer in meta
 DETECT_IMAGE = "image"  # the frame, as PNG bytes (engine/images.png_tensor)
 DETECTOR_INFO_KEY = "detector"  # the info reply's meta: the node's detector variant, if it has one
-# Below this confidence an edge answer is a hard example for the cloud. On the held-out renders it
-# sends about a tenth of the frames up (docs/MODELS.md, "The crack detector").
+# Below this confidence an edge answer is a hard example for the cloud. On the held-out camera frames
+# it sends 9 % of the frames up (docs/MODELS.md, "crack-edge and crack-cloud").
 ESCALATE_BELOW = 0.9
 SMALL_FIRST = (Tier.EDGE, Tier.DEVICE)  # who answers first, in order of preference
 LARGE = Tier.CLOUD
