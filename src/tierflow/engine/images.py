@@ -143,9 +143,14 @@ def clip_meta(
     return meta
 
 
+def bytes_tensor(data: bytes) -> np.ndarray:
+    """Bytes (a PNG, a GIF) as a uint8 tensor, to travel as a stage's output or input."""
+    return np.frombuffer(data, np.uint8).copy()
+
+
 def png_tensor(pixels: np.ndarray) -> np.ndarray:
     """A picture (or a mask) as PNG bytes in a uint8 tensor, the form pictures take on the data plane."""
-    return np.frombuffer(png_bytes(np.ascontiguousarray(pixels, np.uint8)), np.uint8).copy()
+    return bytes_tensor(png_bytes(np.ascontiguousarray(pixels, np.uint8)))
 
 
 def tensor_bytes(tensor: np.ndarray, what: str) -> bytes:

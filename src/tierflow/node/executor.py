@@ -24,7 +24,7 @@ from tierflow.model.lm_contract import LMSignature
 from tierflow.model.registry import resolve_model
 from tierflow.runtime.image_result import ClipResult, ImageEdit, ImageResult
 from tierflow.runtime.lm import CausalLM, SamplingConfig
-from tierflow.runtime.precision import should_widen, widen_fp16
+from tierflow.runtime.precision import for_provider
 from tierflow.runtime.session import SessionOptions, active_provider, metadata, open_session
 from tierflow.runtime.slowdown import SimulatedSlowdown
 from tierflow.runtime.stages import StageRunner
@@ -58,11 +58,9 @@ class NodeExecutor:
 
     def __post_init__(self, model_bytes: bytes) -> None:
         self.model_id = model_id(model_bytes)  # of the model as stored, whatever widening follows
-        self.proto = onnx.load_from_string(model_bytes)
         planned = self.options.provider
-        self.widened = should_widen(self.proto, planned)  # FP16 weights on a provider slower at FP16
-        if self.widened:
-            self.proto = widen_fp16(self.proto)
+        # FP16 weights on a provider slower at FP16 run widened (runtime/precision.py)
+        self.proto, self.widened = for_provider(onnx.load_from_string(model_bytes), planned)
         initializers = {t.name for t in self.proto.graph.initializer}
         names = [i.name for i in self.proto.graph.input if i.name not in initializers]
         self._slow = SimulatedSlowdown(self.slowdown)

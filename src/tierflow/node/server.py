@@ -29,6 +29,7 @@ from tierflow.engine.images import (
     OP_INFO,
     ImageCapability,
     TieredImages,
+    bytes_tensor,
     edit_of,
     png_tensor,
     tensor_bytes,
@@ -225,7 +226,7 @@ class NodeServer:
             gif = clip.to_gif_bytes()
             return StageResponse(
                 request.request_id,
-                outputs={CLIP_GIF: np.frombuffer(gif, np.uint8).copy()},
+                outputs={CLIP_GIF: bytes_tensor(gif)},
                 meta={"seed": clip.seed, "frames": len(clip.frames), "elapsed_s": clip.elapsed_s,
                       "tier": self.config.tier.value},
             )

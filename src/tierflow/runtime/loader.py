@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tierflow.errors import (
     ConfigError,
     InvalidInputError,
+    InvalidModelError,
     ProxyUnavailableError,
     UnsupportedModelError,
 )
@@ -49,7 +50,7 @@ from tierflow.runtime.generic import GenericRunner
 from tierflow.runtime.image import ImageResult
 from tierflow.runtime.interfaces import GenericKind, ImageKind, LoadedModel, TextKind
 from tierflow.runtime.lm import CausalLM, GenerationResult, SamplingConfig, SamplingOptions, sampling_config
-from tierflow.runtime.precision import should_widen, widen_fp16
+from tierflow.runtime.precision import for_provider
 from tierflow.runtime.providers import available_providers, ranked_providers, short_name
 from tierflow.runtime.session import SessionOptions, active_provider, open_session
 from tierflow.runtime.text_to_image import open_generator
@@ -239,15 +240,13 @@ class TierSession:
         self.spec = package.manifest.target(target)
         self.decision = decision
         try:
-            stored: onnx.ModelProto | None = onnx.load_from_string(data)
-        except DecodeError:  # open_session below names what is wrong with it
-            stored = None
-        self.widened = stored is not None and should_widen(stored, options.provider)  # runtime/precision.py
-        if self.widened:
-            assert stored is not None
-            data = widen_fp16(stored).SerializeToString()
-        self.data = data  # what runs: the stored artifact, or its widened form
-        self.session = open_session(data, options)
+            stored = onnx.load_from_string(data)
+        except DecodeError as exc:
+            open_session(data, options)  # raises the one-line InvalidModelError naming what is wrong
+            raise InvalidModelError(f"target {target} is not a readable ONNX model") from exc
+        # what runs: the stored artifact, or its widened form (runtime/precision.py)
+        self.proto, self.widened = for_provider(stored, options.provider)
+        self.session = open_session(self.proto.SerializeToString() if self.widened else data, options)
 
     @property
     def provider(self) -> str:
@@ -296,7 +295,7 @@ class ImageSession(TierSession):
 
     def __init__(self, package: Package, target: str, data: bytes, decision: str, options: SessionOptions):
         super().__init__(package, target, data, decision, options)
-        self.image = open_generator(self.session, onnx.load_from_string(self.data))
+        self.image = open_generator(self.session, self.proto)
 
     def generate(
         self,

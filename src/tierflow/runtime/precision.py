@@ -65,3 +65,10 @@ def widen_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _float32(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return numpy_helper.from_array(numpy_helper.to_array(tensor).astype("float32"), tensor.name)
+
+
+def for_provider(model: onnx.ModelProto, provider: str) -> tuple[onnx.ModelProto, bool]:
+    """The graph to run on ``provider`` (``model`` itself, or its widened copy) and whether it was widened."""
+    if should_widen(model, provider):
+        return widen_fp16(model), True
+    return model, False
