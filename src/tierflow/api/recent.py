@@ -22,21 +22,13 @@ class RecentRequests:
 
     def text(self, done: Finished) -> None:
         outcome = done.outcome
-        wall_s = outcome.ttft_s + outcome.decode_s
-        self._items.appendleft({
-            "at": time.time(),
-            "kind": "text",
-            "tier": deepest(outcome.spans).value,
-            "spans": {t.value: str(s) for t, s in outcome.spans.items()},
-            "wall_s": round(wall_s, 4),
-            "ttft_s": round(outcome.ttft_s, 4),
-            "tokens_per_s": round(outcome.tokens_per_s, 2),
-            "tokens": len(outcome.generated),
-            "resolution": None,
-            "reason": done.route.decision.reason if done.route is not None else None,
-            "events": list(outcome.events),
-            "compute_s": {k: round(v, 4) for k, v in outcome.stats.compute_s.items()},
-        })
+        self._add(
+            "text", deepest(outcome.spans).value, outcome.ttft_s + outcome.decode_s, None,
+            done.route.decision.reason if done.route is not None else None, list(outcome.events),
+            outcome.stats.compute_s, spans={t.value: str(s) for t, s in outcome.spans.items()},
+            ttft_s=round(outcome.ttft_s, 4), tokens_per_s=round(outcome.tokens_per_s, 2),
+            tokens=len(outcome.generated),
+        )
 
     def image(self, routed: ImageRoute) -> None:
         image = routed.image
@@ -57,7 +49,7 @@ class RecentRequests:
                   events, {t.tier.value: t.elapsed_s for t in tiers}, cracked=found.final.cracked)
 
     def _add(
-        self, kind: str, tier: str, wall_s: float, resolution: int | None, reason: str,
+        self, kind: str, tier: str, wall_s: float, resolution: int | None, reason: str | None,
         events: list[dict[str, Any]], compute_s: dict[str, float], **more: Any,
     ) -> None:
         self._items.appendleft({
