@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from tierflow.engine.tier_load import WorkMeter
 from tierflow.errors import (
     InvalidInputError,
     InvalidModelError,
@@ -226,10 +227,12 @@ class TieredImages:
         peers: Peers | None,
         *,
         info_timeout: float = INFO_TIMEOUT_S,
+        meter: WorkMeter | None = None,
     ) -> None:
         self.local = local
         self.peers = peers
         self.info_timeout = info_timeout
+        self.meter = meter if meter is not None else WorkMeter()  # the device's compute (tier_load.py)
 
     async def capabilities(self) -> dict[Tier, ImageCapability]:
         """Every tier that serves an image model now, in tier order; one down or without one is absent."""
@@ -263,7 +266,8 @@ class TieredImages:
             if self.local is None:
                 raise UnsupportedModelError("the device node serves no image model")
             make = self.local.generate_image
-            result = await asyncio.to_thread(make, prompt, resolution, refine, seed, edit)
+            with self.meter.busy():
+                result = await asyncio.to_thread(make, prompt, resolution, refine, seed, edit)
             return TieredImage(
                 png=png_bytes(result.pixels),
                 seed=result.seed,
@@ -299,7 +303,10 @@ class TieredImages:
         if tier is Tier.DEVICE:
             if self.local is None:
                 raise UnsupportedModelError("the device node serves no image model")
-            made = await asyncio.to_thread(self.local.generate_clip, prompt, frames, resolution, seed, fps)
+            with self.meter.busy():
+                made = await asyncio.to_thread(
+                    self.local.generate_clip, prompt, frames, resolution, seed, fps
+                )
             return TieredClip(made.to_gif_bytes(), len(made.frames), made.seed, tier, made.elapsed_s,
                               time.perf_counter() - started)
         request = StageRequest(OP_GENERATE_CLIP, meta=clip_meta(prompt, frames, resolution, seed, fps))

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tierflow.engine.images import png_tensor
+from tierflow.engine.tier_load import WorkMeter
 from tierflow.errors import InvalidInputError, ModelNotFoundError, RecoverableError, TierUnavailableError
 from tierflow.runtime.crack_detector import Detection, check_pixels
 from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
@@ -114,9 +115,12 @@ class TieredDetectors:
     """The entry point's crack detection on every tier: ``local`` is the device node's own detector
     (None: the device has none), ``peers`` reach the edge and the cloud."""
 
-    def __init__(self, local: LocalDetector | None, peers: Peers | None) -> None:
+    def __init__(
+        self, local: LocalDetector | None, peers: Peers | None, meter: WorkMeter | None = None
+    ) -> None:
         self.local = local
         self.peers = peers
+        self.meter = meter if meter is not None else WorkMeter()  # the device's compute (tier_load.py)
         self.on_detected: list[Callable[[TierDetection], None]] = []  # told of every tier's answer
 
     async def detect(self, tier: Tier, pixels: npt.NDArray[np.uint8]) -> TierDetection:
@@ -132,7 +136,8 @@ class TieredDetectors:
         if tier is Tier.DEVICE:
             if self.local is None:
                 raise ModelNotFoundError("the device node serves no crack detector")
-            found = await asyncio.to_thread(self.local.detect, pixels)
+            with self.meter.busy():
+                found = await asyncio.to_thread(self.local.detect, pixels)
             return TierDetection(tier, found.variant, found.cracked, found.score, found.confidence, found.box,
                                  found.elapsed_s, time.perf_counter() - started)
         if self.peers is None:

@@ -41,6 +41,7 @@ import numpy as np
 import onnx
 
 from tierflow.context.kv import KVShard, KVShardStore
+from tierflow.engine.tier_load import ORIGIN_KEY, WorkMeter
 from tierflow.errors import InvalidInputError, KVMissingError
 from tierflow.model.lm_layers import Span
 from tierflow.runtime.lm import SamplingConfig, pick_token
@@ -172,8 +173,10 @@ class LMHop:
         slowdown: float = 1.0,
         kv_capacity_bytes: int = 256 * 2**20,
         memory_bytes: int | None = None,
+        meter: WorkMeter | None = None,
     ) -> None:
         self.tier = tier
+        self.meter = meter if meter is not None else WorkMeter(tier)  # its compute, by origin
         self.peers = peers
         self.runner = SpanRunner(model, options)
         self.slowdown = slowdown
@@ -232,12 +235,14 @@ class LMHop:
         logits: np.ndarray | None = None
         if span is not None:
             async with self._locks.setdefault(context, asyncio.Lock()):
-                if self._in_flight == 1 and ids.shape[1] <= INLINE_MAX_TOKENS:
-                    hidden, logits, seconds = self._compute(context, span, past_len, ids, hidden)
-                else:
-                    hidden, logits, seconds = await asyncio.to_thread(
-                        self._compute, context, span, past_len, ids, hidden
-                    )
+                origin = str(meta[ORIGIN_KEY]) if ORIGIN_KEY in meta else None  # None: this node's own
+                with self.meter.busy(origin):
+                    if self._in_flight == 1 and ids.shape[1] <= INLINE_MAX_TOKENS:
+                        hidden, logits, seconds = self._compute(context, span, past_len, ids, hidden)
+                    else:
+                        hidden, logits, seconds = await asyncio.to_thread(
+                            self._compute, context, span, past_len, ids, hidden
+                        )
             out_meta[f"{COMPUTE_PREFIX}{self.tier}"] = seconds
         if route:
             if self.peers is None:

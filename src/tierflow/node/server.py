@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -42,6 +43,7 @@ from tierflow.engine.inspection import (
     detection_meta,
 )
 from tierflow.engine.lm_hop import LM_OPS, LMHop
+from tierflow.engine.tier_load import OP_LOAD, ORIGIN_KEY, OriginPeers, TierLoads, WorkMeter
 from tierflow.errors import InvalidInputError, ModelNotFoundError, TierUnavailableError, UnsupportedModelError
 from tierflow.model import metadata as md
 from tierflow.model.registry import resolve_model
@@ -82,6 +84,9 @@ from tierflow.types import ModelKind, Tier
 # the entry point sends them).
 OP_RUN = "run"  # compute request.outputs from request.inputs (a stage of the node's model)
 OP_GENERATE = "generate"  # a whole LM generation (the cloud proxy's path); prompt and options in meta
+# what a node's work meter counts whole (a split stage or an LM step counts only its own compute, not
+# the wait on the tiers after it: _run and LMHop)
+COMPUTE_OPS = frozenset({OP_GENERATE, OP_GENERATE_IMAGE, OP_GENERATE_CLIP, OP_DETECT_CRACKS})
 
 
 def open_image_executor(config: NodeConfig) -> NodeExecutor | None:
@@ -128,8 +133,14 @@ class NodeServer:
         )
         self.identity = load_identity(config.certs, config.cert_name)
         self.data_plane = DataPlaneServer(self.identity, self.handle, metrics=self.dp_metrics)
-        self.peers: Peers = (
-            peers if peers is not None else PeerClients(self.identity, config.peers, self.dp_metrics)
+        # this node's compute by origin (the entry point a request is for): each tier's load
+        # (engine/tier_load.py)
+        self.origin = f"{config.tier.value}-{secrets.token_hex(4)}"
+        self.meter = WorkMeter(self.origin)
+        self._loads_task: asyncio.Task[None] | None = None
+        self.peers: Peers = OriginPeers(
+            peers if peers is not None else PeerClients(self.identity, config.peers, self.dp_metrics),
+            self.origin,
         )
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -145,10 +156,11 @@ class NodeServer:
                 slowdown=config.slowdown,
                 kv_capacity_bytes=int(config.kv_mib * 2**20),
                 memory_bytes=int(config.memory_mib * 2**20) if config.memory_mib else None,
+                meter=self.meter,
             )
             if config.tier is Tier.DEVICE and config.store:
-                images = TieredImages(self.image_executor, self.lm_hop.peers)
-                detectors = TieredDetectors(self.detector, self.lm_hop.peers)
+                images = TieredImages(self.image_executor, self.lm_hop.peers, meter=self.meter)
+                detectors = TieredDetectors(self.detector, self.lm_hop.peers, meter=self.meter)
                 self.api = entry_point(config, self.lm_hop, label, images=images, detectors=detectors)
 
     @property
@@ -172,7 +184,12 @@ class NodeServer:
                     f"this {self.config.tier.value} node serves model {serving.model_id}, "
                     f"not {request.model}"
                 )
-            response = await self._dispatch(request)
+            request.meta.setdefault(ORIGIN_KEY, peer.name)  # a caller that names none is its own origin
+            if request.op in COMPUTE_OPS:
+                with self.meter.busy(str(request.meta[ORIGIN_KEY])):
+                    response = await self._dispatch(request)
+            else:
+                response = await self._dispatch(request)
             status = "ok"
         except Exception as exc:  # every failure becomes a typed response; the stream keeps working
             status = error_code_for(exc)
@@ -258,9 +275,11 @@ class NodeServer:
             )
         if request.op == OP_INFO:
             return StageResponse(request.request_id, meta=self.info())
+        if request.op == OP_LOAD:
+            return StageResponse(request.request_id, meta=self.meter.report())
         raise UnsupportedModelError(
             f"unknown operation '{request.op}' "
-            "(known: run, generate, generate_image, generate_clip, detect_cracks, info)"
+            "(known: run, generate, generate_image, generate_clip, detect_cracks, info, load)"
         )
 
     def _detect(self, request: StageRequest) -> StageResponse:
@@ -284,7 +303,8 @@ class NodeServer:
         outputs: dict[str, np.ndarray] = {}
         if request.outputs or not route:  # no outputs but a route: this tier only relays
             names = request.outputs or self.executor.stages.cutter.graph_outputs  # none named: all outputs
-            outputs = await asyncio.to_thread(self.executor.run_stage, request.inputs, names)
+            with self.meter.busy(str(request.meta[ORIGIN_KEY])):
+                outputs = await asyncio.to_thread(self.executor.run_stage, request.inputs, names)
             meta[f"{COMPUTE_PREFIX}{tier}"] = self.executor.stats[",".join(names)].last_s
         available = {**request.inputs, **outputs}
         if not route:
@@ -298,7 +318,8 @@ class NodeServer:
             OP_RUN,
             inputs={n: available[n] for n in needed},
             outputs=list(hop.outputs),
-            meta={ROUTE_KEY: encode_route(rest), RETURN_KEY: encode_names(wanted)},
+            meta={ROUTE_KEY: encode_route(rest), RETURN_KEY: encode_names(wanted),
+                  ORIGIN_KEY: request.meta[ORIGIN_KEY]},
             quant=request.quant,
             response_quant=request.response_quant,
         )
@@ -337,6 +358,8 @@ class NodeServer:
             if lite is not None:  # its speed, measured once, off the event loop
                 await asyncio.to_thread(lite.speed)
             self.api.conversations.start_purging()
+            loads = TierLoads(self.api.conversations.router.matrix, self.meter, self.peers, self.origin)
+            self._loads_task = asyncio.create_task(loads.watch())
         http_host, http_port = parse_hostport(self.config.http)
         self._http = _ControlServer(
             uvicorn.Config(self._app(), host=http_host, port=http_port, log_level="warning", lifespan="off")
@@ -358,6 +381,8 @@ class NodeServer:
 
     async def stop(self) -> None:
         self.state.ready = False
+        if self._loads_task is not None:
+            self._loads_task.cancel()
         if self.api is not None:
             await self.api.conversations.stop()
             self.api.store.close()
