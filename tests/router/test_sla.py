@@ -86,6 +86,17 @@ def test_prefer_latency_picks_the_fastest_offer_meeting_the_sla() -> None:
     assert d.alternatives[1].offer == EDGE_1024 and d.alternatives[1].meets_sla
 
 
+def test_a_busy_cloud_loses_to_the_edge_and_the_decision_says_why() -> None:
+    m = image_matrix()
+    m.set_load(Tier.CLOUD, 0.5)  # another caller's work: 1024 px on the cloud now 1.6 s, the edge 1.2 s
+    d = route(SLA(min_resolution=1024), matrix=m)
+    assert (d.tier, d.resolution) == (Tier.EDGE, 1024)
+    assert "busy" not in d.chosen.why  # the edge is idle
+    cloud = next(a for a in d.alternatives if a.offer == CLOUD_1024)
+    assert cloud.predicted_s == pytest.approx(1.6)
+    assert "the cloud is 50% busy with other work: predicted 2x slower" in cloud.why
+
+
 def test_prefer_energy_picks_the_least_device_energy() -> None:
     energy = {Tier.DEVICE: 4.0, Tier.EDGE: 0.6, Tier.CLOUD: 0.9}
     d = route(SLA(min_resolution=1024, prefer=Prefer.ENERGY), energy_j=energy)

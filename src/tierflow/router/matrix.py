@@ -113,7 +113,7 @@ class TaskResourceMatrix:
         kind, where = parse_task(task), parse_tier(tier)
         seconds = _seconds(latency_s, "observed latency", InvalidInputError)
         with self._lock:
-            unloaded = seconds * (1.0 - min(self._load[where], MAX_LOAD))
+            unloaded = seconds / _slowdown(self._load[where])
             old = self._cells.get((kind, where), Cell(None, None, 0))
             mean = unloaded if old.mean_s is None else (1.0 - self.alpha) * old.mean_s + self.alpha * unloaded
             cell = Cell(prior_s=old.prior_s, mean_s=mean, count=old.count + 1)
@@ -165,6 +165,11 @@ class TaskResourceMatrix:
         with self._lock:
             return self._load[parse_tier(tier)]
 
+    def slowdown(self, tier: Tier | str) -> float:
+        """How many times slower than unloaded ``tier`` is predicted now (1 when idle)."""
+        with self._lock:
+            return _slowdown(self._load[parse_tier(tier)])
+
     def cell(self, task: TaskKind | str, tier: Tier | str) -> Cell:
         """The cell of (``task``, ``tier``); an empty one (no prior, no observation) if never seen."""
         key = (parse_task(task), parse_tier(tier))
@@ -184,7 +189,7 @@ class TaskResourceMatrix:
         cell = self._cells.get(key)
         if cell is None or cell.mean_s is None:
             return None
-        return cell.mean_s / (1.0 - min(self._load[key[1]], MAX_LOAD))
+        return cell.mean_s * _slowdown(self._load[key[1]])
 
     def snapshot(self) -> dict[str, Any]:
         """Plain, JSON-ready dicts (what ``GET /routing/matrix`` serves)::
@@ -213,3 +218,7 @@ class TaskResourceMatrix:
                     }
                 tasks[kind.value] = row
             return {"alpha": self.alpha, "tiers": tiers, "tasks": tasks}
+
+
+def _slowdown(load: float) -> float:
+    return 1.0 / (1.0 - min(load, MAX_LOAD))

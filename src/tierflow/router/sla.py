@@ -428,9 +428,10 @@ def choose(
             why = f"meets the SLA; ranked #{i + 1} by {how.value}"
         if alt.offer.tier in avoid_set:
             why += f" (the {alt.offer.tier} ranks last: avoided by the energy policy)"
-        ranked.append(_with(alt, why=why, chosen=i == 0))
+        ranked.append(_with(alt, why=why + _load_note(matrix, alt.offer.tier), chosen=i == 0))
     for alt, misses in missing:
-        ranked.append(_with(alt, why="misses the SLA: " + "; ".join(misses)))
+        why = "misses the SLA: " + "; ".join(misses) + _load_note(matrix, alt.offer.tier)
+        ranked.append(_with(alt, why=why))
 
     best = ranked[0]
     degraded = not best.meets_sla
@@ -458,6 +459,14 @@ def choose(
     return Decision(
         task=task, sla=sla, chosen=best, degraded=degraded, alternatives=alternatives, reason=reason
     )
+
+
+def _load_note(matrix: TaskResourceMatrix, tier: Tier) -> str:
+    """What a prediction owes to the tier's load (other callers' work), or nothing when it is idle."""
+    load = matrix.load(tier)
+    if load <= 0.0:
+        return ""
+    return f" (the {tier} is {load:.0%} busy with other work: predicted {matrix.slowdown(tier):.2g}x slower)"
 
 
 def _with(alt: Alternative, *, why: str, chosen: bool = False) -> Alternative:
