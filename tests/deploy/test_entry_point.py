@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from PIL import Image
 import tierflow
 from tests.support.processes import tierflow_up
 from tierflow.client.models import DoneEvent, TokenEvent
+from tierflow.engine.images import OP_GENERATE_IMAGE
+from tierflow.engine.tier_load import LOAD_EVERY_S, ORIGIN_KEY
 from tierflow.errors import (
     AuthenticationError,
     ContextForbiddenError,
@@ -39,6 +42,9 @@ from tierflow.model.scenes import parse_prompt, render
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.text_to_image import touched
+from tierflow.transport.dataplane import SyncDataPlaneClient
+from tierflow.transport.messages import StageRequest
+from tierflow.transport.tls import load_identity
 
 pytestmark = pytest.mark.slow
 
@@ -367,6 +373,40 @@ def test_inspection_answers_at_the_edge_and_refuses_bad_frames(up: Deployment) -
         refused = httpx.post(f"{up.api}/v1/inspections", json=bad, headers=auth, timeout=60)
         assert refused.status_code == 422 and says in refused.text, refused.text
     assert httpx.post(f"{up.api}/v1/inspections", json={"image": frame}, timeout=60).status_code == 401
+
+
+def test_another_callers_work_on_the_edge_is_its_load_and_the_entry_points_own_is_not(
+    up: Deployment,
+) -> None:
+    auth = {"Authorization": f"Bearer {up.key}"}
+
+    def edge_load() -> float:
+        matrix = httpx.get(f"{up.api}/routing/matrix", headers=auth, timeout=30).json()
+        return float(matrix["tiers"]["edge"]["load"])
+
+    with up.client() as sdk:  # the entry point's own images on the edge, over two of its load polls
+        until = time.monotonic() + 2.5 * LOAD_EVERY_S
+        while time.monotonic() < until:
+            assert sdk.image("a red car", size=256, tier="edge").tier == "edge"
+            assert edge_load() == 0.0
+    # another car reaches the same edge box: its images are load for this entry point
+    other = SyncDataPlaneClient(
+        str(up.node("edge")["data_plane"]), load_identity(up.root / "pki", "device"), server_name="edge"
+    ).connect()
+    try:
+        until = time.monotonic() + 10 * LOAD_EVERY_S
+        seen = 0.0
+        while seen == 0.0 and time.monotonic() < until:
+            image = StageRequest(OP_GENERATE_IMAGE, meta={"resolution": 256, ORIGIN_KEY: "another-car"})
+            other.call(image).raise_for_error("edge")
+            seen = edge_load()
+    finally:
+        other.close()
+    assert 0.0 < seen < 1.0
+    with up.client() as sdk:  # and the router says why the edge's prediction grew
+        offers = sdk.image("a red car", size=256).route["decision"]["alternatives"]
+    edge = [a for a in offers if a["tier"] == "edge" and a["feasible"]]
+    assert edge and any("busy with other work" in a["why"] for a in edge)
 
 
 def test_the_openai_package_chats_streams_and_reuses_the_prefix(up: Deployment) -> None:
