@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -20,17 +21,23 @@ from tierflow.types import Tier
 SPANS = "device=0-1,edge=2-3,cloud=4-5"
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_ports(host: str, count: int) -> list[int]:
+    """``count`` distinct free ports on ``host``: every socket stays bound until all are chosen, so the
+    kernel cannot hand the same port out twice."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def layout(tmp_path: Path, **changes: object) -> Path:
     """Host ``phone`` (127.0.0.1) runs the device, host ``box`` (127.0.0.2) the edge and the cloud."""
     hosts = {"phone": "127.0.0.1", "box": "127.0.0.2"}
+    phone, box = free_ports(hosts["phone"], 2), free_ports(hosts["box"], 4)
+    ports = {"device": phone, "edge": box[:2], "cloud": box[2:]}
     nodes = {
-        tier: {"host": host, "data_plane": free_port(hosts[host]), "http": free_port(hosts[host])}
+        tier: {"host": host, "data_plane": ports[tier][0], "http": ports[tier][1]}
         for tier, host in (("device", "phone"), ("edge", "box"), ("cloud", "box"))
     }
     data = {"model": "demo-lm", "certs": "pki", "store": "contexts.sqlite", "hosts": hosts, "nodes": nodes,
