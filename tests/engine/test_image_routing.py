@@ -100,6 +100,10 @@ def test_the_seeds_example_cloud_2048_refined_edge_1024_in_a_budget_phone_256_of
         # what was observed went into the matrix (seconds per image)
         assert conv_router.matrix.cell("image_256", Tier.DEVICE).count == 1
         assert conv_router.matrix.cell("image_2048", Tier.CLOUD).count == 1
+        # and the bytes its pictures took, which the next decisions' transfer times start from
+        assert images.sizes.expect(Tier.CLOUD, 2048) == len(best.image.png)
+        assert images.sizes.expect(Tier.EDGE, 1024) == len(fast.image.png)
+        assert images.sizes.expect(Tier.EDGE, 256) > 100_000  # its calibration: noise, twice the prior
 
     asyncio.run(go())
 

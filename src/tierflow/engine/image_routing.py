@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tierflow.engine.images import ImageCapability, TieredClip, TieredImage, TieredImages
+from tierflow.engine.png_sizes import PngSizes, image_bytes
 from tierflow.engine.routing import EntryRouter
 from tierflow.engine.sharded import ShardedLM
 from tierflow.errors import InvalidInputError, RecoverableError, TierflowError, TierUnavailableError
@@ -43,18 +44,9 @@ CALIBRATION_RESOLUTION = 256  # the size of the one image a tier makes to be mea
 CALIBRATION_SEED = 0
 CAPABILITIES_TTL_S = 30.0  # how long the tiers' image models are believed before they are asked again
 CALIBRATION_TIMEOUT_S = 30.0  # a tier whose first small image takes longer is not an offer
-# An image crosses a link as PNG (engine/images.py); its bytes grow slower than its area because the
-# upsampled levels are smoother. Measured on demo-image's output (PNG level 1): 62 kB at 256 px, 148 kB at
-# 512, 441 kB at 1024, 1.34 MB at 2048 -- within 20 % of PNG_BYTES_256 * (side / 256) ** 1.5.
-PNG_BYTES_256 = 62_000
 GIF_BYTES_PER_PIXEL = 0.5  # a clip travels as an animated GIF: about this many bytes a pixel a frame
 DEFAULT_FPS = 8.0
 _Made = TypeVar("_Made")
-
-
-def image_bytes(resolution: int) -> int:
-    """The expected PNG bytes of a ``resolution`` px image (an estimate: the content decides)."""
-    return int(PNG_BYTES_256 * (resolution / 256) ** 1.5)
 
 
 def clip_units(frames: int, resolution: int) -> float:
@@ -150,6 +142,7 @@ class RoutedImages:
     clock: Any = time.monotonic
     compute_256_s: dict[Tier, float] = field(default_factory=dict)
     level_s: dict[Tier, dict[int, float]] = field(default_factory=dict)  # measured seconds per level
+    sizes: PngSizes = field(default_factory=PngSizes)  # the bytes each tier's images took, per level
     _capabilities: dict[Tier, ImageCapability] = field(default_factory=dict)
     _asked_at: float = -math.inf
 
@@ -190,6 +183,7 @@ class RoutedImages:
         except (TierflowError, TimeoutError):
             self._capabilities.pop(tier, None)
             return
+        self.sizes.observe(tier, size, len(image.png))
         levels = levels_from_stages(image.stages, image.elapsed_s)
         if levels:
             self.level_s[tier] = levels
@@ -248,7 +242,8 @@ class RoutedImages:
             ]
             for level in levels:
                 compute = self.compute_s(tier, level)
-                hop, receive, radio = self._hop_s(tier, image_bytes(level), upload)
+                size = self.sizes.expect(tier, level)
+                hop, receive, radio = self._hop_s(tier, size, upload)
                 task = TaskKind.image(level)
                 self.router.matrix.set_prior(task, tier, compute + hop)
                 seconds = self.router.matrix.predict(task, tier)
@@ -259,7 +254,7 @@ class RoutedImages:
                 if radio is not None:
                     power = power.model_copy(update={"radio": radio_for_profile(radio)})
                 device_compute = compute if tier is Tier.DEVICE else 0.0
-                received = image_bytes(level) if tier is not Tier.DEVICE else 0
+                received = size if tier is not Tier.DEVICE else 0
                 energy[tier] = per_offer[offer] = power.energy_j(
                     seconds, device_compute, received_bytes=received, receive_s=receive
                 )
@@ -308,6 +303,7 @@ class RoutedImages:
         # an edit's wall time includes its picture's upload: its own row, not the level's
         task = TaskKind.IMAGE_EDIT if edit is not None else TaskKind.image(offer.resolution)
         self.router.matrix.observe(task, offer.tier, image.wall_s)
+        self.sizes.observe(offer.tier, offer.resolution, len(image.png))
         return ImageRoute(decision, image, offer.resolution, tuple(failed), degraded)
 
     async def _tries(

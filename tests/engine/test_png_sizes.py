@@ -1,0 +1,40 @@
+"""The bytes an image will take on the link, learned per tier and level (engine/png_sizes.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tierflow.engine.png_sizes import PngSizes, image_bytes
+from tierflow.types import Tier
+
+
+def test_a_tier_not_seen_gets_the_prior_and_a_seen_level_its_own_bytes() -> None:
+    sizes = PngSizes()
+    assert sizes.expect(Tier.CLOUD, 512) == image_bytes(512)
+    sizes.observe(Tier.CLOUD, 512, 490_000)  # random weights: noise, far above the prior's 175 kB
+    assert sizes.expect(Tier.CLOUD, 512) == 490_000
+    assert sizes.expect(Tier.EDGE, 512) == image_bytes(512)  # each tier its own
+
+
+def test_the_moving_average_follows_what_the_tier_sends() -> None:
+    sizes = PngSizes(alpha=0.3)
+    sizes.observe(Tier.EDGE, 256, 100_000)
+    sizes.observe(Tier.EDGE, 256, 200_000)
+    assert sizes.expect(Tier.EDGE, 256) == 130_000
+
+
+def test_a_level_not_seen_is_scaled_from_the_nearest_one_seen() -> None:
+    sizes = PngSizes()
+    sizes.observe(Tier.EDGE, 256, 100_000)
+    assert sizes.expect(Tier.EDGE, 1024) == 1_600_000  # upward by the area
+    sizes.observe(Tier.EDGE, 2048, 6_400_000)
+    assert sizes.expect(Tier.EDGE, 1024) == pytest.approx(6_400_000 / 2**1.5, abs=1)  # 2048 is nearer
+
+
+def test_of_two_levels_as_near_the_larger_guess_wins() -> None:
+    sizes = PngSizes()
+    sizes.observe(Tier.CLOUD, 256, 100_000)  # 512 from here: 400 kB
+    sizes.observe(Tier.CLOUD, 1024, 1_200_000)  # 512 from here: 424 kB
+    assert sizes.expect(Tier.CLOUD, 512) == pytest.approx(1_200_000 / 2**1.5, abs=1)
+    sizes.observe(Tier.CLOUD, 1024, 700_000)  # 1024 now averages 1.05 MB, 371 kB at 512: 256 wins
+    assert sizes.expect(Tier.CLOUD, 512) == 400_000
