@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tierflow.engine.images import ImageCapability, TieredClip, TieredImage, TieredImages
-from tierflow.engine.png_sizes import PngSizes, image_bytes
+from tierflow.engine.picture_sizes import PictureSizes, image_bytes
 from tierflow.engine.routing import EntryRouter
 from tierflow.engine.sharded import ShardedLM
 from tierflow.errors import InvalidInputError, RecoverableError, TierflowError, TierUnavailableError
@@ -44,7 +44,6 @@ CALIBRATION_RESOLUTION = 256  # the size of the one image a tier makes to be mea
 CALIBRATION_SEED = 0
 CAPABILITIES_TTL_S = 30.0  # how long the tiers' image models are believed before they are asked again
 CALIBRATION_TIMEOUT_S = 30.0  # a tier whose first small image takes longer is not an offer
-GIF_BYTES_PER_PIXEL = 0.5  # a clip travels as an animated GIF: about this many bytes a pixel a frame
 DEFAULT_FPS = 8.0
 _Made = TypeVar("_Made")
 
@@ -142,7 +141,7 @@ class RoutedImages:
     clock: Any = time.monotonic
     compute_256_s: dict[Tier, float] = field(default_factory=dict)
     level_s: dict[Tier, dict[int, float]] = field(default_factory=dict)  # measured seconds per level
-    sizes: PngSizes = field(default_factory=PngSizes)  # the bytes each tier's images took, per level
+    sizes: PictureSizes = field(default_factory=PictureSizes)  # the bytes each tier's pictures took
     _capabilities: dict[Tier, ImageCapability] = field(default_factory=dict)
     _asked_at: float = -math.inf
 
@@ -368,7 +367,7 @@ class RoutedImages:
             for level in levels:
                 for length in clip_lengths(frames):
                     compute = per_unit * clip_units(length, level)
-                    size = int(length * level * level * GIF_BYTES_PER_PIXEL)
+                    size = self.sizes.expect_clip(tier, length, level)
                     hop, receive, radio = self._hop_s(tier, size)
                     offer = Offer(tier, quality_of(cap), level, latency_s=compute + hop, frames=length)
                     offers.append(offer)
@@ -417,5 +416,6 @@ class RoutedImages:
         assert offer.resolution is not None
         units = clip_units(clip.frames, offer.resolution)
         self.router.matrix.observe(TaskKind.CLIP, offer.tier, clip.elapsed_s / units)  # per frame of 256 px
+        self.sizes.observe_clip(offer.tier, clip.frames, offer.resolution, len(clip.gif))
         return ClipRoute(decision, clip, offer.resolution, tuple(failed), degraded)
 
