@@ -6,7 +6,7 @@ default the local one):
 1. the device interprets the command (the words of the scene grammar: which object, which colour)
    and captures a road frame -- SIMULATED: the renderer draws it, and its labels give the car's
    silhouette, where a real car would run a segmenter;
-2. the edit is routed by its SLA (512 px within 1.5 s, the quickest offer): the roadside edge makes it,
+2. the edit is routed by its SLA (512 px within 3 s, the quickest offer): the roadside edge makes it,
    over the car's wifi (the car's links are SIMULATED: wifi to the edge, 4g to the cloud, set for the
    run and put back after);
 3. "HD": the same edit at 2048 px, which only the cloud (with its refiner) makes;
@@ -89,7 +89,7 @@ def main(command: str) -> int:
         try:
             client.set_link("device-edge", "wifi")
             client.set_link("device-cloud", "4g")
-            fast = {"max_latency": 1.5, "prefer": "latency", "offline_ok": True}
+            fast = {"max_latency": 3.0, "prefer": "latency", "offline_ok": True}
             basic = edit(client, frame, mask, prompt, FRAME_SIDE, fast, "edit-512")
             hd = edit(client, frame, mask, prompt, 2048, {"prefer": "quality", "max_latency": 60}, "edit-hd")
             for link in ("device-cloud", "edge-cloud"):

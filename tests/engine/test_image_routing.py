@@ -10,20 +10,24 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.support.fake_peers import FakeNetwork
 from tests.support.packages import compile_bundled
 from tierflow.api.image_routes import ImageBody
+from tierflow.compiler.bundled import bundled_package
 from tierflow.engine.image_routing import RoutedImages
 from tierflow.errors import InvalidInputError
 from tierflow.model.registry import resolve_model
 from tierflow.node.server import NodeServer
 from tierflow.router.energy import BatteryState
 from tierflow.router.sla import SLA, SLAUnmetError
+from tierflow.runtime.image_result import ImageEdit
 from tierflow.transport.certs import init_pki
 from tierflow.types import Tier
 from tierflow.types.links import get_profile
+from tierflow.types.tasks import TaskKind
 
 PROMPT = "a red car on a road"
 
@@ -157,6 +161,47 @@ def test_the_energy_policy_and_the_sla_bound_what_images_are_made_where(
             await images.generate(PROMPT, 300, SLA())
         pinned = await images.generate(PROMPT, 512, SLA.parse({"min_resolution": 256}), pin=Tier.EDGE)
         assert pinned.image.tier is Tier.EDGE
+
+    asyncio.run(go())
+
+
+def test_clips_and_edits_are_predicted_from_what_each_tier_measured_for_them(
+    pki: Path, tmp_path: Path, tierflow_home: Path
+) -> None:
+    pipeline = bundled_package("demo-image", tierflow_home)  # a model that repaints and makes clips
+
+    async def go() -> None:
+        _, dev = deployment(pki, tmp_path, pipeline)
+        images = routed(dev)
+        assert images.lm is not None
+        await images.lm.start()  # the links' estimates
+        capabilities = await images.capabilities()
+        # a clip's frame costs the tier's own image of that level (the cloud's sampler and refiner run
+        # at every level, so its 512 px frame is not four of its 256 px ones)
+        offers, _, _ = images.clip_offers(capabilities, 4, 512)
+        cloud = {(o.resolution, o.frames): o.latency_s for o in offers if o.tier is Tier.CLOUD}
+        for level in (256, 512):
+            trip = images.hop_s(Tier.CLOUD, images.sizes.expect_clip(Tier.CLOUD, 4, level))[0]
+            assert cloud[(level, 4)] == pytest.approx(4 * images.compute_s(Tier.CLOUD, level) + trip)
+        made = await images.clip(PROMPT, 4, 512, SLA.parse({"min_resolution": 512, "prefer": "quality"}),
+                                 pin=Tier.CLOUD)
+        assert (made.clip.tier, made.clip.frames, made.resolution) == (Tier.CLOUD, 4, 512)
+        assert images.router.matrix.cell(TaskKind.CLIP, Tier.CLOUD).count == 1
+        # an edit learns in the edits' row, and the next edit's offer is predicted from what it learned
+        picture = np.full((512, 512, 3), 90, np.uint8)
+        mask = np.zeros((512, 512), bool)
+        mask[128:384, 128:384] = True
+        edit = ImageEdit(picture, mask)
+        await images.generate(PROMPT, 512, SLA.parse({"min_resolution": 512}), pin=Tier.EDGE, edit=edit)
+        cell = images.router.matrix.cell(TaskKind.IMAGE_EDIT, Tier.EDGE)
+        assert cell.count == 1 and cell.mean_s is not None and cell.prior_s is not None
+        learned = cell.mean_s / cell.prior_s  # what the edge's edit took over what was expected
+        offers, _, _ = images.offers(capabilities, 512, edit)
+        edge = next(o for o in offers if o.tier is Tier.EDGE and o.resolution == 512)
+        again = images.router.matrix.cell(TaskKind.IMAGE_EDIT, Tier.EDGE)  # its prior now this offer's
+        assert again.mean_s is not None and again.prior_s is not None
+        assert again.mean_s / again.prior_s == pytest.approx(learned)
+        assert edge.latency_s == pytest.approx(again.mean_s)
 
     asyncio.run(go())
 

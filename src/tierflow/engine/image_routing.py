@@ -48,9 +48,9 @@ DEFAULT_FPS = 8.0
 _Made = TypeVar("_Made")
 
 
-def clip_units(frames: int, resolution: int) -> float:
-    """A clip's size in frames of 256 x 256 px: the unit the matrix's clip row learns seconds per."""
-    return frames * (resolution / CALIBRATION_RESOLUTION) ** 2
+def _upload_bytes(edit: ImageEdit | None) -> int:
+    """Bytes an image request sends up: an edit's picture (its mask's PNG is a few kB), else none."""
+    return 0 if edit is None else image_bytes(edit.image.shape[0])
 
 
 def quality_of(capability: ImageCapability) -> str:
@@ -196,10 +196,18 @@ class RoutedImages:
             return measured[level]
         return self.compute_256_s[tier] * (level / CALIBRATION_RESOLUTION) ** 2
 
+    def clip_units(self, tier: Tier, frames: int, level: int) -> float:
+        """A clip's cost on ``tier`` in frames of 256 px: the unit the matrix's clip row learns seconds per.
+        Each frame costs about one image of its level (a sampler run and the upsamplers up to ``level``),
+        so a frame of ``level`` px weighs what the tier's own ``level`` image costs over its 256 px one:
+        a cost that grew with the area alone put a refined 512 px frame at 4 units where the cloud
+        measured 1.2 (its sampler and refiner run at every level) and predicted its clips 4x slow."""
+        return frames * self.compute_s(tier, level) / self.compute_s(tier, CALIBRATION_RESOLUTION)
+
     def _network_up(self) -> bool:
         return self.lm.network_up if self.lm is not None else True
 
-    def _hop_s(
+    def hop_s(
         self, tier: Tier, download_bytes: int, upload_bytes: int = 0
     ) -> tuple[float, float, str | None]:
         """Seconds to bring ``download_bytes`` (an image, a clip) from ``tier`` to the device, after
@@ -215,6 +223,22 @@ class RoutedImages:
         send = transfer_s(upload_bytes, link.up_bps) if upload_bytes else 0.0
         return link.rtt_s + link.overhead_s + send + receive, receive, radio
 
+    @staticmethod
+    def _row(level: int, edit: ImageEdit | None) -> TaskKind:
+        """The matrix row an image learns in: its level's, or the edits' (an edit's time includes its
+        picture's upload and the repaint; the row's learned ratio to its prior carries over between
+        levels, :meth:`TaskResourceMatrix.set_prior`)."""
+        return TaskKind.IMAGE_EDIT if edit is not None else TaskKind.image(level)
+
+    def _image_prior(
+        self, tier: Tier, level: int, upload: int
+    ) -> tuple[float, float, float, str | None, int]:
+        """The measured compute of a ``level`` image on ``tier``, its trip (``upload`` bytes up, the
+        picture down), the seconds spent receiving, the radio and the picture's expected bytes."""
+        size = self.sizes.expect(tier, level)
+        hop, receive, radio = self.hop_s(tier, size, upload)
+        return self.compute_s(tier, level), hop, receive, radio, size
+
     def offers(
         self, capabilities: dict[Tier, ImageCapability], resolution: int, edit: ImageEdit | None = None
     ) -> tuple[list[Offer], dict[Tier, float], dict[Offer, float]]:
@@ -222,13 +246,13 @@ class RoutedImages:
         ``min_resolution`` miss it: a degraded answer, or the best offer a refusal names); the device
         energy per tier (for the largest size it offers) and per offer. ``edit``: only tiers whose model
         repaints a given picture offer anything, and the picture travels up to them first."""
-        upload = 0 if edit is None else image_bytes(edit.image.shape[0])  # the mask's PNG is a few kB
+        upload = _upload_bytes(edit)
         offers: list[Offer] = []
         energy: dict[Tier, float] = {}
         per_offer: dict[Offer, float] = {}
         for tier in Tier:
             cap = capabilities.get(tier)
-            reachable = not math.isinf(self._hop_s(tier, image_bytes(CALIBRATION_RESOLUTION))[0])
+            reachable = not math.isinf(self.hop_s(tier, image_bytes(CALIBRATION_RESOLUTION))[0])
             usable = cap is not None and tier in self.compute_256_s and reachable
             usable = usable and (edit is None or bool(cap and cap.can_edit))
             self.router.matrix.set_available(tier, usable)
@@ -240,10 +264,8 @@ class RoutedImages:
                 if r <= resolution and (cap.max_resolution is None or r <= cap.max_resolution)
             ]
             for level in levels:
-                compute = self.compute_s(tier, level)
-                size = self.sizes.expect(tier, level)
-                hop, receive, radio = self._hop_s(tier, size, upload)
-                task = TaskKind.image(level)
+                compute, hop, receive, radio, size = self._image_prior(tier, level, upload)
+                task = self._row(level, edit)
                 self.router.matrix.set_prior(task, tier, compute + hop)
                 seconds = self.router.matrix.predict(task, tier)
                 assert seconds is not None  # a prior was just set
@@ -299,8 +321,10 @@ class RoutedImages:
 
         offer, image, failed, degraded = await self._tries(decision, started, make)
         assert offer.resolution is not None
-        # an edit's wall time includes its picture's upload: its own row, not the level's
-        task = TaskKind.IMAGE_EDIT if edit is not None else TaskKind.image(offer.resolution)
+        task = self._row(offer.resolution, edit)
+        if edit is not None:  # the edits' row holds the prior of the last level offered: this one's
+            compute, hop, *_ = self._image_prior(offer.tier, offer.resolution, _upload_bytes(edit))
+            self.router.matrix.set_prior(task, offer.tier, compute + hop)
         self.router.matrix.observe(task, offer.tier, image.wall_s)
         self.sizes.observe(offer.tier, offer.resolution, len(image.png))
         return ImageRoute(decision, image, offer.resolution, tuple(failed), degraded)
@@ -347,14 +371,14 @@ class RoutedImages:
     ) -> tuple[list[Offer], dict[Tier, float], dict[Offer, float]]:
         """Offers of a clip from every tier whose model makes clips: each level up to ``resolution``
         and the tier's cap, at each of :func:`clip_lengths`; predicted seconds are the frames' compute
-        (the matrix's learned seconds per frame of 256 x 256 px, scaled by frames x area; its prior the
-        tier's 256 px image) plus the GIF's trip to the device."""
+        (the matrix's learned seconds per frame of 256 x 256 px, scaled by :meth:`clip_units`; its prior
+        the tier's 256 px image) plus the GIF's trip to the device."""
         offers: list[Offer] = []
         energy: dict[Tier, float] = {}
         per_offer: dict[Offer, float] = {}
         for tier in Tier:
             cap = capabilities.get(tier)
-            reachable = not math.isinf(self._hop_s(tier, image_bytes(CALIBRATION_RESOLUTION))[0])
+            reachable = not math.isinf(self.hop_s(tier, image_bytes(CALIBRATION_RESOLUTION))[0])
             calibrated = cap is not None and tier in self.compute_256_s and reachable
             self.router.matrix.set_available(tier, calibrated)
             if cap is None or not cap.can_edit or not calibrated:
@@ -366,9 +390,9 @@ class RoutedImages:
             assert per_unit is not None  # a prior was just set
             for level in levels:
                 for length in clip_lengths(frames):
-                    compute = per_unit * clip_units(length, level)
+                    compute = per_unit * self.clip_units(tier, length, level)
                     size = self.sizes.expect_clip(tier, length, level)
-                    hop, receive, radio = self._hop_s(tier, size)
+                    hop, receive, radio = self.hop_s(tier, size)
                     offer = Offer(tier, quality_of(cap), level, latency_s=compute + hop, frames=length)
                     offers.append(offer)
                     power = self.router.power
@@ -414,7 +438,7 @@ class RoutedImages:
 
         offer, clip, failed, degraded = await self._tries(decision, started, make)
         assert offer.resolution is not None
-        units = clip_units(clip.frames, offer.resolution)
+        units = self.clip_units(offer.tier, clip.frames, offer.resolution)
         self.router.matrix.observe(TaskKind.CLIP, offer.tier, clip.elapsed_s / units)  # per frame of 256 px
         self.sizes.observe_clip(offer.tier, clip.frames, offer.resolution, len(clip.gif))
         return ClipRoute(decision, clip, offer.resolution, tuple(failed), degraded)
