@@ -32,8 +32,10 @@ from tierflow.errors import InvalidInputError, InvalidModelError, UnsupportedMod
 from tierflow.model import metadata as md
 from tierflow.runtime.image_result import unit_nchw
 from tierflow.runtime.session import SessionOptions, metadata, open_session
+from tierflow.types.models import ModelKind
 
-DETECTOR_KIND = "crack-detector"  # tierflow.config "kind" (no ModelKind names a detector)
+DETECTOR_KIND = ModelKind.CRACK_DETECTOR.value  # tierflow.config "kind" (its tierflow.kind is "vision":
+# it loads and runs as a plain vision model; the config says which one)
 INPUT = "image"
 PROB = "crack_prob"
 SCORE = "crack_score"
