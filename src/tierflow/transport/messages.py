@@ -133,15 +133,28 @@ def check_quant(mode: object) -> QuantMode:
     raise InvalidInputError(f"unknown quantization mode {str(mode)[:40]!r}; use one of {names}")
 
 
+_META_TYPES = frozenset({str, int, float, bool})
+
+
 def check_meta(meta: dict[str, MetaValue]) -> dict[str, MetaValue]:
-    """Meta is a flat map of string keys to str/int/float/bool; anything else is a caller bug."""
+    """Meta is a flat map of string keys to str/int/float/bool; anything else is a caller bug.
+
+    Every message is checked twice (sealed and opened) on every hop of every token, so the common
+    case (exact types) is one set lookup; subclasses (numpy's float64) take the full check."""
     for key, value in meta.items():
-        if not isinstance(key, str):
-            raise InvalidInputError(f"meta keys must be strings, got {key!r}")
-        if not isinstance(value, str | int | float | bool):
-            raise InvalidInputError(
-                f"meta value for {key!r} must be str, int, float or bool, not {type(value).__name__}"
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidInputError(f"meta value for {key!r} must be finite, got {value}")
+        kind = type(value)
+        if type(key) is str and kind in _META_TYPES and (kind is not float or math.isfinite(float(value))):
+            continue
+        _check_meta_item(key, value)
     return meta
+
+
+def _check_meta_item(key: object, value: object) -> None:
+    if not isinstance(key, str):
+        raise InvalidInputError(f"meta keys must be strings, got {key!r}")
+    if not isinstance(value, str | int | float | bool):
+        raise InvalidInputError(
+            f"meta value for {key!r} must be str, int, float or bool, not {type(value).__name__}"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInputError(f"meta value for {key!r} must be finite, got {value}")
