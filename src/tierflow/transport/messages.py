@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import get_args
 
 import numpy as np
 
@@ -133,7 +134,7 @@ def check_quant(mode: object) -> QuantMode:
     raise InvalidInputError(f"unknown quantization mode {str(mode)[:40]!r}; use one of {names}")
 
 
-_META_TYPES = frozenset({str, int, float, bool})
+_META_TYPES = frozenset(get_args(MetaValue))
 
 
 def check_meta(meta: dict[str, MetaValue]) -> dict[str, MetaValue]:
@@ -152,7 +153,7 @@ def check_meta(meta: dict[str, MetaValue]) -> dict[str, MetaValue]:
 def _check_meta_item(key: object, value: object) -> None:
     if not isinstance(key, str):
         raise InvalidInputError(f"meta keys must be strings, got {key!r}")
-    if not isinstance(value, str | int | float | bool):
+    if not isinstance(value, MetaValue):
         raise InvalidInputError(
             f"meta value for {key!r} must be str, int, float or bool, not {type(value).__name__}"
         )
