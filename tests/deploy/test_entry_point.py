@@ -30,7 +30,7 @@ import tierflow
 from tests.support.processes import tierflow_up
 from tierflow.client.models import DoneEvent, TokenEvent
 from tierflow.engine.images import OP_GENERATE_IMAGE
-from tierflow.engine.tier_load import LOAD_EVERY_S, ORIGIN_KEY
+from tierflow.engine.tier_load import LOAD_EVERY_S
 from tierflow.errors import (
     AuthenticationError,
     ContextForbiddenError,
@@ -43,7 +43,7 @@ from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.text_to_image import touched
 from tierflow.transport.dataplane import SyncDataPlaneClient
-from tierflow.transport.messages import StageRequest
+from tierflow.transport.messages import ORIGIN_KEY, StageRequest
 from tierflow.transport.tls import load_identity
 
 pytestmark = pytest.mark.slow

@@ -14,6 +14,7 @@ from tierflow.node.deploy import LocalDeployment
 from tierflow.node.entry import sharded_lm
 from tierflow.runtime.lm import SamplingConfig
 from tierflow.runtime.session import SessionOptions
+from tierflow.transport.lane import Lanes
 from tierflow.transport.peers import PeerClients
 from tierflow.transport.tls import load_identity
 from tierflow.types.links import LinkProfile
@@ -22,18 +23,21 @@ from tierflow.types.tiers import Tier
 
 @contextlib.asynccontextmanager
 async def device_entry(
-    path: Path, name: str, deployment: LocalDeployment, memory_bytes: int | None = None
+    path: Path, name: str, deployment: LocalDeployment, memory_bytes: int | None = None, *, lanes: bool = True
 ) -> AsyncIterator[ShardedLM]:
     """A started :class:`ShardedLM` over ``deployment``'s edge and cloud, as the device node builds it
     (one ONNX Runtime thread, the deployment's links as planning estimates); EOS is ignored so that
     every run decodes what it asks for."""
-    peers = PeerClients(load_identity(deployment.certs, Tier.DEVICE.value), deployment.peers)
+    identity = load_identity(deployment.certs, Tier.DEVICE.value)
+    peers = PeerClients(identity, deployment.peers)
+    lane_set = Lanes(identity, deployment.peers) if lanes else None
     hop = LMHop(
         onnx.load(str(path)),
         Tier.DEVICE.value,
         peers,
         options=SessionOptions(intra_op_threads=1),
         memory_bytes=memory_bytes,
+        lanes=lane_set,
     )
     links: dict[frozenset[Tier], LinkProfile] = {}
     if deployment.backhaul is not None:  # an emulated deployment: what its links are set to
@@ -45,6 +49,8 @@ async def device_entry(
         await lm.start()
         yield lm
     finally:
+        if lane_set is not None:
+            await lane_set.close()
         await peers.close()
 
 

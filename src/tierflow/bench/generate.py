@@ -20,12 +20,14 @@ run's, which is the prefill, over the decode steps). For remote placements, ``bo
 is ``1 / (sum of per-token stage compute + sum over the hops of the link's RTT and the hidden
 state's transfer time)`` and ``efficiency`` is measured tokens/s over that bound. ``loopback`` runs
 with no emulated links at all, and there the split is also compared with the unsplit model decoding
-in one process (``split_over_local``, the two alternating run by run), one ONNX Runtime thread
-everywhere.
+in one process (``split_over_local``, the runs alternating), one ONNX Runtime thread everywhere,
+and so is the same split over a second pair of nodes with their decode lanes switched off
+(``split_over_local_data_plane``: every step over the data plane; transport/lane.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
@@ -126,24 +128,42 @@ async def measure_placement(
 
 
 async def split_over_local(
-    lm: ShardedLM, path: Path, ids: list[int], spans: Spans, tokens: int, repeats: int
+    lm: ShardedLM,
+    path: Path,
+    ids: list[int],
+    spans: Spans,
+    tokens: int,
+    repeats: int,
+    data_plane: ShardedLM | None = None,
 ) -> dict[str, Any]:
     """The split's decode tokens/s over the unsplit model's in this one process (one ONNX Runtime
-    thread), the two runs alternating so that a burst of load on the machine hits both alike."""
+    thread), the runs alternating so that a burst of load on the machine hits all alike. With
+    ``data_plane`` (the same split over nodes whose decode lanes are off) that split too."""
     local = CausalLM.open(path, SessionOptions(intra_op_threads=1))
     config = SamplingConfig.greedy(tokens)
     local.generate_ids(ids, config)  # warm-up
+    if data_plane is not None:
+        await _run_once(data_plane, ids, spans, tokens, new_context_id())
     split_rates: list[float] = []
+    plane_rates: list[float] = []
     local_rates: list[float] = []
     for _ in range(max(repeats, 5)):
         split_rates.append((await _run_once(lm, ids, spans, tokens, new_context_id())).tokens_per_s)
+        if data_plane is not None:
+            outcome = await _run_once(data_plane, ids, spans, tokens, new_context_id())
+            plane_rates.append(outcome.tokens_per_s)
         local_rates.append(local.generate_ids(ids, config).tokens_per_s)
     split, one = statistics.median(split_rates), statistics.median(local_rates)
-    return {
+    out = {
         "split_tokens_per_s": round(split, 2),
         "one_process_tokens_per_s": round(one, 2),
         "split_over_local": round(split / one, 3),
     }
+    if plane_rates:
+        plane = statistics.median(plane_rates)
+        out["split_data_plane_tokens_per_s"] = round(plane, 2)
+        out["split_over_local_data_plane"] = round(plane / one, 3)
+    return out
 
 
 async def token_agreement(
@@ -165,6 +185,7 @@ async def measure_profile(
     deployment: LocalDeployment,
     tokens: int,
     repeats: int,
+    no_lanes: LocalDeployment | None = None,
 ) -> dict[str, Any]:
     memory = int(model.device_memory_mib * 2**20) if model.device_memory_mib else None
     out: dict[str, Any] = {}
@@ -182,7 +203,14 @@ async def measure_profile(
             out[placement] = figures
         if deployment.backhaul is None and "tokens_per_s" in out.get("split", {}):
             split = placement_spans("split", lm.num_layers)
-            out["vs_one_process"] = await split_over_local(lm, model.path, ids, split, tokens, repeats)
+            async with contextlib.AsyncExitStack() as stack:
+                plane = None
+                if no_lanes is not None:
+                    entry = device_entry(model.path, model.name, no_lanes, memory, lanes=False)
+                    plane = await stack.enter_async_context(entry)
+                out["vs_one_process"] = await split_over_local(
+                    lm, model.path, ids, split, tokens, repeats, plane
+                )
             out["vs_one_process"]["int8_token_agreement"] = round(
                 await token_agreement(lm, ids, split, tokens, QuantMode.INT8), 3
             )
@@ -208,13 +236,21 @@ def run_generate_bench(
                 access = None if name == LOOPBACK else get_profile(name)
                 stage(f"{model.name} over {name}: starting edge and cloud nodes")
                 deployment = deploy_local(model.path, certs, access, threads=1, startup_timeout=600.0)
+                # over loopback, the same split over nodes with their decode lanes off, side by side
+                no_lanes = (
+                    deploy_local(model.path, certs, None, threads=1, startup_timeout=600.0, lanes=False)
+                    if access is None
+                    else None
+                )
                 try:
                     started = time.perf_counter()
                     stage(f"{model.name} over {name}: decoding")
-                    per_profile[name] = run(measure_profile(model, deployment, tokens, repeats))
+                    per_profile[name] = run(measure_profile(model, deployment, tokens, repeats, no_lanes))
                     per_profile[name]["wall_s"] = round(time.perf_counter() - started, 1)
                 finally:
                     deployment.stop()
+                    if no_lanes is not None:
+                        no_lanes.stop()
         if LOOPBACK in per_profile and "vs_one_process" in per_profile[LOOPBACK]:
             per_profile.update(per_profile[LOOPBACK].pop("vs_one_process"))
         result["models"][model.name] = {"path": str(model.path), **per_profile}

@@ -48,6 +48,12 @@ def node(
     kv_mib: float = typer.Option(
         256.0, "--kv-mib", help="KV cache kept in memory, MiB (LRU contexts evicted)."
     ),
+    lanes: bool = typer.Option(
+        True,
+        "--lanes/--no-lanes",
+        help="Decode steps to and from directly reachable peers over a second, blocking TLS port "
+        "(the data plane otherwise).",
+    ),
     spans: str | None = typer.Option(
         None, "--spans", help="Entry point: fixed LM layer spans, e.g. device=0-1,edge=2-4,cloud=5-6."
     ),
@@ -98,6 +104,7 @@ def node(
             peers=peers,
             memory_mib=memory,
             kv_mib=kv_mib,
+            lanes=lanes,
             spans=spans,
             store=store,
             links=links,

@@ -32,25 +32,28 @@ import dataclasses
 import functools
 import json
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
 
 from tierflow.context.kv import KVShard, KVShardStore
-from tierflow.engine.tier_load import ORIGIN_KEY, WorkMeter
-from tierflow.errors import InvalidInputError, KVMissingError
+from tierflow.engine.tier_load import WorkMeter
+from tierflow.errors import InvalidInputError, KVMissingError, TierUnavailableError
 from tierflow.model.lm_layers import Span
 from tierflow.runtime.lm import SamplingConfig, pick_token
 from tierflow.runtime.lm_span import SpanRunner
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.slowdown import SimulatedSlowdown
-from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
+from tierflow.transport.lane import Lanes
+from tierflow.transport.messages import ORIGIN_KEY, MetaValue, StageRequest, StageResponse
 from tierflow.transport.peers import Peers
 from tierflow.transport.route import COMPUTE_PREFIX
+from tierflow.types.quant import QuantMode
 
 OP_LM_STEP = "lm_step"
 OP_LM_DROP = "lm_drop"
@@ -160,6 +163,37 @@ def _context(meta: dict[str, MetaValue]) -> str:
     return ctx
 
 
+class _Step(NamedTuple):
+    """An ``lm_step`` request, read and checked."""
+
+    meta: dict[str, MetaValue]
+    context: str
+    past_len: int
+    route: list[RouteHop]
+    span: Span | None
+    ids: np.ndarray
+    hidden: np.ndarray | None
+    origin: str | None  # None: this node's own work
+    small: bool  # a decode step (a few tokens): computed inline, forwarded over a lane
+    started: float
+
+
+def _parse_step(request: StageRequest) -> _Step:
+    started = time.perf_counter()
+    meta = request.meta
+    context = _context(meta)
+    past_len = _meta_int(meta, "past_len")
+    route = decode_hops(meta.get("route"))
+    span = Span.parse(str(meta["span"])) if meta.get("span") else None
+    ids = request.inputs.get(IDS)
+    if ids is None or ids.ndim != 2 or ids.shape[0] != 1 or ids.dtype != np.int64:
+        raise InvalidInputError("lm_step needs input_ids int64 [1, seq]")
+    origin = str(meta[ORIGIN_KEY]) if ORIGIN_KEY in meta else None
+    small = ids.shape[1] <= INLINE_MAX_TOKENS
+    hidden = request.inputs.get(HIDDEN)
+    return _Step(meta, context, past_len, route, span, ids, hidden, origin, small, started)
+
+
 class LMHop:
     """One tier's share of sharded generation (see the module docstring)."""
 
@@ -174,6 +208,7 @@ class LMHop:
         kv_capacity_bytes: int = 256 * 2**20,
         memory_bytes: int | None = None,
         meter: WorkMeter | None = None,
+        lanes: Lanes | None = None,
     ) -> None:
         self.tier = tier
         self.meter = meter if meter is not None else WorkMeter(tier)  # its compute, by origin
@@ -184,8 +219,12 @@ class LMHop:
         self.kv = KVShardStore(kv_capacity_bytes)
         self.memory_bytes = memory_bytes
         self._locks: dict[str, asyncio.Lock] = {}
+        self._thread_locks: dict[str, threading.Lock] = {}  # the same, for steps on decode lanes
+        self.lanes = lanes
+        self.loop: asyncio.AbstractEventLoop | None = None  # the node's loop, for lanes' data-plane calls
         self._layer_s: float | None = None
         self._in_flight = 0  # steps between entering and leaving step(), all contexts
+        self._in_flight_lock = threading.Lock()
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -212,69 +251,124 @@ class LMHop:
         return {"layers": stats.layers, "tokens": stats.tokens, "bytes": stats.bytes}
 
     async def step(self, request: StageRequest) -> StageResponse:
-        self._in_flight += 1
+        self._count(1)
         try:
             return await self._step(request)
         finally:
-            self._in_flight -= 1
+            self._count(-1)
             # runs once the data plane has written this reply: the erasure is off the token's path
             asyncio.get_running_loop().call_soon(self.kv.erase_superseded)
 
     async def _step(self, request: StageRequest) -> StageResponse:
-        meta = request.meta
-        context = _context(meta)
-        past_len = _meta_int(meta, "past_len")
-        route = decode_hops(meta.get("route"))
-        span = Span.parse(str(meta["span"])) if meta.get("span") else None
-        ids = request.inputs.get(IDS)
-        if ids is None or ids.ndim != 2 or ids.shape[0] != 1 or ids.dtype != np.int64:
-            raise InvalidInputError("lm_step needs input_ids int64 [1, seq]")
-        hidden = request.inputs.get(HIDDEN)
-        started = time.perf_counter()
+        step = _parse_step(request)
         out_meta: dict[str, MetaValue] = {}
-        logits: np.ndarray | None = None
-        if span is not None:
-            async with self._locks.setdefault(context, asyncio.Lock()):
-                origin = str(meta[ORIGIN_KEY]) if ORIGIN_KEY in meta else None  # None: this node's own
-                with self.meter.busy(origin):
-                    if self._in_flight == 1 and ids.shape[1] <= INLINE_MAX_TOKENS:
-                        hidden, logits, seconds = self._compute(context, span, past_len, ids, hidden)
+        hidden, logits = step.hidden, None
+        if step.span is not None:
+            async with self._locks.setdefault(step.context, asyncio.Lock()):
+                with self.meter.busy(step.origin):
+                    if self._in_flight == 1 and step.small:
+                        hidden, logits, seconds = self._compute_step(step)
                     else:
-                        hidden, logits, seconds = await asyncio.to_thread(
-                            self._compute, context, span, past_len, ids, hidden
-                        )
+                        hidden, logits, seconds = await asyncio.to_thread(self._compute_step, step)
             out_meta[f"{COMPUTE_PREFIX}{self.tier}"] = seconds
-        if route:
-            if self.peers is None:
-                raise InvalidInputError(f"tier {self.tier} has no peers to forward to")
-            hop, rest = route[0], route[1:]
-            inputs = {IDS: ids} if hidden is None else {IDS: ids, HIDDEN: hidden}
-            forwarded = StageRequest(
-                OP_LM_STEP,
-                inputs=inputs,
-                meta={
-                    **{k: v for k, v in meta.items() if k not in ("span", "route")},
-                    "span": str(hop.span),
-                    "route": encode_hops(rest),
-                },
-                quant=request.quant,
-                response_quant=request.response_quant,
-            )
-            reply = await self.peers.call(hop.peer, forwarded)
-            out_meta.update(reply.meta)
-        elif logits is None:
+        if step.route:
+            peer, forwarded = self._forwarded(step, hidden, request)
+            out_meta.update((await self._forward(peer, forwarded, step.small)).meta)
+        else:
+            self._sample(step, logits, out_meta)
+        out_meta[f"{ELAPSED_PREFIX}{self.tier}"] = time.perf_counter() - step.started
+        return StageResponse(request.request_id, meta=out_meta)
+
+    def step_blocking(self, request: StageRequest) -> StageResponse:
+        """:meth:`step` on a decode lane's thread (transport/lane.py): compute and forward right here."""
+        if request.op != OP_LM_STEP:
+            raise InvalidInputError(f"a decode lane carries {OP_LM_STEP} only, not {request.op!r}")
+        self._count(1)
+        try:
+            step = _parse_step(request)
+            out_meta: dict[str, MetaValue] = {}
+            hidden, logits = step.hidden, None
+            if step.span is not None:
+                lock = self._thread_locks.setdefault(step.context, threading.Lock())
+                with lock, self.meter.busy(step.origin):
+                    hidden, logits, seconds = self._compute_step(step)
+                out_meta[f"{COMPUTE_PREFIX}{self.tier}"] = seconds
+            if step.route:
+                peer, forwarded = self._forwarded(step, hidden, request)
+                out_meta.update(self._forward_blocking(peer, forwarded).meta)
+            else:
+                self._sample(step, logits, out_meta)
+            out_meta[f"{ELAPSED_PREFIX}{self.tier}"] = time.perf_counter() - step.started
+            return StageResponse(request.request_id, meta=out_meta)
+        finally:
+            self._count(-1)
+
+    def _count(self, delta: int) -> None:
+        with self._in_flight_lock:  # lanes' threads count their steps too
+            self._in_flight += delta
+
+    def _compute_step(self, step: _Step) -> tuple[np.ndarray | None, np.ndarray | None, float]:
+        assert step.span is not None
+        return self._compute(step.context, step.span, step.past_len, step.ids, step.hidden)
+
+    def _forwarded(
+        self, step: _Step, hidden: np.ndarray | None, request: StageRequest
+    ) -> tuple[str, StageRequest]:
+        """The request for the next holder on the route: this tier's output, the rest of the route."""
+        hop, rest = step.route[0], step.route[1:]
+        inputs = {IDS: step.ids} if hidden is None else {IDS: step.ids, HIDDEN: hidden}
+        meta = {k: v for k, v in step.meta.items() if k not in ("span", "route")}
+        meta["span"], meta["route"] = str(hop.span), encode_hops(rest)
+        forwarded = StageRequest(
+            OP_LM_STEP, inputs=inputs, meta=meta, quant=request.quant, response_quant=request.response_quant
+        )
+        return hop.peer, forwarded
+
+    async def _forward(self, peer: str, request: StageRequest, small: bool) -> StageResponse:
+        """``request`` to ``peer``: over its decode lane when one is open and free (a step of a few
+        tokens), else over the data plane (and then a lane is opened for the next steps)."""
+        if self.peers is None:
+            raise InvalidInputError(f"tier {self.tier} has no peers to forward to")
+        raw = request.quant == QuantMode.RAW and request.response_quant in (None, QuantMode.RAW)
+        lanes = self.lanes if small and raw else None  # lanes carry tensors raw: quantized frames do not
+        if lanes is not None:
+            lane = lanes.get(peer)
+            if lane is not None:
+                # a lone decode step calls right here: a worker thread's two wake-ups cost what the lane saves
+                if self._in_flight == 1:
+                    reply = lanes.call(peer, lane, request)
+                else:
+                    reply = await asyncio.to_thread(lanes.call, peer, lane, request)
+                if reply is not None:
+                    return reply
+        reply = await self.peers.call(peer, request)
+        if lanes is not None:
+            lanes.open_soon(peer, self.peers)
+        return reply
+
+    def _forward_blocking(self, peer: str, request: StageRequest) -> StageResponse:
+        lanes = self.lanes
+        lane = lanes.get(peer) if lanes is not None else None
+        if lanes is not None and lane is not None:
+            reply = lanes.call(peer, lane, request)
+            if reply is not None:
+                return reply
+        if self.loop is None:
+            raise TierUnavailableError(f"tier {self.tier} cannot reach '{peer}' from a lane", tier=peer)
+        # no lane to the next tier (yet), or it is busy: the data plane, on the node's event loop
+        return asyncio.run_coroutine_threadsafe(self._forward(peer, request, True), self.loop).result()
+
+    def _sample(self, step: _Step, logits: np.ndarray | None, out_meta: dict[str, MetaValue]) -> None:
+        if logits is None:
             raise InvalidInputError(
                 "the last holder of a step must compute the head (span up to the last layer)"
             )
-        else:
-            config = decode_sampling(meta.get("sample"))
-            if config is not None:
-                recent = json.loads(str(meta.get("recent", "[]"))) if needs_recent(config) else []
-                position = past_len + int(ids.shape[1])
-                rng = token_rng(config.seed, position) if needs_rng(config) else _UNSEEDED
-                out_meta["token"] = pick_token(logits[0, -1], config, rng, recent)
-        out_meta[f"{ELAPSED_PREFIX}{self.tier}"] = time.perf_counter() - started
-        return StageResponse(request.request_id, meta=out_meta)
+        config = decode_sampling(step.meta.get("sample"))
+        if config is not None:
+            recent = json.loads(str(step.meta.get("recent", "[]"))) if needs_recent(config) else []
+            position = step.past_len + int(step.ids.shape[1])
+            rng = token_rng(config.seed, position) if needs_rng(config) else _UNSEEDED
+            out_meta["token"] = pick_token(logits[0, -1], config, rng, recent)
 
     def _compute(
         self, context: str, span: Span, past_len: int, ids: np.ndarray, hidden: np.ndarray | None

@@ -31,13 +31,12 @@ from collections.abc import Callable, Iterator, Mapping
 
 from tierflow.errors import TierflowError
 from tierflow.router.matrix import TaskResourceMatrix
-from tierflow.transport.messages import MetaValue, StageRequest, StageResponse
+from tierflow.transport.messages import ORIGIN_KEY, MetaValue, StageRequest, StageResponse
 from tierflow.transport.peers import Peers
 from tierflow.types import Tier
 
 OP_LOAD = "load"  # data plane: a node's work by origin, {origin: mean concurrency} in WORK_KEY
 WORK_KEY = "work"
-ORIGIN_KEY = "origin"  # request meta: the entry point a request is for
 LOAD_WINDOW_S = 2.0  # the window a node's report averages over
 LOAD_EVERY_S = 2.0  # how often an entry point asks the edge and the cloud
 LOAD_TIMEOUT_S = 1.0  # a tier that does not answer within this keeps its last load

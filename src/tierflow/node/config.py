@@ -56,6 +56,9 @@ class NodeConfig(BaseModel):
         "spans of a language model: a span that does not fit is never planned here"
     )
     kv_mib: float = Field(256.0, gt=0, description="KV cache this node keeps (LRU contexts evicted beyond)")
+    lanes: bool = Field(
+        True, description="decode steps over blocking sockets on a second port (transport/lane.py)"
+    )
     # the entry point (device node) of a deployment serving a language model
     spans: str | None = Field(None, description="fixed layer spans, e.g. device=0-1,edge=2-4,cloud=5-5")
     store: str | None = Field(None, description="context store: a SQLite file or a redis:// url")

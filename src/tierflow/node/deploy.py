@@ -220,6 +220,7 @@ def deploy_local(
     image_target: str | None = None,
     detectors: Mapping[Tier, str | Path] | None = None,
     startup_timeout: float = 60.0,
+    lanes: bool = True,
 ) -> LocalDeployment:
     """Start cloud and edge nodes serving ``model`` and the emulated links between the tiers.
 
@@ -253,6 +254,7 @@ def deploy_local(
         return [
             *(entry.node_args(tier) if entry is not None else []),
             *(["--detector", str(detector)] if detector is not None else []),
+            *([] if lanes else ["--no-lanes"]),
         ]
 
     def emulate(name: str, target: str, link: LinkProfile | None, seed: int | None) -> str:

@@ -43,7 +43,7 @@ from tierflow.engine.inspection import (
     detection_meta,
 )
 from tierflow.engine.lm_hop import LM_OPS, LMHop
-from tierflow.engine.tier_load import OP_LOAD, ORIGIN_KEY, OriginPeers, TierLoads, WorkMeter
+from tierflow.engine.tier_load import OP_LOAD, OriginPeers, TierLoads, WorkMeter
 from tierflow.errors import InvalidInputError, ModelNotFoundError, TierUnavailableError, UnsupportedModelError
 from tierflow.model import metadata as md
 from tierflow.model.registry import resolve_model
@@ -59,8 +59,10 @@ from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.slowdown import SimulatedSlowdown
 from tierflow.transport.dataplane import DataPlaneServer, error_code_for
 from tierflow.transport.dataplane_metrics import DataPlaneMetrics
+from tierflow.transport.lane import DATA_PLANE_PORT_KEY, LANE_PORT_KEY, Lanes, LaneServer
 from tierflow.transport.messages import (
     FAILED_TIER_KEY,
+    ORIGIN_KEY,
     MetaValue,
     PeerInfo,
     StageError,
@@ -146,8 +148,12 @@ class NodeServer:
         self._http_task: asyncio.Task[None] | None = None
         self.http_address: str | None = None
         self.lm_hop: LMHop | None = None
+        self.lane_server: LaneServer | None = None
         self.api: APIState | None = None
         if executor.is_lm:
+            # lanes need real peers (not a test's in-process fake) and may be switched off (a second port)
+            real_peers = peers is None and config.lanes
+            lanes = Lanes(self.identity, config.peers, self.origin) if real_peers else None
             self.lm_hop = LMHop(
                 executor.proto,
                 config.tier.value,
@@ -157,7 +163,12 @@ class NodeServer:
                 kv_capacity_bytes=int(config.kv_mib * 2**20),
                 memory_bytes=int(config.memory_mib * 2**20) if config.memory_mib else None,
                 meter=self.meter,
+                lanes=lanes,
             )
+            if config.lanes:
+                self.lane_server = LaneServer(
+                    self.identity, self._lane_step, on_sent=self.lm_hop.kv.erase_superseded
+                )
             if config.tier is Tier.DEVICE and config.store:
                 images = TieredImages(self.image_executor, self.lm_hop.peers, meter=self.meter)
                 detectors = TieredDetectors(self.detector, self.lm_hop.peers, meter=self.meter)
@@ -331,6 +342,19 @@ class NodeServer:
             request.request_id, outputs=merged, meta=meta, quant=request.response_quant or request.quant
         )
 
+    def _lane_step(self, request: StageRequest, peer: PeerInfo) -> StageResponse:
+        """A decode step from a peer's lane (transport/lane.py), on the lane's thread."""
+        assert self.lm_hop is not None
+        request.meta.setdefault(ORIGIN_KEY, peer.name)  # as handle() does for the data plane
+        status = "ok"
+        try:
+            return self.lm_hop.step_blocking(request)
+        except Exception as exc:
+            status = error_code_for(exc)
+            raise  # the lane answers it as the data plane would (error code and message)
+        finally:
+            self.state.metrics.requests.labels(request.op, status).inc()
+
     def info(self) -> dict[str, Any]:
         ex = self.executor
         info: dict[str, Any] = {
@@ -339,6 +363,9 @@ class NodeServer:
             "provider": ex.provider,
             "stages": json.dumps({k: vars(v) for k, v in ex.stats.items()}),
         }
+        if self.lane_server is not None and self.lane_server.port is not None:
+            info[LANE_PORT_KEY] = self.lane_server.port
+            info[DATA_PLANE_PORT_KEY] = self.data_plane.port
         if self.image_runner.image is not None:  # what generate_image runs here (TieredImages reads it)
             info[IMAGE_INFO_KEY] = ImageCapability.of(self.image_runner).encode()
         if self.detector is not None:
@@ -350,6 +377,9 @@ class NodeServer:
         host, _ = parse_hostport(self.config.listen)
         port = await self.data_plane.start(self.config.listen)
         self.state.data_plane_address = f"{host}:{port}"
+        if self.lane_server is not None and self.lm_hop is not None:
+            self.lm_hop.loop = asyncio.get_running_loop()
+            self.lane_server.start(host)
         if self.api is not None:
             await self.api.conversations.lm.start()  # probe the tiers, plan the layer spans
             if self.api.routed_images is not None:  # each tier's image model, measured once
@@ -386,7 +416,11 @@ class NodeServer:
         if self.api is not None:
             await self.api.conversations.stop()
             self.api.store.close()
+        if self.lane_server is not None:
+            self.lane_server.stop()
         if self.lm_hop is not None:
+            if self.lm_hop.lanes is not None:
+                await self.lm_hop.lanes.close()
             self.lm_hop.kv.clear()
         await self.peers.close()
         await self.data_plane.stop()

@@ -7,6 +7,8 @@ Response header: ``err`` ([code, message, reason] or null), ``meta``, ``q`` (how
 
 from __future__ import annotations
 
+from typing import Any
+
 from tierflow.errors import InvalidInputError
 from tierflow.transport.envelope import Kind
 from tierflow.transport.messages import (
@@ -25,6 +27,12 @@ MAX_TEXT = 4096  # op, model, error messages
 
 def seal_request(session: Session, request: StageRequest) -> bytes:
     """Check ``request`` and seal it (its ``request_id`` must be set). Raises InvalidInputError."""
+    header, quant = request_header(request)
+    return session.seal(Kind.REQUEST, request.request_id, header, request.inputs, quant)
+
+
+def request_header(request: StageRequest) -> tuple[dict[str, Any], QuantMode]:
+    """The header fields of ``request`` (checked) and how its float inputs travel."""
     if not isinstance(request.op, str) or not request.op or len(request.op) > MAX_TEXT:
         raise InvalidInputError("a stage request needs an op name (a short string)")
     if not isinstance(request.model, str) or len(request.model) > MAX_TEXT:
@@ -39,12 +47,16 @@ def seal_request(session: Session, request: StageRequest) -> bytes:
         "meta": check_meta(dict(request.meta)),
         "rq": check_quant(request.response_quant) if request.response_quant is not None else quant,
     }
-    return session.seal(Kind.REQUEST, request.request_id, header, request.inputs, quant)
+    return header, quant
 
 
 def open_request(session: Session, data: bytes) -> StageRequest:
     """Open a request message; raise MessageRejected (``bad_header`` when authentic but malformed)."""
-    opened = session.open(data, Kind.REQUEST)
+    return request_from(session.open(data, Kind.REQUEST))
+
+
+def request_from(opened: OpenedMessage) -> StageRequest:
+    """The request an opened message holds; MessageRejected (``bad_header``) when its fields are not sane."""
     h = opened.header
     op, model, out, rq = h.get("op"), h.get("model"), h.get("out"), h.get("rq")
     if not isinstance(op, str) or not op or len(op) > MAX_TEXT:
@@ -71,6 +83,13 @@ def open_request(session: Session, data: bytes) -> StageRequest:
 
 def seal_response(session: Session, response: StageResponse) -> bytes:
     """Seal a response (outputs in ``response.quant``). Raises InvalidInputError for bad outputs/meta."""
+    header, quant = response_header(response)
+    outputs = response.outputs if response.error is None else {}
+    return session.seal(Kind.RESPONSE, response.request_id, header, outputs, quant)
+
+
+def response_header(response: StageResponse) -> tuple[dict[str, Any], QuantMode]:
+    """The header fields of ``response`` (checked) and how its float outputs travel."""
     err = response.error
     quant = check_quant(response.quant)
     header = {
@@ -78,12 +97,15 @@ def seal_response(session: Session, response: StageResponse) -> bytes:
         "meta": check_meta(dict(response.meta)),
         "q": quant,
     }
-    outputs = response.outputs if err is None else {}
-    return session.seal(Kind.RESPONSE, response.request_id, header, outputs, quant)
+    return header, quant
 
 
 def open_response(session: Session, data: bytes) -> StageResponse:
-    opened = session.open(data, Kind.RESPONSE)
+    return response_from(session.open(data, Kind.RESPONSE))
+
+
+def response_from(opened: OpenedMessage) -> StageResponse:
+    """The response an opened message holds; MessageRejected (``bad_header``) when its fields are not sane."""
     h = opened.header
     err, q = h.get("err"), h.get("q")
     error: StageError | None = None

@@ -23,6 +23,7 @@ from tierflow.errors import (
 from tierflow.types.quant import QuantMode
 
 MetaValue = str | int | float | bool
+ORIGIN_KEY = "origin"  # request meta: the entry point a request is for
 FAILED_TIER_KEY = "failed_tier"  # response meta: which tier a relayed unavailability is about
 
 

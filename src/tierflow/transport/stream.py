@@ -66,3 +66,28 @@ def write_message(writer: asyncio.StreamWriter, data: bytes) -> None:
     else:  # no copy of a big message just to prepend four bytes
         writer.write(head)
         writer.write(data)
+
+
+def recv_message(sock: socket.socket, max_bytes: int) -> bytes:
+    """:func:`read_message` on a blocking socket (the decode lane, :mod:`lane`)."""
+    (length,) = _LENGTH.unpack(_recv_exactly(sock, _LENGTH.size))
+    if length > max_bytes:
+        raise TransportError(f"a {length}-byte message is over this connection's {max_bytes}-byte limit")
+    return _recv_exactly(sock, length)
+
+
+def send_message(sock: socket.socket, data: bytes) -> None:
+    """:func:`write_message` on a blocking socket: the length and the message in one write."""
+    sock.sendall(_LENGTH.pack(len(data)) + data)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            raise StreamClosed("the peer ended the stream" if not got else "stream cut mid-message")
+        got += k
+    return bytes(buf)

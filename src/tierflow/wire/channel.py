@@ -37,7 +37,7 @@ from tierflow.types.quant import QuantMode
 from tierflow.wire import frame as fr
 from tierflow.wire.keys import KEY_LEN, SessionKeys, next_epoch_key
 from tierflow.wire.privacy import GaussianMechanism, PrivacyAccountant
-from tierflow.wire.quantize import dequantize, quantize
+from tierflow.wire.quantize import RAW_PARAMS, Quantized, dequantize, quantize
 from tierflow.wire.replay import ReplayWindow
 
 _MAX_DIM = 2**32 - 1
@@ -131,7 +131,10 @@ class SecureChannel:
     ) -> bytes:
         """Quantize and encrypt ``tensor`` into one frame for the peer."""
         cfg = self.config
-        mode = _parse_mode(cfg.mode if mode is None else mode)
+        if mode is None:
+            mode = cfg.mode
+        elif mode.__class__ is not QuantMode:
+            mode = _parse_mode(mode)
         asymmetric = cfg.asymmetric if asymmetric is None else asymmetric
         if not isinstance(tensor, np.ndarray | np.generic):
             raise InvalidInputError(f"expected a numpy array, got {type(tensor).__name__}")
@@ -140,7 +143,11 @@ class SecureChannel:
         if self.privacy is not None and self.accountant is not None:
             tensor = self.privacy.apply(tensor, self._rng)
             self.accountant.spend(self.privacy.epsilon, self.privacy.delta)  # refuses before anything leaves
-        q = quantize(tensor, mode, axis=cfg.axis if axis is None else axis, asymmetric=bool(asymmetric))
+        if mode is QuantMode.RAW and tensor.__class__ is np.ndarray and _plain(tensor):
+            # every small message's header frame: the array as it is (quantize()'s checks, minus the work)
+            q = Quantized(tensor.reshape(-1), RAW_PARAMS, tensor.dtype, tensor.shape)
+        else:
+            q = quantize(tensor, mode, axis=cfg.axis if axis is None else axis, asymmetric=bool(asymmetric))
         with self._send_lock:
             seq, epoch, aead = self._send_seq, self._send_epoch, self._send_aead
             if seq > fr.MAX_SEQ:
@@ -165,6 +172,8 @@ class SecureChannel:
 
     def _check_size(self, shape: tuple[int, ...]) -> None:
         limits = self.config.limits
+        if len(shape) <= 1 and (not shape or shape[0] <= min(_MAX_DIM, limits.max_elements)):
+            return  # a flat blob (every message's header frame): one comparison, not three checks
         if len(shape) > limits.max_rank:
             raise InvalidInputError(
                 f"tensor has rank {len(shape)}, above the frame limit of {limits.max_rank}"
@@ -256,6 +265,11 @@ class SecureChannel:
             if self._retiring[e] <= 0:
                 del self._retiring[e]
                 self._recv_aeads.pop(e, None)
+
+
+def _plain(a: np.ndarray) -> bool:
+    """Whether ``a`` can be sent raw as it is: C-contiguous, in native byte order, at least 1-d."""
+    return a.flags.c_contiguous and a.dtype.isnative and a.ndim > 0
 
 
 def _parse_mode(mode: QuantMode | str) -> QuantMode:

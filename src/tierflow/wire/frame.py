@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tierflow.errors import FrameFormatError, InvalidInputError, TamperedFrameError
 from tierflow.types.quant import QuantMode
-from tierflow.wire.quantize import QuantParams, channel_count, payload_dtype
+from tierflow.wire.quantize import RAW_PARAMS, QuantParams, channel_count, payload_dtype
 
 MAGIC = b"TW"
 VERSION = 1
@@ -163,6 +163,36 @@ def parse_frame(frame: bytes | bytearray | memoryview, limits: FrameLimits) -> P
     if total < MIN_FRAME_LEN:
         raise FrameFormatError(f"truncated frame: {total} bytes, a frame has at least {MIN_FRAME_LEN}")
     magic, version, flags, mode_code, dcode, rank, axis, epoch, seq, session_id = _FIXED.unpack_from(view)
+    mode, dtype, asymmetric, item = _kind(
+        magic, version, flags, mode_code, dcode, rank, axis, limits.max_rank
+    )
+    shape_end = FIXED_LEN + 4 * rank
+    if shape_end + TAG_LEN > total:
+        raise FrameFormatError(f"truncated frame: {total} bytes cannot hold a rank-{rank} shape")
+    shape = struct.unpack_from(f"<{rank}I", view, FIXED_LEN)
+    elements = 1
+    for d in shape:
+        elements *= d
+    if elements > limits.max_elements:
+        raise FrameFormatError(f"frame holds {elements} elements, above this receiver's limit of "
+                               f"{limits.max_elements}")  # fmt: skip
+    channels = channel_count(mode, shape, axis)
+    header_len = shape_end + 4 * channels + (channels if asymmetric else 0)
+    payload_len = elements * item
+    if total != header_len + payload_len + TAG_LEN:
+        raise FrameFormatError(
+            f"frame is {total} bytes but its header describes {header_len + payload_len + TAG_LEN}"
+        )
+    params = _read_params(view, mode, axis, asymmetric, channels, shape_end)
+    header = FrameHeader(bytes(session_id), epoch, seq, dtype, shape, params, bool(flags & FLAG_DP), version)
+    return ParsedFrame(header, view[:header_len], view[header_len:])
+
+
+@lru_cache(maxsize=512)  # a session sends few kinds of frames; errors are raised, never cached
+def _kind(
+    magic: bytes, version: int, flags: int, mode_code: int, dcode: int, rank: int, axis: int, max_rank: int
+) -> tuple[QuantMode, np.dtype, bool, int]:
+    """The mode, dtype, asymmetry and payload item size a frame's fixed header describes, checked."""
     if magic != MAGIC:
         raise FrameFormatError("not a tierflow frame (bad magic)")
     if version != VERSION:
@@ -177,34 +207,15 @@ def parse_frame(frame: bytes | bytearray | memoryview, limits: FrameLimits) -> P
     if dtype is None:
         raise FrameFormatError(f"unknown dtype code {dcode}")
     asymmetric = bool(flags & FLAG_ASYMMETRIC)
-    _check_mode(mode, dtype, asymmetric, rank, axis, limits)
-    shape_end = FIXED_LEN + 4 * rank
-    if shape_end + TAG_LEN > total:
-        raise FrameFormatError(f"truncated frame: {total} bytes cannot hold a rank-{rank} shape")
-    shape = struct.unpack_from(f"<{rank}I", view, FIXED_LEN)
-    elements = 1
-    for d in shape:
-        elements *= d
-    if elements > limits.max_elements:
-        raise FrameFormatError(f"frame holds {elements} elements, above this receiver's limit of "
-                               f"{limits.max_elements}")  # fmt: skip
-    channels = channel_count(mode, shape, axis)
-    header_len = shape_end + 4 * channels + (channels if asymmetric else 0)
-    payload_len = elements * payload_dtype(mode, asymmetric, dtype).itemsize
-    if total != header_len + payload_len + TAG_LEN:
-        raise FrameFormatError(
-            f"frame is {total} bytes but its header describes {header_len + payload_len + TAG_LEN}"
-        )
-    params = _read_params(view, mode, axis, asymmetric, channels, shape_end)
-    header = FrameHeader(bytes(session_id), epoch, seq, dtype, shape, params, bool(flags & FLAG_DP), version)
-    return ParsedFrame(header, view[:header_len], view[header_len:])
+    _check_mode(mode, dtype, asymmetric, rank, axis, max_rank)
+    return mode, dtype, asymmetric, payload_dtype(mode, asymmetric, dtype).itemsize
 
 
 def _check_mode(
-    mode: QuantMode, dtype: np.dtype, asymmetric: bool, rank: int, axis: int, limits: FrameLimits
+    mode: QuantMode, dtype: np.dtype, asymmetric: bool, rank: int, axis: int, max_rank: int
 ) -> None:
-    if rank > limits.max_rank:
-        raise FrameFormatError(f"frame has rank {rank}, above this receiver's limit of {limits.max_rank}")
+    if rank > max_rank:
+        raise FrameFormatError(f"frame has rank {rank}, above this receiver's limit of {max_rank}")
     if mode is not QuantMode.RAW and dtype not in (np.dtype("<f4"), np.dtype("<f2")):
         raise FrameFormatError(f"mode {mode.value} cannot carry dtype {dtype}")
     if asymmetric and not mode.is_int8:
@@ -220,7 +231,7 @@ def _read_params(
     view: memoryview, mode: QuantMode, axis: int, asymmetric: bool, channels: int, offset: int
 ) -> QuantParams:
     if not mode.is_int8:
-        return QuantParams(mode)
+        return RAW_PARAMS if mode is QuantMode.RAW else QuantParams(mode)
     scales = np.frombuffer(view, "<f4", channels, offset).copy()
     if channels == 1:
         ok = math.isfinite(scales[0]) and scales[0] > 0

@@ -42,6 +42,9 @@ class QuantParams:
     zero_points: np.ndarray | None = None  # uint8, asymmetric only
 
 
+RAW_PARAMS = QuantParams(QuantMode.RAW)  # frozen: one instance serves every raw frame
+
+
 @dataclass(frozen=True)
 class Quantized:
     payload: np.ndarray  # C-contiguous, dtype given by payload_dtype()
@@ -83,7 +86,7 @@ def quantize(
         x = x.astype(x.dtype.newbyteorder("="))
     dtype, shape = x.dtype, tuple(int(d) for d in x.shape)
     if mode is QuantMode.RAW:
-        return Quantized(x.reshape(-1), QuantParams(mode), dtype, shape)
+        return Quantized(x.reshape(-1), RAW_PARAMS, dtype, shape)
     if dtype not in FLOAT_DTYPES:
         raise InvalidInputError(
             f"mode {mode.value} needs a float32 or float16 tensor, got {dtype}; use mode raw"

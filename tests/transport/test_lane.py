@@ -1,0 +1,186 @@
+"""The decode lane (transport/lane.py) on real sockets: sealed messages over blocking mutual TLS.
+
+A lane carries the data plane's messages in a compact form, so the same promises are checked: only
+peers of our CA get in, a tampered or replayed message is never handed to the handler (the lane
+closes instead), errors come back typed, a busy or hung lane never blocks a caller for ever, and a
+lane is only opened to a peer reached directly (never around an emulated link).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tierflow.errors import KVMissingError, TierUnavailableError, TransportError
+from tierflow.transport import codec
+from tierflow.transport.certs import init_pki
+from tierflow.transport.envelope import Kind
+from tierflow.transport.lane import (
+    DATA_PLANE_PORT_KEY,
+    LANE_PORT_KEY,
+    LaneClient,
+    Lanes,
+    LaneServer,
+    lane_target,
+    seal_lane,
+)
+from tierflow.transport.messages import ORIGIN_KEY, PeerInfo, StageRequest, StageResponse
+from tierflow.transport.stream import StreamClosed, recv_message, send_message
+from tierflow.transport.tls import load_identity
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    init_pki(directory, ["device", "edge"], days=2)
+    return directory
+
+
+class Recorder:
+    """A lane handler: echoes ``x`` doubled, or raises what a request's ``raise`` meta names."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[StageRequest, PeerInfo]] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, request: StageRequest, peer: PeerInfo) -> StageResponse:
+        self.seen.append((request, peer))
+        self.release.wait(10)
+        if request.meta.get("raise") == "kv":
+            raise KVMissingError("no KV here", tier="edge")
+        if request.meta.get("raise") == "relayed":
+            raise TierUnavailableError("the cloud is gone", tier="cloud")
+        outputs = {k: v * 2 for k, v in request.inputs.items()}
+        return StageResponse(request.request_id, outputs=outputs, meta={"token": 7, "seen": len(self.seen)})
+
+
+@pytest.fixture
+def lane(pki: Path) -> Iterator[tuple[LaneServer, LaneClient, Recorder]]:
+    handler = Recorder()
+    server = LaneServer(load_identity(pki, "edge"), handler)
+    port = server.start("127.0.0.1")
+    client = LaneClient(f"127.0.0.1:{port}", load_identity(pki, "device"), "edge", call_timeout=2.0)
+    client.connect()
+    yield server, client, handler
+    handler.release.set()
+    client.close()
+    server.stop()
+
+
+def step(**meta: object) -> StageRequest:
+    x = np.arange(512, dtype=np.float32).reshape(1, 1, 512)
+    ids = np.array([[42]], np.int64)
+    return StageRequest("lm_step", inputs={"input_ids": ids, "hidden": x}, meta={"context": "c1", **meta})
+
+
+def test_a_call_carries_tensors_and_meta_exactly_and_names_the_peer(lane: tuple) -> None:
+    _, client, handler = lane
+    reply = client.try_call(step(past_len=3))
+    assert reply is not None and reply.error is None
+    doubled = np.arange(512, dtype=np.float32).reshape(1, 1, 512) * 2
+    np.testing.assert_array_equal(reply.outputs["hidden"], doubled)
+    assert reply.outputs["input_ids"].dtype == np.int64 and int(reply.outputs["input_ids"][0, 0]) == 84
+    assert reply.meta["token"] == 7
+    request, peer = handler.seen[0]
+    assert request.meta == {"context": "c1", "past_len": 3} and peer.name == "device"
+    # calls go on in order on the one connection
+    assert [client.try_call(step()).meta["seen"] for _ in range(3)] == [2, 3, 4]  # type: ignore[union-attr]
+
+
+def test_a_client_of_another_ca_is_refused(lane: tuple, tmp_path: Path) -> None:
+    server, _, handler = lane
+    init_pki(tmp_path / "rogue", ["device", "edge"], days=2)
+    rogue = LaneClient(f"127.0.0.1:{server.port}", load_identity(tmp_path / "rogue", "device"), "edge")
+    with pytest.raises(TransportError):
+        rogue.connect()
+    assert handler.seen == []
+
+
+def _sealed(client: LaneClient, request: StageRequest, request_id: int) -> bytes:
+    header, _ = codec.request_header(request)
+    assert client._session is not None
+    return seal_lane(client._session, Kind.REQUEST, request_id, header, request.inputs)
+
+
+def test_a_tampered_message_never_reaches_the_handler_and_the_lane_closes(lane: tuple) -> None:
+    _, client, handler = lane
+    data = bytearray(_sealed(client, step(), 1))
+    data[-20] ^= 0x01  # inside the ciphertext
+    assert client._tls is not None
+    send_message(client._tls, bytes(data))
+    with pytest.raises(StreamClosed):
+        recv_message(client._tls, 1 << 20)
+    assert handler.seen == []
+
+
+def test_a_replayed_message_is_answered_once(lane: tuple) -> None:
+    _, client, handler = lane
+    data = _sealed(client, step(), 1)
+    assert client._tls is not None
+    send_message(client._tls, data)
+    recv_message(client._tls, 1 << 20)  # the first one is answered
+    send_message(client._tls, data)
+    with pytest.raises(StreamClosed):
+        recv_message(client._tls, 1 << 20)
+    assert len(handler.seen) == 1
+
+
+def test_errors_come_back_typed_and_a_relayed_one_names_the_tier_at_fault(lane: tuple, pki: Path) -> None:
+    _, client, _ = lane
+    lanes = Lanes(load_identity(pki, "device"), {}, origin="device-1")
+    with pytest.raises(KVMissingError):
+        lanes.call("edge", client, step(**{"raise": "kv"}))
+    with pytest.raises(TierUnavailableError) as lost:
+        lanes.call("edge", client, step(**{"raise": "relayed"}))
+    assert lost.value.tier == "cloud"
+    # the error did not break the lane, and the origin was stamped as on the data plane
+    reply = lanes.call("edge", client, step())
+    assert reply is not None and reply.meta["token"] == 7
+
+
+def test_the_origin_is_stamped_only_where_none_is_named(lane: tuple, pki: Path) -> None:
+    _, client, handler = lane
+    lanes = Lanes(load_identity(pki, "device"), {}, origin="device-1")
+    lanes.call("edge", client, step())
+    lanes.call("edge", client, step(**{ORIGIN_KEY: "car-7"}))
+    assert [r.meta[ORIGIN_KEY] for r, _ in handler.seen] == ["device-1", "car-7"]
+
+
+def test_a_busy_lane_sends_nothing_and_says_so(lane: tuple) -> None:
+    _, client, handler = lane
+    with client._busy:  # another caller holds it
+        assert client.try_call(step()) is None
+    assert handler.seen == []
+
+
+def test_a_hung_peer_is_given_up_after_the_call_timeout(lane: tuple, pki: Path) -> None:
+    _, client, handler = lane
+    handler.release.clear()  # the handler waits: the peer hangs
+    lanes = Lanes(load_identity(pki, "device"), {})
+    lanes._clients["edge"] = client
+    assert lanes.call("edge", client, step()) is None  # the caller takes the data plane instead
+    assert lanes.get("edge") is None  # dropped
+    with pytest.raises(TransportError):
+        client.try_call(step())
+
+
+@pytest.mark.parametrize(
+    ("address", "info", "target"),
+    [
+        ("127.0.0.1:5000", {LANE_PORT_KEY: 6000, DATA_PLANE_PORT_KEY: 5000}, "127.0.0.1:6000"),
+        ("[::1]:5000", {LANE_PORT_KEY: 6000, DATA_PLANE_PORT_KEY: 5000}, "[::1]:6000"),
+        # a link emulator listens on 7000 and relays to the node's 5000: the lane would go around it
+        ("127.0.0.1:7000", {LANE_PORT_KEY: 6000, DATA_PLANE_PORT_KEY: 5000}, None),
+        ("127.0.0.1:5000", {DATA_PLANE_PORT_KEY: 5000}, None),  # a node with lanes switched off
+        ("127.0.0.1:5000", {}, None),
+    ],
+)
+def test_a_lane_is_opened_only_to_a_peer_reached_directly(
+    address: str, info: dict[str, int], target: str | None
+) -> None:
+    assert lane_target(address, info) == target  # type: ignore[arg-type]
