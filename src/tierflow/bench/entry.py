@@ -23,16 +23,23 @@ from tierflow.types.tiers import Tier
 
 @contextlib.asynccontextmanager
 async def device_entry(
-    path: Path, name: str, deployment: LocalDeployment, memory_bytes: int | None = None, *, lanes: bool = True
+    path: Path,
+    name: str,
+    deployment: LocalDeployment,
+    memory_bytes: int | None = None,
+    *,
+    lanes: bool = True,
+    model: onnx.ModelProto | None = None,
 ) -> AsyncIterator[ShardedLM]:
     """A started :class:`ShardedLM` over ``deployment``'s edge and cloud, as the device node builds it
     (one ONNX Runtime thread, the deployment's links as planning estimates); EOS is ignored so that
-    every run decodes what it asks for."""
+    every run decodes what it asks for. ``model``: the LM at ``path``, already loaded (two entry
+    points in one process share it; a 24-layer Llama is 1.4 GB)."""
     identity = load_identity(deployment.certs, Tier.DEVICE.value)
     peers = PeerClients(identity, deployment.peers)
     lane_set = Lanes(identity, deployment.peers) if lanes else None
     hop = LMHop(
-        onnx.load(str(path)),
+        model if model is not None else onnx.load(str(path)),
         Tier.DEVICE.value,
         peers,
         options=SessionOptions(intra_op_threads=1),
