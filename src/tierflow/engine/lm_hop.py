@@ -103,6 +103,7 @@ def _decode_hops(raw: str) -> tuple[RouteHop, ...]:
         raise InvalidInputError(f"malformed lm route: {exc}") from None
 
 
+@functools.lru_cache(maxsize=256)  # frozen and hashable: a generation sends the same config each step
 def encode_sampling(config: SamplingConfig) -> str:
     return json.dumps(
         {
