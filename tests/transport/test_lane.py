@@ -28,7 +28,7 @@ from tierflow.transport.lane import (
     lane_target,
     seal_lane,
 )
-from tierflow.transport.messages import ORIGIN_KEY, PeerInfo, StageRequest, StageResponse
+from tierflow.transport.messages import ORIGIN_KEY, ErrorCode, PeerInfo, StageRequest, StageResponse
 from tierflow.transport.stream import StreamClosed, recv_message, send_message
 from tierflow.transport.tls import load_identity
 
@@ -55,6 +55,8 @@ class Recorder:
             raise KVMissingError("no KV here", tier="edge")
         if request.meta.get("raise") == "relayed":
             raise TierUnavailableError("the cloud is gone", tier="cloud")
+        if request.meta.get("raise") == "unsendable":
+            return StageResponse(request.request_id, meta={"nested": {"not": "allowed"}})  # type: ignore[dict-item]
         outputs = {k: v * 2 for k, v in request.inputs.items()}
         return StageResponse(request.request_id, outputs=outputs, meta={"token": 7, "seen": len(self.seen)})
 
@@ -141,6 +143,14 @@ def test_errors_come_back_typed_and_a_relayed_one_names_the_tier_at_fault(lane: 
     # the error did not break the lane, and the origin was stamped as on the data plane
     reply = lanes.call("edge", client, step())
     assert reply is not None and reply.meta["token"] == 7
+
+
+def test_an_unsendable_reply_comes_back_as_an_internal_error_and_the_lane_goes_on(lane: tuple) -> None:
+    _, client, _ = lane
+    reply = client.try_call(step(**{"raise": "unsendable"}))
+    assert reply is not None and reply.error is not None and reply.error.code == ErrorCode.INTERNAL
+    assert "unsendable" in reply.error.message
+    assert client.try_call(step()).meta["token"] == 7  # type: ignore[union-attr]
 
 
 def test_the_origin_is_stamped_only_where_none_is_named(lane: tuple, pki: Path) -> None:

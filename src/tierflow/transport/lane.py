@@ -60,7 +60,7 @@ from tierflow.transport.session import (
     client_hello,
     server_accept,
 )
-from tierflow.transport.stream import recv_message, send_message, split_address
+from tierflow.transport.stream import keepalive, recv_message, send_message, split_address
 from tierflow.transport.tls import Identity, client_ssl_context, server_ssl_context
 from tierflow.types.quant import QuantMode
 from tierflow.wire import ChannelConfig
@@ -75,7 +75,9 @@ _log = logging.getLogger(__name__)
 
 
 def _nodelay(sock: socket.socket) -> None:
+    """Small messages go out at once; an idle lane to a peer that vanished is noticed (keepalive)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    keepalive(sock)
 
 
 class LaneServer:
@@ -185,7 +187,7 @@ class LaneServer:
                 header, _ = codec.response_header(response)
                 outputs = response.outputs if response.error is None else {}
                 reply = seal_lane(session, Kind.RESPONSE, response.request_id, header, outputs)
-            except TierflowError as exc:  # the handler returned something unsendable
+            except (TierflowError, TypeError, ValueError) as exc:  # the handler returned something unsendable
                 failure = StageResponse.failure(
                     request.request_id, ErrorCode.INTERNAL, f"unsendable response: {exc}"
                 )

@@ -33,8 +33,12 @@ def split_address(address: str) -> tuple[str, int]:
 def tune(writer: asyncio.StreamWriter) -> None:
     """TCP keepalive, so that a peer that vanished without a FIN is noticed on an idle session."""
     sock = writer.get_extra_info("socket")
-    if sock is None:
-        return
+    if sock is not None:
+        keepalive(sock)
+
+
+def keepalive(sock: socket.socket) -> None:
+    """:func:`tune` for a plain socket (a decode lane's, :mod:`lane`)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, option):
