@@ -43,6 +43,7 @@ from tierflow.transport.dataplane import (
     DataPlaneServer,
     SyncDataPlaneClient,
 )
+from tierflow.transport.lane import LaneClient, LaneServer
 from tierflow.transport.loop import run
 from tierflow.transport.messages import ErrorCode, PeerInfo, StageRequest, StageResponse
 from tierflow.transport.stream import StreamClosed, read_message, write_message
@@ -101,6 +102,11 @@ async def _tls_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
         writer.close()
 
 
+def lane_echo(request: StageRequest, peer: PeerInfo) -> StageResponse:
+    """The decode lane's echo (transport/lane.py): the inputs and meta back."""
+    return StageResponse(request.request_id, outputs=dict(request.inputs), meta=dict(request.meta))
+
+
 async def serve(pki: Path, name: str = Tier.CLOUD, host: str = "127.0.0.1") -> None:
     """Echo servers for the benchmark and multi-process tests; prints one JSON line of ports, runs until
     stdin closes."""
@@ -111,13 +117,11 @@ async def serve(pki: Path, name: str = Tier.CLOUD, host: str = "127.0.0.1") -> N
     raw_port = raw.sockets[0].getsockname()[1]
     listener = socket.create_server((host, 0))
     threading.Thread(target=_tcp_echo, args=(listener,), daemon=True).start()
-    print(
-        json.dumps(
-            {"port": port, "tls_port": raw_port, "tcp_port": listener.getsockname()[1], "pid": os.getpid()}
-        ),
-        flush=True,
-    )
+    lane = LaneServer(identity, lane_echo)
+    ports = {"port": port, "tls_port": raw_port, "tcp_port": listener.getsockname()[1]}
+    print(json.dumps({**ports, "lane_port": lane.start(host), "pid": os.getpid()}), flush=True)
     await asyncio.to_thread(sys.stdin.read)  # the parent closes our stdin to stop us
+    lane.stop()
     listener.close()
     raw.close()
     await server.stop(None)
@@ -138,6 +142,7 @@ class EchoServerProcess:
         self.port: int = ports["port"]
         self.tls_port: int = ports["tls_port"]
         self.tcp_port: int = ports["tcp_port"]
+        self.lane_port: int = ports["lane_port"]
         self.pid: int = ports["pid"]
 
     def _read_ports(self) -> dict[str, int]:
@@ -194,7 +199,9 @@ async def _measure(server: EchoServerProcess, pki: Path, x: np.ndarray, n: int) 
     """
     payload = x.tobytes()
     device = load_identity(pki, Tier.DEVICE)
-    samples: dict[str, list[float]] = {"tcp": [], "tls": [], "dataplane": [], "sync": []}
+    samples: dict[str, list[float]] = {"tcp": [], "tls": [], "dataplane": [], "lane": [], "sync": []}
+    lane = LaneClient(f"127.0.0.1:{server.lane_port}", device, Tier.CLOUD)
+    lane.connect()
     with socket.create_connection(("127.0.0.1", server.tcp_port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = bytearray(len(payload))
@@ -212,6 +219,12 @@ async def _measure(server: EchoServerProcess, pki: Path, x: np.ndarray, n: int) 
             async def dataplane_round_trip() -> None:
                 (await client.call(request)).raise_for_error()
 
+            async def lane_round_trip() -> None:  # blocks this loop's thread, as an entry point's lone step
+                reply = lane.try_call(StageRequest("echo", inputs={"x": x}))
+                if reply is None:
+                    raise TransportError("the lane was busy")
+                reply.raise_for_error()
+
             try:
                 rounds = max(1, -(-(n + _WARMUP) // _ROUND))
                 for r in range(rounds):
@@ -221,7 +234,12 @@ async def _measure(server: EchoServerProcess, pki: Path, x: np.ndarray, n: int) 
                         _tcp_round_trip(sock, payload, buf)
                         if keep:
                             samples["tcp"].append(time.perf_counter() - start)
-                    for name, round_trip in (("tls", tls_round_trip), ("dataplane", dataplane_round_trip)):
+                    trips = (
+                        ("tls", tls_round_trip),
+                        ("dataplane", dataplane_round_trip),
+                        ("lane", lane_round_trip),
+                    )
+                    for name, round_trip in trips:
                         for _ in range(_ROUND):
                             start = time.perf_counter()
                             await round_trip()
@@ -229,6 +247,7 @@ async def _measure(server: EchoServerProcess, pki: Path, x: np.ndarray, n: int) 
                                 samples[name].append(time.perf_counter() - start)
             finally:
                 writer.close()
+                lane.close()
     # The sync client runs its own event loop thread: measured alone, after the others are closed.
     with SyncDataPlaneClient(f"127.0.0.1:{server.port}", device, Tier.CLOUD) as sync_client:
         for i in range(n + _WARMUP):
@@ -243,7 +262,8 @@ def measure_loopback_overhead(n: int = 2000, payload_bytes: int = 1024) -> dict[
     """Median round trips (ms) of a ``payload_bytes`` echo: bare TCP, bare mTLS, the data plane.
 
     Returns ``loopback_rtt_ms``, ``tcp_rtt_ms``, ``loopback_rtt_overhead_ms`` (their difference),
-    ``tls_rtt_ms``, ``sync_rtt_ms``, ``loopback_rtt_p90_ms``, ``n`` and ``payload_bytes``.
+    ``tls_rtt_ms``, ``lane_rtt_ms`` (the same echo over a decode lane), ``sync_rtt_ms``,
+    ``loopback_rtt_p90_ms``, ``n`` and ``payload_bytes``.
     """
     if n < 1:
         raise InvalidInputError(f"n must be >= 1, got {n}")
@@ -261,6 +281,7 @@ def measure_loopback_overhead(n: int = 2000, payload_bytes: int = 1024) -> dict[
         "tcp_rtt_ms": round(tcp_ms, 4),
         "loopback_rtt_overhead_ms": round(loopback - tcp_ms, 4),
         "tls_rtt_ms": round(_median_ms(samples["tls"]), 4),
+        "lane_rtt_ms": round(_median_ms(samples["lane"]), 4),
         "sync_rtt_ms": round(_median_ms(samples["sync"]), 4),
         "loopback_rtt_p90_ms": round(float(np.percentile(samples["dataplane"], 90)) * 1e3, 4),
         "n": len(samples["dataplane"]),
