@@ -9,6 +9,7 @@ lane is only opened to a peer reached directly (never around an emulated link).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,6 +178,26 @@ def test_a_hung_peer_is_given_up_after_the_call_timeout(lane: tuple, pki: Path) 
     assert lanes.get("edge") is None  # dropped
     with pytest.raises(TransportError):
         client.try_call(step())
+
+
+def test_once_calls_are_fast_a_hung_peer_is_given_up_on_long_before_the_first_timeout(pki: Path) -> None:
+    handler = Recorder()
+    server = LaneServer(load_identity(pki, "edge"), handler)
+    port = server.start("127.0.0.1")
+    client = LaneClient(f"127.0.0.1:{port}", load_identity(pki, "device"), "edge", call_timeout=60.0)
+    client.connect()
+    try:
+        for _ in range(5):
+            assert client.try_call(step()) is not None  # milliseconds each
+        handler.release.clear()  # now the peer hangs
+        started = time.monotonic()
+        with pytest.raises(TransportError):
+            client.try_call(step())
+        assert time.monotonic() - started < 30.0  # the minimum (2 s), not the first call's 60 s
+    finally:
+        handler.release.set()
+        client.close()
+        server.stop()
 
 
 @pytest.mark.parametrize(

@@ -220,7 +220,7 @@ class LMHop:
         self.kv = KVShardStore(kv_capacity_bytes)
         self.memory_bytes = memory_bytes
         self._locks: dict[str, asyncio.Lock] = {}
-        self._thread_locks: dict[str, threading.Lock] = {}  # the same, for steps on decode lanes
+        self._thread_locks: dict[str, threading.Lock] = {}  # per context, across the loop and lanes
         self.lanes = lanes
         self.loop: asyncio.AbstractEventLoop | None = None  # the node's loop, for lanes' data-plane calls
         self._layer_s: float | None = None
@@ -290,8 +290,7 @@ class LMHop:
             out_meta: dict[str, MetaValue] = {}
             hidden, logits = step.hidden, None
             if step.span is not None:
-                lock = self._thread_locks.setdefault(step.context, threading.Lock())
-                with lock, self.meter.busy(step.origin):
+                with self.meter.busy(step.origin):
                     hidden, logits, seconds = self._compute_step(step)
                 out_meta[f"{COMPUTE_PREFIX}{self.tier}"] = seconds
             if step.route:
@@ -310,7 +309,10 @@ class LMHop:
 
     def _compute_step(self, step: _Step) -> tuple[np.ndarray | None, np.ndarray | None, float]:
         assert step.span is not None
-        return self._compute(step.context, step.span, step.past_len, step.ids, step.hidden)
+        # one step of a context at a time, whichever way it came: a step a lane gave up on may still
+        # be computing when the same step arrives again over the data plane
+        with self._thread_locks.setdefault(step.context, threading.Lock()):
+            return self._compute(step.context, step.span, step.past_len, step.ids, step.hidden)
 
     def _forwarded(
         self, step: _Step, hidden: np.ndarray | None, request: StageRequest
@@ -419,6 +421,8 @@ class LMHop:
     async def drop(self, request: StageRequest) -> StageResponse:
         context = _context(request.meta)
         erased = self.kv.drop(context)
+        self._locks.pop(context, None)
+        self._thread_locks.pop(context, None)
         meta: dict[str, MetaValue] = {f"erased.{self.tier}": erased}
         route = [h.strip() for h in str(request.meta.get("route", "")).split(",") if h.strip()]
         if route and self.peers is not None:

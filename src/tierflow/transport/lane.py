@@ -69,7 +69,12 @@ from tierflow.wire import frame as fr
 LaneHandler = Callable[[StageRequest, PeerInfo], StageResponse]
 LANE_PORT_KEY = "lane_port"  # a node's ``info`` reply: where its lane listens
 DATA_PLANE_PORT_KEY = "data_plane_port"  # ... and its data plane, to tell a direct path from a relayed one
-CALL_TIMEOUT_S = 30.0  # a lane call blocks its caller (an entry point's event loop, for a lone step)
+# A lane call blocks its caller (an entry point's event loop, for a lone step), so a peer that hangs is
+# given up on: after CALL_TIMEOUT_S at first, then after TIMEOUT_OVER_TYPICAL times the calls' moving
+# average (at least MIN_CALL_TIMEOUT_S). Giving up costs little: the step goes over the data plane.
+CALL_TIMEOUT_S = 30.0
+MIN_CALL_TIMEOUT_S = 2.0
+TIMEOUT_OVER_TYPICAL = 20.0
 REOPEN_AFTER_S = 5.0  # a peer without a lane (none announced, a relay in between, down) is asked again
 _log = logging.getLogger(__name__)
 
@@ -240,6 +245,7 @@ class LaneClient:
         self._session: Session | None = None
         self._busy = threading.Lock()
         self._ids = itertools.count(1)
+        self._typical_s: float | None = None  # moving average of the calls' durations
         self.broken: str | None = None
 
     def connect(self) -> None:
@@ -261,7 +267,7 @@ class LaneClient:
         except TransportError:
             tls.close()
             raise
-        tls.settimeout(self.call_timeout)  # a peer that hangs is reported down, not waited on for ever
+        tls.settimeout(self.call_timeout)  # a peer that hangs is given up on, not waited on for ever
         self._tls = tls
 
     def try_call(self, request: StageRequest) -> StageResponse | None:
@@ -284,6 +290,7 @@ class LaneClient:
         request.request_id = next(self._ids) % (MAX_REQUEST_ID + 1)
         header, _ = codec.request_header(request)
         data = seal_lane(session, Kind.REQUEST, request.request_id, header, request.inputs)
+        started = time.perf_counter()
         try:
             send_message(tls, data)
             reply = recv_message(tls, self.max_message_bytes)
@@ -298,7 +305,17 @@ class LaneClient:
         if response.request_id != request.request_id:
             self._break(f"reply to request {response.request_id}, expected {request.request_id}")
             raise TransportError(f"lane to {self.server_name}: {self.broken}")
+        self._learn(tls, time.perf_counter() - started)
         return response
+
+    def _learn(self, tls: ssl.SSLSocket, seconds: float) -> None:
+        """Fold a call's duration into the typical one and set the next calls' timeout from it."""
+        typical = seconds if self._typical_s is None else 0.8 * self._typical_s + 0.2 * seconds
+        self._typical_s = typical
+        timeout = min(self.call_timeout, max(MIN_CALL_TIMEOUT_S, TIMEOUT_OVER_TYPICAL * typical))
+        current = tls.gettimeout()
+        if current is None or abs(current - timeout) > 0.1 * timeout:
+            tls.settimeout(timeout)
 
     def _break(self, reason: str) -> None:
         self.broken = reason
