@@ -350,10 +350,10 @@ class LMHop:
         return reply
 
     def _forward_blocking(self, peer: str, request: StageRequest) -> StageResponse:
-        lanes = self.lanes
-        lane = lanes.get(peer) if lanes is not None else None
-        if lanes is not None and lane is not None:
-            reply = lanes.call(peer, lane, request)
+        lane = self.lanes.get(peer) if self.lanes is not None else None
+        if lane is not None:
+            assert self.lanes is not None
+            reply = self.lanes.call(peer, lane, request)
             if reply is not None:
                 return reply
         if self.loop is None:

@@ -44,7 +44,7 @@ from tierflow.engine.inspection import (
 )
 from tierflow.engine.lm_hop import LM_OPS, LMHop
 from tierflow.engine.tier_load import OP_LOAD, OriginPeers, TierLoads, WorkMeter
-from tierflow.errors import InvalidInputError, ModelNotFoundError, TierUnavailableError, UnsupportedModelError
+from tierflow.errors import InvalidInputError, ModelNotFoundError, UnsupportedModelError
 from tierflow.model import metadata as md
 from tierflow.model.registry import resolve_model
 from tierflow.node.config import NodeConfig, not_an_image_generator, parse_hostport
@@ -57,15 +57,13 @@ from tierflow.runtime.lm import SamplingConfig
 from tierflow.runtime.loader import default_resolution
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.slowdown import SimulatedSlowdown
-from tierflow.transport.dataplane import DataPlaneServer, error_code_for
+from tierflow.transport.dataplane import DataPlaneServer, error_code_for, failure_for
 from tierflow.transport.dataplane_metrics import DataPlaneMetrics
 from tierflow.transport.lane import DATA_PLANE_PORT_KEY, LANE_PORT_KEY, Lanes, LaneServer
 from tierflow.transport.messages import (
-    FAILED_TIER_KEY,
     ORIGIN_KEY,
     MetaValue,
     PeerInfo,
-    StageError,
     StageRequest,
     StageResponse,
 )
@@ -204,10 +202,7 @@ class NodeServer:
             status = "ok"
         except Exception as exc:  # every failure becomes a typed response; the stream keeps working
             status = error_code_for(exc)
-            meta: dict[str, MetaValue] = {}
-            if isinstance(exc, TierUnavailableError) and exc.tier:
-                meta[FAILED_TIER_KEY] = exc.tier
-            response = StageResponse(request.request_id, error=StageError(status, str(exc)), meta=meta)
+            response = failure_for(request.request_id, exc)
         self.state.metrics.requests.labels(request.op, status).inc()
         self.state.metrics.stage_seconds.labels(request.op).observe(time.perf_counter() - started)
         return response

@@ -47,6 +47,7 @@ from tierflow.errors import (
     ModelNotFoundError,
     RecoverableError,
     TierflowError,
+    TierUnavailableError,
     TransportError,
     UnknownTargetError,
     UserError,
@@ -54,7 +55,15 @@ from tierflow.errors import (
 from tierflow.transport import codec
 from tierflow.transport.dataplane_metrics import DataPlaneMetrics, PeerMetrics, default_metrics
 from tierflow.transport.envelope import MAX_REQUEST_ID
-from tierflow.transport.messages import ErrorCode, PeerInfo, StageRequest, StageResponse
+from tierflow.transport.messages import (
+    FAILED_TIER_KEY,
+    ErrorCode,
+    MetaValue,
+    PeerInfo,
+    StageError,
+    StageRequest,
+    StageResponse,
+)
 from tierflow.transport.session import (
     MessageRejected,
     Session,
@@ -94,6 +103,15 @@ def error_code_for(exc: BaseException) -> str:
     if isinstance(exc, RecoverableError):
         return ErrorCode.UNAVAILABLE
     return ErrorCode.INTERNAL
+
+
+def failure_for(request_id: int, exc: BaseException) -> StageResponse:
+    """The typed error response a handler's exception stands for; a relayed unavailability names the
+    tier really at fault (``FAILED_TIER_KEY``), which ``raise_for_error`` reads back."""
+    meta: dict[str, MetaValue] = {}
+    if isinstance(exc, TierUnavailableError) and exc.tier:
+        meta[FAILED_TIER_KEY] = exc.tier
+    return StageResponse(request_id, error=StageError(error_code_for(exc), str(exc)), meta=meta)
 
 
 async def _maybe_offload(size: int, fn: Callable[..., T], *args: Any) -> T:

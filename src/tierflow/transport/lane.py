@@ -32,17 +32,16 @@ from typing import Any
 import numpy as np
 import orjson
 
-from tierflow.errors import FrameError, KeyAgreementError, TierflowError, TierUnavailableError, TransportError
+from tierflow.errors import KeyAgreementError, TierflowError, TransportError
 from tierflow.transport import codec
 from tierflow.transport.dataplane import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_MAX_MESSAGE_BYTES,
     HANDSHAKE_MAX_BYTES,
-    error_code_for,
+    failure_for,
 )
 from tierflow.transport.envelope import MAX_REQUEST_ID, Kind
 from tierflow.transport.messages import (
-    FAILED_TIER_KEY,
     ORIGIN_KEY,
     ErrorCode,
     MetaValue,
@@ -50,6 +49,7 @@ from tierflow.transport.messages import (
     StageRequest,
     StageResponse,
 )
+from tierflow.transport.peers import Peers
 from tierflow.transport.session import (
     MAX_RANK,
     MessageRejected,
@@ -207,9 +207,7 @@ class LaneServer:
         try:
             response = self.handler(request, peer)
         except TierflowError as exc:
-            response = StageResponse.failure(request.request_id, error_code_for(exc), str(exc))
-            if isinstance(exc, TierUnavailableError) and exc.tier:  # relayed: name the tier really at fault
-                response.meta[FAILED_TIER_KEY] = exc.tier
+            response = failure_for(request.request_id, exc)
         except Exception as exc:
             _log.exception("lane handler failed on %s", request.op)
             response = StageResponse.failure(
@@ -363,7 +361,7 @@ class Lanes:
             return None
         return None if reply is None else reply.raise_for_error(peer)
 
-    def open_soon(self, peer: str, peers: Any) -> None:
+    def open_soon(self, peer: str, peers: Peers) -> None:
         """Look for ``peer``'s lane in the background (at most every REOPEN_AFTER_S)."""
         now = time.monotonic()
         if peer in self._clients or now - self._asked.get(peer, -REOPEN_AFTER_S) < REOPEN_AFTER_S:
@@ -373,7 +371,7 @@ class Lanes:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _open(self, peer: str, peers: Any) -> None:
+    async def _open(self, peer: str, peers: Peers) -> None:
         address = self.addresses.get(peer)
         if address is None:
             return
@@ -447,10 +445,7 @@ def seal_lane(
 
 def open_lane(session: Session, data: bytes, kind: Kind) -> OpenedMessage:
     """Authenticate and parse a lane message of ``kind``; MessageRejected when it is not one."""
-    try:
-        blob = session.channel.open(data, expect_dtype=np.uint8)
-    except FrameError as exc:
-        raise MessageRejected(session._reason(exc, data), str(exc), None) from None
+    blob, _seq = session.open_frame(data, None, None, np.uint8)
     view = blob.data
     if len(blob) < _HEAD.size:
         raise MessageRejected("malformed", "lane message shorter than its head", None)

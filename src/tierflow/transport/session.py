@@ -266,7 +266,7 @@ class Session:
             raise MessageRejected("unexpected", f"expected a {kind.name} message, got {msg.kind.name}", hint)
         if not msg.parts:
             raise MessageRejected("malformed", "message has no header", hint)
-        blob, _seq = self._open_frame(msg.parts[0], hint, None, np.uint8)
+        blob, _seq = self.open_frame(msg.parts[0], hint, None, np.uint8)
         header, specs, data_start = _parse_header(blob, kind, hint)
         rid: int = header["rid"]
         if rid != hint:
@@ -294,7 +294,7 @@ class Session:
                 rid,
             )
         for spec, part in zip(framed, msg.parts[1:], strict=True):
-            array, seq = self._open_frame(part, rid, spec.shape, spec.dtype)
+            array, seq = self.open_frame(part, rid, spec.shape, spec.dtype)
             if seq != spec.where:
                 raise MessageRejected(
                     "misplaced",
@@ -304,9 +304,10 @@ class Session:
             tensors[spec.name] = array
         return OpenedMessage(rid, header, tensors)
 
-    def _open_frame(
-        self, part: bytes | memoryview, rid: int, shape: tuple[int, ...] | None, dtype: Any
+    def open_frame(
+        self, part: bytes | memoryview, rid: int | None, shape: tuple[int, ...] | None, dtype: Any
     ) -> tuple[np.ndarray, int]:
+        """Authenticate and decode one frame; MessageRejected (its metrics reason, for ``rid``) if not."""
         try:
             array, h = self.channel.open_with_header(part, expect_shape=shape, expect_dtype=dtype)
         except FrameError as exc:
