@@ -41,6 +41,7 @@ from typing import Any
 import onnx
 
 from tierflow.bench.entry import device_entry, finish
+from tierflow.bench.llamacpp import LlamaCpp
 from tierflow.compiler.random_hf import LlamaShape, ensure_random_llama
 from tierflow.context.ids import new_context_id
 from tierflow.engine.sharded import GenerationOutcome, ShardedLM, Spans, spans_text
@@ -67,6 +68,7 @@ class BenchModel:
     name: str
     path: Path
     device_memory_mib: float | None = None
+    shape: str | None = None  # a random-init Llama's shape (LLAMA_SHAPES), which llama.cpp can run too
 
 
 def placement_spans(placement: str, num_layers: int) -> Spans:
@@ -137,10 +139,13 @@ async def split_over_local(
     tokens: int,
     repeats: int,
     data_plane: ShardedLM | None = None,
+    anchor: tuple[LlamaCpp, str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """The split's decode tokens/s over the unsplit model's in this one process (one ONNX Runtime
     thread), the runs alternating so that a burst of load on the machine hits all alike. With
-    ``data_plane`` (the same split over nodes whose decode lanes are off) that split too."""
+    ``data_plane`` (the same split over nodes whose decode lanes are off) that split too, and with
+    ``anchor`` (llama.cpp, the model's shape, two running RPC servers) llama.cpp's one process and
+    split between them."""
     local = CausalLM.open(path, SessionOptions(intra_op_threads=1))
     config = SamplingConfig.greedy(tokens)
     local.generate_ids(ids, config)  # warm-up
@@ -149,12 +154,17 @@ async def split_over_local(
     split_rates: list[float] = []
     plane_rates: list[float] = []
     local_rates: list[float] = []
+    anchor_rates: list[tuple[float, float]] = []
     for _ in range(max(repeats, 5)):
         split_rates.append((await _run_once(lm, ids, spans, tokens, new_context_id())).tokens_per_s)
         if data_plane is not None:
             outcome = await _run_once(data_plane, ids, spans, tokens, new_context_id())
             plane_rates.append(outcome.tokens_per_s)
         local_rates.append(local.generate_ids(ids, config).tokens_per_s)
+        if anchor is not None:
+            llama, shape, servers = anchor
+            their_one = await asyncio.to_thread(llama.one_process, shape, tokens)
+            anchor_rates.append((their_one, await asyncio.to_thread(llama.split, shape, tokens, servers)))
     split, one = statistics.median(split_rates), statistics.median(local_rates)
     out = {
         "split_tokens_per_s": round(split, 2),
@@ -165,6 +175,12 @@ async def split_over_local(
         plane = statistics.median(plane_rates)
         out["split_data_plane_tokens_per_s"] = round(plane, 2)
         out["split_over_local_data_plane"] = round(plane / one, 3)
+    if anchor_rates:
+        their_one = statistics.median(r[0] for r in anchor_rates)
+        their_split = statistics.median(r[1] for r in anchor_rates)
+        out["llamacpp_one_process_tokens_per_s"] = round(their_one, 2)
+        out["llamacpp_split_tokens_per_s"] = round(their_split, 2)
+        out["llamacpp_split_over_local"] = round(their_split / their_one, 3)
     return out
 
 
@@ -188,9 +204,11 @@ async def measure_profile(
     tokens: int,
     repeats: int,
     no_lanes: Callable[[], LocalDeployment] | None = None,
+    llamacpp: LlamaCpp | None = None,
 ) -> dict[str, Any]:
     """Every placement over ``deployment``; over loopback also the split against one process, and
-    against the same split over the nodes ``no_lanes`` starts (their decode lanes off)."""
+    against the same split over the nodes ``no_lanes`` starts (their decode lanes off), and
+    llama.cpp's split of the same shape in the same minutes (with ``llamacpp``)."""
     memory = int(model.device_memory_mib * 2**20) if model.device_memory_mib else None
     out: dict[str, Any] = {}
     proto = onnx.load(str(model.path))
@@ -210,7 +228,7 @@ async def measure_profile(
             out[placement] = figures
             if placement == "split" and deployment.backhaul is None:
                 out["vs_one_process"] = await _vs_one_process(
-                    lm, model, ids, tokens, repeats, proto, memory, no_lanes
+                    lm, model, ids, tokens, repeats, proto, memory, no_lanes, llamacpp
                 )
     return {p: out[p] for p in (*PLACEMENTS, "vs_one_process") if p in out}
 
@@ -224,6 +242,7 @@ async def _vs_one_process(
     proto: onnx.ModelProto,
     memory: int | None,
     no_lanes: Callable[[], LocalDeployment] | None,
+    llamacpp: LlamaCpp | None,
 ) -> dict[str, Any]:
     split = placement_spans("split", lm.num_layers)
     plain = await asyncio.to_thread(no_lanes) if no_lanes is not None else None
@@ -233,7 +252,10 @@ async def _vs_one_process(
             if plain is not None:
                 entry = device_entry(model.path, model.name, plain, memory, lanes=False, model=proto)
                 plane = await stack.enter_async_context(entry)
-            figures = await split_over_local(lm, model.path, ids, split, tokens, repeats, plane)
+            anchor = None
+            if llamacpp is not None and model.shape is not None:
+                anchor = (llamacpp, model.shape, stack.enter_context(llamacpp.servers()))
+            figures = await split_over_local(lm, model.path, ids, split, tokens, repeats, plane, anchor)
     finally:
         if plain is not None:
             plain.stop()
@@ -248,8 +270,10 @@ def run_generate_bench(
     tokens: int = 64,
     repeats: int = 3,
     on_stage: Any = None,
+    llamacpp: LlamaCpp | None = None,
 ) -> dict[str, Any]:
-    """Every model over every profile (``loopback``: no emulated links); see the module docstring."""
+    """Every model over every profile (``loopback``: no emulated links); see the module docstring.
+    With ``llamacpp``, the Llama shapes' split over loopback is set beside llama.cpp's."""
     stage = on_stage or (lambda _msg: None)
     result: dict[str, Any] = {"tokens": tokens, "repeats": repeats, "prompt": PROMPT, "models": {}}
     for model in models:
@@ -271,7 +295,9 @@ def run_generate_bench(
                 try:
                     started = time.perf_counter()
                     stage(f"{model.name} over {name}: decoding")
-                    per_profile[name] = run(measure_profile(model, deployment, tokens, repeats, no_lanes))
+                    per_profile[name] = run(
+                        measure_profile(model, deployment, tokens, repeats, no_lanes, llamacpp)
+                    )
                     per_profile[name]["wall_s"] = round(time.perf_counter() - started, 1)
                 finally:
                     deployment.stop()
@@ -291,7 +317,7 @@ def default_models(large: str | None) -> list[BenchModel]:
             raise ConfigError(f"unknown Llama shape {large!r}; known: {', '.join(LLAMA_SHAPES)}")
         path = ensure_random_llama(shape)
         weights = sum(len(t.raw_data) for t in onnx.load(str(path)).graph.initializer)
-        models.append(BenchModel(shape.name, path, device_memory_mib=weights / 2 / 2**20))
+        models.append(BenchModel(shape.name, path, device_memory_mib=weights / 2 / 2**20, shape=large))
     return models
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -173,11 +174,19 @@ def generate(
     ),
     tokens: int = typer.Option(64, "--tokens", min=2, help="Tokens decoded per run."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per placement (median)."),
+    llamacpp: Path | None = typer.Option(
+        None,
+        "--llamacpp",
+        help="The work folder of bench/anchors/llamacpp/measure.sh: over loopback, llama.cpp's "
+        "one process and RPC split of the Llama shape run between tierflow's runs.",
+    ),
 ) -> None:
     """Tokens/s and time to first token: device-only, edge-only, cloud-only and the three-tier split."""
     from tierflow.bench.generate import PLACEMENTS, default_models, run_generate_bench
+    from tierflow.bench.llamacpp import LlamaCpp
     from tierflow.cli._common import err_console
 
+    anchor = LlamaCpp.find(llamacpp, (large,) if large else ()) if llamacpp is not None else None
     with spinner("preparing the models"):
         models = default_models(large or None)
     result = run_generate_bench(
@@ -186,6 +195,7 @@ def generate(
         tokens=tokens,
         repeats=repeats,
         on_stage=lambda line: err_console.print(line, style="dim", highlight=False, markup=False),
+        llamacpp=anchor,
     )
     rows = [
         {
@@ -208,6 +218,8 @@ def generate(
         for name, per in result["models"].items():
             if "split_over_local" in per:
                 console.print(f"{name}: split over loopback / one process = {per['split_over_local']}")
+            if "llamacpp_split_over_local" in per:
+                console.print(f"{name}: llama.cpp's, in the same run = {per['llamacpp_split_over_local']}")
 
 
 @bench_app.command("migrate")
