@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from tierflow.errors import (
     ConfigError,
+    FrameFormatError,
     FrameShapeError,
     InvalidInputError,
     ReplayedFrameError,
@@ -241,3 +242,64 @@ def test_random_tensors_survive_the_channel(x: np.ndarray, mode: str, asymmetric
         err = np.abs(y.astype(np.float64) - x.astype(np.float64))
         bound = scales / 2 + np.abs(x.astype(np.float64)) * (2**-10 if x.dtype == np.float16 else 1e-6)
         assert np.all(err <= bound)
+
+
+# --- byte strings (a decode lane's messages): seal_bytes / open_bytes --------------------------------
+
+
+def test_a_byte_string_is_sealed_into_the_same_frame_as_the_uint8_array() -> None:
+    sid, send, recv = os.urandom(16), os.urandom(32), os.urandom(32)
+    general = SecureChannel(SessionKeys(sid, send, recv))
+    direct = SecureChannel(SessionKeys(sid, send, recv))
+    payload = os.urandom(2053)
+    for _ in range(3):  # same keys, same sequence numbers: byte for byte the same frames
+        assert direct.seal_bytes(payload) == general.seal(np.frombuffer(payload, np.uint8), mode="raw")
+    a, b = make_pair()
+    frame = a.seal_bytes(payload)
+    assert b.open(frame).tobytes() == payload  # the general open reads it
+
+
+def test_open_bytes_round_trips_and_counts_sequence_numbers(pair) -> None:
+    a, b = pair
+    for i, size in enumerate((0, 1, 4096)):
+        data = os.urandom(size)
+        opened, seq = b.open_bytes(a.seal_bytes(data))
+        assert (opened.tobytes(), seq) == (data, i)
+    # a uint8 frame from the general seal opens too
+    general, _ = b.open_bytes(a.seal(np.frombuffer(b"abc", np.uint8), mode="raw"))
+    assert general.tobytes() == b"abc"
+
+
+def test_open_bytes_refuses_what_open_refuses(pair) -> None:
+    a, b = pair
+    frame = a.seal_bytes(b"hidden state")
+    tampered = bytearray(frame)
+    tampered[-20] ^= 1
+    with pytest.raises(TamperedFrameError):
+        b.open_bytes(bytes(tampered))
+    header = bytearray(frame)
+    header[36] ^= 1  # the length, the header's last field
+    with pytest.raises(FrameFormatError):
+        b.open_bytes(bytes(header))
+    b.open_bytes(frame)
+    with pytest.raises(ReplayedFrameError):
+        b.open_bytes(frame)
+    with pytest.raises(FrameShapeError):  # a tensor frame is not a byte string
+        b.open_bytes(a.seal(_x()))
+    other, _ = make_pair()
+    with pytest.raises(TamperedFrameError, match="another session"):
+        b.open_bytes(other.seal_bytes(b"x"))
+
+
+def test_byte_strings_cross_key_rotations() -> None:
+    a, b = make_pair(ChannelConfig(rotate_after_frames=2))
+    for i in range(7):
+        data = bytes([i]) * 10
+        assert b.open_bytes(a.seal_bytes(data))[0].tobytes() == data
+    assert a.send_epoch == 3
+
+
+def test_seal_bytes_refuses_beyond_the_frame_limits() -> None:
+    a, _ = make_pair(ChannelConfig(limits=FrameLimits(max_elements=16)))
+    with pytest.raises(InvalidInputError, match="frame limit"):
+        a.seal_bytes(bytes(17))

@@ -62,7 +62,6 @@ from tierflow.transport.session import (
 )
 from tierflow.transport.stream import keepalive, recv_message, send_message, split_address
 from tierflow.transport.tls import Identity, client_ssl_context, server_ssl_context
-from tierflow.types.quant import QuantMode
 from tierflow.wire import ChannelConfig
 from tierflow.wire import frame as fr
 
@@ -440,12 +439,12 @@ def seal_lane(
         raw_name = name.encode()
         spec = _TENSOR.pack(code, a.ndim, len(raw_name)) + struct.pack(f"<{a.ndim}I", *a.shape) + raw_name
         chunks += [spec, _pad(len(spec)), a.tobytes(), _pad(a.nbytes)]
-    return session.channel.seal(np.frombuffer(b"".join(chunks), np.uint8), mode=QuantMode.RAW)
+    return session.channel.seal_bytes(b"".join(chunks))
 
 
 def open_lane(session: Session, data: bytes, kind: Kind) -> OpenedMessage:
     """Authenticate and parse a lane message of ``kind``; MessageRejected when it is not one."""
-    blob, _seq = session.open_frame(data, None, None, np.uint8)
+    blob = session.open_bytes(data)
     view = blob.data
     if len(blob) < _HEAD.size:
         raise MessageRejected("malformed", "lane message shorter than its head", None)

@@ -312,9 +312,22 @@ class Session:
             array, h = self.channel.open_with_header(part, expect_shape=shape, expect_dtype=dtype)
         except FrameError as exc:
             raise MessageRejected(self._reason(exc, part), str(exc), rid) from None
-        if h.seq > self._recv_top:
-            self._recv_top = h.seq
-        return array, h.seq
+        return array, self._received(h.seq)
+
+    def open_bytes(self, part: bytes | memoryview) -> np.ndarray:
+        """:meth:`open_frame` of a frame :meth:`SecureChannel.seal_bytes` made (a decode lane's
+        message): its bytes (uint8); MessageRejected if not."""
+        try:
+            payload, seq = self.channel.open_bytes(part)
+        except FrameError as exc:
+            raise MessageRejected(self._reason(exc, part), str(exc), None) from None
+        self._received(seq)
+        return payload
+
+    def _received(self, seq: int) -> int:
+        if seq > self._recv_top:
+            self._recv_top = seq
+        return seq
 
     def _reason(self, exc: FrameError, part: bytes | memoryview) -> str:
         """The metrics label for a frame the channel refused."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hmac
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,19 +148,36 @@ class SecureChannel:
             q = Quantized(tensor.reshape(-1), RAW_PARAMS, tensor.dtype, tensor.shape)
         else:
             q = quantize(tensor, mode, axis=cfg.axis if axis is None else axis, asymmetric=bool(asymmetric))
+        seq, epoch, aead = self._claim_send(q.payload.nbytes)
+        header = fr.FrameHeader(
+            self.session_id, epoch, seq, q.dtype, q.shape, q.params, self.privacy is not None
+        )
+        return fr.seal(aead, header, q.payload)
+
+    def seal_bytes(self, payload: bytes) -> bytes:
+        """:meth:`seal` of ``payload`` as a raw uint8 array: the same frame, its header packed directly
+        (a decode lane seals one byte string per message; transport/lane.py)."""
+        if self.privacy is not None:  # noise goes onto tensors: the general path
+            return self.seal(np.frombuffer(payload, np.uint8), mode=QuantMode.RAW)
+        length = len(payload)
+        self._check_size((length,))
+        seq, epoch, aead = self._claim_send(length)
+        aad = fr.bytes_header(self.session_id, epoch, seq, length)
+        return aad + aead.encrypt(fr.nonce(epoch, seq), payload, aad)
+
+    def _claim_send(self, nbytes: int) -> tuple[int, int, AESGCM]:
+        """The next frame's sequence number, key epoch and key; rotates the key when the epoch is full."""
+        cfg = self.config
         with self._send_lock:
             seq, epoch, aead = self._send_seq, self._send_epoch, self._send_aead
             if seq > fr.MAX_SEQ:
                 raise FrameFormatError("sequence numbers exhausted; start a new session")
             self._send_seq += 1
             self._epoch_frames += 1
-            self._epoch_bytes += q.payload.nbytes
+            self._epoch_bytes += nbytes
             if self._epoch_frames >= cfg.rotate_after_frames or self._epoch_bytes >= cfg.rotate_after_bytes:
                 self._rotate_send()
-        header = fr.FrameHeader(
-            self.session_id, epoch, seq, q.dtype, q.shape, q.params, self.privacy is not None
-        )
-        return fr.seal(aead, header, q.payload)
+        return seq, epoch, aead
 
     def _rotate_send(self) -> None:
         epoch = self._send_epoch + 1
@@ -223,14 +240,34 @@ class SecureChannel:
         if not hmac.compare_digest(h.session_id, self.session_id):
             raise TamperedFrameError("frame belongs to another session")
         _check_expected(h, expect_shape, expect_dtype)
-        with self._recv_lock:
-            self._window.check(h.seq)
-            aead, derived = self._recv_aead(h.epoch)
-        payload = fr.open_payload(aead, parsed)  # raises TamperedFrameError before any state changes
-        with self._recv_lock:
-            self._window.accept(h.seq)  # re-checks: another thread may have taken this number meanwhile
-            self._commit(h.epoch, derived)
+        payload = self._authenticate(h.epoch, h.seq, lambda aead: fr.open_payload(aead, parsed))
         return dequantize(payload, h.params, h.dtype, h.shape), h
+
+    def open_bytes(self, frame: bytes | bytearray | memoryview) -> tuple[np.ndarray, int]:
+        """:meth:`open` of a frame that :meth:`seal_bytes` made: its bytes (uint8) and sequence number.
+        The same checks; any other frame is refused as :meth:`open` would refuse it (FrameError), or
+        as not being a flat uint8 array (FrameShapeError)."""
+        known = fr.parse_bytes_frame(frame, self.session_id, self.config.limits)
+        if known is None:  # the general path names what is wrong
+            array, h = self.open_with_header(frame, expect_shape=(None,), expect_dtype=np.uint8)
+            return array, h.seq
+        epoch, seq, length = known
+        payload = self._authenticate(
+            epoch, seq, lambda aead: fr.open_bytes_payload(aead, frame, epoch, seq, length)
+        )
+        return payload, seq
+
+    def _authenticate(self, epoch: int, seq: int, decrypt: Callable[[AESGCM], np.ndarray]) -> np.ndarray:
+        """``decrypt`` under the key of ``epoch`` if ``seq`` is neither replayed nor stale; it raises
+        TamperedFrameError before any state changes."""
+        with self._recv_lock:
+            self._window.check(seq)
+            aead, derived = self._recv_aead(epoch)
+        payload = decrypt(aead)
+        with self._recv_lock:
+            self._window.accept(seq)  # re-checks: another thread may have taken this number meanwhile
+            self._commit(epoch, derived)
+        return payload
 
     def _recv_aead(self, epoch: int) -> tuple[AESGCM, list[tuple[int, bytes]]]:
         """The key for ``epoch``, plus keys derived on the way there (committed only after authentication)."""

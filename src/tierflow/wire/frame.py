@@ -139,18 +139,64 @@ def seal(aead: AESGCM, header: FrameHeader, payload: np.ndarray) -> bytes:
     return aad + aead.encrypt(nonce(header.epoch, header.seq), data, aad)
 
 
+# A frame carrying a flat byte string raw (a decode lane's message, transport/lane.py): its fixed
+# header up to the epoch never changes, so it is packed once and compared once.
+_BYTES = struct.Struct("<IQ16sI")  # epoch, seq, session id, then the one dimension
+BYTES_HEADER_LEN = FIXED_LEN + 4
+
+
+@cache
+def _bytes_prefix() -> bytes:
+    head = FrameHeader(bytes(SESSION_ID_LEN), 0, 0, np.dtype(np.uint8), (0,), RAW_PARAMS)
+    return encode_header(head)[: FIXED_LEN - _BYTES.size + 4]
+
+
+def bytes_header(session_id: bytes, epoch: int, seq: int, length: int) -> bytes:
+    """What :func:`encode_header` gives for ``length`` raw uint8 elements, packed directly."""
+    return _bytes_prefix() + _BYTES.pack(epoch, seq, session_id, length)
+
+
+def parse_bytes_frame(
+    frame: bytes | bytearray | memoryview, session_id: bytes, limits: FrameLimits
+) -> tuple[int, int, int] | None:
+    """``(epoch, seq, length)`` of a well-formed raw uint8 frame of ``session_id``; None for any other
+    frame (which :func:`parse_frame` then checks and names what is wrong with)."""
+    if len(frame) < BYTES_HEADER_LEN + TAG_LEN or frame[: len(_bytes_prefix())] != _bytes_prefix():
+        return None
+    epoch, seq, sid, length = _BYTES.unpack_from(frame, len(_bytes_prefix()))
+    if sid != session_id or length > limits.max_elements:
+        return None
+    if len(frame) != BYTES_HEADER_LEN + length + TAG_LEN:
+        return None
+    return epoch, seq, length
+
+
+def open_bytes_payload(
+    aead: AESGCM, frame: bytes | bytearray | memoryview, epoch: int, seq: int, length: int
+) -> np.ndarray:
+    """Authenticate and decrypt a frame :func:`parse_bytes_frame` accepted; its bytes (uint8)."""
+    view = memoryview(frame)
+    out = np.empty(length, np.uint8)
+    _decrypt_into(aead, nonce(epoch, seq), view[BYTES_HEADER_LEN:], view[:BYTES_HEADER_LEN], out)
+    return out
+
+
 def open_payload(aead: AESGCM, parsed: ParsedFrame) -> np.ndarray:
     """Authenticate and decrypt; returns the flat payload (a new, writable array)."""
     h = parsed.header
     p = h.params
     out = np.empty(h.payload_len, np.uint8)
+    _decrypt_into(aead, nonce(h.epoch, h.seq), parsed.body, parsed.aad, out)
+    return out.view(payload_dtype(p.mode, p.asymmetric, h.dtype))
+
+
+def _decrypt_into(aead: AESGCM, iv: bytes, body: memoryview, aad: memoryview, out: np.ndarray) -> None:
     try:
-        aead.decrypt_into(nonce(h.epoch, h.seq), parsed.body, parsed.aad, out.data)
+        aead.decrypt_into(iv, body, aad, out.data)
     except InvalidTag:
         raise TamperedFrameError(
             "frame failed authentication (tampered, or sealed under another key)"
         ) from None
-    return out.view(payload_dtype(p.mode, p.asymmetric, h.dtype))
 
 
 def parse_frame(frame: bytes | bytearray | memoryview, limits: FrameLimits) -> ParsedFrame:
