@@ -8,6 +8,8 @@ lane is only opened to a peer reached directly (never around an emulated link).
 
 from __future__ import annotations
 
+import os
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -27,11 +29,14 @@ from tierflow.transport.lane import (
     Lanes,
     LaneServer,
     lane_target,
+    open_lane,
     seal_lane,
 )
 from tierflow.transport.messages import ORIGIN_KEY, ErrorCode, PeerInfo, StageRequest, StageResponse
+from tierflow.transport.session import MessageRejected, Session
 from tierflow.transport.stream import StreamClosed, recv_message, send_message
 from tierflow.transport.tls import load_identity
+from tierflow.wire import SecureChannel, SessionKeys
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +220,63 @@ def test_a_lane_is_opened_only_to_a_peer_reached_directly(
     address: str, info: dict[str, int], target: str | None
 ) -> None:
     assert lane_target(address, info) == target  # type: ignore[arg-type]
+
+
+# --- the lane message format: authentic messages that are not well formed ---------------------------
+
+
+def _sessions() -> tuple[Session, Session]:
+    sid = os.urandom(16)
+    a_to_b, b_to_a = os.urandom(32), os.urandom(32)
+    a = Session(SecureChannel(SessionKeys(sid, a_to_b, b_to_a)), "b", bytes(32))
+    b = Session(SecureChannel(SessionKeys(sid, b_to_a, a_to_b)), "a", bytes(32))
+    return a, b
+
+
+def _tensor_spec(code: int, rank: int, name: bytes, dims: tuple[int, ...]) -> bytes:
+    spec = struct.pack("<BBH", code, rank, len(name)) + struct.pack(f"<{len(dims)}I", *dims) + name
+    return spec + bytes(-len(spec) % 8)
+
+
+def _message(kind: int, header: bytes, count: int, tail: bytes = b"") -> bytes:
+    head = struct.pack("<BQHI", kind, 5, count, len(header)) + header
+    return head + bytes(-len(head) % 8) + tail
+
+
+def test_a_lane_message_round_trips_exactly() -> None:
+    a, b = _sessions()
+    x = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    ids = np.array([[1, 2]], np.int64)
+    sealed = seal_lane(a, Kind.REQUEST, 9, {"op": "lm_step"}, {"hidden": x, "input_ids": ids})
+    opened = open_lane(b, sealed, Kind.REQUEST)
+    assert (opened.request_id, opened.header) == (9, {"op": "lm_step"})
+    assert opened.tensors["hidden"].dtype == np.float32 and np.array_equal(opened.tensors["hidden"], x)
+    assert np.array_equal(opened.tensors["input_ids"], ids)
+
+
+F32 = 1  # frame.py's dtype code of float32
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\x00" * 5, "malformed"),  # shorter than the head
+        (_message(int(Kind.RESPONSE), b"{}", 0), "unexpected"),  # a reply where a request belongs
+        (struct.pack("<BQHI", int(Kind.REQUEST), 5, 0, 4000) + b"{}", "bad_header"),  # header past the end
+        (_message(int(Kind.REQUEST), b"{not json", 0), "bad_header"),
+        (_message(int(Kind.REQUEST), b"[1, 2]", 0), "bad_header"),  # JSON, not an object
+        (_message(int(Kind.REQUEST), b"{}", 1), "shape"),  # a tensor announced, none there
+        (_message(int(Kind.REQUEST), b"{}", 1, _tensor_spec(250, 1, b"x", (1,)) + bytes(8)), "bad_header"),
+        (_message(int(Kind.REQUEST), b"{}", 1, _tensor_spec(F32, 33, b"x", (1,) * 33)), "bad_header"),  # rank
+        (_message(int(Kind.REQUEST), b"{}", 1, _tensor_spec(F32, 1, b"", (1,)) + bytes(8)), "bad_header"),
+        # the same name twice
+        (_message(int(Kind.REQUEST), b"{}", 2, (_tensor_spec(F32, 1, b"x", (2,)) + bytes(8)) * 2), "bad_header"),  # noqa: E501
+        (_message(int(Kind.REQUEST), b"{}", 1, _tensor_spec(F32, 1, b"x", (100,)) + bytes(8)), "shape"),
+        (_message(int(Kind.REQUEST), b"{}", 0, bytes(8)), "shape"),  # bytes after the last tensor
+    ],
+)
+def test_a_malformed_lane_message_is_rejected_with_its_reason(body: bytes, reason: str) -> None:
+    a, b = _sessions()
+    with pytest.raises(MessageRejected) as caught:
+        open_lane(b, a.channel.seal_bytes(body), Kind.REQUEST)
+    assert caught.value.reason == reason

@@ -138,6 +138,8 @@ def pick_token(
 ) -> int:
     """Choose one token id from a 1-D logits vector; ``recent`` are the tokens before it (prompt included)."""
     window = recent[-config.repeat_last_n :] if config.repeat_last_n else ()
+    if config.temperature == 0 and (config.repeat_penalty == 1.0 or not len(window)):
+        return int(np.argmax(logits))  # nothing to adjust: the float64 copy would change no comparison
     adjusted = apply_repeat_penalty(logits, window, config.repeat_penalty)
     if config.temperature == 0:
         return int(np.argmax(adjusted))

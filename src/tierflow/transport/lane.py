@@ -420,11 +420,13 @@ def lane_target(address: str, info: Mapping[str, MetaValue]) -> str | None:
 # envelope, the per-tensor JSON specs and the second parse they need. Tensors travel raw.
 _HEAD = struct.Struct("<BQHI")
 _TENSOR = struct.Struct("<BBH")
+_DIMS = [struct.Struct(f"<{rank}I") for rank in range(MAX_RANK + 1)]  # by rank: built once
 _ALIGN = 8
+_PADS = [bytes(n) for n in range(_ALIGN)]
 
 
 def _pad(n: int) -> bytes:
-    return bytes(-n % _ALIGN)
+    return _PADS[-n % _ALIGN]
 
 
 def seal_lane(
@@ -437,7 +439,7 @@ def seal_lane(
         a = np.ascontiguousarray(value)
         code = fr.dtype_code(a.dtype)
         raw_name = name.encode()
-        spec = _TENSOR.pack(code, a.ndim, len(raw_name)) + struct.pack(f"<{a.ndim}I", *a.shape) + raw_name
+        spec = _TENSOR.pack(code, a.ndim, len(raw_name)) + _DIMS[a.ndim].pack(*a.shape) + raw_name
         chunks += [spec, _pad(len(spec)), a.tobytes(), _pad(a.nbytes)]
     return session.channel.seal_bytes(b"".join(chunks))
 
@@ -463,29 +465,31 @@ def open_lane(session: Session, data: bytes, kind: Kind) -> OpenedMessage:
     at += -at % _ALIGN
     tensors: dict[str, np.ndarray] = {}
     for _ in range(count):
-        at = _read_tensor(blob, at, tensors, rid)
+        at = _read_tensor(blob, view, at, tensors, rid)
     if at != len(blob):
         raise MessageRejected("shape", f"{len(blob) - at} bytes after the lane message's last tensor", rid)
     return OpenedMessage(rid, header, tensors)
 
 
-def _read_tensor(blob: np.ndarray, at: int, into: dict[str, np.ndarray], rid: int) -> int:
-    if at + _TENSOR.size > len(blob):
+def _read_tensor(blob: np.ndarray, view: memoryview, at: int, into: dict[str, np.ndarray], rid: int) -> int:
+    """One tensor of a lane message from ``at`` in ``blob`` (``view``: its memory); where the next starts."""
+    size = len(view)
+    if at + _TENSOR.size > size:
         raise MessageRejected("shape", "lane tensor spec runs past its message", rid)
-    code, rank, name_len = _TENSOR.unpack_from(blob.data, at)
+    code, rank, name_len = _TENSOR.unpack_from(view, at)
     dtype = fr.CODE_DTYPES.get(code)
     spec_len = _TENSOR.size + 4 * rank + name_len
-    if dtype is None or rank > MAX_RANK or at + spec_len > len(blob):
+    if dtype is None or rank > MAX_RANK or at + spec_len > size:
         raise MessageRejected("bad_header", "lane tensor spec is not valid", rid)
-    shape = struct.unpack_from(f"<{rank}I", blob.data, at + _TENSOR.size)
-    name = blob[at + spec_len - name_len : at + spec_len].tobytes().decode("utf-8", "replace")
+    shape = _DIMS[rank].unpack_from(view, at + _TENSOR.size)
+    name = str(view[at + spec_len - name_len : at + spec_len], "utf-8", "replace")
     if not name or name in into:
         raise MessageRejected("bad_header", f"lane tensor name {name!r} is empty or repeated", rid)
     at += spec_len + (-spec_len % _ALIGN)
     nbytes = dtype.itemsize
     for d in shape:
         nbytes *= d
-    if at + nbytes > len(blob):
+    if at + nbytes > size:
         raise MessageRejected("shape", f"lane tensor {name!r} {shape} runs past its message", rid)
     into[name] = blob[at : at + nbytes].view(dtype).reshape(shape)
     return at + nbytes + (-nbytes % _ALIGN)
