@@ -29,10 +29,10 @@ from tierflow.engine.sharded import (
     StepStats,
     parse_spans,
     spans_text,
-    text_delta,
 )
 from tierflow.errors import ContextError, ContextExpiredError, InvalidInputError
 from tierflow.model.lm_layers import Span
+from tierflow.model.tokenizer import TextStream
 from tierflow.router.energy import BatteryState
 from tierflow.router.sla import SLA
 from tierflow.runtime.lm import SamplingConfig
@@ -249,7 +249,7 @@ class Conversations:
         begun = time.perf_counter()
         first_at: float | None = None
         generated: list[int] = []
-        printed = 0
+        text = TextStream(self.lm.tokenizer)
         budget = config.max_new_tokens
         if self.early_exit.max_seq_len is not None:
             budget = min(budget, self.early_exit.max_seq_len - len(tokens))
@@ -258,8 +258,7 @@ class Conversations:
         async for token in self.early_exit.stream(tokens, limited, stop_ids=eos):
             first_at = first_at or time.perf_counter()
             generated.append(token)
-            delta, printed = text_delta(self.lm.tokenizer, generated, printed)
-            yield GenerationEvent(token=token, text=delta)
+            yield GenerationEvent(token=token, text=text.add(generated))
             if token == self.lm.eos:
                 break
         end = time.perf_counter()

@@ -43,7 +43,7 @@ from tierflow.engine.lm_hop import (
 )
 from tierflow.errors import InvalidInputError, KVMissingError, PlanError, TierUnavailableError
 from tierflow.model.lm_layers import LayerCosts, Span, check_cover, layer_costs
-from tierflow.model.tokenizer import Tokenizer
+from tierflow.model.tokenizer import TextStream, Tokenizer
 from tierflow.planner.snapshot import LinkState
 from tierflow.planner.spans import TOKEN_BYTES, LMShape, SpanPlan, TierCapacity, plan_spans, score
 from tierflow.runtime.lm import SamplingConfig
@@ -62,15 +62,6 @@ PROBE_EVERY_S = 5.0  # how often a tier that is down is asked again
 LEARN_HOPS_MIN_STEPS = 8
 LEARN_HOPS_WEIGHT = 0.3  # of the newest generation in the running mean
 Spans = dict[Tier, Span]
-
-
-def text_delta(tokenizer: Tokenizer, generated: Sequence[int], printed: int) -> tuple[str, int]:
-    """The text the last token added, and how much is printed now (an incomplete UTF-8 sequence
-    waits for its next token)."""
-    text = tokenizer.decode(list(generated))
-    if text.endswith("\ufffd"):
-        return "", printed
-    return text[printed:], len(text)
 
 
 def spans_text(spans: Mapping[Tier, Span]) -> dict[str, str]:
@@ -576,7 +567,7 @@ class ShardedLM:
         begun = time.perf_counter()
         first_at: float | None = None
         sequence = list(tokens)
-        printed = 0
+        text = TextStream(self.tokenizer)
         while len(generated) < budget:
             try:
                 if not generated or start < len(sequence) - 1:
@@ -627,8 +618,7 @@ class ShardedLM:
                 first_at = time.perf_counter()
             generated.append(token)
             sequence.append(token)
-            delta, printed = text_delta(self.tokenizer, generated, printed)
-            yield GenerationEvent(token=token, text=delta)
+            yield GenerationEvent(token=token, text=text.add(generated))
             if token == self.eos:
                 break
         end = time.perf_counter()

@@ -6,6 +6,8 @@ A model carries its tokenizer inside the ONNX file (metadata
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tokenizers import Tokenizer as _HFTokenizer
 
 from tierflow.errors import TokenizerError
@@ -49,3 +51,29 @@ class Tokenizer:
     def token_id(self, token: str) -> int | None:
         tid = self._hf.token_to_id(token)
         return None if tid is None else int(tid)
+
+
+class TextStream:
+    """The text a growing list of generated tokens adds, token by token, decoding a short window.
+
+    Decoding everything generated so far at each token costs time in the length of the output (a
+    long stream's tokens get slower and slower). As vLLM's incremental detokenizer does, this decodes
+    only the tokens since the last emitted text plus the window before them (a tokenizer may render
+    a token differently at the start of a decode, e.g. drop a leading space), and holds text back
+    while it ends in an incomplete UTF-8 sequence, until a later token completes it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._prefix = 0  # the window's first token
+        self._read = 0  # tokens up to here are emitted
+
+    def add(self, tokens: Sequence[int]) -> str:
+        """``tokens`` (everything generated so far, the newest last): the text to emit now."""
+        window = list(tokens[self._prefix :])
+        before = self.tokenizer.decode(window[: self._read - self._prefix])
+        text = self.tokenizer.decode(window)
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(tokens)
+        return text[len(before) :]

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from tierflow.errors import InvalidInputError, TokenizerError
 from tierflow.model import lm_contract as lc
 from tierflow.model import metadata as md
-from tierflow.model.tokenizer import Tokenizer
+from tierflow.model.tokenizer import TextStream, Tokenizer
 from tierflow.runtime.session import (
     SessionOptions,
     active_provider,
@@ -277,15 +277,13 @@ class CausalLM:
         tok = self.require_tokenizer()
         prompt_ids = tok.encode(prompt)
         seen: list[int] = []
-        printed = 0
+        stream = TextStream(tok)
 
         def emit(token: int) -> None:
-            nonlocal printed
             seen.append(token)
-            text = tok.decode(seen)
-            if on_text and len(text) > printed:
-                on_text(text[printed:])
-                printed = len(text)
+            delta = stream.add(seen)
+            if on_text and delta:
+                on_text(delta)
 
         result = self.generate_ids(prompt_ids, config, on_token=emit if on_text else None)
         result.text = tok.decode(result.new_ids)
