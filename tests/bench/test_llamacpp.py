@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import assert_one_line_error, cli
 from tierflow.bench.llamacpp import LlamaCpp
 from tierflow.errors import ConfigError
 
@@ -81,7 +82,7 @@ def test_one_process_and_split_rates_come_from_llama_bench(work: Path) -> None:
     llama = LlamaCpp.find(work, ("8x512",))
     assert llama.one_process("8x512", 64) == 164.0
     with llama.servers() as servers:
-        assert len(servers) == 2
+        assert len(set(servers)) == 2  # two servers on two ports
         # the stand-in connects to both servers before answering, and the 8x512 split offloads 6 layers
         assert llama.split("8x512", 32, servers) == 80.0 + 32 + 6
     assert all(_refused(a) for a in servers)  # stopped on leaving
@@ -94,6 +95,36 @@ def test_a_failing_llama_bench_reports_its_error(work: Path) -> None:
 
 
 def test_a_server_that_exits_is_reported(work: Path) -> None:
-    _script(work / "build" / "bin" / "ggml-rpc-server", "import sys\nsys.exit(3)\n")
-    with pytest.raises(RuntimeError, match="exited with 3"), LlamaCpp.find(work).servers():
+    _script(
+        work / "build" / "bin" / "ggml-rpc-server",
+        "import sys\nprint('cannot bind to port', file=sys.stderr)\nsys.exit(3)\n",
+    )
+    llama = LlamaCpp.find(work)
+    with pytest.raises(RuntimeError, match="exited with 3: cannot bind to port"), llama.servers():
         pass
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--large", "", "--profiles", "loopback"), "--large"),  # no Llama: nothing to compare
+        (("--large", "8x512", "--profiles", "wifi"), "loopback"),  # only over loopback
+    ],
+)
+def test_the_cli_refuses_an_anchor_it_would_not_run(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    work: Path,
+    args: tuple[str, ...],
+    fragment: str,
+) -> None:
+    code, _, err = cli(capsys, monkeypatch, "bench", "generate", "--llamacpp", str(work), *args)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_the_cli_names_a_missing_build(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    args = ("--llamacpp", str(tmp_path), "--large", "8x512", "--profiles", "loopback")
+    code, _, err = cli(capsys, monkeypatch, "bench", "generate", *args)
+    assert_one_line_error(code, err, "measure.sh")

@@ -17,11 +17,12 @@ def tokenizer() -> Tokenizer:
 
 
 def _whole_text_each_time(tokenizer: Tokenizer, tokens: list[int]) -> list[str]:
-    """The reference: decode everything so far at each token, hold back an incomplete UTF-8 tail."""
+    """The reference, as the entry point did it before: decode everything so far at each token and
+    emit what is new, nothing while the text ends in an incomplete UTF-8 sequence."""
     deltas, printed = [], 0
     for n in range(1, len(tokens) + 1):
         text = tokenizer.decode(tokens[:n])
-        if text.endswith("\ufffd") or len(text) <= printed:
+        if text.endswith("\ufffd"):
             deltas.append("")
             continue
         deltas.append(text[printed:])
@@ -37,7 +38,7 @@ def test_the_stream_emits_what_decoding_everything_each_time_does(
     tokens = data.draw(st.lists(st.integers(0, tokenizer.vocab_size - 1), min_size=1, max_size=40))
     stream = TextStream(tokenizer)
     got = [stream.add(tokens[:n]) for n in range(1, len(tokens) + 1)]
-    assert "".join(got) == "".join(_whole_text_each_time(tokenizer, tokens))
+    assert got == _whole_text_each_time(tokenizer, tokens)  # the same piece at the same token
 
 
 def test_multi_byte_characters_split_over_tokens_come_out_whole(tokenizer: Tokenizer) -> None:
@@ -68,3 +69,24 @@ def test_a_long_stream_decodes_a_window_not_everything(tokenizer: Tokenizer) -> 
     text = "".join(stream.add(tokens[:n]) for n in range(1, len(tokens) + 1))
     assert text == tokenizer.decode(tokens)
     assert len(tokens) > 300 and max(counting.lengths) <= 4  # each decode sees the last few tokens only
+
+
+def _metaspace_tokenizer() -> Tokenizer:
+    """A sentencepiece-style vocabulary: words carry a leading "▁", which a decode drops at its start."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "\u2581the": 1, "\u2581cat": 2, "s": 3, "\u2581": 4, "\u2581caf": 5, "\u00e9": 6}
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.decoder = decoders.Metaspace()
+    return Tokenizer(hf)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tokens=st.lists(st.integers(0, 6), min_size=1, max_size=30))
+def test_a_tokenizer_that_drops_a_leading_space_keeps_the_spaces_between_words(tokens: list[int]) -> None:
+    tokenizer = _metaspace_tokenizer()
+    stream = TextStream(tokenizer)
+    got = [stream.add(tokens[:n]) for n in range(1, len(tokens) + 1)]
+    assert got == _whole_text_each_time(tokenizer, tokens)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tierflow.errors import KVMissingError, TierUnavailableError, TransportError
+from tierflow.errors import InvalidInputError, KVMissingError, TierUnavailableError, TransportError
 from tierflow.transport import codec
 from tierflow.transport.certs import init_pki
 from tierflow.transport.envelope import Kind
@@ -280,3 +280,9 @@ def test_a_malformed_lane_message_is_rejected_with_its_reason(body: bytes, reaso
     with pytest.raises(MessageRejected) as caught:
         open_lane(b, a.channel.seal_bytes(body), Kind.REQUEST)
     assert caught.value.reason == reason
+
+
+def test_a_tensor_over_the_rank_limit_is_refused_before_sending() -> None:
+    a, _ = _sessions()
+    with pytest.raises(InvalidInputError, match="rank 33"):
+        seal_lane(a, Kind.REQUEST, 1, {}, {"x": np.zeros((1,) * 33, np.float32)})

@@ -303,3 +303,13 @@ def test_seal_bytes_refuses_beyond_the_frame_limits() -> None:
     a, _ = make_pair(ChannelConfig(limits=FrameLimits(max_elements=16)))
     with pytest.raises(InvalidInputError, match="frame limit"):
         a.seal_bytes(bytes(17))
+
+
+def test_open_bytes_keeps_the_receivers_rank_limit_and_takes_views() -> None:
+    a, b = make_pair(receiver_config=ChannelConfig(limits=FrameLimits(max_rank=0)))
+    frame = a.seal_bytes(b"abc")
+    with pytest.raises(FrameFormatError, match="rank"):  # as open() refuses it
+        b.open_bytes(frame)
+    c, d = make_pair()
+    opened, _ = d.open_bytes(memoryview(c.seal_bytes(b"abc")))  # a view: the general path, same bytes
+    assert opened.tobytes() == b"abc"

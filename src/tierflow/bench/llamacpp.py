@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,54 +98,62 @@ class LlamaCpp:
     @contextmanager
     def servers(self, count: int = 2) -> Iterator[list[str]]:
         """``count`` ``ggml-rpc-server`` processes on loopback, one thread each; their addresses."""
-        started: list[subprocess.Popen[bytes]] = []
-        addresses: list[str] = []
+        started: list[tuple[subprocess.Popen[bytes], str, Path]] = []
+        logs = tempfile.TemporaryDirectory(prefix="tierflow-rpc-server-")
         try:
-            for _ in range(count):
-                port = _free_port()
-                started.append(
-                    subprocess.Popen(
+            for n, port in enumerate(_free_ports(count)):
+                log = Path(logs.name) / f"rpc{n}.log"
+                with open(log, "wb") as err:
+                    process = subprocess.Popen(
                         [str(self.rpc_server), "-t", "1", "-H", "127.0.0.1", "-p", str(port)],
                         stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
+                        stderr=err,
                         env=_one_thread(),
                     )
-                )
-                addresses.append(f"127.0.0.1:{port}")
-            for process, address in zip(started, addresses, strict=True):
-                _wait_listening(process, address)
-            yield addresses
+                started.append((process, f"127.0.0.1:{port}", log))
+            for process, address, log in started:
+                _wait_listening(process, address, log)
+            yield [address for _, address, _ in started]
         finally:
-            for process in started:
+            for process, _, _ in started:
                 process.terminate()
-            for process in started:
+            for process, _, _ in started:
                 try:
                     process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+            logs.cleanup()
 
 
 def _one_thread() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free now (all probes held open until every port is chosen)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
-def _wait_listening(process: subprocess.Popen[bytes], address: str) -> None:
-    """Until ``address`` accepts a connection (the server is up); fails if the server exits."""
+def _wait_listening(process: subprocess.Popen[bytes], address: str, log: Path) -> None:
+    """Until ``address`` accepts a connection and ``process`` still runs after it; fails, quoting the
+    process's log, if it exits."""
     host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + SERVER_START_S
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"ggml-rpc-server on {address} exited with {process.returncode}")
+            tail = " ".join(log.read_text(errors="replace").split()[-40:])
+            raise RuntimeError(f"ggml-rpc-server on {address} exited with {process.returncode}: {tail}")
         try:
             with socket.create_connection((host, int(port)), timeout=1.0):
-                return
+                pass
         except OSError:
             if time.monotonic() > deadline:
                 raise RuntimeError(
@@ -152,3 +161,6 @@ def _wait_listening(process: subprocess.Popen[bytes], address: str) -> None:
                 ) from None
             # the process is starting: poll again (there is no event to wait on across processes)
             time.sleep(0.05)
+            continue
+        if process.poll() is None:  # still running after the connection: it is the one listening
+            return

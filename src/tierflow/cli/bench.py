@@ -185,8 +185,13 @@ def generate(
     from tierflow.bench.generate import PLACEMENTS, default_models, run_generate_bench
     from tierflow.bench.llamacpp import LlamaCpp
     from tierflow.cli._common import err_console
+    from tierflow.errors import ConfigError
 
-    anchor = LlamaCpp.find(llamacpp, (large,) if large else ()) if llamacpp is not None else None
+    anchor = None
+    if llamacpp is not None:
+        if not large or "loopback" not in profiles.split(","):
+            raise ConfigError("--llamacpp needs a Llama shape (--large) and the loopback profile")
+        anchor = LlamaCpp.find(llamacpp, (large,))
     with spinner("preparing the models"):
         models = default_models(large or None)
     result = run_generate_bench(

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from tierflow.errors import KeyAgreementError, TierflowError, TransportError
+from tierflow.errors import InvalidInputError, KeyAgreementError, TierflowError, TransportError
 from tierflow.transport import codec
 from tierflow.transport.dataplane import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -437,6 +437,8 @@ def seal_lane(
     chunks = [_HEAD.pack(int(kind), request_id, len(tensors), len(body)), body, _pad(_HEAD.size + len(body))]
     for name, value in tensors.items():
         a = np.ascontiguousarray(value)
+        if a.ndim > MAX_RANK:
+            raise InvalidInputError(f"tensor {name!r} has rank {a.ndim}, above the limit of {MAX_RANK}")
         code = fr.dtype_code(a.dtype)
         raw_name = name.encode()
         spec = _TENSOR.pack(code, a.ndim, len(raw_name)) + _DIMS[a.ndim].pack(*a.shape) + raw_name

@@ -161,9 +161,12 @@ def parse_bytes_frame(
 ) -> tuple[int, int, int] | None:
     """``(epoch, seq, length)`` of a well-formed raw uint8 frame of ``session_id``; None for any other
     frame (which :func:`parse_frame` then checks and names what is wrong with)."""
-    if len(frame) < BYTES_HEADER_LEN + TAG_LEN or frame[: len(_bytes_prefix())] != _bytes_prefix():
+    prefix = _bytes_prefix()
+    if limits.max_rank < 1 or not isinstance(frame, bytes | bytearray):  # views: the general checks
         return None
-    epoch, seq, sid, length = _BYTES.unpack_from(frame, len(_bytes_prefix()))
+    if len(frame) < BYTES_HEADER_LEN + TAG_LEN or frame[: len(prefix)] != prefix:
+        return None
+    epoch, seq, sid, length = _BYTES.unpack_from(frame, len(prefix))
     if sid != session_id or length > limits.max_elements:
         return None
     if len(frame) != BYTES_HEADER_LEN + length + TAG_LEN:
