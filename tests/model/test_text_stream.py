@@ -39,6 +39,7 @@ def test_the_stream_emits_what_decoding_everything_each_time_does(
     stream = TextStream(tokenizer)
     got = [stream.add(tokens[:n]) for n in range(1, len(tokens) + 1)]
     assert got == _whole_text_each_time(tokenizer, tokens)  # the same piece at the same token
+    assert "".join(got) + stream.finish(tokens) == tokenizer.decode(tokens)  # and nothing lost at the end
 
 
 def test_multi_byte_characters_split_over_tokens_come_out_whole(tokenizer: Tokenizer) -> None:

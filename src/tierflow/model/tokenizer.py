@@ -70,10 +70,20 @@ class TextStream:
 
     def add(self, tokens: Sequence[int]) -> str:
         """``tokens`` (everything generated so far, the newest last): the text to emit now."""
-        window = list(tokens[self._prefix :])
-        before = self.tokenizer.decode(window[: self._read - self._prefix])
-        text = self.tokenizer.decode(window)
+        before, text = self._decode(tokens)
         if len(text) <= len(before) or text.endswith("\ufffd"):
             return ""
         self._prefix, self._read = self._read, len(tokens)
         return text[len(before) :]
+
+    def finish(self, tokens: Sequence[int]) -> str:
+        """At the end of the generation, what :meth:`add` held back: an incomplete UTF-8 tail comes
+        out as U+FFFD, as it does in the decoded whole."""
+        before, text = self._decode(tokens)
+        self._prefix = self._read = len(tokens)
+        return text[len(before) :]
+
+    def _decode(self, tokens: Sequence[int]) -> tuple[str, str]:
+        """The window's text up to what is emitted, and all of it."""
+        window = list(tokens[self._prefix :])
+        return self.tokenizer.decode(window[: self._read - self._prefix]), self.tokenizer.decode(window)

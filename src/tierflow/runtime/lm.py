@@ -286,5 +286,8 @@ class CausalLM:
                 on_text(delta)
 
         result = self.generate_ids(prompt_ids, config, on_token=emit if on_text else None)
+        rest = stream.finish(seen)
+        if on_text and rest:
+            on_text(rest)
         result.text = tok.decode(result.new_ids)
         return result
