@@ -124,7 +124,7 @@ def apply_repeat_penalty(logits: np.ndarray, recent: Sequence[int], penalty: flo
     """llama.cpp's repeat penalty: each token seen in ``recent`` has its logit divided by ``penalty``
     when positive and multiplied by it when negative (once per token, however often it was seen)."""
     out = logits.astype(np.float64)
-    if penalty == 1.0 or not len(recent):
+    if not _penalizes(recent, penalty):
         return out
     seen = np.unique(np.asarray(recent, dtype=np.int64))
     seen = seen[(seen >= 0) & (seen < out.shape[-1])]
@@ -133,12 +133,17 @@ def apply_repeat_penalty(logits: np.ndarray, recent: Sequence[int], penalty: flo
     return out
 
 
+def _penalizes(recent: Sequence[int], penalty: float) -> bool:
+    """Whether the repeat penalty changes any logit."""
+    return penalty != 1.0 and len(recent) > 0
+
+
 def pick_token(
     logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator, recent: Sequence[int] = ()
 ) -> int:
     """Choose one token id from a 1-D logits vector; ``recent`` are the tokens before it (prompt included)."""
     window = recent[-config.repeat_last_n :] if config.repeat_last_n else ()
-    if config.temperature == 0 and (config.repeat_penalty == 1.0 or not len(window)):
+    if config.temperature == 0 and not _penalizes(window, config.repeat_penalty):
         return int(np.argmax(logits))  # nothing to adjust: the float64 copy would change no comparison
     adjusted = apply_repeat_penalty(logits, window, config.repeat_penalty)
     if config.temperature == 0:

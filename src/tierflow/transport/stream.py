@@ -53,9 +53,7 @@ async def read_message(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
         raise StreamClosed(
             "the peer ended the stream" if not exc.partial else "stream cut mid-message"
         ) from None
-    (length,) = _LENGTH.unpack(head)
-    if length > max_bytes:
-        raise TransportError(f"a {length}-byte message is over this connection's {max_bytes}-byte limit")
+    length = _message_length(head, max_bytes)
     try:
         return await reader.readexactly(length)
     except asyncio.IncompleteReadError:
@@ -74,10 +72,15 @@ def write_message(writer: asyncio.StreamWriter, data: bytes) -> None:
 
 def recv_message(sock: socket.socket, max_bytes: int) -> bytes:
     """:func:`read_message` on a blocking socket (the decode lane, :mod:`lane`)."""
-    (length,) = _LENGTH.unpack(_recv_exactly(sock, _LENGTH.size))
+    return _recv_exactly(sock, _message_length(_recv_exactly(sock, _LENGTH.size), max_bytes))
+
+
+def _message_length(head: bytes, max_bytes: int) -> int:
+    """The length a message's head announces; TransportError when it is over ``max_bytes``."""
+    (length,) = _LENGTH.unpack(head)
     if length > max_bytes:
         raise TransportError(f"a {length}-byte message is over this connection's {max_bytes}-byte limit")
-    return _recv_exactly(sock, length)
+    return int(length)
 
 
 def send_message(sock: socket.socket, data: bytes) -> None:

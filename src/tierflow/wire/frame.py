@@ -141,6 +141,7 @@ def seal(aead: AESGCM, header: FrameHeader, payload: np.ndarray) -> bytes:
 
 # A frame carrying a flat byte string raw (a decode lane's message, transport/lane.py): its fixed
 # header up to the epoch never changes, so it is packed once and compared once.
+_EPOCH_AT = struct.calcsize("<2sBBBBBB")  # where _FIXED's epoch starts: magic .. axis before it
 _BYTES = struct.Struct("<IQ16sI")  # epoch, seq, session id, then the one dimension
 BYTES_HEADER_LEN = FIXED_LEN + 4
 
@@ -148,7 +149,7 @@ BYTES_HEADER_LEN = FIXED_LEN + 4
 @cache
 def _bytes_prefix() -> bytes:
     head = FrameHeader(bytes(SESSION_ID_LEN), 0, 0, np.dtype(np.uint8), (0,), RAW_PARAMS)
-    return encode_header(head)[: FIXED_LEN - _BYTES.size + 4]
+    return encode_header(head)[:_EPOCH_AT]
 
 
 def bytes_header(session_id: bytes, epoch: int, seq: int, length: int) -> bytes:
@@ -164,9 +165,9 @@ def parse_bytes_frame(
     prefix = _bytes_prefix()
     if limits.max_rank < 1 or not isinstance(frame, bytes | bytearray):  # views: the general checks
         return None
-    if len(frame) < BYTES_HEADER_LEN + TAG_LEN or frame[: len(prefix)] != prefix:
+    if len(frame) < BYTES_HEADER_LEN + TAG_LEN or frame[:_EPOCH_AT] != prefix:
         return None
-    epoch, seq, sid, length = _BYTES.unpack_from(frame, len(prefix))
+    epoch, seq, sid, length = _BYTES.unpack_from(frame, _EPOCH_AT)
     if sid != session_id or length > limits.max_elements:
         return None
     if len(frame) != BYTES_HEADER_LEN + length + TAG_LEN:
