@@ -21,6 +21,7 @@ Operations on the data plane (``StageRequest.op``):
 * ``lm_drop``  -- meta ``context``, ``route``: every tier on the route erases the context's KV.
 * ``lm_kv_export`` / ``lm_kv_import`` -- a shard's layers as tensors ``key.<i>`` / ``value.<i>``:
   migration (``lm_kv_move`` asks this tier to push layers to a peer or pull them from one).
+* ``lm_ring_await`` -- on a lane only: the reply of a step that went round a ring (engine/ring.py).
 * ``lm_info``  -- this tier's measured decode seconds per layer, memory budget, the KV it holds,
   and the RTT to its own peers.
 """
@@ -42,6 +43,15 @@ import numpy as np
 import onnx
 
 from tierflow.context.kv import KVShard, KVShardStore
+from tierflow.engine.ring import (
+    OP_LM_RING_AWAIT,
+    RING_KEY,
+    RING_PUSHED_KEY,
+    RING_RT_KEY,
+    RING_TO_KEY,
+    RingBoard,
+    new_ring_key,
+)
 from tierflow.engine.tier_load import WorkMeter
 from tierflow.errors import InvalidInputError, KVMissingError, TierUnavailableError
 from tierflow.model.lm_layers import Span
@@ -49,7 +59,7 @@ from tierflow.runtime.lm import SamplingConfig, pick_token
 from tierflow.runtime.lm_span import SpanRunner
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.slowdown import SimulatedSlowdown
-from tierflow.transport.lane import Lanes
+from tierflow.transport.lane import LaneClient, Lanes
 from tierflow.transport.messages import ORIGIN_KEY, MetaValue, StageRequest, StageResponse
 from tierflow.transport.peers import Peers
 from tierflow.transport.route import COMPUTE_PREFIX
@@ -195,6 +205,12 @@ def _parse_step(request: StageRequest) -> _Step:
     return _Step(meta, context, past_len, route, span, ids, hidden, origin, small, started)
 
 
+def _ring_end(request: StageRequest) -> str | None:
+    """The last holder of a step forwarded to its next-to-last one, where a ring would end."""
+    route = decode_hops(request.meta.get("route"))
+    return route[0].peer if len(route) == 1 else None
+
+
 class LMHop:
     """One tier's share of sharded generation (see the module docstring)."""
 
@@ -222,6 +238,7 @@ class LMHop:
         self._locks: dict[str, asyncio.Lock] = {}
         self._thread_locks: dict[str, threading.Lock] = {}  # per context, across the loop and lanes
         self.lanes = lanes
+        self.ring = RingBoard()  # on the last holder: ring steps' replies for their entry points
         self.loop: asyncio.AbstractEventLoop | None = None  # the node's loop, for lanes' data-plane calls
         self._layer_s: float | None = None
         self._in_flight = 0  # steps between entering and leaving step(), all contexts
@@ -274,7 +291,8 @@ class LMHop:
             out_meta[f"{COMPUTE_PREFIX}{self.tier}"] = seconds
         if step.route:
             peer, forwarded = self._forwarded(step, hidden, request)
-            out_meta.update((await self._forward(peer, forwarded, step.small)).meta)
+            ring = step.origin is None  # this node's own step: it may go round a ring
+            out_meta.update((await self._forward(peer, forwarded, step.small, ring=ring)).meta)
         else:
             self._sample(step, logits, out_meta)
         out_meta[f"{ELAPSED_PREFIX}{self.tier}"] = time.perf_counter() - step.started
@@ -295,7 +313,10 @@ class LMHop:
                 out_meta[f"{COMPUTE_PREFIX}{self.tier}"] = seconds
             if step.route:
                 peer, forwarded = self._forwarded(step, hidden, request)
-                out_meta.update(self._forward_blocking(peer, forwarded).meta)
+                if self._push_on_ring(peer, forwarded, last=len(step.route) == 1):
+                    out_meta[RING_PUSHED_KEY] = 1
+                else:
+                    out_meta.update(self._forward_blocking(peer, forwarded).meta)
             else:
                 self._sample(step, logits, out_meta)
             out_meta[f"{ELAPSED_PREFIX}{self.tier}"] = time.perf_counter() - step.started
@@ -327,9 +348,13 @@ class LMHop:
         )
         return hop.peer, forwarded
 
-    async def _forward(self, peer: str, request: StageRequest, small: bool) -> StageResponse:
+    async def _forward(
+        self, peer: str, request: StageRequest, small: bool, *, ring: bool = False
+    ) -> StageResponse:
         """``request`` to ``peer``: over its decode lane when one is open and free (a step of a few
-        tokens), else over the data plane (and then a lane is opened for the next steps)."""
+        tokens), else over the data plane (and then a lane is opened for the next steps). With
+        ``ring``, a lone step whose route ends one hop after ``peer`` goes round a ring (engine/ring.py)
+        when the lanes for one are open."""
         if self.peers is None:
             raise InvalidInputError(f"tier {self.tier} has no peers to forward to")
         raw = request.quant == QuantMode.RAW and request.response_quant in (None, QuantMode.RAW)
@@ -338,16 +363,57 @@ class LMHop:
             lane = lanes.get(peer)
             if lane is not None:
                 # a lone decode step calls right here: a worker thread's two wake-ups cost what the lane saves
-                if self._in_flight == 1:
+                if self._in_flight == 1 and ring:
+                    reply = self._ring_call(lanes, peer, lane, request)
+                elif self._in_flight == 1:
                     reply = lanes.call(peer, lane, request)
                 else:
                     reply = await asyncio.to_thread(lanes.call, peer, lane, request)
                 if reply is not None:
                     return reply
-        reply = await self.peers.call(peer, request)
-        if lanes is not None:
+        if lanes is not None:  # looked for while this call is awaited (lone steps on lanes never yield)
             lanes.open_soon(peer, self.peers)
-        return reply
+            last = _ring_end(request) if ring else None
+            if last is not None:
+                lanes.open_soon(last, self.peers)
+        return await self.peers.call(peer, request)
+
+    def _ring_call(
+        self, lanes: Lanes, peer: str, lane: LaneClient, request: StageRequest
+    ) -> StageResponse | None:
+        """``request`` round a ring: to ``peer`` over ``lane``, which pushes it on to the route's last
+        holder, whose reply comes back over this tier's lane to it. Without a lane to the last holder
+        (one is asked for) or a route of another length, an ordinary lane call. None when a lane was
+        busy or broke: the caller sends the step again over the data plane (``past_len`` makes that safe)."""
+        last = _ring_end(request)
+        last_lane = lanes.get(last) if last is not None else None
+        if last is None or last_lane is None:
+            if last is not None and self.peers is not None:
+                lanes.open_soon(last, self.peers)
+            return lanes.call(peer, lane, request)
+        key = new_ring_key()
+        ringed = dataclasses.replace(
+            request, meta={**request.meta, RING_KEY: key, RING_TO_KEY: lanes.identity.name}
+        )
+        started = time.perf_counter()
+        first = lanes.call(peer, lane, ringed)
+        round_trip = time.perf_counter() - started
+        if first is None or RING_PUSHED_KEY not in first.meta:
+            return first  # the first hop could not push: it forwarded the step itself, or nothing was sent
+        reply = lanes.call(last, last_lane, StageRequest(OP_LM_RING_AWAIT, meta={RING_KEY: key}))
+        if reply is None:
+            return None
+        meta = {k: v for k, v in first.meta.items() if k != RING_PUSHED_KEY}
+        meta.update(reply.meta)
+        meta[RING_RT_KEY] = round_trip
+        return StageResponse(reply.request_id, outputs=reply.outputs, meta=meta)
+
+    def _push_on_ring(self, peer: str, request: StageRequest, *, last: bool) -> bool:
+        """Push a ring step on to ``peer``, its last holder, when a lane to it is open and free."""
+        if RING_KEY not in request.meta or not last or self.lanes is None:
+            return False
+        lane = self.lanes.get(peer)
+        return lane is not None and self.lanes.push(peer, lane, request)
 
     def _forward_blocking(self, peer: str, request: StageRequest) -> StageResponse:
         lane = self.lanes.get(peer) if self.lanes is not None else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import socket
@@ -66,6 +67,13 @@ from tierflow.wire import ChannelConfig
 from tierflow.wire import frame as fr
 
 LaneHandler = Callable[[StageRequest, PeerInfo], StageResponse]
+# A pushed request (Kind.PUSH) is answered elsewhere: its response goes to this, not back on its lane.
+PushedHandler = Callable[[StageRequest, StageResponse], object]
+# Writes the reply to one request on its lane, from any thread, once; False when the lane is gone.
+ReplySender = Callable[[StageResponse], bool]
+# A request whose reply may be written by another thread (with ``send``, while the handler waits):
+# the handler returns None when ``send`` was used, else the reply for the lane to write.
+AwaitHandler = Callable[[StageRequest, PeerInfo, ReplySender], StageResponse | None]
 LANE_PORT_KEY = "lane_port"  # a node's ``info`` reply: where its lane listens
 DATA_PLANE_PORT_KEY = "data_plane_port"  # ... and its data plane, to tell a direct path from a relayed one
 # A lane call blocks its caller (an entry point's event loop, for a lone step), so a peer that hangs is
@@ -87,7 +95,10 @@ def _nodelay(sock: socket.socket) -> None:
 class LaneServer:
     """Answers lane connections from peers whose certificates our CA signed, a thread per connection.
 
-    ``handler`` runs on the connection's thread; ``on_sent`` (if given) after each reply is written.
+    ``handler`` runs on the connection's thread; ``on_sent`` (if given) after each reply is written
+    and after each pushed request. Pushed requests (accepted only with ``on_pushed``) run the same
+    handler and hand its response to ``on_pushed``; a request whose op is in ``awaits`` runs that
+    handler instead, which may have its reply written by another thread.
     """
 
     def __init__(
@@ -96,12 +107,17 @@ class LaneServer:
         handler: LaneHandler,
         *,
         on_sent: Callable[[], object] | None = None,
+        on_pushed: PushedHandler | None = None,
+        awaits: Mapping[str, AwaitHandler] | None = None,
         channel_config: ChannelConfig | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.identity = identity
         self.handler = handler
         self.on_sent = on_sent
+        self.on_pushed = on_pushed
+        self.awaits = dict(awaits or {})
+        self._kinds = frozenset({Kind.REQUEST, Kind.PUSH} if on_pushed is not None else {Kind.REQUEST})
         self.channel_config = channel_config or ChannelConfig()
         self.max_message_bytes = max_message_bytes
         self._ssl = server_ssl_context(identity)
@@ -180,31 +196,60 @@ class LaneServer:
         while True:
             data = recv_message(tls, self.max_message_bytes)
             try:
-                request = codec.request_from(open_lane(session, data, Kind.REQUEST))
+                kind, opened = open_lane_of(session, data, self._kinds)
+                request = codec.request_from(opened)
             except MessageRejected as exc:
                 # a lane answers in order: a message it cannot open ends it (the peer's next call fails
                 # and goes over the data plane, which answers each rejected message)
                 _log.warning("lane from %s closed on a rejected message: %s", peer.name, exc)
                 return
-            response = self._run(request, peer)
-            try:
-                header, _ = codec.response_header(response)
-                outputs = response.outputs if response.error is None else {}
-                reply = seal_lane(session, Kind.RESPONSE, response.request_id, header, outputs)
-            except (TierflowError, TypeError, ValueError) as exc:  # the handler returned something unsendable
-                failure = StageResponse.failure(
-                    request.request_id, ErrorCode.INTERNAL, f"unsendable response: {exc}"
-                )
-                reply = seal_lane(
-                    session, Kind.RESPONSE, request.request_id, codec.response_header(failure)[0], {}
-                )
-            send_message(tls, reply)
+            if kind is Kind.PUSH:
+                self._pushed(request, peer)
+            else:
+                send = functools.partial(self._reply, tls, session, request.request_id)
+                awaiting = self.awaits.get(request.op)
+                if awaiting is None:
+                    response = self._run(request, self.handler, request, peer)
+                else:
+                    response = self._run(request, awaiting, request, peer, send)
+                if response is not None and not send(response):
+                    return  # the peer is gone
             if self.on_sent is not None:
                 self.on_sent()
 
-    def _run(self, request: StageRequest, peer: PeerInfo) -> StageResponse:
+    def _pushed(self, request: StageRequest, peer: PeerInfo) -> None:
+        assert self.on_pushed is not None  # a push is only opened when there is somewhere to hand it
+        response = self._run(request, self.handler, request, peer)
+        assert response is not None
         try:
-            response = self.handler(request, peer)
+            self.on_pushed(request, response)
+        except Exception:  # the lane goes on: whoever waits for the response gives up in time
+            _log.exception("handing on a pushed %s failed", request.op)
+
+    @staticmethod
+    def _reply(tls: ssl.SSLSocket, session: Session, request_id: int, response: StageResponse) -> bool:
+        """Seal and write ``response`` as the reply to ``request_id``; False when the lane is gone."""
+        response.request_id = request_id
+        try:
+            header, _ = codec.response_header(response)
+            outputs = response.outputs if response.error is None else {}
+            reply = seal_lane(session, Kind.RESPONSE, request_id, header, outputs)
+        except (TierflowError, TypeError, ValueError) as exc:  # the handler returned something unsendable
+            failure = StageResponse.failure(request_id, ErrorCode.INTERNAL, f"unsendable response: {exc}")
+            reply = seal_lane(session, Kind.RESPONSE, request_id, codec.response_header(failure)[0], {})
+        try:
+            send_message(tls, reply)
+        except OSError:
+            return False
+        return True
+
+    @staticmethod
+    def _run(
+        request: StageRequest, handle: Callable[..., StageResponse | None], *args: Any
+    ) -> StageResponse | None:
+        """``handle(*args)``, with a raised error as the typed failure the data plane would send."""
+        try:
+            response = handle(*args)
         except TierflowError as exc:
             response = failure_for(request.request_id, exc)
         except Exception as exc:
@@ -212,7 +257,8 @@ class LaneServer:
             response = StageResponse.failure(
                 request.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"
             )
-        response.request_id = request.request_id
+        if response is not None:
+            response.request_id = request.request_id
         return response
 
 
@@ -280,20 +326,46 @@ class LaneClient:
         finally:
             self._busy.release()
 
-    def _call(self, request: StageRequest) -> StageResponse:
+    def try_push(self, request: StageRequest) -> bool:
+        """Send ``request`` as a push: it is answered elsewhere, nothing comes back on this lane.
+
+        False (nothing sent) when another call holds the lane; raises as :meth:`try_call` does.
+        """
+        if not self._busy.acquire(blocking=False):
+            return False
+        try:
+            self._send(Kind.PUSH, request)
+            return True
+        finally:
+            self._busy.release()
+
+    def _send(self, kind: Kind, request: StageRequest) -> ssl.SSLSocket:
+        """Seal and write ``request`` as a message of ``kind``; the socket it went on."""
         tls, session = self._tls, self._session
         if tls is None or session is None or self.broken is not None:
             raise TransportError(f"lane to {self.server_name} is down: {self.broken or 'not connected'}")
         request.request_id = next(self._ids) % (MAX_REQUEST_ID + 1)
         header, _ = codec.request_header(request)
-        data = seal_lane(session, Kind.REQUEST, request.request_id, header, request.inputs)
-        started = time.perf_counter()
+        data = seal_lane(session, kind, request.request_id, header, request.inputs)
         try:
             send_message(tls, data)
+        except OSError as exc:
+            raise self._broke(exc) from None
+        return tls
+
+    def _broke(self, exc: Exception) -> TransportError:
+        self._break(str(exc) or type(exc).__name__)
+        return TransportError(f"lane to {self.server_name} broke: {self.broken}")
+
+    def _call(self, request: StageRequest) -> StageResponse:
+        started = time.perf_counter()
+        tls = self._send(Kind.REQUEST, request)
+        session = self._session
+        assert session is not None
+        try:
             reply = recv_message(tls, self.max_message_bytes)
         except (OSError, TransportError) as exc:
-            self._break(str(exc) or type(exc).__name__)
-            raise TransportError(f"lane to {self.server_name} broke: {self.broken}") from None
+            raise self._broke(exc) from None
         try:
             response = codec.response_from(open_lane(session, reply, Kind.RESPONSE))
         except MessageRejected as exc:
@@ -349,16 +421,32 @@ class Lanes:
         data-plane call gives. None when the lane is busy, or broke (it is dropped): the caller then
         sends the request over the data plane, which tells a peer that is gone from a lane that is.
         (A step is safe to send again: ``past_len`` cuts back whatever KV a first attempt added.)"""
-        if self.origin is not None and ORIGIN_KEY not in request.meta:
-            request.meta[ORIGIN_KEY] = self.origin
+        self._stamp(request)
         try:
             reply = lane.try_call(request)
         except TransportError as exc:
-            if self._clients.get(peer) is lane:
-                del self._clients[peer]
-            _log.info("lane to %s dropped: %s", peer, exc)
+            self._drop(peer, lane, exc)
             return None
         return None if reply is None else reply.raise_for_error(peer)
+
+    def push(self, peer: str, lane: LaneClient, request: StageRequest) -> bool:
+        """``request`` pushed over ``lane`` (its response goes elsewhere); False when the lane is busy or
+        broke (it is dropped), and nothing was sent."""
+        self._stamp(request)
+        try:
+            return lane.try_push(request)
+        except TransportError as exc:
+            self._drop(peer, lane, exc)
+            return False
+
+    def _stamp(self, request: StageRequest) -> None:
+        if self.origin is not None and ORIGIN_KEY not in request.meta:
+            request.meta[ORIGIN_KEY] = self.origin
+
+    def _drop(self, peer: str, lane: LaneClient, exc: TransportError) -> None:
+        if self._clients.get(peer) is lane:
+            del self._clients[peer]
+        _log.info("lane to %s dropped: %s", peer, exc)
 
     def open_soon(self, peer: str, peers: Peers) -> None:
         """Look for ``peer``'s lane in the background (at most every REOPEN_AFTER_S)."""
@@ -448,13 +536,19 @@ def seal_lane(
 
 def open_lane(session: Session, data: bytes, kind: Kind) -> OpenedMessage:
     """Authenticate and parse a lane message of ``kind``; MessageRejected when it is not one."""
+    return open_lane_of(session, data, frozenset({kind}))[1]
+
+
+def open_lane_of(session: Session, data: bytes, kinds: frozenset[Kind]) -> tuple[Kind, OpenedMessage]:
+    """Authenticate and parse a lane message of one of ``kinds``: its kind and contents."""
     blob = session.open_bytes(data)
     view = blob.data
     if len(blob) < _HEAD.size:
         raise MessageRejected("malformed", "lane message shorter than its head", None)
     got_kind, rid, count, body_len = _HEAD.unpack_from(view, 0)
-    if got_kind != int(kind):
-        raise MessageRejected("unexpected", f"expected a {kind.name} on the lane, got kind {got_kind}", rid)
+    if got_kind not in kinds:
+        expected = " or ".join(sorted(k.name for k in kinds))
+        raise MessageRejected("unexpected", f"expected a {expected} on the lane, got kind {got_kind}", rid)
     at = _HEAD.size + body_len
     if at > len(blob):
         raise MessageRejected("bad_header", "lane header runs past its message", rid)
@@ -470,7 +564,7 @@ def open_lane(session: Session, data: bytes, kind: Kind) -> OpenedMessage:
         at = _read_tensor(blob, view, at, tensors, rid)
     if at != len(blob):
         raise MessageRejected("shape", f"{len(blob) - at} bytes after the lane message's last tensor", rid)
-    return OpenedMessage(rid, header, tensors)
+    return Kind(got_kind), OpenedMessage(rid, header, tensors)
 
 
 def _read_tensor(blob: np.ndarray, view: memoryview, at: int, into: dict[str, np.ndarray], rid: int) -> int:
