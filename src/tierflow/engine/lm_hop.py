@@ -21,7 +21,8 @@ Operations on the data plane (``StageRequest.op``):
 * ``lm_drop``  -- meta ``context``, ``route``: every tier on the route erases the context's KV.
 * ``lm_kv_export`` / ``lm_kv_import`` -- a shard's layers as tensors ``key.<i>`` / ``value.<i>``:
   migration (``lm_kv_move`` asks this tier to push layers to a peer or pull them from one).
-* ``lm_ring_await`` -- on a lane only: the reply of a step that went round a ring (engine/ring.py).
+* ``lm_ring_subscribe`` -- on a lane only: hold it for the replies of steps that go round a ring
+  (engine/ring.py).
 * ``lm_info``  -- this tier's measured decode seconds per layer, memory budget, the KV it holds,
   and the RTT to its own peers.
 """
@@ -44,13 +45,14 @@ import onnx
 
 from tierflow.context.kv import KVShard, KVShardStore
 from tierflow.engine.ring import (
-    OP_LM_RING_AWAIT,
+    CARRIED_PREFIX,
+    OP_LM_RING_SUBSCRIBE,
     RING_KEY,
     RING_PUSHED_KEY,
-    RING_RT_KEY,
+    RING_RELAYED_KEY,
     RING_TO_KEY,
     RingBoard,
-    new_ring_key,
+    new_ring_id,
 )
 from tierflow.engine.tier_load import WorkMeter
 from tierflow.errors import InvalidInputError, KVMissingError, TierUnavailableError
@@ -226,6 +228,7 @@ class LMHop:
         memory_bytes: int | None = None,
         meter: WorkMeter | None = None,
         lanes: Lanes | None = None,
+        rings: bool = True,
     ) -> None:
         self.tier = tier
         self.meter = meter if meter is not None else WorkMeter(tier)  # its compute, by origin
@@ -238,7 +241,8 @@ class LMHop:
         self._locks: dict[str, asyncio.Lock] = {}
         self._thread_locks: dict[str, threading.Lock] = {}  # per context, across the loop and lanes
         self.lanes = lanes
-        self.ring = RingBoard()  # on the last holder: ring steps' replies for their entry points
+        self.ring = RingBoard()  # on the last holder: entry points' ring subscriptions
+        self.rings = rings  # whether this node's own lone steps may go round a ring (engine/ring.py)
         self.loop: asyncio.AbstractEventLoop | None = None  # the node's loop, for lanes' data-plane calls
         self._layer_s: float | None = None
         self._in_flight = 0  # steps between entering and leaving step(), all contexts
@@ -291,7 +295,7 @@ class LMHop:
             out_meta[f"{COMPUTE_PREFIX}{self.tier}"] = seconds
         if step.route:
             peer, forwarded = self._forwarded(step, hidden, request)
-            ring = step.origin is None  # this node's own step: it may go round a ring
+            ring = self.rings and step.origin is None  # this node's own step: it may go round a ring
             out_meta.update((await self._forward(peer, forwarded, step.small, ring=ring)).meta)
         else:
             self._sample(step, logits, out_meta)
@@ -313,10 +317,9 @@ class LMHop:
                 out_meta[f"{COMPUTE_PREFIX}{self.tier}"] = seconds
             if step.route:
                 peer, forwarded = self._forwarded(step, hidden, request)
-                if self._push_on_ring(peer, forwarded, last=len(step.route) == 1):
-                    out_meta[RING_PUSHED_KEY] = 1
-                else:
-                    out_meta.update(self._forward_blocking(peer, forwarded).meta)
+                if len(step.route) == 1 and self._push_on_ring(peer, forwarded, out_meta, step.started):
+                    return StageResponse(request.request_id, meta={RING_PUSHED_KEY: 1})
+                out_meta.update(self._forward_blocking(peer, forwarded).meta)
             else:
                 self._sample(step, logits, out_meta)
             out_meta[f"{ELAPSED_PREFIX}{self.tier}"] = time.perf_counter() - step.started
@@ -375,45 +378,46 @@ class LMHop:
             lanes.open_soon(peer, self.peers)
             last = _ring_end(request) if ring else None
             if last is not None:
-                lanes.open_soon(last, self.peers)
+                self._subscribe_soon(lanes, last)
         return await self.peers.call(peer, request)
+
+    def _subscribe_soon(self, lanes: Lanes, last: str) -> None:
+        """Subscribe to ring replies at ``last`` in the background (a fresh id each time)."""
+        assert self.peers is not None
+        subscribe = StageRequest(OP_LM_RING_SUBSCRIBE, meta={RING_TO_KEY: new_ring_id()})
+        lanes.hold_soon(last, self.peers, subscribe)
 
     def _ring_call(
         self, lanes: Lanes, peer: str, lane: LaneClient, request: StageRequest
     ) -> StageResponse | None:
-        """``request`` round a ring: to ``peer`` over ``lane``, which pushes it on to the route's last
-        holder, whose reply comes back over this tier's lane to it. Without a lane to the last holder
-        (one is asked for) or a route of another length, an ordinary lane call. None when a lane was
-        busy or broke: the caller sends the step again over the data plane (``past_len`` makes that safe)."""
+        """``request`` round a ring (engine/ring.py): pushed to ``peer`` over ``lane``, on to the
+        route's last holder, whose reply comes over the lane this tier's ring subscription holds
+        there. Without a subscription there (one is asked for) or a route of another length, an
+        ordinary lane call. None when a lane was busy or broke: the caller sends the step again over
+        the data plane (``past_len`` makes that safe)."""
         last = _ring_end(request)
-        last_lane = lanes.get(last) if last is not None else None
-        if last is None or last_lane is None:
+        held = lanes.held(last) if last is not None else None
+        if last is None or held is None or held.held_by is None:
             if last is not None and self.peers is not None:
-                lanes.open_soon(last, self.peers)
+                self._subscribe_soon(lanes, last)
             return lanes.call(peer, lane, request)
-        key = new_ring_key()
-        ringed = dataclasses.replace(
-            request, meta={**request.meta, RING_KEY: key, RING_TO_KEY: lanes.identity.name}
-        )
-        started = time.perf_counter()
-        first = lanes.call(peer, lane, ringed)
-        round_trip = time.perf_counter() - started
-        if first is None or RING_PUSHED_KEY not in first.meta:
-            return first  # the first hop could not push: it forwarded the step itself, or nothing was sent
-        reply = lanes.call(last, last_lane, StageRequest(OP_LM_RING_AWAIT, meta={RING_KEY: key}))
-        if reply is None:
-            return None
-        meta = {k: v for k, v in first.meta.items() if k != RING_PUSHED_KEY}
-        meta.update(reply.meta)
-        meta[RING_RT_KEY] = round_trip
-        return StageResponse(reply.request_id, outputs=reply.outputs, meta=meta)
+        meta = {**request.meta, RING_KEY: new_ring_id(), RING_TO_KEY: held.held_by.meta[RING_TO_KEY]}
+        return lanes.ring_call(peer, lane, last, dataclasses.replace(request, meta=meta))
 
-    def _push_on_ring(self, peer: str, request: StageRequest, *, last: bool) -> bool:
-        """Push a ring step on to ``peer``, its last holder, when a lane to it is open and free."""
-        if RING_KEY not in request.meta or not last or self.lanes is None:
+    def _push_on_ring(
+        self, peer: str, request: StageRequest, mine: dict[str, MetaValue], started: float
+    ) -> bool:
+        """Push a ring step on to ``peer``, its last holder, when a lane to it is open and free; what
+        this tier reports of itself (``mine``, and its time so far) goes with it to the reply."""
+        if RING_KEY not in request.meta or self.lanes is None:
             return False
         lane = self.lanes.get(peer)
-        return lane is not None and self.lanes.push(peer, lane, request)
+        if lane is None:
+            return False
+        marks: dict[str, MetaValue] = {CARRIED_PREFIX + k: v for k, v in mine.items()}
+        marks[f"{CARRIED_PREFIX}{ELAPSED_PREFIX}{self.tier}"] = time.perf_counter() - started
+        marks[RING_RELAYED_KEY] = 1
+        return self.lanes.push(peer, lane, dataclasses.replace(request, meta={**request.meta, **marks}))
 
     def _forward_blocking(self, peer: str, request: StageRequest) -> StageResponse:
         lane = self.lanes.get(peer) if self.lanes is not None else None

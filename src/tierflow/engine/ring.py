@@ -1,123 +1,104 @@
 """The ring: a decode step's token goes from the last tier straight back to the entry point.
 
 Nested, a step crosses every hop twice: device -> edge -> cloud, then the token cloud -> edge ->
-device, each crossing a write, a sleeping reader's wake-up, an open and a seal. On a ring the edge
-*pushes* the step on to the cloud (transport/lane.py, ``Kind.PUSH``: nothing comes back on that
-lane) and tells the entry point at once that it did; the entry point then asks the cloud on its own
-lane for the step's reply (``lm_ring_await``), and the cloud writes it there as soon as it is
-sampled. Three crossings on the token's path instead of four; the edge's word and the entry point's
-question travel while the cloud computes. exo runs its decode as a ring the same way.
+device, each crossing a write, a sleeping reader's wake-up, an open and a seal. On a ring the
+entry point *pushes* the step to the edge (transport/lane.py, ``Kind.PUSH``: nothing is answered
+on that lane when all goes well), the edge computes and pushes it on to the cloud, and the cloud
+writes the reply on a lane the entry point holds there: three crossings, and no message off the
+token's path (exo runs its decode as a ring the same way).
 
-:class:`RingBoard` is where the two meet on the last tier: the pushed step's reply
-(:meth:`RingBoard.deliver`, on the lane thread that computed it) and the entry point's question
-(:meth:`RingBoard.collect`, on the entry point's lane thread), whichever comes first. The reply is
-written on the entry point's lane by the thread that has it, so the token waits for no other thread
-to wake. A ring is named by an unguessable key the entry point draws per step and belongs to the
-node that drew it: another node asking for it gets an error, never the token.
+The held lane is the entry point's *ring subscription* at the last holder: a second lane whose
+first request, ``lm_ring_subscribe`` with the subscription's unguessable id, is answered at once
+and then keeps the lane for the ring's replies (:class:`RingBoard`; the lane's own thread only
+waits for it to close, since a TLS connection must not be read and written at once). A ring step
+carries that id and its own key; the cloud's reply carries the key back.
+
+A reply goes back the way it came whenever it cannot go round: the edge's error (or the reply of
+a step it could not push on) is written back on the entry point's lane to it, which the entry
+point watches as well as its held lane (``transport.lane.ring_exchange``). The cloud's error goes
+round like a token. A lane that breaks or stays silent past its timeout is closed, and the step is
+sent again over the data plane (``past_len`` makes that safe).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
-import time
-from dataclasses import dataclass, field
 
-from tierflow.errors import InvalidInputError, TierUnavailableError
-from tierflow.transport.dataplane import failure_for
-from tierflow.transport.lane import CALL_TIMEOUT_S, ReplySender
+from tierflow.errors import InvalidInputError
+from tierflow.transport.lane import RING_KEY, HeldLane
 from tierflow.transport.messages import PeerInfo, StageRequest, StageResponse
 
-OP_LM_RING_AWAIT = "lm_ring_await"
-RING_KEY = "ring"  # step meta: the ring's key (the entry point's await names it too)
-RING_TO_KEY = "ring_to"  # step meta: the node the ring's reply is for (its certificate's name)
-RING_PUSHED_KEY = "ring_pushed"  # reply meta: the step went on as a push, its token comes on the ring
-RING_RT_KEY = "ring_rt_s"  # reply meta: the entry point's round trip to the first hop, on a ring
-# how long a question waits for its reply before it is answered with an error: longer than a lane
-# call's timeout, so that the entry point has given up first (and sent the step again without a ring)
-WAIT_S = 2 * CALL_TIMEOUT_S
-KEEP_S = 60.0  # how long a reply nobody asked for is kept (its entry point gave up or went away)
-MAX_KEPT = 1024
+OP_LM_RING_SUBSCRIBE = "lm_ring_subscribe"
+RING_TO_KEY = "ring_to"  # step meta: the subscription the step's reply goes to
+RING_RELAYED_KEY = "ring_relayed"  # step meta: pushed on by its first hop; its reply goes round
+RING_PUSHED_KEY = "ring_pushed"  # a first hop's reply meta: pushed on, nothing to write back
+# step meta: what the first hop reports of itself (its compute and time), carried to the reply
+CARRIED_PREFIX = "ring_carried."
+__all__ = [
+    "CARRIED_PREFIX",
+    "OP_LM_RING_SUBSCRIBE",
+    "RING_KEY",
+    "RING_PUSHED_KEY",
+    "RING_RELAYED_KEY",
+    "RING_TO_KEY",
+    "RingBoard",
+    "new_ring_id",
+]
+_log = logging.getLogger(__name__)
 
 
-def new_ring_key() -> str:
+def new_ring_id() -> str:
+    """An unguessable id: a subscription's, or a step's key."""
     return secrets.token_hex(16)
 
 
-@dataclass
-class _Slot:
-    reply_to: str  # who may collect the reply (a certificate's name)
-    created: float = field(default_factory=time.monotonic)
-    response: StageResponse | None = None  # delivered before anybody asked
-    send: ReplySender | None = None  # asked before it was delivered: writes on the asker's lane
-    sent: threading.Event = field(default_factory=threading.Event)
-
-
 class RingBoard:
-    """Replies of pushed steps meeting the entry points' questions for them (see the module docstring)."""
+    """A node's ring subscriptions, and where pushed steps' replies go (see the module docstring)."""
 
-    def __init__(self, *, wait_s: float = WAIT_S, keep_s: float = KEEP_S) -> None:
-        self.wait_s = wait_s
-        self.keep_s = keep_s
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._slots: dict[str, _Slot] = {}
+        self._subscriptions: dict[str, tuple[HeldLane, int]] = {}  # id -> its lane, its request id
 
     def __len__(self) -> int:
-        return len(self._slots)
+        return len(self._subscriptions)
 
-    def deliver(self, request: StageRequest, response: StageResponse) -> None:
-        """A pushed step's ``response``: written to its asker if one waits, else kept for it."""
-        key, reply_to = str(request.meta.get(RING_KEY, "")), str(request.meta.get(RING_TO_KEY, ""))
-        if not key:
-            return  # not a ring step: nobody will ask
+    def subscribe(self, request: StageRequest, peer: PeerInfo, lane: HeldLane) -> StageResponse | None:
+        """``lm_ring_subscribe``: answer at once, then hold ``lane`` for the ring's replies until the
+        peer closes it."""
+        sub = str(request.meta.get(RING_TO_KEY, ""))
+        if not sub:
+            raise InvalidInputError(f"{OP_LM_RING_SUBSCRIBE} names no subscription")
         with self._lock:
-            self._prune()
-            slot = self._slots.get(key)
-            if slot is None or slot.send is None:
-                self._slots[key] = _Slot(reply_to, response=response)
-                return
-            del self._slots[key]
-        if slot.reply_to != reply_to:  # the asker is not the node the step is for
-            response = _refused(key)
-        slot.send(response)  # a lane that is gone cannot be written: its caller has given up already
-        slot.sent.set()
-
-    def collect(self, request: StageRequest, peer: PeerInfo, send: ReplySender) -> StageResponse | None:
-        """The reply to ``request`` (``lm_ring_await``) from ``peer``: returned when it is here already,
-        else written with ``send`` when it comes (None returned), or an error after ``wait_s``."""
-        key = str(request.meta.get(RING_KEY, ""))
-        if not key:
-            raise InvalidInputError(f"{OP_LM_RING_AWAIT} names no ring")
-        with self._lock:
-            slot = self._slots.get(key)
-            if slot is not None and slot.send is not None:
-                raise InvalidInputError(f"ring {key[:8]}... is awaited already")
-            if slot is not None:
-                del self._slots[key]
-                return slot.response if slot.reply_to == peer.name else _refused(key)
-            slot = self._slots[key] = _Slot(peer.name, send=send)
-        if slot.sent.wait(self.wait_s):
-            return None
-        with self._lock:
-            if self._slots.get(key) is slot:
-                del self._slots[key]
-                raise TierUnavailableError(
-                    f"the reply of ring {key[:8]}... did not come within {self.wait_s:g} s"
-                )
-        slot.sent.wait()  # delivered as the wait ran out: the deliverer is writing it
+            if sub in self._subscriptions:
+                raise InvalidInputError(f"ring subscription {sub[:8]}... exists already")
+            self._subscriptions[sub] = (lane, request.request_id)
+        try:
+            if lane.reply(request.request_id, StageResponse(request.request_id, meta={RING_TO_KEY: sub})):
+                lane.wait_closed()
+        finally:
+            with self._lock:
+                del self._subscriptions[sub]
         return None
 
-    def _prune(self) -> None:
-        """Drop replies kept past ``keep_s`` (and the oldest beyond MAX_KEPT); questions stay."""
-        now = time.monotonic()
-        kept = [k for k, s in self._slots.items() if s.send is None]
-        for k in kept:
-            if now - self._slots[k].created > self.keep_s:
-                del self._slots[k]
-        kept = [k for k in kept if k in self._slots]
-        for k in kept[: max(len(kept) - MAX_KEPT + 1, 0)]:
-            del self._slots[k]
-
-
-def _refused(key: str) -> StageResponse:
-    return failure_for(0, InvalidInputError(f"ring {key[:8]}... belongs to another node"))
+    def take(self, request: StageRequest, response: StageResponse) -> bool:
+        """A pushed step's ``response`` (``LaneServer``'s ``on_pushed``): True when it went round the
+        ring (or on: nothing to write back), False to have it written back to the tier that pushed it."""
+        if RING_PUSHED_KEY in response.meta:
+            return True  # this tier pushed the step on: its reply comes from further round
+        if RING_RELAYED_KEY not in request.meta:
+            return False  # this tier is the ring's first hop: its own reply goes back
+        sub = str(request.meta.get(RING_TO_KEY, ""))
+        with self._lock:
+            found = self._subscriptions.get(sub)
+        if found is None:  # the entry point went away: nobody waits for it
+            _log.info("a ring reply for a subscription that is gone (%s...) dropped", sub[:8])
+            return True
+        lane, request_id = found
+        response.meta[RING_KEY] = str(request.meta.get(RING_KEY, ""))
+        for key, value in request.meta.items():
+            if key.startswith(CARRIED_PREFIX):
+                response.meta[key.removeprefix(CARRIED_PREFIX)] = value
+        lane.reply(request_id, response)
+        return True
