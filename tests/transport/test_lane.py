@@ -25,14 +25,11 @@ from tierflow.transport.envelope import Kind
 from tierflow.transport.lane import (
     DATA_PLANE_PORT_KEY,
     LANE_PORT_KEY,
-    RING_KEY,
-    HeldLane,
     LaneClient,
     Lanes,
     LaneServer,
     lane_target,
     open_lane,
-    ring_exchange,
     seal_lane,
 )
 from tierflow.transport.messages import ORIGIN_KEY, ErrorCode, PeerInfo, StageRequest, StageResponse
@@ -206,128 +203,6 @@ def test_once_calls_are_fast_a_hung_peer_is_given_up_on_long_before_the_first_ti
         handler.release.set()
         client.close()
         server.stop()
-
-
-# --- pushes, held lanes and the ring's exchange (engine/ring.py) ------------------------------------
-
-
-class Board:
-    """A ring end in miniature: one held lane; a pushed response goes to it, unless its request asks
-    for it back (``back``) or it is an error; ``lost`` drops it, ``stale`` sends it with another key."""
-
-    def __init__(self) -> None:
-        self.held: HeldLane | None = None
-        self.held_id = 0
-        self.subscribed = threading.Event()
-        self.released = threading.Event()
-        self.pushed: list[StageRequest] = []
-
-    def on_pushed(self, request: StageRequest, response: StageResponse) -> bool:
-        self.pushed.append(request)
-        if request.meta.get("back") or response.error is not None:
-            return False
-        if request.meta.get("lost"):
-            return True
-        assert self.held is not None
-        key = "another" if request.meta.get("stale") else str(request.meta[RING_KEY])
-        response.meta[RING_KEY] = key
-        return self.held.reply(self.held_id, response)
-
-    def hold(self, request: StageRequest, peer: PeerInfo, lane: HeldLane) -> StageResponse | None:
-        self.held, self.held_id = lane, request.request_id
-        lane.reply(request.request_id, StageResponse(0, meta={"held_by": peer.name}))
-        self.subscribed.set()
-        lane.wait_closed()
-        self.released.set()
-        return None
-
-
-@pytest.fixture
-def ring(pki: Path) -> Iterator[tuple[LaneClient, LaneClient, Recorder, Board]]:
-    """A lane to push on and a lane held by a subscription, both into one server."""
-    handler, board = Recorder(), Board()
-    server = LaneServer(
-        load_identity(pki, "edge"), handler, on_pushed=board.on_pushed, holds={"hold": board.hold}
-    )
-    port = server.start("127.0.0.1")
-    device = load_identity(pki, "device")
-    first, held = (LaneClient(f"127.0.0.1:{port}", device, "edge", call_timeout=2.0) for _ in range(2))
-    first.connect()
-    held.connect()
-    answer = held.try_call(StageRequest("hold"))
-    assert answer is not None and answer.meta == {"held_by": "device"}
-    yield first, held, handler, board
-    handler.release.set()
-    first.close()
-    held.close()
-    server.stop()
-
-
-def test_a_ring_steps_reply_comes_on_the_held_lane_exactly(ring: tuple) -> None:
-    first, held, handler, _ = ring
-    for key in ("k1", "k2"):
-        got = ring_exchange(first, held, step(**{RING_KEY: key}))
-        assert got is not None
-        reply, on_ring = got
-        assert on_ring and reply.meta[RING_KEY] == key and reply.meta["token"] == 7
-        np.testing.assert_array_equal(reply.outputs["hidden"], step().inputs["hidden"] * 2)
-    assert len(handler.seen) == 2
-    assert first.try_call(step()) is not None  # nothing of the pushes is left on the first lane
-
-
-def test_a_reply_the_first_hop_keeps_comes_back_on_its_lane_and_errors_stay_typed(
-    ring: tuple, pki: Path
-) -> None:
-    first, held, _, _ = ring
-    got = ring_exchange(first, held, step(**{RING_KEY: "k", "back": 1}))
-    assert got is not None and got[1] is False and got[0].meta["token"] == 7
-    lanes = Lanes(load_identity(pki, "device"), {}, origin="device-1")
-    lanes._clients["edge"], lanes._held["cloud"] = first, held
-    with pytest.raises(KVMissingError):
-        lanes.ring_call("edge", first, "cloud", step(**{RING_KEY: "k", "raise": "kv"}))
-    reply = lanes.ring_call("edge", first, "cloud", step(**{RING_KEY: "k3"}))
-    assert reply is not None and reply.meta[RING_KEY] == "k3"  # the lanes went on
-
-
-@pytest.mark.parametrize("trouble", ["lost", "stale"])
-def test_a_ring_reply_that_never_comes_or_is_another_steps_closes_both_lanes(
-    ring: tuple, pki: Path, trouble: str
-) -> None:
-    first, held, _, board = ring
-    lanes = Lanes(load_identity(pki, "device"), {})
-    lanes._clients["edge"], lanes._held["cloud"] = first, held
-    started = time.monotonic()
-    assert lanes.ring_call("edge", first, "cloud", step(**{RING_KEY: "k", trouble: 1})) is None
-    assert time.monotonic() - started < 10  # given up after the call timeout (2 s), not waited for
-    assert first.broken is not None and held.broken is not None
-    assert lanes.get("edge") is None and lanes.held("cloud") is None  # dropped: the data plane it is
-    assert board.released.wait(10)  # the server noticed the held lane close and let it go
-
-
-def test_a_busy_lane_sends_no_ring_step(ring: tuple) -> None:
-    first, held, handler, board = ring
-    with held._busy:
-        assert ring_exchange(first, held, step(**{RING_KEY: "k"})) is None
-    with first._busy:
-        assert first.try_push(step()) is False
-    assert handler.seen == [] and board.pushed == []
-
-
-def test_a_push_to_a_server_that_takes_none_closes_the_lane(lane: tuple) -> None:
-    _, client, handler = lane
-    assert client.try_push(step())
-    with pytest.raises(TransportError):
-        client.try_call(step())
-    assert handler.seen == []
-
-
-def test_lanes_push_drops_a_broken_lane(ring: tuple, pki: Path) -> None:
-    first, _, _, board = ring
-    lanes = Lanes(load_identity(pki, "device"), {}, origin="device-1")
-    lanes._clients["edge"] = first
-    first.close()  # broken under it
-    assert lanes.push("edge", first, step()) is False
-    assert lanes.get("edge") is None and board.pushed == []
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,6 @@ def route_of(done: Finished) -> Route:
         tokens_per_s=outcome.tokens_per_s,
         prompt_tokens=outcome.prompt_tokens,
         cached_tokens=outcome.cached_tokens,
-        ring_steps=outcome.stats.ring_steps,
         events=outcome.events,
         decision=done.route.to_dict() if done.route is not None else None,
     )

@@ -90,9 +90,6 @@ class Route(BaseModel):
     tokens_per_s: float
     prompt_tokens: int
     cached_tokens: int
-    ring_steps: int = Field(
-        0, description="steps whose token came straight back from the last tier to the entry point"
-    )
     events: list[dict[str, str]]
     decision: dict[str, Any] | None = Field(
         None, description="the router's choice, its alternatives and why (when the request was routed)"

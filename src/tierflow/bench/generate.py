@@ -22,9 +22,7 @@ state's transfer time)`` and ``efficiency`` is measured tokens/s over that bound
 with no emulated links at all, and there the split is also compared with the unsplit model decoding
 in one process (``split_over_local``, the runs alternating), one ONNX Runtime thread everywhere,
 and so is the same split over a second pair of nodes with their decode lanes switched off
-(``split_over_local_data_plane``: every step over the data plane; transport/lane.py), and the
-same split with the ring off (``split_over_local_nested``: each token back through the edge;
-engine/ring.py).
+(``split_over_local_data_plane``: every step over the data plane; transport/lane.py).
 """
 
 from __future__ import annotations
@@ -144,8 +142,7 @@ async def split_over_local(
     anchor: tuple[LlamaCpp, str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """The split's decode tokens/s over the unsplit model's in this one process (one ONNX Runtime
-    thread), the runs alternating so that a burst of load on the machine hits all alike; also the
-    same split with the ring off (``nested``: each token back through every hop). With
+    thread), the runs alternating so that a burst of load on the machine hits all alike. With
     ``data_plane`` (the same split over nodes whose decode lanes are off) that split too, and with
     ``anchor`` (llama.cpp, the model's shape, two running RPC servers) llama.cpp's one process and
     split between them."""
@@ -155,17 +152,11 @@ async def split_over_local(
     if data_plane is not None:
         await _run_once(data_plane, ids, spans, tokens, new_context_id())
     split_rates: list[float] = []
-    nested_rates: list[float] = []  # the same split with the ring off: each token back through the edge
     plane_rates: list[float] = []
     local_rates: list[float] = []
     anchor_rates: list[tuple[float, float]] = []
     for _ in range(max(repeats, 5)):
         split_rates.append((await _run_once(lm, ids, spans, tokens, new_context_id())).tokens_per_s)
-        lm.hop.rings = False
-        try:
-            nested_rates.append((await _run_once(lm, ids, spans, tokens, new_context_id())).tokens_per_s)
-        finally:
-            lm.hop.rings = True
         if data_plane is not None:
             outcome = await _run_once(data_plane, ids, spans, tokens, new_context_id())
             plane_rates.append(outcome.tokens_per_s)
@@ -179,8 +170,6 @@ async def split_over_local(
         "split_tokens_per_s": round(split, 2),
         "one_process_tokens_per_s": round(one, 2),
         "split_over_local": round(split / one, 3),
-        "split_nested_tokens_per_s": round(statistics.median(nested_rates), 2),
-        "split_over_local_nested": round(statistics.median(nested_rates) / one, 3),
     }
     if plane_rates:
         plane = statistics.median(plane_rates)

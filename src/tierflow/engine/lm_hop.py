@@ -21,8 +21,6 @@ Operations on the data plane (``StageRequest.op``):
 * ``lm_drop``  -- meta ``context``, ``route``: every tier on the route erases the context's KV.
 * ``lm_kv_export`` / ``lm_kv_import`` -- a shard's layers as tensors ``key.<i>`` / ``value.<i>``:
   migration (``lm_kv_move`` asks this tier to push layers to a peer or pull them from one).
-* ``lm_ring_subscribe`` -- on a lane only: hold it for the replies of steps that go round a ring
-  (engine/ring.py).
 * ``lm_info``  -- this tier's measured decode seconds per layer, memory budget, the KV it holds,
   and the RTT to its own peers.
 """
@@ -44,16 +42,6 @@ import numpy as np
 import onnx
 
 from tierflow.context.kv import KVShard, KVShardStore
-from tierflow.engine.ring import (
-    CARRIED_PREFIX,
-    OP_LM_RING_SUBSCRIBE,
-    RING_KEY,
-    RING_PUSHED_KEY,
-    RING_RELAYED_KEY,
-    RING_TO_KEY,
-    RingBoard,
-    new_ring_id,
-)
 from tierflow.engine.tier_load import WorkMeter
 from tierflow.errors import InvalidInputError, KVMissingError, TierUnavailableError
 from tierflow.model.lm_layers import Span
@@ -61,7 +49,7 @@ from tierflow.runtime.lm import SamplingConfig, pick_token
 from tierflow.runtime.lm_span import SpanRunner
 from tierflow.runtime.session import SessionOptions
 from tierflow.runtime.slowdown import SimulatedSlowdown
-from tierflow.transport.lane import LaneClient, Lanes
+from tierflow.transport.lane import Lanes
 from tierflow.transport.messages import ORIGIN_KEY, MetaValue, StageRequest, StageResponse
 from tierflow.transport.peers import Peers
 from tierflow.transport.route import COMPUTE_PREFIX
@@ -207,12 +195,6 @@ def _parse_step(request: StageRequest) -> _Step:
     return _Step(meta, context, past_len, route, span, ids, hidden, origin, small, started)
 
 
-def _ring_end(request: StageRequest) -> str | None:
-    """The last holder of a step forwarded to its next-to-last one, where a ring would end."""
-    route = decode_hops(request.meta.get("route"))
-    return route[0].peer if len(route) == 1 else None
-
-
 class LMHop:
     """One tier's share of sharded generation (see the module docstring)."""
 
@@ -228,7 +210,6 @@ class LMHop:
         memory_bytes: int | None = None,
         meter: WorkMeter | None = None,
         lanes: Lanes | None = None,
-        rings: bool = True,
     ) -> None:
         self.tier = tier
         self.meter = meter if meter is not None else WorkMeter(tier)  # its compute, by origin
@@ -241,8 +222,6 @@ class LMHop:
         self._locks: dict[str, asyncio.Lock] = {}
         self._thread_locks: dict[str, threading.Lock] = {}  # per context, across the loop and lanes
         self.lanes = lanes
-        self.ring = RingBoard()  # on the last holder: entry points' ring subscriptions
-        self.rings = rings  # whether this node's own lone steps may go round a ring (engine/ring.py)
         self.loop: asyncio.AbstractEventLoop | None = None  # the node's loop, for lanes' data-plane calls
         self._layer_s: float | None = None
         self._in_flight = 0  # steps between entering and leaving step(), all contexts
@@ -295,8 +274,7 @@ class LMHop:
             out_meta[f"{COMPUTE_PREFIX}{self.tier}"] = seconds
         if step.route:
             peer, forwarded = self._forwarded(step, hidden, request)
-            ring = self.rings and step.origin is None  # this node's own step: it may go round a ring
-            out_meta.update((await self._forward(peer, forwarded, step.small, ring=ring)).meta)
+            out_meta.update((await self._forward(peer, forwarded, step.small)).meta)
         else:
             self._sample(step, logits, out_meta)
         out_meta[f"{ELAPSED_PREFIX}{self.tier}"] = time.perf_counter() - step.started
@@ -317,8 +295,6 @@ class LMHop:
                 out_meta[f"{COMPUTE_PREFIX}{self.tier}"] = seconds
             if step.route:
                 peer, forwarded = self._forwarded(step, hidden, request)
-                if len(step.route) == 1 and self._push_on_ring(peer, forwarded, out_meta, step.started):
-                    return StageResponse(request.request_id, meta={RING_PUSHED_KEY: 1})
                 out_meta.update(self._forward_blocking(peer, forwarded).meta)
             else:
                 self._sample(step, logits, out_meta)
@@ -351,13 +327,9 @@ class LMHop:
         )
         return hop.peer, forwarded
 
-    async def _forward(
-        self, peer: str, request: StageRequest, small: bool, *, ring: bool = False
-    ) -> StageResponse:
+    async def _forward(self, peer: str, request: StageRequest, small: bool) -> StageResponse:
         """``request`` to ``peer``: over its decode lane when one is open and free (a step of a few
-        tokens), else over the data plane (and then a lane is opened for the next steps). With
-        ``ring``, a lone step whose route ends one hop after ``peer`` goes round a ring (engine/ring.py)
-        when the lanes for one are open."""
+        tokens), else over the data plane (and then a lane is opened for the next steps)."""
         if self.peers is None:
             raise InvalidInputError(f"tier {self.tier} has no peers to forward to")
         raw = request.quant == QuantMode.RAW and request.response_quant in (None, QuantMode.RAW)
@@ -366,58 +338,16 @@ class LMHop:
             lane = lanes.get(peer)
             if lane is not None:
                 # a lone decode step calls right here: a worker thread's two wake-ups cost what the lane saves
-                if self._in_flight == 1 and ring:
-                    reply = self._ring_call(lanes, peer, lane, request)
-                elif self._in_flight == 1:
+                if self._in_flight == 1:
                     reply = lanes.call(peer, lane, request)
                 else:
                     reply = await asyncio.to_thread(lanes.call, peer, lane, request)
                 if reply is not None:
                     return reply
-        if lanes is not None:  # looked for while this call is awaited (lone steps on lanes never yield)
+        reply = await self.peers.call(peer, request)
+        if lanes is not None:
             lanes.open_soon(peer, self.peers)
-            last = _ring_end(request) if ring else None
-            if last is not None:
-                self._subscribe_soon(lanes, last)
-        return await self.peers.call(peer, request)
-
-    def _subscribe_soon(self, lanes: Lanes, last: str) -> None:
-        """Subscribe to ring replies at ``last`` in the background (a fresh id each time)."""
-        assert self.peers is not None
-        subscribe = StageRequest(OP_LM_RING_SUBSCRIBE, meta={RING_TO_KEY: new_ring_id()})
-        lanes.hold_soon(last, self.peers, subscribe)
-
-    def _ring_call(
-        self, lanes: Lanes, peer: str, lane: LaneClient, request: StageRequest
-    ) -> StageResponse | None:
-        """``request`` round a ring (engine/ring.py): pushed to ``peer`` over ``lane``, on to the
-        route's last holder, whose reply comes over the lane this tier's ring subscription holds
-        there. Without a subscription there (one is asked for) or a route of another length, an
-        ordinary lane call. None when a lane was busy or broke: the caller sends the step again over
-        the data plane (``past_len`` makes that safe)."""
-        last = _ring_end(request)
-        held = lanes.held(last) if last is not None else None
-        if last is None or held is None or held.held_by is None:
-            if last is not None and self.peers is not None:
-                self._subscribe_soon(lanes, last)
-            return lanes.call(peer, lane, request)
-        meta = {**request.meta, RING_KEY: new_ring_id(), RING_TO_KEY: held.held_by.meta[RING_TO_KEY]}
-        return lanes.ring_call(peer, lane, last, dataclasses.replace(request, meta=meta))
-
-    def _push_on_ring(
-        self, peer: str, request: StageRequest, mine: dict[str, MetaValue], started: float
-    ) -> bool:
-        """Push a ring step on to ``peer``, its last holder, when a lane to it is open and free; what
-        this tier reports of itself (``mine``, and its time so far) goes with it to the reply."""
-        if RING_KEY not in request.meta or self.lanes is None:
-            return False
-        lane = self.lanes.get(peer)
-        if lane is None:
-            return False
-        marks: dict[str, MetaValue] = {CARRIED_PREFIX + k: v for k, v in mine.items()}
-        marks[f"{CARRIED_PREFIX}{ELAPSED_PREFIX}{self.tier}"] = time.perf_counter() - started
-        marks[RING_RELAYED_KEY] = 1
-        return self.lanes.push(peer, lane, dataclasses.replace(request, meta={**request.meta, **marks}))
+        return reply
 
     def _forward_blocking(self, peer: str, request: StageRequest) -> StageResponse:
         lane = self.lanes.get(peer) if self.lanes is not None else None

@@ -41,7 +41,6 @@ from tierflow.engine.lm_hop import (
     encode_sampling,
     needs_recent,
 )
-from tierflow.engine.ring import RING_KEY
 from tierflow.errors import InvalidInputError, KVMissingError, PlanError, TierUnavailableError
 from tierflow.model.lm_layers import LayerCosts, Span, check_cover, layer_costs
 from tierflow.model.tokenizer import TextStream, Tokenizer
@@ -97,7 +96,6 @@ class StepStats:
     compute_s: dict[str, float] = field(default_factory=dict)
     hop_s: dict[tuple[str, str], float] = field(default_factory=dict)
     steps: int = 0
-    ring_steps: int = 0  # steps whose token came straight back from the last tier (engine/ring.py)
 
     def add(self, meta: Mapping[str, MetaValue], path: Sequence[str], wall_s: float) -> None:
         self.steps += 1
@@ -109,28 +107,10 @@ class StepStats:
         }
         for tier, seconds in compute.items():
             self.compute_s[tier] = self.compute_s.get(tier, 0.0) + seconds
-        if RING_KEY in meta and len(path) == 3:
-            self._add_ring(elapsed, compute, path, wall_s)
-            return
         # hop i -> i+1: what tier i waited for, less what tier i+1 spent in all
         for a, b in zip(path, path[1:], strict=False):
             waited = elapsed.get(a, wall_s) - compute.get(a, 0.0)
-            self._add_hop(a, b, waited - elapsed.get(b, 0.0))
-
-    def _add_ring(
-        self, elapsed: Mapping[str, float], compute: Mapping[str, float], path: Sequence[str], wall_s: float
-    ) -> None:
-        """A ring step (a -> b -> c -> a, engine/ring.py): what a waited beyond b's and c's own time
-        is its three crossings, which no clock tells apart (each is one way); a third is counted to
-        a -> b and two to b -> c, which stands for the crossing back to a as well."""
-        a, b, c = path
-        self.ring_steps += 1
-        crossings = elapsed.get(a, wall_s) - compute.get(a, 0.0) - elapsed.get(b, 0.0) - elapsed.get(c, 0.0)
-        self._add_hop(a, b, crossings / 3)
-        self._add_hop(b, c, 2 * crossings / 3)
-
-    def _add_hop(self, a: str, b: str, seconds: float) -> None:
-        self.hop_s[(a, b)] = self.hop_s.get((a, b), 0.0) + max(seconds, 0.0)
+            self.hop_s[(a, b)] = self.hop_s.get((a, b), 0.0) + max(waited - elapsed.get(b, 0.0), 0.0)
 
 
 @dataclass

@@ -43,7 +43,6 @@ from tierflow.engine.inspection import (
     detection_meta,
 )
 from tierflow.engine.lm_hop import LM_OPS, LMHop
-from tierflow.engine.ring import OP_LM_RING_SUBSCRIBE
 from tierflow.engine.tier_load import OP_LOAD, OriginPeers, TierLoads, WorkMeter
 from tierflow.errors import InvalidInputError, ModelNotFoundError, UnsupportedModelError
 from tierflow.model import metadata as md
@@ -166,11 +165,7 @@ class NodeServer:
             )
             if config.lanes:
                 self.lane_server = LaneServer(
-                    self.identity,
-                    self._lane_step,
-                    on_sent=self.lm_hop.kv.erase_superseded,
-                    on_pushed=self.lm_hop.ring.take,  # ring steps (engine/ring.py)
-                    holds={OP_LM_RING_SUBSCRIBE: self.lm_hop.ring.subscribe},
+                    self.identity, self._lane_step, on_sent=self.lm_hop.kv.erase_superseded
                 )
             if config.tier is Tier.DEVICE and config.store:
                 images = TieredImages(self.image_executor, self.lm_hop.peers, meter=self.meter)

@@ -36,7 +36,6 @@ class Kind(IntEnum):
     REQUEST = 3
     RESPONSE = 4
     ALERT = 5
-    PUSH = 6  # a lane request answered elsewhere, not on its lane (transport/lane.py)
 
 
 class EnvelopeError(FrameError):

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import select
 import socket
 import ssl
 import struct
@@ -67,13 +66,6 @@ from tierflow.wire import ChannelConfig
 from tierflow.wire import frame as fr
 
 LaneHandler = Callable[[StageRequest, PeerInfo], StageResponse]
-# A pushed request's (Kind.PUSH) response is offered to this: True when it took it (the response
-# goes on elsewhere, or nowhere), False to have it written back on the push's own lane.
-PushedHandler = Callable[[StageRequest, StageResponse], bool]
-# A request that holds its lane (the handler keeps its thread; other threads may write on the lane
-# through the HeldLane): returns None when it answered through the HeldLane, else the reply.
-HoldHandler = Callable[[StageRequest, PeerInfo, "HeldLane"], StageResponse | None]
-RING_KEY = "ring"  # meta of a ring step and of its reply: the step's key (engine/ring.py)
 LANE_PORT_KEY = "lane_port"  # a node's ``info`` reply: where its lane listens
 DATA_PLANE_PORT_KEY = "data_plane_port"  # ... and its data plane, to tell a direct path from a relayed one
 # A lane call blocks its caller (an entry point's event loop, for a lone step), so a peer that hangs is
@@ -92,49 +84,10 @@ def _nodelay(sock: socket.socket) -> None:
     keepalive(sock)
 
 
-class HeldLane:
-    """The server's side of one lane connection, for writing replies on it from any thread (one
-    write at a time). Its reading thread never reads while another thread may write: a TLS
-    connection is not safe for a read and a write at once."""
-
-    def __init__(self, tls: ssl.SSLSocket, session: Session) -> None:
-        self._tls = tls
-        self._session = session
-        self._lock = threading.Lock()
-
-    def reply(self, request_id: int, response: StageResponse) -> bool:
-        """Seal and write ``response`` as the reply to ``request_id``; False when the lane is gone."""
-        response.request_id = request_id
-        with self._lock:
-            try:
-                header, _ = codec.response_header(response)
-                outputs = response.outputs if response.error is None else {}
-                data = seal_lane(self._session, Kind.RESPONSE, request_id, header, outputs)
-            except (TierflowError, TypeError, ValueError) as exc:  # the handler returned something unsendable
-                failure = StageResponse.failure(request_id, ErrorCode.INTERNAL, f"unsendable response: {exc}")
-                data = seal_lane(
-                    self._session, Kind.RESPONSE, request_id, codec.response_header(failure)[0], {}
-                )
-            try:
-                send_message(self._tls, data)
-            except OSError:
-                return False
-        return True
-
-    def wait_closed(self) -> None:
-        """Block until the peer closes the lane (or, breaking the protocol, sends on it), without
-        reading: other threads may be writing on it meanwhile."""
-        with contextlib.suppress(OSError, ValueError):
-            select.select([self._tls], [], [])
-
-
 class LaneServer:
     """Answers lane connections from peers whose certificates our CA signed, a thread per connection.
 
-    ``handler`` runs on the connection's thread; ``on_sent`` (if given) after each reply is written
-    and after each pushed request. Pushed requests (accepted only with ``on_pushed``) run the same
-    handler and offer its response to ``on_pushed``, which takes it or has it written back; a request
-    whose op is in ``holds`` runs that handler instead, which keeps the lane (:class:`HeldLane`).
+    ``handler`` runs on the connection's thread; ``on_sent`` (if given) after each reply is written.
     """
 
     def __init__(
@@ -143,17 +96,12 @@ class LaneServer:
         handler: LaneHandler,
         *,
         on_sent: Callable[[], object] | None = None,
-        on_pushed: PushedHandler | None = None,
-        holds: Mapping[str, HoldHandler] | None = None,
         channel_config: ChannelConfig | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.identity = identity
         self.handler = handler
         self.on_sent = on_sent
-        self.on_pushed = on_pushed
-        self.holds = dict(holds or {})
-        self._kinds = frozenset({Kind.REQUEST, Kind.PUSH} if on_pushed is not None else {Kind.REQUEST})
         self.channel_config = channel_config or ChannelConfig()
         self.max_message_bytes = max_message_bytes
         self._ssl = server_ssl_context(identity)
@@ -229,48 +177,34 @@ class LaneServer:
         )
 
     def _answer(self, tls: ssl.SSLSocket, session: Session, peer: PeerInfo) -> None:
-        held = HeldLane(tls, session)
         while True:
             data = recv_message(tls, self.max_message_bytes)
             try:
-                kind, opened = open_lane_of(session, data, self._kinds)
-                request = codec.request_from(opened)
+                request = codec.request_from(open_lane(session, data, Kind.REQUEST))
             except MessageRejected as exc:
                 # a lane answers in order: a message it cannot open ends it (the peer's next call fails
                 # and goes over the data plane, which answers each rejected message)
                 _log.warning("lane from %s closed on a rejected message: %s", peer.name, exc)
                 return
-            holding = self.holds.get(request.op)
-            if kind is Kind.PUSH:
-                response = self._pushed(request, peer)
-            elif holding is not None:
-                response = self._run(request, holding, request, peer, held)
-            else:
-                response = self._run(request, self.handler, request, peer)
-            if response is not None and not held.reply(request.request_id, response):
-                return  # the peer is gone
+            response = self._run(request, peer)
+            try:
+                header, _ = codec.response_header(response)
+                outputs = response.outputs if response.error is None else {}
+                reply = seal_lane(session, Kind.RESPONSE, response.request_id, header, outputs)
+            except (TierflowError, TypeError, ValueError) as exc:  # the handler returned something unsendable
+                failure = StageResponse.failure(
+                    request.request_id, ErrorCode.INTERNAL, f"unsendable response: {exc}"
+                )
+                reply = seal_lane(
+                    session, Kind.RESPONSE, request.request_id, codec.response_header(failure)[0], {}
+                )
+            send_message(tls, reply)
             if self.on_sent is not None:
                 self.on_sent()
 
-    def _pushed(self, request: StageRequest, peer: PeerInfo) -> StageResponse | None:
-        """Run a pushed request; its response when it is to be written back on the lane."""
-        assert self.on_pushed is not None  # a push is only opened when there is somewhere to hand it
-        response = self._run(request, self.handler, request, peer)
-        assert response is not None
+    def _run(self, request: StageRequest, peer: PeerInfo) -> StageResponse:
         try:
-            taken = self.on_pushed(request, response)
-        except Exception:
-            _log.exception("handing on a pushed %s failed", request.op)
-            taken = False  # written back: the pusher hears of it at least
-        return None if taken else response
-
-    @staticmethod
-    def _run(
-        request: StageRequest, handle: Callable[..., StageResponse | None], *args: Any
-    ) -> StageResponse | None:
-        """``handle(*args)``, with a raised error as the typed failure the data plane would send."""
-        try:
-            response = handle(*args)
+            response = self.handler(request, peer)
         except TierflowError as exc:
             response = failure_for(request.request_id, exc)
         except Exception as exc:
@@ -278,8 +212,7 @@ class LaneServer:
             response = StageResponse.failure(
                 request.request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"
             )
-        if response is not None:
-            response.request_id = request.request_id
+        response.request_id = request.request_id
         return response
 
 
@@ -311,7 +244,6 @@ class LaneClient:
         self._ids = itertools.count(1)
         self._typical_s: float | None = None  # moving average of the calls' durations
         self.broken: str | None = None
-        self.held_by: StageRequest | None = None  # the request that holds this lane at its peer, if any
 
     def connect(self) -> None:
         """Open the connection and agree the session; raises TransportError."""
@@ -348,60 +280,29 @@ class LaneClient:
         finally:
             self._busy.release()
 
-    def try_push(self, request: StageRequest) -> bool:
-        """Send ``request`` as a push: it is answered elsewhere, nothing comes back on this lane.
-
-        False (nothing sent) when another call holds the lane; raises as :meth:`try_call` does.
-        """
-        if not self._busy.acquire(blocking=False):
-            return False
-        try:
-            self._send(Kind.PUSH, request)
-            return True
-        finally:
-            self._busy.release()
-
-    def _send(self, kind: Kind, request: StageRequest) -> ssl.SSLSocket:
-        """Seal and write ``request`` as a message of ``kind``; the socket it went on."""
+    def _call(self, request: StageRequest) -> StageResponse:
         tls, session = self._tls, self._session
         if tls is None or session is None or self.broken is not None:
             raise TransportError(f"lane to {self.server_name} is down: {self.broken or 'not connected'}")
         request.request_id = next(self._ids) % (MAX_REQUEST_ID + 1)
         header, _ = codec.request_header(request)
-        data = seal_lane(session, kind, request.request_id, header, request.inputs)
+        data = seal_lane(session, Kind.REQUEST, request.request_id, header, request.inputs)
+        started = time.perf_counter()
         try:
             send_message(tls, data)
-        except OSError as exc:
-            raise self._broke(exc) from None
-        return tls
-
-    def _broke(self, exc: Exception) -> TransportError:
-        self._break(str(exc) or type(exc).__name__)
-        return TransportError(f"lane to {self.server_name} broke: {self.broken}")
-
-    def _call(self, request: StageRequest) -> StageResponse:
-        started = time.perf_counter()
-        tls = self._send(Kind.REQUEST, request)
-        response = self._receive(tls, request.request_id)
-        self._learn(tls, time.perf_counter() - started)
-        return response
-
-    def _receive(self, tls: ssl.SSLSocket, request_id: int | None) -> StageResponse:
-        """Read and open the next reply (to ``request_id``, when given); the lane breaks on anything else."""
-        session = self._session
-        assert session is not None
-        try:
             reply = recv_message(tls, self.max_message_bytes)
         except (OSError, TransportError) as exc:
-            raise self._broke(exc) from None
+            self._break(str(exc) or type(exc).__name__)
+            raise TransportError(f"lane to {self.server_name} broke: {self.broken}") from None
         try:
             response = codec.response_from(open_lane(session, reply, Kind.RESPONSE))
         except MessageRejected as exc:
             self._break(f"rejected a reply: {exc}")
             raise TransportError(f"lane to {self.server_name}: {exc}") from None
-        if request_id is not None and response.request_id != request_id:
-            self._break(f"reply to request {response.request_id}, expected {request_id}")
+        if response.request_id != request.request_id:
+            self._break(f"reply to request {response.request_id}, expected {request.request_id}")
             raise TransportError(f"lane to {self.server_name}: {self.broken}")
+        self._learn(tls, time.perf_counter() - started)
         return response
 
     def _learn(self, tls: ssl.SSLSocket, seconds: float) -> None:
@@ -424,49 +325,6 @@ class LaneClient:
                 tls.close()
 
 
-def ring_exchange(
-    first: LaneClient, held: LaneClient, request: StageRequest
-) -> tuple[StageResponse, bool] | None:
-    """Push ``request``, a ring step (its meta names its ``RING_KEY``), on ``first`` and wait for its
-    reply on either lane: back on ``first`` (its first hop answered it itself: an error, or it could
-    not push the step on) or on ``held``, the lane this tier's ring subscription holds at the route's
-    last holder (engine/ring.py). The reply and whether it came on ``held``; None (nothing sent) when
-    a lane is busy. Raises TransportError when a lane breaks or nothing comes within ``first``'s call
-    timeout; both lanes are closed then, so that a late reply is never read as a later step's."""
-    with contextlib.ExitStack() as holding:
-        for lane in (first, held):
-            if not lane._busy.acquire(blocking=False):
-                return None
-            holding.callback(lane._busy.release)
-        try:
-            return _exchange(first, held, request)
-        except TransportError as exc:
-            for lane in (first, held):
-                if lane.broken is None:
-                    lane._break(f"a ring step failed: {exc}")
-            raise
-
-
-def _exchange(first: LaneClient, held: LaneClient, request: StageRequest) -> tuple[StageResponse, bool]:
-    started = time.perf_counter()
-    tls = first._send(Kind.PUSH, request)
-    ring = held._tls
-    if ring is None or held.broken is not None:
-        raise TransportError(f"ring lane to {held.server_name} is down: {held.broken or 'not connected'}")
-    timeout = tls.gettimeout() or first.call_timeout
-    ready = [t for t in (tls, ring) if t.pending()] or select.select([tls, ring], [], [], timeout)[0]
-    if not ready:
-        raise TransportError(f"no reply to a ring step within {timeout:.1f} s")
-    if tls in ready:
-        response, on_ring = first._receive(tls, request.request_id), False
-    else:
-        response, on_ring = held._receive(ring, None), True
-        if response.meta.get(RING_KEY) != request.meta.get(RING_KEY):
-            raise TransportError(f"ring lane to {held.server_name} brought another step's reply")
-    first._learn(tls, time.perf_counter() - started)
-    return response, on_ring
-
-
 class Lanes:
     """A tier's lanes to its peers: opened in the background once a peer's ``info`` says where its
     lane listens and the tier reaches that peer directly, dropped when they break.
@@ -480,8 +338,7 @@ class Lanes:
         self.addresses = dict(addresses)
         self.origin = origin
         self._clients: dict[str, LaneClient] = {}
-        self._held: dict[str, LaneClient] = {}  # peer -> a lane a request of this tier holds there
-        self._asked: dict[str, float] = {}  # peer (or "held:" + peer) -> when its lane was last looked for
+        self._asked: dict[str, float] = {}  # peer -> when its lane was last looked for
         self._tasks: set[asyncio.Task[None]] = set()
 
     def get(self, peer: str) -> LaneClient | None:
@@ -492,85 +349,16 @@ class Lanes:
         data-plane call gives. None when the lane is busy, or broke (it is dropped): the caller then
         sends the request over the data plane, which tells a peer that is gone from a lane that is.
         (A step is safe to send again: ``past_len`` cuts back whatever KV a first attempt added.)"""
-        self._stamp(request)
+        if self.origin is not None and ORIGIN_KEY not in request.meta:
+            request.meta[ORIGIN_KEY] = self.origin
         try:
             reply = lane.try_call(request)
         except TransportError as exc:
-            self._drop(peer, lane, exc)
+            if self._clients.get(peer) is lane:
+                del self._clients[peer]
+            _log.info("lane to %s dropped: %s", peer, exc)
             return None
         return None if reply is None else reply.raise_for_error(peer)
-
-    def held(self, peer: str) -> LaneClient | None:
-        """The lane this tier's holding request keeps at ``peer`` (:meth:`hold_soon`), if open."""
-        return self._held.get(peer)
-
-    def ring_call(
-        self, peer: str, lane: LaneClient, last: str, request: StageRequest
-    ) -> StageResponse | None:
-        """``request``, a ring step, pushed to ``peer`` over ``lane``; its reply from there or over
-        the lane held at ``last`` (:func:`ring_exchange`). Like :meth:`call`: a tierflow error for an
-        error reply, None when a lane is busy or broke (broken ones are dropped; nothing was answered)."""
-        held = self._held.get(last)
-        if held is None:
-            return self.call(peer, lane, request)
-        self._stamp(request)
-        try:
-            got = ring_exchange(lane, held, request)
-        except TransportError as exc:
-            self._drop(peer, lane, exc)
-            if self._held.get(last) is held:
-                del self._held[last]
-            return None
-        if got is None:
-            return None
-        response, on_ring = got
-        return response.raise_for_error(last if on_ring else peer)
-
-    def hold_soon(self, peer: str, peers: Peers, request: StageRequest) -> None:
-        """Open a second lane to ``peer`` in the background and send ``request`` on it, which holds it
-        (the peer answers it, then keeps the lane for replies it writes later: a ring subscription)."""
-        key = f"held:{peer}"
-        now = time.monotonic()
-        if peer in self._held or now - self._asked.get(key, -REOPEN_AFTER_S) < REOPEN_AFTER_S:
-            return
-        self._asked[key] = now
-        task = asyncio.get_running_loop().create_task(self._hold(peer, peers, request))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _hold(self, peer: str, peers: Peers, request: StageRequest) -> None:
-        client = await self._connect(peer, peers)
-        if client is None:
-            return
-        try:
-            reply = await asyncio.to_thread(client.try_call, request)
-            if reply is not None:
-                reply.raise_for_error(peer)
-        except TierflowError as exc:
-            _log.info("no held lane at %s: %s", peer, exc)
-            client.close()
-            return
-        client.held_by = request
-        self._held[peer] = client
-
-    def push(self, peer: str, lane: LaneClient, request: StageRequest) -> bool:
-        """``request`` pushed over ``lane`` (its response goes elsewhere); False when the lane is busy or
-        broke (it is dropped), and nothing was sent."""
-        self._stamp(request)
-        try:
-            return lane.try_push(request)
-        except TransportError as exc:
-            self._drop(peer, lane, exc)
-            return False
-
-    def _stamp(self, request: StageRequest) -> None:
-        if self.origin is not None and ORIGIN_KEY not in request.meta:
-            request.meta[ORIGIN_KEY] = self.origin
-
-    def _drop(self, peer: str, lane: LaneClient, exc: TransportError) -> None:
-        if self._clients.get(peer) is lane:
-            del self._clients[peer]
-        _log.info("lane to %s dropped: %s", peer, exc)
 
     def open_soon(self, peer: str, peers: Peers) -> None:
         """Look for ``peer``'s lane in the background (at most every REOPEN_AFTER_S)."""
@@ -583,37 +371,30 @@ class Lanes:
         task.add_done_callback(self._tasks.discard)
 
     async def _open(self, peer: str, peers: Peers) -> None:
-        client = await self._connect(peer, peers)
-        if client is not None:
-            self._clients[peer] = client
-
-    async def _connect(self, peer: str, peers: Peers) -> LaneClient | None:
-        """A new lane to ``peer`` when its ``info`` names one this tier reaches directly."""
         address = self.addresses.get(peer)
         if address is None:
-            return None
+            return
         try:
             info = (await peers.call(peer, StageRequest("info"))).meta
         except TierflowError:
-            return None  # down or busy: asked again later
+            return  # down or busy: asked again later
         target = lane_target(address, info)
         if target is None:
-            return None
+            return
         client = LaneClient(target, self.identity, peer)
         try:
             await asyncio.to_thread(client.connect)
         except TransportError as exc:
             _log.info("no lane to %s: %s", peer, exc)
-            return None
-        return client
+            return
+        self._clients[peer] = client
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for client in [*self._clients.values(), *self._held.values()]:
+        for client in self._clients.values():
             client.close()
         self._clients.clear()
-        self._held.clear()
 
 
 def lane_target(address: str, info: Mapping[str, MetaValue]) -> str | None:
@@ -667,19 +448,13 @@ def seal_lane(
 
 def open_lane(session: Session, data: bytes, kind: Kind) -> OpenedMessage:
     """Authenticate and parse a lane message of ``kind``; MessageRejected when it is not one."""
-    return open_lane_of(session, data, frozenset({kind}))[1]
-
-
-def open_lane_of(session: Session, data: bytes, kinds: frozenset[Kind]) -> tuple[Kind, OpenedMessage]:
-    """Authenticate and parse a lane message of one of ``kinds``: its kind and contents."""
     blob = session.open_bytes(data)
     view = blob.data
     if len(blob) < _HEAD.size:
         raise MessageRejected("malformed", "lane message shorter than its head", None)
     got_kind, rid, count, body_len = _HEAD.unpack_from(view, 0)
-    if got_kind not in kinds:
-        expected = " or ".join(sorted(k.name for k in kinds))
-        raise MessageRejected("unexpected", f"expected a {expected} on the lane, got kind {got_kind}", rid)
+    if got_kind != int(kind):
+        raise MessageRejected("unexpected", f"expected a {kind.name} on the lane, got kind {got_kind}", rid)
     at = _HEAD.size + body_len
     if at > len(blob):
         raise MessageRejected("bad_header", "lane header runs past its message", rid)
@@ -695,7 +470,7 @@ def open_lane_of(session: Session, data: bytes, kinds: frozenset[Kind]) -> tuple
         at = _read_tensor(blob, view, at, tensors, rid)
     if at != len(blob):
         raise MessageRejected("shape", f"{len(blob) - at} bytes after the lane message's last tensor", rid)
-    return Kind(got_kind), OpenedMessage(rid, header, tensors)
+    return OpenedMessage(rid, header, tensors)
 
 
 def _read_tensor(blob: np.ndarray, view: memoryview, at: int, into: dict[str, np.ndarray], rid: int) -> int:
