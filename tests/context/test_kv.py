@@ -195,6 +195,24 @@ def test_a_deferred_replacement_keeps_the_old_arrays_until_erased_and_a_drop_era
     assert store.erase_superseded() == 0
 
 
+def test_a_deferred_replacement_spares_only_arrays_it_still_uses() -> None:
+    """A replacement that reuses an array of the old shard keeps it intact; a fresh one (a session's
+    new outputs) shares nothing, and every old array is erased."""
+    store = KVShardStore(10 * BYTES)
+    old = store.put(shard("ctx_a", 0, 1))
+    reusing = shard("ctx_a", 0, 1, length=4)
+    reusing.keys[0] = old.keys[0]  # the same buffer, still in use
+    store.put(reusing, defer_erase=True)
+    store.erase_superseded()
+    assert not np.all(old.keys[0] == 0)
+    assert all(np.all(x == 0) for x in [old.keys[1], *old.values])
+    current = store.get("ctx_a", 0, 1)
+    assert current is not None
+    store.put(shard("ctx_a", 0, 1, length=5), defer_erase=True, fresh=True)
+    assert store.erase_superseded() == sum(x.nbytes for x in arrays(current))
+    assert all(np.all(x == 0) for x in arrays(current))
+
+
 def test_fresh_buffers_are_taken_without_a_copy_and_borrowed_ones_are_copied() -> None:
     store = KVShardStore(10 * BYTES)
     base = np.ones((2, 1, 2, 4, 8), dtype=np.float32)

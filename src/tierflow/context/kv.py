@@ -94,7 +94,8 @@ class KVShardStore:
         self._shards: OrderedDict[str, dict[tuple[int, int], KVShard]] = OrderedDict()
         self._pins: dict[str, int] = {}
         self._dropped: OrderedDict[str, None] = OrderedDict()
-        self._superseded: list[tuple[KVShard, KVShard]] = []  # (replaced, its replacement): to erase
+        # (replaced, what of it the replacement may still use): to erase
+        self._superseded: list[tuple[KVShard, KVShard | None]] = []
         self._total = 0
 
     @property
@@ -142,7 +143,8 @@ class KVShardStore:
                 old = held.pop(span)
                 self._total -= old.nbytes
                 if defer_erase:
-                    self._superseded.append((old, owned))
+                    # fresh arrays share no memory with the old ones: nothing of them to spare
+                    self._superseded.append((old, None if fresh else owned))
                 else:
                     _erase(old, keep=owned)
             held[owned.layers] = owned
@@ -276,7 +278,7 @@ def _erase(shard: KVShard, keep: KVShard | None = None) -> int:
     live = [] if keep is None else [*keep.keys, *keep.values]
     erased = 0
     for array in (*shard.keys, *shard.values):
-        if any(np.may_share_memory(array, other) for other in live):
+        if live and any(np.may_share_memory(array, other) for other in live):
             continue
         if array.flags.writeable:  # always, for arrays that went through put()
             array.fill(0)
