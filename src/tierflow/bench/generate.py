@@ -166,10 +166,12 @@ async def split_over_local(
             their_one = await asyncio.to_thread(llama.one_process, shape, tokens)
             anchor_rates.append((their_one, await asyncio.to_thread(llama.split, shape, tokens, servers)))
     split, one = statistics.median(split_rates), statistics.median(local_rates)
-    out = {
+    out: dict[str, Any] = {
         "split_tokens_per_s": round(split, 2),
         "one_process_tokens_per_s": round(one, 2),
         "split_over_local": round(split / one, 3),
+        # each round's own ratio: the machine's speed moves between rounds more than within one
+        "split_over_local_by_round": [round(s / o, 3) for s, o in zip(split_rates, local_rates, strict=True)],
     }
     if plane_rates:
         plane = statistics.median(plane_rates)
@@ -181,6 +183,7 @@ async def split_over_local(
         out["llamacpp_one_process_tokens_per_s"] = round(their_one, 2)
         out["llamacpp_split_tokens_per_s"] = round(their_split, 2)
         out["llamacpp_split_over_local"] = round(their_split / their_one, 3)
+        out["llamacpp_split_over_local_by_round"] = [round(s / o, 3) for o, s in anchor_rates]
     return out
 
 

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from tierflow.cli._common import StopSignals, parse_assignments
 from tierflow.errors import ConfigError
+from tierflow.transport.lane import DEFAULT_POLL_S
 from tierflow.types import Tier
 
 
@@ -53,6 +54,14 @@ def node(
         "--lanes/--no-lanes",
         help="Decode steps to and from directly reachable peers over a second, blocking TLS port "
         "(the data plane otherwise).",
+    ),
+    lane_poll_ms: float = typer.Option(
+        DEFAULT_POLL_S * 1000,
+        "--lane-poll-ms",
+        min=0,
+        max=1000,
+        help="How long a decode lane polls for its next message before sleeping, when its waits are "
+        "that short: faster hand-offs for CPU time (0: always sleep, e.g. on battery).",
     ),
     spans: str | None = typer.Option(
         None, "--spans", help="Entry point: fixed LM layer spans, e.g. device=0-1,edge=2-4,cloud=5-6."
@@ -105,6 +114,7 @@ def node(
             memory_mib=memory,
             kv_mib=kv_mib,
             lanes=lanes,
+            lane_poll_ms=lane_poll_ms,
             spans=spans,
             store=store,
             links=links,

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tierflow.errors import UnsupportedModelError
+from tierflow.transport.lane import DEFAULT_POLL_S
 from tierflow.types import Tier
 
 
@@ -58,6 +59,13 @@ class NodeConfig(BaseModel):
     kv_mib: float = Field(256.0, gt=0, description="KV cache this node keeps (LRU contexts evicted beyond)")
     lanes: bool = Field(
         True, description="decode steps over blocking sockets on a second port (transport/lane.py)"
+    )
+    lane_poll_ms: float = Field(
+        DEFAULT_POLL_S * 1000,
+        ge=0,
+        le=1000,
+        description="how long a decode lane polls for its next message before it sleeps, when its "
+        "waits are that short (0: it always sleeps; transport/lane.py)",
     )
     # the entry point (device node) of a deployment serving a language model
     spans: str | None = Field(None, description="fixed layer spans, e.g. device=0-1,edge=2-4,cloud=5-5")

@@ -221,6 +221,7 @@ def deploy_local(
     detectors: Mapping[Tier, str | Path] | None = None,
     startup_timeout: float = 60.0,
     lanes: bool = True,
+    lane_poll_ms: float | None = None,
 ) -> LocalDeployment:
     """Start cloud and edge nodes serving ``model`` and the emulated links between the tiers.
 
@@ -236,6 +237,7 @@ def deploy_local(
     ``entry``: without it the device is the caller's own process); ``image_target`` is the target of
     those packages every node serves (default: each tier's own, with its resolution cap).
     ``detectors`` gives a tier's node a crack detector (a file or a bundled name: crack-edge, crack-cloud).
+    ``lane_poll_ms``: the nodes' ``--lane-poll-ms`` (default: the node's).
     """
     access = get_profile(profile) if isinstance(profile, str) else profile  # a bad name fails first
     image_models = dict(image_models or {})
@@ -255,6 +257,7 @@ def deploy_local(
             *(entry.node_args(tier) if entry is not None else []),
             *(["--detector", str(detector)] if detector is not None else []),
             *([] if lanes else ["--no-lanes"]),
+            *([] if lane_poll_ms is None else ["--lane-poll-ms", str(lane_poll_ms)]),
         ]
 
     def emulate(name: str, target: str, link: LinkProfile | None, seed: int | None) -> str:

@@ -151,7 +151,8 @@ class NodeServer:
         if executor.is_lm:
             # lanes need real peers (not a test's in-process fake) and may be switched off (a second port)
             real_peers = peers is None and config.lanes
-            lanes = Lanes(self.identity, config.peers, self.origin) if real_peers else None
+            poll_s = config.lane_poll_ms / 1000
+            lanes = Lanes(self.identity, config.peers, self.origin, poll_s=poll_s) if real_peers else None
             self.lm_hop = LMHop(
                 executor.proto,
                 config.tier.value,
@@ -165,7 +166,7 @@ class NodeServer:
             )
             if config.lanes:
                 self.lane_server = LaneServer(
-                    self.identity, self._lane_step, on_sent=self.lm_hop.kv.erase_superseded
+                    self.identity, self._lane_step, on_sent=self.lm_hop.kv.erase_superseded, poll_s=poll_s
                 )
             if config.tier is Tier.DEVICE and config.store:
                 images = TieredImages(self.image_executor, self.lm_hop.peers, meter=self.meter)

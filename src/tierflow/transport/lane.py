@@ -60,7 +60,7 @@ from tierflow.transport.session import (
     client_hello,
     server_accept,
 )
-from tierflow.transport.stream import keepalive, recv_message, send_message, split_address
+from tierflow.transport.stream import keepalive, recv_message, send_message, split_address, wait_readable
 from tierflow.transport.tls import Identity, client_ssl_context, server_ssl_context
 from tierflow.wire import ChannelConfig
 from tierflow.wire import frame as fr
@@ -75,7 +75,24 @@ CALL_TIMEOUT_S = 30.0
 MIN_CALL_TIMEOUT_S = 2.0
 TIMEOUT_OVER_TYPICAL = 20.0
 REOPEN_AFTER_S = 5.0  # a peer without a lane (none announced, a relay in between, down) is asked again
+# A lane whose waits for its next message are short waits for it busily (polling its socket, giving
+# up the CPU between looks) for up to POLL_S before it sleeps, as llama.cpp's threadpool polls for
+# work: a sleeping reader wakes late, on a core that went idle meanwhile, and a step computed right
+# after an idle gap runs slower (a span's step after a 2 ms sleep took ~35 % longer on this VM).
+# Only when the lane's typical wait is no longer than POLL_S: polling for a longer one burns CPU.
+DEFAULT_POLL_S = 0.005
 _log = logging.getLogger(__name__)
+
+
+def _typical(previous: float | None, seconds: float) -> float:
+    """A moving average of a lane's waits (or calls), folding in ``seconds``."""
+    return seconds if previous is None else 0.8 * previous + 0.2 * seconds
+
+
+def _await_message(sock: socket.socket, typical_s: float | None, poll_s: float) -> None:
+    """Poll ``sock`` for up to ``poll_s`` when this lane's typical wait is that short (see POLL_S)."""
+    if poll_s > 0 and typical_s is not None and typical_s <= poll_s:
+        wait_readable(sock, poll_s)
 
 
 def _nodelay(sock: socket.socket) -> None:
@@ -98,9 +115,11 @@ class LaneServer:
         on_sent: Callable[[], object] | None = None,
         channel_config: ChannelConfig | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        poll_s: float = DEFAULT_POLL_S,
     ) -> None:
         self.identity = identity
         self.handler = handler
+        self.poll_s = poll_s
         self.on_sent = on_sent
         self.channel_config = channel_config or ChannelConfig()
         self.max_message_bytes = max_message_bytes
@@ -177,8 +196,14 @@ class LaneServer:
         )
 
     def _answer(self, tls: ssl.SSLSocket, session: Session, peer: PeerInfo) -> None:
+        waited: float | None = None  # typical time from a reply to the next request
         while True:
+            idle_since = time.perf_counter()
+            _await_message(tls, waited, self.poll_s)
             data = recv_message(tls, self.max_message_bytes)
+            # a long pause (between generations) counts as twice the polling limit: one pause must
+            # not stop the polling for the steps after it, a run of them does
+            waited = _typical(waited, min(time.perf_counter() - idle_since, 2 * self.poll_s))
             try:
                 request = codec.request_from(open_lane(session, data, Kind.REQUEST))
             except MessageRejected as exc:
@@ -229,8 +254,10 @@ class LaneClient:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         call_timeout: float = CALL_TIMEOUT_S,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        poll_s: float = DEFAULT_POLL_S,
     ) -> None:
         self.target = target
+        self.poll_s = poll_s
         self.call_timeout = call_timeout
         self.identity = identity
         self.server_name = server_name
@@ -290,6 +317,7 @@ class LaneClient:
         started = time.perf_counter()
         try:
             send_message(tls, data)
+            _await_message(tls, self._typical_s, self.poll_s)
             reply = recv_message(tls, self.max_message_bytes)
         except (OSError, TransportError) as exc:
             self._break(str(exc) or type(exc).__name__)
@@ -307,8 +335,7 @@ class LaneClient:
 
     def _learn(self, tls: ssl.SSLSocket, seconds: float) -> None:
         """Fold a call's duration into the typical one and set the next calls' timeout from it."""
-        typical = seconds if self._typical_s is None else 0.8 * self._typical_s + 0.2 * seconds
-        self._typical_s = typical
+        typical = self._typical_s = _typical(self._typical_s, seconds)
         timeout = min(self.call_timeout, max(MIN_CALL_TIMEOUT_S, TIMEOUT_OVER_TYPICAL * typical))
         current = tls.gettimeout()
         if current is None or abs(current - timeout) > 0.1 * timeout:
@@ -333,10 +360,18 @@ class Lanes:
     does on the data plane.
     """
 
-    def __init__(self, identity: Identity, addresses: Mapping[str, str], origin: str | None = None) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        addresses: Mapping[str, str],
+        origin: str | None = None,
+        *,
+        poll_s: float = DEFAULT_POLL_S,
+    ) -> None:
         self.identity = identity
         self.addresses = dict(addresses)
         self.origin = origin
+        self.poll_s = poll_s
         self._clients: dict[str, LaneClient] = {}
         self._asked: dict[str, float] = {}  # peer -> when its lane was last looked for
         self._tasks: set[asyncio.Task[None]] = set()
@@ -381,7 +416,7 @@ class Lanes:
         target = lane_target(address, info)
         if target is None:
             return
-        client = LaneClient(target, self.identity, peer)
+        client = LaneClient(target, self.identity, peer, poll_s=self.poll_s)
         try:
             await asyncio.to_thread(client.connect)
         except TransportError as exc:

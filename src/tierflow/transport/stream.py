@@ -8,8 +8,12 @@ side is not speaking this protocol, or is hostile), as does a read that stops mi
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import socket
+import ssl
 import struct
+import time
 
 from tierflow.errors import ConfigError, TransportError
 
@@ -86,6 +90,19 @@ def _message_length(head: bytes, max_bytes: int) -> int:
 def send_message(sock: socket.socket, data: bytes) -> None:
     """:func:`write_message` on a blocking socket: the length and the message in one write."""
     sock.sendall(_LENGTH.pack(len(data)) + data)
+
+
+def wait_readable(sock: socket.socket, limit_s: float) -> bool:
+    """Poll ``sock`` busily, giving up the CPU between looks, until it has data to read or
+    ``limit_s`` has passed; whether it has. (A TLS socket may hold decrypted bytes its file does not
+    show: those count.)"""
+    end = time.perf_counter() + limit_s
+    while True:
+        if (isinstance(sock, ssl.SSLSocket) and sock.pending()) or select.select([sock], [], [], 0)[0]:
+            return True
+        if time.perf_counter() >= end:
+            return False
+        os.sched_yield()
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
