@@ -9,6 +9,7 @@ lane is only opened to a peer reached directly (never around an emulated link).
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import threading
 import time
@@ -20,6 +21,7 @@ import pytest
 
 from tierflow.errors import InvalidInputError, KVMissingError, TierUnavailableError, TransportError
 from tierflow.transport import codec
+from tierflow.transport import lane as lane_module
 from tierflow.transport.certs import init_pki
 from tierflow.transport.envelope import Kind
 from tierflow.transport.lane import (
@@ -34,7 +36,7 @@ from tierflow.transport.lane import (
 )
 from tierflow.transport.messages import ORIGIN_KEY, ErrorCode, PeerInfo, StageRequest, StageResponse
 from tierflow.transport.session import MessageRejected, Session
-from tierflow.transport.stream import StreamClosed, recv_message, send_message
+from tierflow.transport.stream import StreamClosed, recv_message, send_message, wait_readable
 from tierflow.transport.tls import load_identity
 from tierflow.wire import SecureChannel, SessionKeys
 
@@ -286,3 +288,46 @@ def test_a_tensor_over_the_rank_limit_is_refused_before_sending() -> None:
     a, _ = _sessions()
     with pytest.raises(InvalidInputError, match="rank 33"):
         seal_lane(a, Kind.REQUEST, 1, {}, {"x": np.zeros((1,) * 33, np.float32)})
+
+
+# --- polling for the next message -----------------------------------------------------------------
+
+
+def test_wait_readable_sees_data_and_gives_up_after_its_limit() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        assert wait_readable(a, 0.01) is False  # nothing came: it gave up
+        b.sendall(b"x")
+        assert wait_readable(a, 10.0) is True  # returns as soon as there is data, not after 10 s
+
+
+@pytest.mark.parametrize(
+    ("typical_s", "poll_s", "polls"),
+    [
+        (None, 0.005, False),  # no wait seen yet
+        (0.002, 0.005, True),  # waits are short: poll
+        (0.02, 0.005, False),  # waits are long: polling would only burn CPU
+        (0.002, 0.0, False),  # switched off
+    ],
+)
+def test_a_lane_polls_only_when_its_waits_are_short(
+    monkeypatch: pytest.MonkeyPatch, typical_s: float | None, poll_s: float, polls: bool
+) -> None:
+    calls: list[float] = []
+    monkeypatch.setattr(lane_module, "wait_readable", lambda _sock, limit: calls.append(limit) or False)
+    lane_module._await_message(socket.socket(), typical_s, poll_s)
+    assert calls == ([poll_s] if polls else [])
+
+
+def test_calls_over_a_polling_lane_carry_every_reply_in_order(pki: Path) -> None:
+    """With polling on both ends (a long limit: every wait polls), replies still come one per call."""
+    handler = Recorder()
+    server = LaneServer(load_identity(pki, "edge"), handler, poll_s=1.0)
+    port = server.start("127.0.0.1")
+    client = LaneClient(f"127.0.0.1:{port}", load_identity(pki, "device"), "edge", poll_s=1.0)
+    client.connect()
+    try:
+        assert [client.try_call(step()).meta["seen"] for _ in range(20)] == list(range(1, 21))  # type: ignore[union-attr]
+    finally:
+        client.close()
+        server.stop()

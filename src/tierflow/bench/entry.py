@@ -14,7 +14,7 @@ from tierflow.node.deploy import LocalDeployment
 from tierflow.node.entry import sharded_lm
 from tierflow.runtime.lm import SamplingConfig
 from tierflow.runtime.session import SessionOptions
-from tierflow.transport.lane import Lanes
+from tierflow.transport.lane import DEFAULT_POLL_S, Lanes
 from tierflow.transport.peers import PeerClients
 from tierflow.transport.tls import load_identity
 from tierflow.types.links import LinkProfile
@@ -30,14 +30,17 @@ async def device_entry(
     *,
     lanes: bool = True,
     model: onnx.ModelProto | None = None,
+    lane_poll_ms: float | None = None,
 ) -> AsyncIterator[ShardedLM]:
     """A started :class:`ShardedLM` over ``deployment``'s edge and cloud, as the device node builds it
     (one ONNX Runtime thread, the deployment's links as planning estimates); EOS is ignored so that
     every run decodes what it asks for. ``model``: the LM at ``path``, already loaded (two entry
-    points in one process share it; a 24-layer Llama is 1.4 GB)."""
+    points in one process share it; a 24-layer Llama is 1.4 GB); ``lane_poll_ms``: its lanes' polling
+    limit (default: a node's)."""
     identity = load_identity(deployment.certs, Tier.DEVICE.value)
     peers = PeerClients(identity, deployment.peers)
-    lane_set = Lanes(identity, deployment.peers) if lanes else None
+    poll_s = DEFAULT_POLL_S if lane_poll_ms is None else lane_poll_ms / 1000
+    lane_set = Lanes(identity, deployment.peers, poll_s=poll_s) if lanes else None
     hop = LMHop(
         model if model is not None else onnx.load(str(path)),
         Tier.DEVICE.value,

@@ -208,6 +208,7 @@ async def measure_profile(
     repeats: int,
     no_lanes: Callable[[], LocalDeployment] | None = None,
     llamacpp: LlamaCpp | None = None,
+    lane_poll_ms: float | None = None,
 ) -> dict[str, Any]:
     """Every placement over ``deployment``; over loopback also the split against one process, and
     against the same split over the nodes ``no_lanes`` starts (their decode lanes off), and
@@ -215,7 +216,8 @@ async def measure_profile(
     memory = int(model.device_memory_mib * 2**20) if model.device_memory_mib else None
     out: dict[str, Any] = {}
     proto = onnx.load(str(model.path))
-    async with device_entry(model.path, model.name, deployment, memory, model=proto) as lm:
+    entry = device_entry(model.path, model.name, deployment, memory, model=proto, lane_poll_ms=lane_poll_ms)
+    async with entry as lm:
         ids = lm.tokenizer.encode(PROMPT)
         # the split first: its comparisons start more nodes, before the one-tier placements have
         # opened whole-model sessions on the edge and the cloud (the 24-layer Llama is 1.4 GB)
@@ -274,11 +276,15 @@ def run_generate_bench(
     repeats: int = 3,
     on_stage: Any = None,
     llamacpp: LlamaCpp | None = None,
+    lane_poll_ms: float | None = None,
 ) -> dict[str, Any]:
     """Every model over every profile (``loopback``: no emulated links); see the module docstring.
-    With ``llamacpp``, the Llama shapes' split over loopback is set beside llama.cpp's."""
+    With ``llamacpp``, the Llama shapes' split over loopback is set beside llama.cpp's;
+    ``lane_poll_ms`` sets the decode lanes' polling limit on every tier (default: the nodes')."""
     stage = on_stage or (lambda _msg: None)
     result: dict[str, Any] = {"tokens": tokens, "repeats": repeats, "prompt": PROMPT, "models": {}}
+    if lane_poll_ms is not None:
+        result["lane_poll_ms"] = lane_poll_ms
     for model in models:
         per_profile: dict[str, Any] = {}
         with tempfile.TemporaryDirectory(prefix="tierflow-bench-generate-") as tmp:
@@ -286,7 +292,9 @@ def run_generate_bench(
             for name in profiles:
                 access = None if name == LOOPBACK else get_profile(name)
                 stage(f"{model.name} over {name}: starting edge and cloud nodes")
-                deployment = deploy_local(model.path, certs, access, threads=1, startup_timeout=600.0)
+                deployment = deploy_local(
+                    model.path, certs, access, threads=1, startup_timeout=600.0, lane_poll_ms=lane_poll_ms
+                )
                 # over loopback, the same split over nodes with their decode lanes off, side by side
                 no_lanes = (
                     functools.partial(
@@ -299,7 +307,7 @@ def run_generate_bench(
                     started = time.perf_counter()
                     stage(f"{model.name} over {name}: decoding")
                     per_profile[name] = run(
-                        measure_profile(model, deployment, tokens, repeats, no_lanes, llamacpp)
+                        measure_profile(model, deployment, tokens, repeats, no_lanes, llamacpp, lane_poll_ms)
                     )
                     per_profile[name]["wall_s"] = round(time.perf_counter() - started, 1)
                 finally:

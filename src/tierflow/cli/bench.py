@@ -180,6 +180,13 @@ def generate(
         help="The work folder of bench/anchors/llamacpp/measure.sh: over loopback, llama.cpp's "
         "one process and RPC split of the Llama shape run between tierflow's runs.",
     ),
+    lane_poll_ms: float | None = typer.Option(
+        None,
+        "--lane-poll-ms",
+        min=0,
+        max=1000,
+        help="The decode lanes' polling limit on every tier (default: the nodes' default; 0: off).",
+    ),
 ) -> None:
     """Tokens/s and time to first token: device-only, edge-only, cloud-only and the three-tier split."""
     from tierflow.bench.generate import PLACEMENTS, default_models, run_generate_bench
@@ -201,6 +208,7 @@ def generate(
         repeats=repeats,
         on_stage=lambda line: err_console.print(line, style="dim", highlight=False, markup=False),
         llamacpp=anchor,
+        lane_poll_ms=lane_poll_ms,
     )
     rows = [
         {
