@@ -76,10 +76,11 @@ MIN_CALL_TIMEOUT_S = 2.0
 TIMEOUT_OVER_TYPICAL = 20.0
 REOPEN_AFTER_S = 5.0  # a peer without a lane (none announced, a relay in between, down) is asked again
 # A lane whose waits for its next message are short waits for it busily (polling its socket, giving
-# up the CPU between looks) for up to POLL_S before it sleeps, as llama.cpp's threadpool polls for
-# work: a sleeping reader wakes late, on a core that went idle meanwhile, and a step computed right
-# after an idle gap runs slower (a span's step after a 2 ms sleep took ~35 % longer on this VM).
-# Only when the lane's typical wait is no longer than POLL_S: polling for a longer one burns CPU.
+# up the CPU between looks) for up to its limit (DEFAULT_POLL_S unless set) before it sleeps, as
+# llama.cpp's threadpool polls for work: a sleeping reader wakes late, on a core that went idle
+# meanwhile, and a step computed right after an idle gap runs slower (a span's step after a 2 ms
+# sleep took ~35 % longer on this VM). Only when the lane's typical wait is no longer than that
+# limit: polling for a longer one burns CPU.
 DEFAULT_POLL_S = 0.005
 _log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def _typical(previous: float | None, seconds: float) -> float:
 
 
 def _await_message(sock: socket.socket, typical_s: float | None, poll_s: float) -> None:
-    """Poll ``sock`` for up to ``poll_s`` when this lane's typical wait is that short (see POLL_S)."""
+    """Poll ``sock`` for up to ``poll_s`` when this lane's typical wait is that short (DEFAULT_POLL_S)."""
     if poll_s > 0 and typical_s is not None and typical_s <= poll_s:
         wait_readable(sock, poll_s)
 
