@@ -36,7 +36,13 @@ from tierflow.transport.lane import (
 )
 from tierflow.transport.messages import ORIGIN_KEY, ErrorCode, PeerInfo, StageRequest, StageResponse
 from tierflow.transport.session import MessageRejected, Session
-from tierflow.transport.stream import StreamClosed, recv_message, send_message, wait_readable
+from tierflow.transport.stream import (
+    StreamClosed,
+    recv_message,
+    send_message,
+    sleep_until_readable,
+    wait_readable,
+)
 from tierflow.transport.tls import load_identity
 from tierflow.wire import SecureChannel, SessionKeys
 
@@ -301,33 +307,97 @@ def test_wait_readable_sees_data_and_gives_up_after_its_limit() -> None:
         assert wait_readable(a, 10.0) is True  # returns as soon as there is data, not after 10 s
 
 
+def test_sleep_until_readable_returns_when_data_comes_and_gives_up_after_its_limit() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        assert sleep_until_readable(a, 0.01) is False
+        b.sendall(b"x")
+        assert sleep_until_readable(a, 10.0) is True
+
+
+class WaitLog:
+    """Stands in for the two ways a lane waits, recording each (``arrives``: the message comes
+    while the lane sleeps)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, arrives: bool = False) -> None:
+        self.calls: list[tuple[str, float]] = []
+        monkeypatch.setattr(lane_module, "sleep_until_readable", self.sleep)
+        monkeypatch.setattr(lane_module, "wait_readable", self.poll)
+        self.arrives = arrives
+
+    def sleep(self, _sock: socket.socket, limit_s: float) -> bool:
+        self.calls.append(("sleep", limit_s))
+        return self.arrives
+
+    def poll(self, _sock: socket.socket, limit_s: float) -> bool:
+        self.calls.append(("poll", limit_s))
+        return False
+
+
 @pytest.mark.parametrize(
-    ("typical_s", "poll_s", "polls"),
+    ("typical_s", "poll_s", "waits"),
     [
-        (None, 0.005, False),  # no wait seen yet
-        (0.002, 0.005, True),  # waits are short: poll
-        (0.02, 0.005, False),  # waits are long: polling would only burn CPU
-        (0.002, 0.0, False),  # switched off
+        (None, 0.005, []),  # no wait seen yet: a plain blocking read
+        (0.002, 0.005, [("poll", 0.005)]),  # waits are short: poll at once
+        # a long wait: sleep until half the limit before the message is due, then poll for the limit
+        (0.02, 0.005, [("sleep", pytest.approx(0.0175)), ("poll", 0.005)]),
+        (0.002, 0.0, []),  # switched off
+        (0.02, 0.0, []),
     ],
 )
-def test_a_lane_polls_only_when_its_waits_are_short(
-    monkeypatch: pytest.MonkeyPatch, typical_s: float | None, poll_s: float, polls: bool
+def test_a_lane_polls_around_when_its_next_message_is_due(
+    monkeypatch: pytest.MonkeyPatch, typical_s: float | None, poll_s: float, waits: list
 ) -> None:
-    calls: list[float] = []
-    monkeypatch.setattr(lane_module, "wait_readable", lambda _sock, limit: calls.append(limit) or False)
+    log = WaitLog(monkeypatch)
     lane_module._await_message(socket.socket(), typical_s, poll_s)
-    assert calls == ([poll_s] if polls else [])
+    assert log.calls == waits
 
 
-def test_calls_over_a_polling_lane_carry_every_reply_in_order(pki: Path) -> None:
-    """With polling on both ends (a long limit: every wait polls), replies still come one per call."""
-    handler = Recorder()
-    server = LaneServer(load_identity(pki, "edge"), handler, poll_s=1.0)
+def test_a_message_that_comes_while_the_lane_sleeps_is_read_without_polling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = WaitLog(monkeypatch, arrives=True)
+    lane_module._await_message(socket.socket(), 0.05, 0.005)
+    assert [kind for kind, _ in log.calls] == ["sleep"]
+
+
+def test_one_pause_between_generations_does_not_stop_a_lane_polling_at_once() -> None:
+    poll_s = 0.005
+    typical = None
+    for _ in range(10):
+        typical = lane_module._fold_wait(typical, 0.002, poll_s)
+    after_pause = lane_module._fold_wait(typical, 30.0, poll_s)
+    assert after_pause <= poll_s  # still a short wait: the next message is polled for at once
+    # a lane whose first wait was a pause does not expect seconds for its next message either
+    assert lane_module._fold_wait(None, 30.0, poll_s) <= 2 * poll_s
+
+
+class SlowRecorder(Recorder):
+    """A handler whose work takes longer than the lanes' polling limit (a large model's span)."""
+
+    def __call__(self, request: StageRequest, peer: PeerInfo) -> StageResponse:
+        time.sleep(0.01)  # the work itself, not a synchronisation
+        return super().__call__(request, peer)
+
+
+@pytest.mark.parametrize(
+    ("handler", "poll_s"),
+    [
+        (Recorder(), 1.0),  # a long limit: every wait polls at once
+        (SlowRecorder(), 0.002),  # replies take longer than the limit: the caller sleeps, then polls
+    ],
+    ids=["polling", "sleeping-then-polling"],
+)
+def test_calls_over_a_polling_lane_carry_every_reply_in_order(
+    pki: Path, handler: Recorder, poll_s: float
+) -> None:
+    server = LaneServer(load_identity(pki, "edge"), handler, poll_s=poll_s)
     port = server.start("127.0.0.1")
-    client = LaneClient(f"127.0.0.1:{port}", load_identity(pki, "device"), "edge", poll_s=1.0)
+    client = LaneClient(f"127.0.0.1:{port}", load_identity(pki, "device"), "edge", poll_s=poll_s)
     client.connect()
     try:
-        assert [client.try_call(step()).meta["seen"] for _ in range(20)] == list(range(1, 21))  # type: ignore[union-attr]
+        seen = [client.try_call(step()).meta["seen"] for _ in range(20)]  # type: ignore[union-attr]
+        assert seen == list(range(1, 21))
     finally:
         client.close()
         server.stop()

@@ -60,8 +60,9 @@ def node(
         "--lane-poll-ms",
         min=0,
         max=1000,
-        help="How long a decode lane polls for its next message before sleeping, when its waits are "
-        "that short: faster hand-offs for CPU time (0: always sleep, e.g. on battery).",
+        help="How long a decode lane polls for its next message: at once when its waits are that "
+        "short, else from half this before the message is due. Faster hand-offs for CPU time "
+        "(0: always sleep, e.g. on battery).",
     ),
     spans: str | None = typer.Option(
         None, "--spans", help="Entry point: fixed LM layer spans, e.g. device=0-1,edge=2-4,cloud=5-6."

@@ -64,8 +64,9 @@ class NodeConfig(BaseModel):
         DEFAULT_POLL_S * 1000,
         ge=0,
         le=1000,
-        description="how long a decode lane polls for its next message before it sleeps, when its "
-        "waits are that short (0: it always sleeps; transport/lane.py)",
+        description="how long a decode lane polls for its next message: at once when its waits are "
+        "that short, else from half this before the message is due (0: it always sleeps; "
+        "transport/lane.py)",
     )
     # the entry point (device node) of a deployment serving a language model
     spans: str | None = Field(None, description="fixed layer spans, e.g. device=0-1,edge=2-4,cloud=5-5")

@@ -60,7 +60,14 @@ from tierflow.transport.session import (
     client_hello,
     server_accept,
 )
-from tierflow.transport.stream import keepalive, recv_message, send_message, split_address, wait_readable
+from tierflow.transport.stream import (
+    keepalive,
+    recv_message,
+    send_message,
+    sleep_until_readable,
+    split_address,
+    wait_readable,
+)
 from tierflow.transport.tls import Identity, client_ssl_context, server_ssl_context
 from tierflow.wire import ChannelConfig
 from tierflow.wire import frame as fr
@@ -75,12 +82,14 @@ CALL_TIMEOUT_S = 30.0
 MIN_CALL_TIMEOUT_S = 2.0
 TIMEOUT_OVER_TYPICAL = 20.0
 REOPEN_AFTER_S = 5.0  # a peer without a lane (none announced, a relay in between, down) is asked again
-# A lane whose waits for its next message are short waits for it busily (polling its socket, giving
-# up the CPU between looks) for up to its limit (DEFAULT_POLL_S unless set) before it sleeps, as
-# llama.cpp's threadpool polls for work: a sleeping reader wakes late, on a core that went idle
-# meanwhile, and a step computed right after an idle gap runs slower (a span's step after a 2 ms
-# sleep took ~35 % longer on this VM). Only when the lane's typical wait is no longer than that
-# limit: polling for a longer one burns CPU.
+# A lane waits for its next message busily (polling its socket, giving up the CPU between looks) for
+# up to its limit (DEFAULT_POLL_S unless set), as llama.cpp's threadpool polls for work: a sleeping
+# reader wakes late, on a core that went idle meanwhile, and a step computed right after an idle gap
+# runs slower (a span's step after a 2 ms sleep took ~35 % longer on this VM). When the lane's typical
+# wait is that short it polls at once; a longer one (a large model's span computing elsewhere) it
+# sleeps through in the kernel until half the limit before the message is due, then polls for up to
+# the limit: hybrid polling, as Linux's block layer polls for an I/O completion after sleeping for
+# part of its expected time. So a lane burns at most its limit of CPU per message, whatever the wait.
 DEFAULT_POLL_S = 0.005
 _log = logging.getLogger(__name__)
 
@@ -91,9 +100,20 @@ def _typical(previous: float | None, seconds: float) -> float:
 
 
 def _await_message(sock: socket.socket, typical_s: float | None, poll_s: float) -> None:
-    """Poll ``sock`` for up to ``poll_s`` when this lane's typical wait is that short (DEFAULT_POLL_S)."""
-    if poll_s > 0 and typical_s is not None and typical_s <= poll_s:
-        wait_readable(sock, poll_s)
+    """Wait for ``sock``'s next message as DEFAULT_POLL_S says, given this lane's typical wait and
+    polling limit; returns when it is readable or the polling is over (a blocking read follows)."""
+    if poll_s <= 0 or typical_s is None:
+        return
+    if typical_s > poll_s and sleep_until_readable(sock, typical_s - poll_s / 2):
+        return  # it came before it was due
+    wait_readable(sock, poll_s)
+
+
+def _fold_wait(typical_s: float | None, seconds: float, poll_s: float) -> float:
+    """A server lane's typical wait for the next request, folding in one of ``seconds``. A long pause
+    (between generations) counts as twice the typical wait (at least twice the polling limit): one
+    pause must not stop the polling for the steps after it, a run of them does."""
+    return _typical(typical_s, min(seconds, 2 * max(typical_s or 0.0, poll_s)))
 
 
 def _nodelay(sock: socket.socket) -> None:
@@ -202,9 +222,7 @@ class LaneServer:
             idle_since = time.perf_counter()
             _await_message(tls, waited, self.poll_s)
             data = recv_message(tls, self.max_message_bytes)
-            # a long pause (between generations) counts as twice the polling limit: one pause must
-            # not stop the polling for the steps after it, a run of them does
-            waited = _typical(waited, min(time.perf_counter() - idle_since, 2 * self.poll_s))
+            waited = _fold_wait(waited, time.perf_counter() - idle_since, self.poll_s)
             try:
                 request = codec.request_from(open_lane(session, data, Kind.REQUEST))
             except MessageRejected as exc:

@@ -92,13 +92,29 @@ def send_message(sock: socket.socket, data: bytes) -> None:
     sock.sendall(_LENGTH.pack(len(data)) + data)
 
 
+def _holds_data(sock: socket.socket) -> bool:
+    """A TLS socket may hold decrypted bytes its file does not show."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+def _readable_poller(sock: socket.socket) -> select.poll:
+    poller = select.poll()  # not select.select: it refuses descriptors above 1023
+    poller.register(sock, select.POLLIN)
+    return poller
+
+
+def sleep_until_readable(sock: socket.socket, limit_s: float) -> bool:
+    """Sleep in the kernel until ``sock`` has data to read or ``limit_s`` has passed; whether it has."""
+    return _holds_data(sock) or bool(_readable_poller(sock).poll(max(limit_s, 0.0) * 1000))
+
+
 def wait_readable(sock: socket.socket, limit_s: float) -> bool:
     """Poll ``sock`` busily, giving up the CPU between looks, until it has data to read or
-    ``limit_s`` has passed; whether it has. (A TLS socket may hold decrypted bytes its file does not
-    show: those count.)"""
+    ``limit_s`` has passed; whether it has."""
     end = time.perf_counter() + limit_s
+    poller = _readable_poller(sock)
     while True:
-        if (isinstance(sock, ssl.SSLSocket) and sock.pending()) or select.select([sock], [], [], 0)[0]:
+        if _holds_data(sock) or poller.poll(0):
             return True
         if time.perf_counter() >= end:
             return False
