@@ -22,6 +22,8 @@ from tierflow.router.energy import BatteryState
 from tierflow.router.sla import SLA, SLAFieldError, SLAUnmetError
 from tierflow.runtime.lm import CausalLM, SamplingConfig
 from tierflow.runtime.session import SessionOptions
+from tierflow.transport.lane import Lanes
+from tierflow.transport.tls import load_identity
 from tierflow.types import Tier
 from tierflow.types.tasks import TaskKind
 
@@ -86,6 +88,26 @@ def test_a_low_battery_keeps_the_conversation_on_the_device_and_a_charged_one_mo
             assert any(e["event"] == "rerouted" for e in second.outcome.events)
             assert second.outcome.cached_tokens == 0
         assert conv.router.conditions.battery == BatteryState(level=90.0, charging=True)
+
+    asyncio.run(go())
+
+
+def test_the_entry_points_lanes_stop_polling_on_battery_and_poll_again_on_mains(
+    pki: Path, tmp_path: Path, reference: CausalLM
+) -> None:
+    """Polling for a reply spends the device's CPU for a shorter hand-off: not on battery."""
+
+    async def go() -> None:
+        _, dev = deployment(pki, tmp_path, spans=None)
+        conv = conversations(dev)
+        await conv.lm.start()
+        lanes = conv.lm.hop.lanes = Lanes(load_identity(pki, "device"), {}, poll_s=0.005)
+        config = SamplingConfig.greedy(4)
+        tokens, _ = await run(conv, PROMPT, config, battery=BatteryState(level=60.0))
+        assert lanes.poll_s == 0.0
+        assert tokens == unsplit(reference, conv.lm.tokenizer.encode(PROMPT), config)  # same text
+        await run(conv, PROMPT, config, battery=BatteryState(level=60.0, charging=True))
+        assert lanes.poll_s == 0.005
 
     asyncio.run(go())
 

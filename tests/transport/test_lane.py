@@ -401,3 +401,17 @@ def test_calls_over_a_polling_lane_carry_every_reply_in_order(
     finally:
         client.close()
         server.stop()
+
+
+def test_polling_switched_off_reaches_every_open_lane_and_back_on_restores_the_limit(
+    lane: tuple, pki: Path
+) -> None:
+    _, client, _ = lane
+    lanes = Lanes(load_identity(pki, "device"), {}, poll_s=0.004)
+    lanes._clients["edge"] = client  # as if opened (opening needs a node's info reply)
+    client.poll_s = lanes.poll_s
+    lanes.set_polling(False)
+    assert client.poll_s == 0.0 and lanes.poll_s == 0.0  # and lanes opened from now on get 0
+    assert client.try_call(step()) is not None  # a lane that does not poll still carries calls
+    lanes.set_polling(True)
+    assert client.poll_s == 0.004 and lanes.poll_s == 0.004

@@ -129,6 +129,14 @@ def up(
         "'none': no inspection.",
     ),
     threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads per node."),
+    lane_poll_ms: float | None = typer.Option(
+        None,
+        "--lane-poll-ms",
+        min=0,
+        max=1000,
+        help="How long each node's decode lanes poll for a message (tierflow node --lane-poll-ms; "
+        "default: the node's, 5 ms; 0: off). The device's lanes stop polling on battery.",
+    ),
     edge_slowdown: float = typer.Option(1.0, "--edge-slowdown", min=1.0, help="SIMULATED slower edge box."),
     device_slowdown: float = typer.Option(1.0, "--device-slowdown", min=1.0, help="SIMULATED slower device."),
     duration: float = typer.Option(
@@ -213,6 +221,7 @@ def up(
                 detectors=detector_models,
                 backhaul=links.get("edge-cloud", BACKHAUL),
                 device_cloud=links.get("device-cloud"),
+                lane_poll_ms=lane_poll_ms,
             )
         if control is not None:
             control.deployment = deployment

@@ -207,6 +207,8 @@ class Conversations:
                     if created:  # refused before any work: the conversation it would have begun goes too
                         await asyncio.to_thread(self.store.delete, record.context_id)
                     raise
+            if self.lm.hop.lanes is not None:
+                self.lm.hop.lanes.set_polling(self.router.lane_polling())
             outcome: GenerationOutcome | None = None
             if route is not None and route.early_exit:
                 items = self._early_exit(tokens, config)

@@ -38,7 +38,7 @@ from tierflow.errors import PlanError, TierUnavailableError
 from tierflow.model.lm_layers import Span
 from tierflow.planner.power import DevicePower, radio_for_profile
 from tierflow.planner.spans import ORDER, TOKEN_BYTES, SpanPlan
-from tierflow.router.energy import BatteryState, EnergyPolicy, apply, read_battery
+from tierflow.router.energy import BatteryState, EnergyPolicy, apply, on_battery, read_battery
 from tierflow.router.matrix import TaskResourceMatrix
 from tierflow.router.rules import RoutingRules
 from tierflow.router.sla import SLA, Decision, Offer, choose
@@ -101,6 +101,11 @@ class EntryRouter:
     def battery_now(self) -> BatteryState | None:
         """The battery the next decision sees: a client's last report, else this machine's own now."""
         return self.conditions.battery if self.conditions.battery is not None else read_battery()
+
+    def lane_polling(self) -> bool:
+        """Whether the entry point's decode lanes may poll for replies (transport/lane.py): not on
+        battery, where polling spends the device's energy for a shorter hand-off."""
+        return not on_battery(self.policy, self.battery_now())
 
     def report(self, battery: BatteryState | None = None, metered: bool | None = None) -> None:
         """What the client says of its device now (kept for later requests of the deployment)."""

@@ -159,15 +159,21 @@ class EnergyOutcome:
     reasons: tuple[str, ...] = ()
 
 
+def on_battery(policy: EnergyPolicy, battery: BatteryState | None) -> bool:
+    """Whether ``policy``'s battery rules apply: a battery that is not charging (or charging, where
+    the policy does not exempt it)."""
+    return battery is not None and not (battery.charging and policy.charging_exempt)
+
+
 def apply(policy: EnergyPolicy, battery: BatteryState | None, metered: bool, sla: SLA) -> EnergyOutcome:
     """The tiers allowed and avoided, the preference and the energy weight under ``policy``."""
     allowed = frozenset(Tier)
     prefer = sla.prefer
     avoid: frozenset[Tier] = frozenset()
     reasons: list[str] = []
-    on_battery = battery is not None and not (battery.charging and policy.charging_exempt)
     level = battery.level if battery is not None else None
-    if on_battery and level is not None:
+    discharging = on_battery(policy, battery)
+    if discharging and level is not None:
         if policy.local_only_below_pct is not None and level < policy.local_only_below_pct:
             allowed = frozenset({Tier.DEVICE})
             reasons.append(f"battery {level:g} % < {policy.local_only_below_pct:g} %: the device only")
@@ -180,7 +186,7 @@ def apply(policy: EnergyPolicy, battery: BatteryState | None, metered: bool, sla
         if avoid:
             tiers = ", ".join(sorted(avoid))
             reasons.append(f"metered network: {tiers} only when nothing nearer meets the SLA")
-    weight = policy.energy_weight_s_per_j if on_battery else 0.0
+    weight = policy.energy_weight_s_per_j if discharging else 0.0
     effective = effective_energy_weight(weight, None if level is None else level / 100.0)
     return EnergyOutcome(
         allowed=allowed, prefer=prefer, energy_weight=weight, effective_energy_weight=effective,

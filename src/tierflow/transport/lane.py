@@ -390,6 +390,7 @@ class Lanes:
         self.identity = identity
         self.addresses = dict(addresses)
         self.origin = origin
+        self.poll_limit_s = poll_s  # what the lanes poll for while polling is on
         self.poll_s = poll_s
         self._clients: dict[str, LaneClient] = {}
         self._asked: dict[str, float] = {}  # peer -> when its lane was last looked for
@@ -397,6 +398,12 @@ class Lanes:
 
     def get(self, peer: str) -> LaneClient | None:
         return self._clients.get(peer)
+
+    def set_polling(self, on: bool) -> None:
+        """Polling on (up to the limit the lanes were made with) or off, for every lane now and later."""
+        self.poll_s = self.poll_limit_s if on else 0.0
+        for client in self._clients.values():
+            client.poll_s = self.poll_s
 
     def call(self, peer: str, lane: LaneClient, request: StageRequest) -> StageResponse | None:
         """``request`` over ``lane`` (blocking): the reply, or a tierflow error for an error reply, as a
