@@ -14,6 +14,7 @@ from tests.engine.test_sharded import conversations, deployment, run, unsplit
 from tests.engine.test_sharded import pki as pki  # noqa: F401  (the fixture)
 from tests.engine.test_sharded import reference as reference  # noqa: F401  (the fixture)
 from tests.support.packages import compile_bundled
+from tierflow.engine.conversations import Conversations
 from tierflow.engine.routing import TEXT_LONG_TOKENS, deepest
 from tierflow.errors import InvalidInputError, TierUnavailableError
 from tierflow.model.lm_layers import Span
@@ -30,13 +31,19 @@ from tierflow.types.tasks import TaskKind
 PROMPT = "The for statement"
 
 
+async def planned(pki: Path, tmp_path: Path) -> Conversations:
+    """The entry point's conversations over a demo-lm deployment with no fixed spans, started."""
+    _, dev = deployment(pki, tmp_path, spans=None)
+    conv = conversations(dev)
+    await conv.lm.start()
+    return conv
+
+
 def test_an_sla_request_is_routed_and_reports_every_alternative(
     pki: Path, tmp_path: Path, reference: CausalLM
 ) -> None:
     async def go() -> None:
-        _, dev = deployment(pki, tmp_path, spans=None)
-        conv = conversations(dev)
-        await conv.lm.start()
+        conv = await planned(pki, tmp_path)
         tokens, done = await run(conv, PROMPT, sla=SLA.parse({"max_latency": 60, "prefer": "latency"}))
         assert tokens == unsplit(reference, conv.lm.tokenizer.encode(PROMPT))
         route = done.route
@@ -59,9 +66,7 @@ def test_a_low_battery_keeps_the_conversation_on_the_device_and_a_charged_one_mo
     pki: Path, tmp_path: Path, reference: CausalLM
 ) -> None:
     async def go() -> None:
-        _, dev = deployment(pki, tmp_path, spans=None)
-        conv = conversations(dev)
-        await conv.lm.start()
+        conv = await planned(pki, tmp_path)
         tok = conv.lm.tokenizer
         low = BatteryState(level=12.0)
         _, first = await run(conv, PROMPT, SamplingConfig.greedy(8), battery=low)
@@ -98,9 +103,7 @@ def test_the_entry_points_lanes_stop_polling_on_battery_and_poll_again_on_mains(
     """Polling for a reply spends the device's CPU for a shorter hand-off: not on battery."""
 
     async def go() -> None:
-        _, dev = deployment(pki, tmp_path, spans=None)
-        conv = conversations(dev)
-        await conv.lm.start()
+        conv = await planned(pki, tmp_path)
         lanes = conv.lm.hop.lanes = Lanes(load_identity(pki, "device"), {}, poll_s=0.005)
         config = SamplingConfig.greedy(4)
         tokens, _ = await run(conv, PROMPT, config, battery=BatteryState(level=60.0))
@@ -116,9 +119,7 @@ def test_an_sla_nothing_meets_is_refused_naming_the_best_offer_or_degraded_when_
     pki: Path, tmp_path: Path
 ) -> None:
     async def go() -> None:
-        _, dev = deployment(pki, tmp_path, spans=None)
-        conv = conversations(dev)
-        await conv.lm.start()
+        conv = await planned(pki, tmp_path)
         impossible = {"max_latency": 1e-6}
         best = r"the best is (device|edge|cloud) full .* s predicted"
         with pytest.raises(SLAUnmetError, match=best) as info:
@@ -153,9 +154,7 @@ def test_without_network_only_the_device_serves_and_only_with_offline_ok_when_it
 
 def test_a_long_generation_reads_its_own_row_and_bad_slas_name_the_field(pki: Path, tmp_path: Path) -> None:
     async def go() -> None:
-        _, dev = deployment(pki, tmp_path, spans=None)
-        conv = conversations(dev)
-        await conv.lm.start()
+        conv = await planned(pki, tmp_path)
         config = SamplingConfig.greedy(TEXT_LONG_TOKENS + 1)
         route = conv.router.route_text(
             conv.lm, SLA(), max_tokens=config.max_new_tokens, current=None, history=4, new_prompt=4
@@ -186,9 +185,7 @@ def test_a_pinned_request_runs_on_its_tier_and_an_offline_network_leaves_only_th
     pki: Path, tmp_path: Path, reference: CausalLM
 ) -> None:
     async def go() -> None:
-        _, dev = deployment(pki, tmp_path, spans=None)
-        conv = conversations(dev)
-        await conv.lm.start()
+        conv = await planned(pki, tmp_path)
         expected = unsplit(reference, conv.lm.tokenizer.encode(PROMPT), SamplingConfig.greedy(6))
         tokens, pinned = await run(conv, PROMPT, SamplingConfig.greedy(6), pin=Tier.EDGE)
         assert tokens == expected
