@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import assert_one_line_error, cli
+from tierflow.bench.generate import rounds_against_anchor
 from tierflow.bench.llamacpp import LlamaCpp
 from tierflow.errors import ConfigError
 
@@ -128,3 +129,14 @@ def test_the_cli_names_a_missing_build(
     args = ("--llamacpp", str(tmp_path), "--large", "8x512", "--profiles", "loopback")
     code, _, err = cli(capsys, monkeypatch, "bench", "generate", *args)
     assert_one_line_error(code, err, "measure.sh")
+
+
+def test_rounds_against_the_anchor_count_ties_as_at_or_above_and_take_the_median_difference() -> None:
+    figures = rounds_against_anchor([0.90, 0.80, 1.00, 0.95], [0.85, 0.90, 1.00, 0.99])
+    assert figures["rounds_at_or_above_llamacpp"] == "2 of 4"  # ahead in one, level in one
+    assert figures["median_round_difference_vs_llamacpp"] == pytest.approx(-0.02)  # of +.05 -.1 0 -.04
+
+
+def test_rounds_against_the_anchor_need_the_same_rounds_on_both_sides() -> None:
+    with pytest.raises(ValueError, match="same rounds"):
+        rounds_against_anchor([0.9, 0.8], [0.9])

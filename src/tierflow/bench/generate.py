@@ -183,8 +183,24 @@ async def split_over_local(
         out["llamacpp_one_process_tokens_per_s"] = round(their_one, 2)
         out["llamacpp_split_tokens_per_s"] = round(their_split, 2)
         out["llamacpp_split_over_local"] = round(their_split / their_one, 3)
-        out["llamacpp_split_over_local_by_round"] = [round(s / o, 3) for o, s in anchor_rates]
+        theirs = [s / o for o, s in anchor_rates]
+        out["llamacpp_split_over_local_by_round"] = [round(r, 3) for r in theirs]
+        ours = [s / o for s, o in zip(split_rates, local_rates, strict=True)]
+        out.update(rounds_against_anchor(ours, theirs))
     return out
+
+
+def rounds_against_anchor(ours: Sequence[float], theirs: Sequence[float]) -> dict[str, Any]:
+    """tierflow's ``split_over_local`` against llama.cpp's, round by round (the rounds of one run are
+    what compare on a machine whose speed moves between them): in how many rounds tierflow's is at
+    or above, and the median of the rounds' differences (tierflow's less llama.cpp's)."""
+    if len(ours) != len(theirs) or not ours:
+        raise ValueError(f"need the same rounds on both sides, got {len(ours)} and {len(theirs)}")
+    pairs = list(zip(ours, theirs, strict=True))
+    return {
+        "rounds_at_or_above_llamacpp": f"{sum(a >= b for a, b in pairs)} of {len(pairs)}",
+        "median_round_difference_vs_llamacpp": round(statistics.median(a - b for a, b in pairs), 3),
+    }
 
 
 async def token_agreement(
