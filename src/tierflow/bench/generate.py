@@ -166,12 +166,13 @@ async def split_over_local(
             their_one = await asyncio.to_thread(llama.one_process, shape, tokens)
             anchor_rates.append((their_one, await asyncio.to_thread(llama.split, shape, tokens, servers)))
     split, one = statistics.median(split_rates), statistics.median(local_rates)
+    # each round's own ratio: the machine's speed moves between rounds more than within one
+    ours = [s / o for s, o in zip(split_rates, local_rates, strict=True)]
     out: dict[str, Any] = {
         "split_tokens_per_s": round(split, 2),
         "one_process_tokens_per_s": round(one, 2),
         "split_over_local": round(split / one, 3),
-        # each round's own ratio: the machine's speed moves between rounds more than within one
-        "split_over_local_by_round": [round(s / o, 3) for s, o in zip(split_rates, local_rates, strict=True)],
+        "split_over_local_by_round": [round(r, 3) for r in ours],
     }
     if plane_rates:
         plane = statistics.median(plane_rates)
@@ -185,7 +186,6 @@ async def split_over_local(
         out["llamacpp_split_over_local"] = round(their_split / their_one, 3)
         theirs = [s / o for o, s in anchor_rates]
         out["llamacpp_split_over_local_by_round"] = [round(r, 3) for r in theirs]
-        ours = [s / o for s, o in zip(split_rates, local_rates, strict=True)]
         out.update(rounds_against_anchor(ours, theirs))
     return out
 

@@ -190,8 +190,8 @@ class Conversations:
             current = self.spans_of(record)
             route: TextRoute | None = None
             conditions = self.router.conditions
-            known_battery = self.router.battery_now() is not None
-            if sla is not None or pin is not None or known_battery or conditions.metered:
+            battery_now = self.router.battery_now()  # read once: this machine's own is a sensor read
+            if sla is not None or pin is not None or battery_now is not None or conditions.metered:
                 try:
                     route = self.router.route_text(
                         self.lm,
@@ -208,7 +208,7 @@ class Conversations:
                         await asyncio.to_thread(self.store.delete, record.context_id)
                     raise
             if self.lm.hop.lanes is not None:
-                self.lm.hop.lanes.set_polling(self.router.lane_polling())
+                self.lm.hop.lanes.set_polling(self.router.lane_polling(battery_now))
             outcome: GenerationOutcome | None = None
             if route is not None and route.early_exit:
                 items = self._early_exit(tokens, config)

@@ -102,10 +102,11 @@ class EntryRouter:
         """The battery the next decision sees: a client's last report, else this machine's own now."""
         return self.conditions.battery if self.conditions.battery is not None else read_battery()
 
-    def lane_polling(self) -> bool:
-        """Whether the entry point's decode lanes may poll for replies (transport/lane.py): not on
-        battery, where polling spends the device's energy for a shorter hand-off."""
-        return not on_battery(self.policy, self.battery_now())
+    def lane_polling(self, battery: BatteryState | None) -> bool:
+        """Whether the entry point's decode lanes may poll for replies (transport/lane.py) with the
+        device's ``battery`` (:meth:`battery_now`): not on battery, where polling spends the device's
+        energy for a shorter hand-off."""
+        return not on_battery(self.policy, battery)
 
     def report(self, battery: BatteryState | None = None, metered: bool | None = None) -> None:
         """What the client says of its device now (kept for later requests of the deployment)."""
