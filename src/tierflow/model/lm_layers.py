@@ -34,6 +34,9 @@ from tierflow.model import metadata as md
 from tierflow.model.partition import GraphCutter
 
 STEP_INPUTS = (lc.INPUT_IDS, lc.ATTENTION_MASK, lc.POSITION_IDS)  # what every span may read of a step
+# The step inputs a span runner builds itself from the step's shape (batch, past length, step length):
+# what is computed from them alone (the attention mask, rotary angles) is the same for every context.
+SHAPE_BUILT_INPUTS = frozenset({lc.ATTENTION_MASK, lc.POSITION_IDS})
 SHAPE_OPS = frozenset({"Shape", "Size"})
 WEIGHT_MIN_ELEMENTS = 1024  # smaller initializers (shape constants) keep their values for shape inference
 
@@ -64,6 +67,22 @@ def weightless(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.
         stub.dims.extend(tensor.dims)
         weights[tensor.name] = tensor
     return skeleton, weights
+
+
+@dataclass(frozen=True)
+class StepGraphs:
+    """A span's graph in two parts: the *preamble*, which depends on the step's shape alone (batch,
+    past length, step length: the attention mask, the rotary angles, the step's positions), and the
+    *body*, which reads the preamble's results (``step_tensors``) as inputs.
+
+    Every span of an exported decoder recomputes the preamble (some 45 small nodes in a Llama), so
+    a span runner computes it once per step shape and reuses it for every context and every later
+    step of that shape. ``preamble`` is None when the span has nothing to set apart.
+    """
+
+    body: onnx.ModelProto
+    preamble: onnx.ModelProto | None
+    step_tensors: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -275,12 +294,59 @@ class LayeredLM:
     def extract(self, span: Span) -> onnx.ModelProto:
         """The ONNX graph of ``span`` (inputs it does not need are dropped), with its weights only."""
         inputs, outputs = self.span_io(span)
-        stage = self._span_cutter(span).extract(inputs, outputs)
+        return self._weighted(self._span_cutter(span).extract(inputs, outputs))
+
+    def extract_step_graphs(self, span: Span) -> StepGraphs:
+        """``span``'s graph as a preamble and a body (:class:`StepGraphs`), each with its weights."""
+        inputs, outputs = self.span_io(span)
+        cutter = self._span_cutter(span)
+        whole = cutter.extract(inputs, outputs)
+        found = _step_tensors(whole.graph)
+        typed = {v.name for v in cutter.model.graph.value_info if v.type.tensor_type.elem_type}
+        if not found or not set(found) <= typed:  # a body input must have a known type
+            return StepGraphs(self._weighted(whole), None, ())
+        body = cutter.extract([*inputs, *found], outputs)
+        preamble = cutter.extract(inputs, found)
+        return StepGraphs(self._weighted(body), self._weighted(preamble), tuple(found))
+
+    def _weighted(self, stage: onnx.ModelProto) -> onnx.ModelProto:
+        """``stage`` (cut from the weightless skeleton) with its initializers' values put back."""
         for tensor in stage.graph.initializer:
             weight = self._weights.get(tensor.name)
             if weight is not None:
                 tensor.CopyFrom(weight)
         return stage
+
+
+def _step_tensors(graph: onnx.GraphProto) -> list[str]:
+    """The tensors of a span's graph that depend on the step's shape alone and that the rest reads.
+
+    A node belongs to the preamble when it reads only the shape-built step inputs (mask,
+    positions), initializers, other preamble tensors, or -- for a shape read -- any graph input
+    (every input's shape follows from the step's). Tensors of constants alone stay in the body
+    (ONNX Runtime folds them). Nodes with sub-graphs stay in the body too.
+    """
+    graph_inputs = {i.name for i in graph.input}
+    initializers = {t.name for t in graph.initializer}
+    shape_built = SHAPE_BUILT_INPUTS & graph_inputs
+    derived: dict[str, bool] = {}  # preamble tensor -> whether it depends on the step at all
+    preamble: set[int] = set()
+    for index, node in enumerate(graph.node):
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        reads = [i for i in node.input if i]
+        if node.op_type in SHAPE_OPS:
+            fits = all(i in graph_inputs or i in derived for i in reads)
+            steps = True
+        else:
+            fits = all(i in shape_built or i in initializers or i in derived for i in reads)
+            steps = any(i in shape_built or derived.get(i, False) for i in reads)
+        if fits:
+            preamble.add(index)
+            derived.update((out, steps) for out in node.output if out)
+    read_after = {i for index, node in enumerate(graph.node) if index not in preamble for i in node.input}
+    read_after.update(o.name for o in graph.output)
+    return sorted(name for name, steps in derived.items() if steps and name in read_after)
 
 
 def annotate(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -4,11 +4,17 @@ A tier holding layers ``a .. b`` runs :class:`SpanRunner.step`: the step's token
 the first span, the hidden state entering layer ``a``) plus its layers' past KV in; the hidden
 state leaving layer ``b`` (or, on the last span, the logits) plus the new KV out. The attention
 mask and positions are rebuilt here from the past length, so they never cross a link.
+
+What a span computes from the step's shape alone (the mask, the rotary angles: its *preamble*,
+:class:`~tierflow.model.lm_layers.StepGraphs`) is the same for every context at a given past length,
+so a decode step's preamble is computed once per past length and kept (:class:`StepTensorCache`):
+every span of a split would otherwise recompute what the unsplit model computes once.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +27,64 @@ from tierflow.model.lm_layers import LayeredLM, Span
 from tierflow.runtime.session import SessionOptions, open_session
 
 KVPair = tuple[np.ndarray, np.ndarray]
+CACHED_STEP_TOKENS = 1  # steps of this many tokens (decode steps) keep their preamble's results
+STEP_CACHE_BYTES = 8 * 2**20  # per span: the preamble results kept, the least recently used dropped first
+StepShape = tuple[int, int, int]  # batch, past length, step length
+
+
+class StepTensorCache:
+    """A span's preamble results by step shape, at most ``capacity_bytes``, the least recently used
+    dropped first; thread-safe. The arrays are read-only: every step of that shape feeds the same ones
+    to ONNX Runtime. They hold nothing of any context (a mask of ones, angles of positions).
+    """
+
+    def __init__(self, capacity_bytes: int = STEP_CACHE_BYTES) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._found: OrderedDict[StepShape, dict[str, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.held_bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, shape: StepShape) -> dict[str, np.ndarray] | None:
+        with self._lock:
+            found = self._found.get(shape)
+            if found is None:
+                self.misses += 1
+                return None
+            self._found.move_to_end(shape)
+            self.hits += 1
+            return found
+
+    def put(self, shape: StepShape, tensors: dict[str, np.ndarray]) -> None:
+        for array in tensors.values():
+            array.flags.writeable = False
+        with self._lock:
+            old = self._found.pop(shape, None)
+            self.held_bytes += _nbytes(tensors) - (0 if old is None else _nbytes(old))
+            self._found[shape] = tensors
+            while self.held_bytes > self.capacity_bytes and self._found:
+                self.held_bytes -= _nbytes(self._found.popitem(last=False)[1])
+
+
+def _nbytes(tensors: dict[str, np.ndarray]) -> int:
+    return sum(int(a.nbytes) for a in tensors.values())
+
+
+@dataclass(frozen=True)
+class _OpenSpan:
+    """A span's sessions (the body, and the preamble whose results it reads, if it has one) and the
+    names a step feeds and fetches, worked out once."""
+
+    body: ort.InferenceSession
+    body_inputs: list[str]
+    preamble: ort.InferenceSession | None
+    preamble_inputs: list[str]
+    step_tensors: list[str]
+    cache: StepTensorCache
+    hidden_in: str | None
+    past: list[tuple[str, str]]  # per layer: its past key's and value's names
+    wanted: list[str]  # the hidden state leaving the span (or the logits), then every present
 
 
 @dataclass
@@ -38,7 +102,7 @@ class SpanRunner:
     def __init__(self, model: onnx.ModelProto, options: SessionOptions | None = None) -> None:
         self.layered = LayeredLM(model)
         self.options = options or SessionOptions()
-        self._sessions: dict[Span, tuple[ort.InferenceSession, list[str]]] = {}
+        self._sessions: dict[Span, _OpenSpan] = {}
         self._lock = threading.Lock()
         sig_inputs = {i.name: i for i in model.graph.input}
         first = sig_inputs[lc.past_name(0, "key")].type.tensor_type
@@ -51,14 +115,34 @@ class SpanRunner:
     def num_layers(self) -> int:
         return self.layered.num_layers
 
-    def session(self, span: Span) -> tuple[ort.InferenceSession, list[str]]:
+    def session(self, span: Span) -> _OpenSpan:
         with self._lock:
             found = self._sessions.get(span)
             if found is None:
-                graph = self.layered.extract(span)
-                session = open_session(graph.SerializeToString(), self.options)
-                found = self._sessions[span] = (session, [i.name for i in session.get_inputs()])
+                graphs = self.layered.extract_step_graphs(span)
+                body = open_session(graphs.body.SerializeToString(), self.options)
+                preamble = (
+                    None
+                    if graphs.preamble is None
+                    else open_session(graphs.preamble.SerializeToString(), self.options)
+                )
+                out = self.layered.hidden_out(span) or lc.LOGITS
+                found = self._sessions[span] = _OpenSpan(
+                    body,
+                    [i.name for i in body.get_inputs()],
+                    preamble,
+                    [] if preamble is None else [i.name for i in preamble.get_inputs()],
+                    list(graphs.step_tensors),
+                    StepTensorCache(),
+                    self.layered.hidden_in(span),
+                    [(lc.past_name(i, "key"), lc.past_name(i, "value")) for i in span.layers],
+                    [out] + [lc.present_name(i, kind) for i in span.layers for kind in ("key", "value")],
+                )
         return found
+
+    def step_cache(self, span: Span) -> StepTensorCache:
+        """``span``'s kept preamble results (opening the span if it is not open)."""
+        return self.session(span).cache
 
     def is_open(self, span: Span) -> bool:
         with self._lock:
@@ -81,36 +165,56 @@ class SpanRunner:
             raise InvalidInputError(f"input_ids must be int64 [batch, seq], got {ids.dtype} {ids.shape}")
         if len(past) != len(span.layers):
             raise InvalidInputError(f"span {span} needs the KV of {len(span.layers)} layers, got {len(past)}")
-        session, names = self.session(span)
+        opened = self.session(span)
         batch, seq = ids.shape
         past_len = past[0][0].shape[2]
-        feeds: dict[str, np.ndarray] = {}
         available: dict[str, np.ndarray] = {lc.INPUT_IDS: ids}
-        if lc.ATTENTION_MASK in names:
-            available[lc.ATTENTION_MASK] = np.ones((batch, past_len + seq), np.int64)
-        if lc.POSITION_IDS in names:
-            positions = np.arange(past_len, past_len + seq, dtype=np.int64)
-            available[lc.POSITION_IDS] = np.broadcast_to(positions, (batch, seq)).copy()
-        hidden_name = self.layered.hidden_in(span)
-        if hidden_name is not None:
+        if opened.hidden_in is not None:
             if hidden is None:
                 raise InvalidInputError(f"span {span} starts after layer 0: it needs the hidden state")
-            available[hidden_name] = hidden
-        for layer, (k, v) in zip(span.layers, past, strict=True):
-            available[lc.past_name(layer, "key")] = k
-            available[lc.past_name(layer, "value")] = v
-        for name in names:
-            feeds[name] = available[name]
-        out_name = self.layered.hidden_out(span) or lc.LOGITS
-        wanted = [out_name] + [lc.present_name(i, kind) for i in span.layers for kind in ("key", "value")]
+            available[opened.hidden_in] = hidden
+        for (key_name, value_name), (k, v) in zip(opened.past, past, strict=True):
+            available[key_name] = k
+            available[value_name] = v
         try:
-            values = session.run(wanted, feeds)
+            if opened.preamble is not None:
+                available.update(self._step_tensors(opened, available, (batch, past_len, seq)))
+            else:
+                self._shape_built(available, batch, past_len, seq)
+            values = opened.body.run(opened.wanted, {name: available[name] for name in opened.body_inputs})
+        except KeyError as exc:  # the model reads a step input this runner does not build
+            raise InvalidInputError(f"span {span} needs an input this runner does not have: {exc}") from exc
         except Exception as exc:  # ORT reports shape/type mismatches as opaque runtime errors
             raise InvalidInputError(
                 f"span {span} rejected its inputs: {' '.join(str(exc).split())[:300]}"
             ) from exc
         present = [(values[1 + 2 * j], values[2 + 2 * j]) for j in range(len(span.layers))]
-        last = out_name == lc.LOGITS
+        last = opened.wanted[0] == lc.LOGITS
         return SpanOutput(
             hidden=None if last else values[0], logits=values[0] if last else None, present=present
         )
+
+    def _step_tensors(
+        self, opened: _OpenSpan, available: dict[str, np.ndarray], shape: StepShape
+    ) -> dict[str, np.ndarray]:
+        """The preamble's results for a step of ``shape``: kept ones for a decode step, else computed."""
+        keep = shape[2] <= CACHED_STEP_TOKENS
+        found = opened.cache.get(shape) if keep else None
+        if found is None:
+            assert opened.preamble is not None
+            feeds = dict(available)
+            self._shape_built(feeds, *shape)
+            values = opened.preamble.run(
+                opened.step_tensors, {name: feeds[name] for name in opened.preamble_inputs}
+            )
+            found = dict(zip(opened.step_tensors, values, strict=True))
+            if keep:
+                opened.cache.put(shape, found)
+        return found
+
+    @staticmethod
+    def _shape_built(into: dict[str, np.ndarray], batch: int, past_len: int, seq: int) -> None:
+        """The step inputs built from the step's shape: a mask of ones and the step's positions."""
+        into[lc.ATTENTION_MASK] = np.ones((batch, past_len + seq), np.int64)
+        positions = np.arange(past_len, past_len + seq, dtype=np.int64)
+        into[lc.POSITION_IDS] = np.broadcast_to(positions, (batch, seq)).copy()
