@@ -20,7 +20,8 @@ run's, which is the prefill, over the decode steps). For remote placements, ``bo
 is ``1 / (sum of per-token stage compute + sum over the hops of the link's RTT and the hidden
 state's transfer time)`` and ``efficiency`` is measured tokens/s over that bound. ``loopback`` runs
 with no emulated links at all, and there the split is also compared with the unsplit model decoding
-in one process (``split_over_local``, the runs alternating), one ONNX Runtime thread everywhere,
+in one process as a one-tier placement runs it (``split_over_local``, the runs alternating; see
+:class:`OneProcess`), one ONNX Runtime thread everywhere,
 and so is the same split over a second pair of nodes with their decode lanes switched off
 (``split_over_local_data_plane``: every step over the data plane; transport/lane.py).
 """
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from tierflow.bench.entry import device_entry, finish
@@ -49,7 +51,8 @@ from tierflow.errors import ConfigError, PlanError
 from tierflow.model.lm_layers import Span
 from tierflow.model.registry import resolve_model
 from tierflow.node.deploy import LocalDeployment, deploy_local
-from tierflow.runtime.lm import CausalLM, SamplingConfig
+from tierflow.runtime.lm import SamplingConfig
+from tierflow.runtime.lm_span import SpanRunner
 from tierflow.runtime.session import SessionOptions
 from tierflow.transport.loop import run
 from tierflow.types.links import LinkProfile, get_profile, transfer_s
@@ -131,6 +134,30 @@ async def measure_placement(
     return figures
 
 
+class OneProcess:
+    """The unsplit model decoding in this process the way a tier holding every layer runs it: one
+    span runner with all the layers (and its kept preambles), one ONNX Runtime thread. So the split
+    and the one process differ only in the split."""
+
+    def __init__(self, path: Path) -> None:
+        self.runner = SpanRunner(onnx.load(str(path)), SessionOptions(intra_op_threads=1))
+        self.span = Span(0, self.runner.num_layers - 1)
+
+    def tokens_per_s(self, ids: list[int], tokens: int) -> float:
+        """Greedy decode tokens/s of ``tokens`` new tokens after ``ids`` (the steps after the first
+        token over their time, as :attr:`GenerationOutcome.tokens_per_s` counts them)."""
+        kv = self.runner.empty_kv(self.span)
+        step = np.asarray([ids], np.int64)
+        started = 0.0
+        for made in range(tokens):
+            out = self.runner.step(self.span, step, kv)
+            assert out.logits is not None
+            kv, step = out.present, np.asarray([[int(np.argmax(out.logits[0, -1]))]], np.int64)
+            if made == 0:
+                started = time.perf_counter()
+        return (tokens - 1) / (time.perf_counter() - started)
+
+
 async def split_over_local(
     lm: ShardedLM,
     path: Path,
@@ -146,9 +173,8 @@ async def split_over_local(
     ``data_plane`` (the same split over nodes whose decode lanes are off) that split too, and with
     ``anchor`` (llama.cpp, the model's shape, two running RPC servers) llama.cpp's one process and
     split between them."""
-    local = CausalLM.open(path, SessionOptions(intra_op_threads=1))
-    config = SamplingConfig.greedy(tokens)
-    local.generate_ids(ids, config)  # warm-up
+    local = OneProcess(path)
+    local.tokens_per_s(ids, tokens)  # warm-up
     if data_plane is not None:
         await _run_once(data_plane, ids, spans, tokens, new_context_id())
     split_rates: list[float] = []
@@ -160,7 +186,7 @@ async def split_over_local(
         if data_plane is not None:
             outcome = await _run_once(data_plane, ids, spans, tokens, new_context_id())
             plane_rates.append(outcome.tokens_per_s)
-        local_rates.append(local.generate_ids(ids, config).tokens_per_s)
+        local_rates.append(local.tokens_per_s(ids, tokens))
         if anchor is not None:
             llama, shape, servers = anchor
             their_one = await asyncio.to_thread(llama.one_process, shape, tokens)
