@@ -291,13 +291,9 @@ class LayeredLM:
                     return int(dims[-1].dim_value)
         raise UnsupportedModelError(f"cannot tell the width of the hidden state {name}")
 
-    def extract(self, span: Span) -> onnx.ModelProto:
-        """The ONNX graph of ``span`` (inputs it does not need are dropped), with its weights only."""
-        inputs, outputs = self.span_io(span)
-        return self._weighted(self._span_cutter(span).extract(inputs, outputs))
-
     def extract_step_graphs(self, span: Span) -> StepGraphs:
-        """``span``'s graph as a preamble and a body (:class:`StepGraphs`), each with its weights."""
+        """``span``'s graph (inputs it does not need are dropped) as a preamble and a body
+        (:class:`StepGraphs`), each with its own weights only."""
         inputs, outputs = self.span_io(span)
         cutter = self._span_cutter(span)
         whole = cutter.extract(inputs, outputs)
